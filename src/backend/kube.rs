@@ -1,0 +1,1 @@
+//! Kubernetes backend: server-side apply through discovery + DynamicObject (issue 3).

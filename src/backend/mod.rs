@@ -1,0 +1,173 @@
+//! Where deployments run. One trait, two implementations: `local` (child processes on this
+//! machine, the embedded default) and `kube` (server-side apply against a Kubernetes API).
+//!
+//! Backends own their deployment records (local: a JSON state file; kube: one labelled Secret
+//! per deployment), so a restarted orchestrator lists exactly what exists.
+
+pub mod local;
+pub mod progress;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::plan::{DeploymentId, ObjectRef, Plan};
+pub use progress::{Action, ObjectEvent, Progress};
+
+/// Value shown instead of a secret placeholder's value in Get/List.
+pub const REDACTED: &str = "<redacted>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The local machine cannot run this template version (e.g. `mongod` is not installed).
+    #[error("{module} cannot run on the local backend: program `{program}` was not found on PATH{hint}")]
+    MissingProgram { module: String, program: String, hint: String },
+    /// The template version has no local recipe at all.
+    #[error("{module} {version} has no local recipe (local.yaml), so the local backend cannot run it; deploy it to a Kubernetes cluster instead")]
+    NoLocalRecipe { module: String, version: String },
+    /// The API server (or the local backend's validation) rejected an object.
+    #[error("{object} was rejected: {message}")]
+    Rejected { object: String, message: String },
+    /// Another field manager owns fields this apply would change.
+    #[error("{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)")]
+    Conflict { object: String, manager: String, message: String },
+    #[error("deployment {0} not found")]
+    NotFound(DeploymentId),
+    /// A workload failed to become ready (ImagePullBackOff, process exited, ...).
+    #[error("{object} failed: {reason}")]
+    WorkloadFailed { object: String, reason: String },
+    #[error("timed out after {}s waiting for readiness; still not ready: {}", .timeout.as_secs(), .not_ready.join(", "))]
+    Timeout { timeout: Duration, not_ready: Vec<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a deployment currently stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Deploying,
+    Deployed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Deploying => "deploying",
+            Status::Deployed => "deployed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// What the orchestrator remembers of a deployment. `config` holds secret values; callers that
+/// return it to users go through [`DeploymentRecord::redacted_config`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: DeploymentId,
+    pub version: String,
+    pub config: Map<String, Value>,
+    #[serde(default)]
+    pub secret_keys: Vec<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub status: Status,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub objects: Vec<ObjectRef>,
+    pub backend: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl DeploymentRecord {
+    pub fn redacted_config(&self) -> Map<String, Value> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let v = if self.secret_keys.contains(k) { Value::String(REDACTED.into()) } else { v.clone() };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// Options of one apply.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Wait for readiness; `None` returns once every object is applied.
+    pub wait: Option<Duration>,
+    pub force_conflicts: bool,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// "local" or "kubernetes".
+    fn name(&self) -> &'static str;
+
+    /// Checks, before anything is applied, that this backend can run the plan at all, so a
+    /// deployment that cannot work leaves nothing half-applied.
+    async fn preflight(&self, plan: &Plan) -> Result<()>;
+
+    /// Applies the plan, reporting each object through `progress` as it is applied, and stores
+    /// the record (status `Failed` with the reason when an object fails; the error is returned).
+    async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord>;
+
+    /// Removes everything the deployment created, reporting each object, then its record.
+    async fn delete(&self, id: &DeploymentId, progress: &Progress) -> Result<()>;
+
+    async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>>;
+
+    async fn list(&self) -> Result<Vec<DeploymentRecord>>;
+
+    /// gRPC endpoints (`host:port`) of a python-module deployment's ready module servers.
+    async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>>;
+
+    /// Stops background work (child processes keep running only if the backend says so).
+    async fn shutdown(&self) {}
+}
+
+/// Current time as RFC 3339 (UTC, seconds), without pulling in a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_correct() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+    }
+}

@@ -1,0 +1,96 @@
+//! Progress reporting from backends to whoever streams it (gRPC, NDJSON, CLI), free of tonic.
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::plan::ObjectRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+    Kept,
+    Started,
+    Ready,
+    Waiting,
+    Failed,
+    Stopped,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Deleted => "deleted",
+            Action::Kept => "kept",
+            Action::Started => "started",
+            Action::Ready => "ready",
+            Action::Waiting => "waiting",
+            Action::Failed => "failed",
+            Action::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the event is an apply result that belongs in the `results` list.
+    pub fn is_apply_result(self) -> bool {
+        matches!(self, Action::Created | Action::Configured | Action::Unchanged)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectEvent {
+    pub object: ObjectRef,
+    pub action: Action,
+    /// kubectl-style line: `deployment.apps/jac-redis created`.
+    pub line: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl ObjectEvent {
+    pub fn new(object: ObjectRef, action: Action) -> Self {
+        let line = format!("{} {}", object.kubectl_name(), action.as_str());
+        ObjectEvent { object, action, line, message: String::new() }
+    }
+
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+}
+
+/// Sender side handed to backends. Sending never fails loudly: a receiver that went away means
+/// the client left, and the backend still finishes (and records) what it started.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Option<mpsc::Sender<ObjectEvent>>,
+}
+
+impl Progress {
+    pub fn new(tx: mpsc::Sender<ObjectEvent>) -> Self {
+        Progress { tx: Some(tx) }
+    }
+
+    /// A sink that drops every event (startup `MODULES` replay, tests).
+    pub fn discard() -> Self {
+        Progress { tx: None }
+    }
+
+    pub async fn send(&self, event: ObjectEvent) {
+        tracing::info!(line = %event.line, message = %event.message, "progress");
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event).await;
+        }
+    }
+
+    /// Whether a client is still listening (used to stop waiting on readiness early).
+    pub fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+}

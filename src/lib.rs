@@ -1,0 +1,13 @@
+//! jac-splice-orc: a gRPC-first control plane that deploys services from overridable templates
+//! and turns Python modules into microservices. This file only declares modules.
+
+pub mod api;
+pub mod backend;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod pb;
+pub mod plan;
+pub mod server;
+pub mod service;
+pub mod startup;

@@ -1,0 +1,192 @@
+//! A rendered, validated deployment: the ordered list of objects a backend applies.
+//!
+//! Backends only ever see a [`Plan`]; they never see raw request JSON. Ordering is fixed here
+//! once: CRDs first (they must be Established before their custom resources), then Namespaces,
+//! then everything else in template order (dependencies before the module's own files).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Labels every object a deployment creates carries (DESIGN.md "Rules of the house").
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "jac-orc";
+pub const LABEL_MODULE: &str = "jac-orc/module";
+pub const LABEL_DEPLOYMENT: &str = "jac-orc/deployment";
+pub const LABEL_NAMESPACE: &str = "jac-orc/namespace";
+pub const ANNOTATION_VERSION: &str = "jac-orc/version";
+
+/// Which deployment this is: the key of every record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeploymentId {
+    pub namespace: String,
+    pub module: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for DeploymentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.module, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section {
+    Dependencies,
+    Modules,
+}
+
+impl Section {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Dependencies => "dependencies",
+            Section::Modules => "modules",
+        }
+    }
+}
+
+/// Identity of one Kubernetes-style object, as reported in events and records.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// `None` for cluster-scoped objects (or when the template left it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub section: Section,
+    pub file: String,
+}
+
+impl ObjectRef {
+    /// API group of `api_version` ("" for the core group).
+    pub fn group(&self) -> &str {
+        match self.api_version.split_once('/') {
+            Some((group, _)) => group,
+            None => "",
+        }
+    }
+
+    /// kubectl's `<resource>.<group>/<name>` prefix, e.g. `deployment.apps/jac-redis`.
+    ///
+    /// kubectl prints the lowercase singular kind; for the core group there is no suffix.
+    pub fn kubectl_name(&self) -> String {
+        let kind = self.kind.to_ascii_lowercase();
+        match self.group() {
+            "" => format!("{kind}/{}", self.name),
+            group => format!("{kind}.{group}/{}", self.name),
+        }
+    }
+
+    pub fn is_crd(&self) -> bool {
+        self.kind == "CustomResourceDefinition" && self.group() == "apiextensions.k8s.io"
+    }
+
+    pub fn is_namespace(&self) -> bool {
+        self.kind == "Namespace" && self.api_version == "v1"
+    }
+}
+
+/// One object to apply, with its full manifest (labels already added).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedObject {
+    pub object: ObjectRef,
+    pub manifest: Value,
+}
+
+/// How to run a template version on the local backend (from `local.yaml`), already rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalRecipe {
+    /// Program name looked up on PATH (or an absolute path).
+    pub program: String,
+    pub args: Vec<String>,
+    pub readiness: Readiness,
+    /// Port placeholder the recipe listens on; the backend picks a free port for it.
+    pub protocol: String,
+    /// Python packages to install into a per-deployment virtualenv first (python-module).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub env: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Readiness {
+    /// The port accepts TCP connections.
+    Tcp,
+    /// The gRPC health service reports SERVING for `service`.
+    GrpcHealth { service: String },
+}
+
+/// Everything a backend needs to deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: DeploymentId,
+    pub version: String,
+    /// Resolved placeholder values (defaults, overrides and generated secrets), template order.
+    pub config: Map<String, Value>,
+    /// Names of placeholders whose values must never be returned by Get/List.
+    pub secret_keys: Vec<String>,
+    /// Objects in apply order.
+    pub objects: Vec<PlannedObject>,
+    /// Present when the template version can run as a local process.
+    pub local: Option<LocalRecipe>,
+}
+
+impl Plan {
+    /// Sorts objects into apply order: CRDs, then Namespaces, then the rest, stably.
+    pub fn order_objects(objects: &mut [PlannedObject]) {
+        objects.sort_by_key(|o| {
+            if o.object.is_crd() {
+                0
+            } else if o.object.is_namespace() {
+                1
+            } else {
+                2
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(api_version: &str, kind: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            namespace: None,
+            section: Section::Modules,
+            file: "f.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn kubectl_names_follow_kubectl() {
+        assert_eq!(obj("apps/v1", "Deployment", "jac-redis").kubectl_name(), "deployment.apps/jac-redis");
+        assert_eq!(obj("v1", "Service", "jac-redis").kubectl_name(), "service/jac-redis");
+        assert_eq!(
+            obj("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "db").kubectl_name(),
+            "mongodbcommunity.mongodbcommunity.mongodb.com/db"
+        );
+    }
+
+    #[test]
+    fn order_puts_crds_then_namespaces_first_and_keeps_the_rest_stable() {
+        let mut objects: Vec<PlannedObject> = [
+            obj("v1", "Service", "a"),
+            obj("v1", "Namespace", "ns"),
+            obj("apps/v1", "Deployment", "b"),
+            obj("apiextensions.k8s.io/v1", "CustomResourceDefinition", "crd"),
+        ]
+        .into_iter()
+        .map(|object| PlannedObject { object, manifest: Value::Null })
+        .collect();
+        Plan::order_objects(&mut objects);
+        let names: Vec<_> = objects.iter().map(|o| o.object.name.as_str()).collect();
+        assert_eq!(names, ["crd", "ns", "a", "b"]);
+    }
+}
