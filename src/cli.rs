@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Kubeconfig for the kube backend (default: in-cluster config, then KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Largest request or response ModuleProxy forwards, in bytes (default 1 GiB).
+    #[arg(long, env = "JAC_ORC_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
 }
 
 impl ServeArgs {
@@ -86,6 +89,7 @@ impl ServeArgs {
             python: self.python,
             backend: self.backend,
             kubeconfig: self.kubeconfig,
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::cli::{
 };
 use crate::config::{BackendChoice, ServeConfig};
 use crate::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use crate::proxy::ProxyConfig;
 use crate::service::{Service, Settings};
 use crate::{server, startup};
 
@@ -46,6 +47,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
+        proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
     };
     let service = Arc::new(Service::new(catalog, backend.clone(), settings));
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub python: String,
     pub backend: BackendChoice,
     pub kubeconfig: Option<PathBuf>,
+    /// Largest message `ModuleProxy` forwards.
+    pub max_message_bytes: usize,
 }
 
 /// Default state directory: `$XDG_STATE_HOME/jac-orc`, `~/.local/state/jac-orc`, or `./.jac-orc`.

@@ -1,4 +1,4 @@
-//! Serves gRPC (Orchestrator, health, reflection), grpc-web and the REST gateway on ONE listener.
+//! Serves gRPC (Orchestrator, ModuleProxy, health, reflection), grpc-web and the REST gateway on ONE listener.
 //! It never binds: callers (main, tests) pass a bound listener, so tests use port 0.
 
 use std::future::Future;
@@ -9,8 +9,9 @@ use axum::response::IntoResponse;
 use axum::Router;
 use tower::ServiceExt;
 
-use crate::api::{grpc::OrchestratorApi, rest};
+use crate::api::{grpc::OrchestratorApi, module_proxy::ModuleProxyServer, rest};
 use crate::pb::{self, orchestrator_server::OrchestratorServer};
+use crate::proxy::ModuleProxy;
 use crate::service::Service;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,13 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
     health
         .set_serving::<OrchestratorServer<OrchestratorApi>>()
         .await;
+    health.set_serving::<ModuleProxyServer>().await;
+    let settings = service.settings();
+    let module_proxy = ModuleProxyServer::new(Arc::new(ModuleProxy::new(
+        service.backend().clone(),
+        settings.namespace.clone(),
+        settings.proxy.clone(),
+    )));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -38,6 +46,7 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
     let grpc = tonic::service::Routes::new(OrchestratorServer::new(OrchestratorApi::new(
         service.clone(),
     )))
+    .add_service(module_proxy)
     .add_service(health_service)
     .add_service(reflection)
     .add_service(reflection_alpha)

@@ -29,6 +29,8 @@ pub enum Error {
     RestrictedNamespace { requested: String, allowed: String },
     #[error("deployment {0} not found")]
     NotFound(DeploymentId),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::Error),
 }
 
 impl Error {
@@ -59,6 +61,8 @@ pub struct Settings {
     pub namespace: String,
     /// Force every deployment into `namespace` (the original's `CLUSTER_WIDE=true`).
     pub restricted_namespace: bool,
+    /// `ModuleProxy` limits and tuning.
+    pub proxy: crate::proxy::ProxyConfig,
 }
 
 impl Default for Settings {
@@ -66,6 +70,7 @@ impl Default for Settings {
         Settings {
             namespace: "default".into(),
             restricted_namespace: false,
+            proxy: crate::proxy::ProxyConfig::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod grpc;
+pub mod module_proxy;
 pub mod openapi;
 pub mod rest;
 pub mod status;

@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::backend;
 use crate::catalog;
+use crate::proxy;
 use crate::service::Error;
 
 #[derive(Debug, Clone, Copy)]
@@ -53,45 +54,7 @@ pub fn classify(e: &Error) -> Class {
             ),
             catalog::Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
-        Error::Backend(b) => match b {
-            backend::Error::MissingProgram { .. } => class(
-                Code::FailedPrecondition,
-                H::PRECONDITION_FAILED,
-                "PROGRAM_MISSING",
-            ),
-            backend::Error::NoLocalRecipe { .. } => class(
-                Code::FailedPrecondition,
-                H::PRECONDITION_FAILED,
-                "NO_LOCAL_RECIPE",
-            ),
-            backend::Error::Rejected { .. } => {
-                class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED")
-            }
-            backend::Error::Conflict { .. } => class(
-                Code::FailedPrecondition,
-                H::CONFLICT,
-                "FIELD_MANAGER_CONFLICT",
-            ),
-            backend::Error::NotFound(_) => {
-                class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND")
-            }
-            backend::Error::WorkloadFailed { .. } => class(
-                Code::FailedPrecondition,
-                H::UNPROCESSABLE_ENTITY,
-                "WORKLOAD_FAILED",
-            ),
-            backend::Error::Timeout { .. } => class(
-                Code::DeadlineExceeded,
-                H::GATEWAY_TIMEOUT,
-                "READINESS_TIMEOUT",
-            ),
-            backend::Error::Unavailable(_) => {
-                class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-            }
-            backend::Error::Internal(_) => {
-                class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
-            }
-        },
+        Error::Backend(b) => classify_backend(b),
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
         Error::RestrictedNamespace { .. } => class(
             Code::FailedPrecondition,
@@ -99,6 +62,98 @@ pub fn classify(e: &Error) -> Class {
             "RESTRICTED_NAMESPACE",
         ),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+        Error::Proxy(p) => match p {
+            proxy::Error::Malformed(_) | proxy::Error::NoDeployment => class(
+                Code::InvalidArgument,
+                H::BAD_REQUEST,
+                "INVALID_PROXY_REQUEST",
+            ),
+            proxy::Error::NotFound(_) => {
+                class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND")
+            }
+            proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => class(
+                Code::Unavailable,
+                H::SERVICE_UNAVAILABLE,
+                "MODULE_SERVER_UNAVAILABLE",
+            ),
+            proxy::Error::DeadlineExceeded { .. } => class(
+                Code::DeadlineExceeded,
+                H::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+            ),
+            proxy::Error::BadEndpoint { .. } => {
+                class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
+            }
+            proxy::Error::Backend(b) => classify_backend(b),
+            proxy::Error::Upstream(s) => class(s.code(), http_of(s.code()), "MODULE_SERVER_ERROR"),
+        },
+    }
+}
+
+fn classify_backend(b: &backend::Error) -> Class {
+    use StatusCode as H;
+    match b {
+        backend::Error::MissingProgram { .. } => class(
+            Code::FailedPrecondition,
+            H::PRECONDITION_FAILED,
+            "PROGRAM_MISSING",
+        ),
+        backend::Error::NoLocalRecipe { .. } => class(
+            Code::FailedPrecondition,
+            H::PRECONDITION_FAILED,
+            "NO_LOCAL_RECIPE",
+        ),
+        backend::Error::Rejected { .. } => {
+            class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED")
+        }
+        backend::Error::Conflict { .. } => class(
+            Code::FailedPrecondition,
+            H::CONFLICT,
+            "FIELD_MANAGER_CONFLICT",
+        ),
+        backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+        backend::Error::WorkloadFailed { .. } => class(
+            Code::FailedPrecondition,
+            H::UNPROCESSABLE_ENTITY,
+            "WORKLOAD_FAILED",
+        ),
+        backend::Error::Timeout { .. } => class(
+            Code::DeadlineExceeded,
+            H::GATEWAY_TIMEOUT,
+            "READINESS_TIMEOUT",
+        ),
+        backend::Error::Unavailable(_) => {
+            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        }
+        backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+/// HTTP status of a gRPC code, per the "HTTP Mapping" notes of `google/rpc/code.proto`.
+fn http_of(code: Code) -> StatusCode {
+    use StatusCode as H;
+    match code {
+        Code::Ok => H::OK,
+        Code::Cancelled => H::from_u16(499).unwrap_or(H::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => H::BAD_REQUEST,
+        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        Code::NotFound => H::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
+        Code::PermissionDenied => H::FORBIDDEN,
+        Code::Unauthenticated => H::UNAUTHORIZED,
+        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Code::Unimplemented => H::NOT_IMPLEMENTED,
+        Code::Unavailable => H::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The status a proxied call ends with: a module server's own error status is passed through
+/// unchanged (message, details and metadata); the proxy's errors go through the table above.
+pub fn proxy_status(e: proxy::Error) -> tonic::Status {
+    match e {
+        proxy::Error::Upstream(status) => *status,
+        other => to_status(&Error::Proxy(other)),
     }
 }
 
