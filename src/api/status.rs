@@ -280,4 +280,45 @@ mod tests {
             .clone();
         assert_eq!(v, "config.replicas");
     }
+
+    #[test]
+    fn proxy_errors_map_to_unavailable_not_found_and_deadline() {
+        use crate::plan::DeploymentId;
+        let id = DeploymentId {
+            namespace: "default".into(),
+            module: "python-module".into(),
+            name: "np".into(),
+        };
+        let s = proxy_status(proxy::Error::Unreachable {
+            endpoint: "127.0.0.1:1".into(),
+            deployment: id.clone(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("127.0.0.1:1"), "{s:?}");
+        assert_eq!(
+            s.get_error_details().error_info().unwrap().reason,
+            "MODULE_SERVER_UNAVAILABLE"
+        );
+        assert_eq!(
+            proxy_status(proxy::Error::NotFound(id)).code(),
+            Code::NotFound
+        );
+        let late = proxy::Error::DeadlineExceeded {
+            timeout: std::time::Duration::from_millis(5),
+            endpoint: None,
+        };
+        assert_eq!(proxy_status(late).code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn module_server_statuses_pass_through_unchanged() {
+        let upstream = tonic::Status::with_details(Code::NotFound, "no such reference", "d".into());
+        let s = proxy_status(proxy::Error::Upstream(Box::new(upstream)));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "no such reference")
+        );
+        assert_eq!(s.details(), b"d");
+    }
 }

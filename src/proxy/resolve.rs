@@ -98,3 +98,118 @@ impl Resolver {
         Ok(endpoints)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::backend::{ApplyOptions, DeploymentRecord, Progress, Status};
+    use crate::plan::Plan;
+
+    /// A backend that knows one deployment and counts endpoint lookups.
+    #[derive(Debug)]
+    struct Fake {
+        endpoints: Mutex<Vec<String>>,
+        lookups: AtomicU32,
+    }
+
+    fn id(name: &str) -> DeploymentId {
+        DeploymentId {
+            namespace: "default".into(),
+            module: "python-module".into(),
+            name: name.into(),
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn preflight(&self, _: &Plan) -> backend::Result<()> {
+            Ok(())
+        }
+        async fn apply(
+            &self,
+            _: &Plan,
+            _: &ApplyOptions,
+            _: &Progress,
+        ) -> backend::Result<DeploymentRecord> {
+            Err(backend::Error::Internal("not used".into()))
+        }
+        async fn delete(&self, _: &DeploymentId, _: &Progress) -> backend::Result<()> {
+            Ok(())
+        }
+        async fn get(&self, id: &DeploymentId) -> backend::Result<Option<DeploymentRecord>> {
+            Ok((id.name == "known").then(|| DeploymentRecord {
+                id: id.clone(),
+                version: "latest".into(),
+                config: Default::default(),
+                secret_keys: vec![],
+                endpoints: vec!["127.0.0.1:9".into()],
+                status: Status::Deployed,
+                message: String::new(),
+                objects: vec![],
+                backend: "fake".into(),
+                updated_at: String::new(),
+            }))
+        }
+        async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {
+            Ok(vec![])
+        }
+        async fn module_endpoints(&self, id: &DeploymentId) -> backend::Result<Vec<String>> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            if id.name != "known" {
+                return Err(backend::Error::NotFound(id.clone()));
+            }
+            Ok(self.endpoints.lock().unwrap().clone())
+        }
+    }
+
+    fn resolver(endpoints: &[&str]) -> (Arc<Fake>, Resolver) {
+        let fake = Arc::new(Fake {
+            endpoints: Mutex::new(endpoints.iter().map(|e| e.to_string()).collect()),
+            lookups: AtomicU32::new(0),
+        });
+        let r = Resolver::new(fake.clone(), Duration::from_secs(3600));
+        (fake, r)
+    }
+
+    #[tokio::test]
+    async fn calls_rotate_over_ready_endpoints_from_one_cached_lookup() {
+        let (fake, r) = resolver(&["a:1", "b:2", "c:3"]);
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            picked.push(r.pick(&id("known")).await.unwrap());
+        }
+        assert_eq!(picked, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);
+        assert_eq!(fake.lookups.load(Ordering::Relaxed), 1);
+
+        // After invalidation the backend is asked again and the rotation carries on.
+        *fake.endpoints.lock().unwrap() = vec!["d:4".into()];
+        r.invalidate(&id("known"));
+        assert_eq!(r.pick(&id("known")).await.unwrap(), "d:4");
+        assert_eq!(fake.lookups.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_deployments_and_ones_without_ready_servers_are_told_apart() {
+        let (fake, r) = resolver(&[]);
+        match r.pick(&id("gone")).await {
+            Err(Error::NotFound(d)) => assert_eq!(d.name, "gone"),
+            other => panic!("{other:?}"),
+        }
+        match r.pick(&id("known")).await {
+            Err(e @ Error::NoReadyEndpoint { .. }) => {
+                assert!(e.to_string().contains("127.0.0.1:9"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not cached: the next call asks again, so a module server that comes back is seen.
+        *fake.endpoints.lock().unwrap() = vec!["a:1".into()];
+        assert_eq!(r.pick(&id("known")).await.unwrap(), "a:1");
+    }
+}

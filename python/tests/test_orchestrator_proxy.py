@@ -1,0 +1,169 @@
+"""jac_splice through a real jac-orc: python-module deployments on its local backend, reached via
+jac-orc's ModuleProxy (and its ListDeployments, which finds the deployment of a module).
+
+The jac-orc binary comes from JAC_ORC_BIN (else `jac-orc` on PATH, else cargo's debug build
+under CARGO_TARGET_DIR or ./target). Without one the tests skip, unless JAC_ORC_REQUIRE_BIN=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+import jac_splice
+from jac_splice.exceptions import DeploymentLookupError
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def find_binary() -> Optional[str]:
+    explicit = os.environ.get("JAC_ORC_BIN")
+    if explicit:
+        return explicit
+    on_path = shutil.which("jac-orc")
+    if on_path:
+        return on_path
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    built = target / "debug" / "jac-orc"
+    return str(built) if built.is_file() else None
+
+
+def require_binary() -> str:
+    binary = find_binary()
+    required = os.environ.get("JAC_ORC_REQUIRE_BIN", "") == "1"
+    if binary is None or not os.access(binary, os.X_OK):
+        message = (
+            f"jac-orc binary not found ({binary or 'set JAC_ORC_BIN'}); "
+            "build it with `cargo build` and set JAC_ORC_BIN=$CARGO_TARGET_DIR/debug/jac-orc"
+        )
+        if required:
+            pytest.fail(message + " (JAC_ORC_REQUIRE_BIN=1)")
+        pytest.skip(message)
+    return binary
+
+
+@dataclass
+class Orchestrator:
+    proc: subprocess.Popen
+    address: str
+    drain: threading.Thread
+    log: List[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def rest(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{method} {path}: {e.code} {e.read()!r}") from None
+
+    def deploy_module(self, name: str, module: str) -> Dict[str, Any]:
+        body = {"module": "python-module", "config": {"name": name, "module": module}, "wait": True}
+        return self.rest("POST", "/deployment", body)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # SIGTERM: jac-orc stops the module servers it started, then exits.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.drain.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
+    env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        env=env,
+        cwd=str(data_dir),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: List[str] = []
+    found: List[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:
+        # Keeps reading for the server's lifetime, so a full pipe never blocks it.
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            match = LISTENING.search(ANSI.sub("", line))
+            if match and not found:
+                found.append(match.group(1))
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    ready.wait(30)
+    orc = Orchestrator(proc, found[0] if found else "", reader, log)
+    if not found:
+        orc.stop()
+        raise RuntimeError("jac-orc did not start:\n" + "".join(log))
+    return orc
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
+    binary = require_binary()
+    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"))
+    try:
+        yield orc
+    finally:
+        orc.stop()
+
+
+def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
+    deployed = orchestrator.deploy_module("numpy", "numpy")
+    assert deployed["deployment"]["status"] == "deployed", deployed
+    splice = jac_splice.connect(orchestrator.url)
+    np = splice.import_module("numpy")
+    assert np.array([1, 2, 3, 4]).sum() == 10
+    # The call ran in the module server jac-orc started, not here.
+    route = splice._route("numpy", "")
+    assert route.describe()["pid"] not in (os.getpid(), orchestrator.proc.pid)
+
+
+def test_two_deployments_of_one_module_are_listed_as_candidates(
+    orchestrator: Orchestrator,
+) -> None:
+    orchestrator.deploy_module("calc-a", "math")
+    orchestrator.deploy_module("calc-b", "math")
+    splice = jac_splice.connect(orchestrator.url)
+    with pytest.raises(DeploymentLookupError) as info:
+        splice.import_module("math")
+    message = str(info.value)
+    assert "default/calc-a" in message and "default/calc-b" in message, message
+    # Naming the deployment picks one.
+    math = splice.import_module("math", deployment="calc-b")
+    assert math.sqrt(16.0) == 4.0
