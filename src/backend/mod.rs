@@ -4,6 +4,7 @@
 //! Backends own their deployment records (local: a JSON state file; kube: one labelled Secret
 //! per deployment), so a restarted orchestrator lists exactly what exists.
 
+pub mod kube;
 pub mod local;
 pub mod progress;
 
