@@ -5,6 +5,7 @@ pub mod api;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod pb;
 pub mod plan;

@@ -29,7 +29,7 @@ impl std::fmt::Display for DeploymentId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Section {
     Dependencies,
@@ -94,14 +94,14 @@ pub struct PlannedObject {
     pub manifest: Value,
 }
 
-/// How to run a template version on the local backend (from `local.yaml`), already rendered.
+/// How to run a template version on the local backend (`local.yaml`, rendered).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalRecipe {
     /// Program name looked up on PATH (or an absolute path).
     pub program: String,
     pub args: Vec<String>,
     pub readiness: Readiness,
-    /// Port placeholder the recipe listens on; the backend picks a free port for it.
+    /// What speaks on the port (`redis`, `grpc`, ...), for humans and clients.
     pub protocol: String,
     /// Python packages to install into a per-deployment virtualenv first (python-module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,7 +120,7 @@ pub enum Readiness {
 }
 
 /// Everything a backend needs to deploy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub id: DeploymentId,
     pub version: String,
@@ -130,8 +130,9 @@ pub struct Plan {
     pub secret_keys: Vec<String>,
     /// Objects in apply order.
     pub objects: Vec<PlannedObject>,
-    /// Present when the template version can run as a local process.
-    pub local: Option<LocalRecipe>,
+    /// The template version it was rendered from (the local backend renders its recipe from it,
+    /// once it knows the port and data directory).
+    pub template: std::sync::Arc<crate::catalog::TemplateVersion>,
 }
 
 impl Plan {
@@ -166,8 +167,14 @@ mod tests {
 
     #[test]
     fn kubectl_names_follow_kubectl() {
-        assert_eq!(obj("apps/v1", "Deployment", "jac-redis").kubectl_name(), "deployment.apps/jac-redis");
-        assert_eq!(obj("v1", "Service", "jac-redis").kubectl_name(), "service/jac-redis");
+        assert_eq!(
+            obj("apps/v1", "Deployment", "jac-redis").kubectl_name(),
+            "deployment.apps/jac-redis"
+        );
+        assert_eq!(
+            obj("v1", "Service", "jac-redis").kubectl_name(),
+            "service/jac-redis"
+        );
         assert_eq!(
             obj("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "db").kubectl_name(),
             "mongodbcommunity.mongodbcommunity.mongodb.com/db"
@@ -183,7 +190,10 @@ mod tests {
             obj("apiextensions.k8s.io/v1", "CustomResourceDefinition", "crd"),
         ]
         .into_iter()
-        .map(|object| PlannedObject { object, manifest: Value::Null })
+        .map(|object| PlannedObject {
+            object,
+            manifest: Value::Null,
+        })
         .collect();
         Plan::order_objects(&mut objects);
         let names: Vec<_> = objects.iter().map(|o| o.object.name.as_str()).collect();

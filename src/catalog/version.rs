@@ -1,0 +1,401 @@
+//! One loaded template version: its placeholder specs, compiled files, and local recipe.
+
+use std::collections::BTreeMap;
+
+use handlebars::Handlebars;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::placeholders::{self, Resolved, Spec, Type};
+use super::render::Compiled;
+use super::{legacy, Error, Result};
+use crate::plan::{LocalRecipe, ObjectRef, PlannedObject, Readiness, Section};
+
+const PLACEHOLDERS_FILE: &str = "placeholders.yaml";
+const LOCAL_FILE: &str = "local.yaml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Native,
+    Legacy,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Native => "native",
+            Format::Legacy => "legacy",
+        }
+    }
+}
+
+/// Files of a version folder as read from a store (sorted by name).
+#[derive(Debug)]
+pub(crate) struct RawVersion {
+    pub module: String,
+    pub version: String,
+    pub source: String,
+    pub top: Vec<(String, String)>,
+    pub dependencies: Option<Vec<(String, String)>>,
+}
+
+/// `local.yaml`: how the local backend runs this version as a child process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSpec {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub readiness: Readiness,
+    #[serde(default)]
+    pub protocol: String,
+    /// Name of a list placeholder holding Python packages to install first.
+    #[serde(default)]
+    pub packages: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Values the local backend supplies to `local.yaml` as `{{local.port}}` etc.
+#[derive(Debug, Clone)]
+pub struct LocalBuiltins {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: String,
+    pub python: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// Rendered text of every applied file.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub dependencies: Option<Vec<RenderedFile>>,
+    pub modules: Vec<RenderedFile>,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Native(Box<Compiled>),
+    Legacy,
+}
+
+#[derive(Debug)]
+pub struct TemplateVersion {
+    pub module: String,
+    pub version: String,
+    pub source: String,
+    pub format: Format,
+    pub description: String,
+    pub specs: Vec<Spec>,
+    dependencies: Option<Vec<(String, String)>>,
+    modules: Vec<(String, String)>,
+    local: Option<LocalSpec>,
+    engine: Engine,
+}
+
+impl TemplateVersion {
+    pub(crate) fn from_raw(raw: RawVersion) -> Result<Self> {
+        let origin = format!("{}/{}", raw.module, raw.version);
+        let placeholders_text = raw
+            .top
+            .iter()
+            .find(|(n, _)| n == PLACEHOLDERS_FILE)
+            .map(|(_, t)| t.clone());
+        match placeholders_text {
+            Some(text) => Self::native(raw, &origin, &text),
+            None => Self::legacy(raw, &origin),
+        }
+    }
+
+    fn native(raw: RawVersion, origin: &str, placeholders_text: &str) -> Result<Self> {
+        let (description, specs) =
+            placeholders::parse_file(placeholders_text, &format!("{origin}/{PLACEHOLDERS_FILE}"))?;
+        let local = raw
+            .top
+            .iter()
+            .find(|(n, _)| n == LOCAL_FILE)
+            .map(|(_, t)| {
+                serde_norway::from_str::<LocalSpec>(t).map_err(|e| Error::BadTemplate {
+                    origin: format!("{origin}/{LOCAL_FILE}"),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
+        if let Some(list) = local.as_ref().and_then(|l| l.packages.as_ref()) {
+            if !specs.iter().any(|s| &s.name == list && s.ty == Type::List) {
+                return Err(Error::BadTemplate {
+                    origin: format!("{origin}/{LOCAL_FILE}"),
+                    message: format!("packages names `{list}`, which is not a list placeholder"),
+                });
+            }
+        }
+        let modules: Vec<(String, String)> = raw
+            .top
+            .into_iter()
+            .filter(|(n, _)| n != PLACEHOLDERS_FILE && n != LOCAL_FILE)
+            .collect();
+        let dependencies = raw.dependencies;
+        let compiled = {
+            let deps = dependencies
+                .iter()
+                .flatten()
+                .map(|(n, t)| (format!("dependencies/{n}"), t.as_str()));
+            let files: Vec<(String, &str)> = deps
+                .chain(modules.iter().map(|(n, t)| (n.clone(), t.as_str())))
+                .collect();
+            Compiled::new(origin, files.iter().map(|(n, t)| (n.as_str(), *t)))?
+        };
+        Ok(TemplateVersion {
+            module: raw.module,
+            version: raw.version,
+            source: raw.source,
+            format: Format::Native,
+            description,
+            specs,
+            dependencies,
+            modules,
+            local,
+            engine: Engine::Native(Box::new(compiled)),
+        })
+    }
+
+    fn legacy(raw: RawVersion, origin: &str) -> Result<Self> {
+        // Upstream merges both folders' placeholders; for a name in both, the module folder wins.
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut add = |files: &[(String, String)]| -> Result<()> {
+            for (name, text) in files {
+                let found = legacy::scan(text).map_err(|e| Error::BadTemplate {
+                    origin: format!("{origin}/{name}"),
+                    message: e.to_string(),
+                })?;
+                for f in found {
+                    let ty = match f.kind {
+                        legacy::Kind::Generic => Type::infer(&f.default),
+                        legacy::Kind::Array => Type::List,
+                        legacy::Kind::Dict => Type::Map,
+                    };
+                    let spec = Spec {
+                        name: f.name.clone(),
+                        ty,
+                        default: f.default,
+                        description: String::new(),
+                        secret: false,
+                        pattern: None,
+                        required: false,
+                    };
+                    match specs.iter_mut().find(|s| s.name == f.name) {
+                        Some(existing) => *existing = spec,
+                        None => specs.push(spec),
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Some(deps) = &raw.dependencies {
+            add(deps)?;
+        }
+        add(&raw.top)?;
+        Ok(TemplateVersion {
+            module: raw.module,
+            version: raw.version,
+            source: raw.source,
+            format: Format::Legacy,
+            description: String::new(),
+            specs,
+            dependencies: raw.dependencies,
+            modules: raw.top,
+            local: None,
+            engine: Engine::Legacy,
+        })
+    }
+
+    pub fn has_dependencies(&self) -> bool {
+        self.dependencies.is_some()
+    }
+
+    pub fn has_local_recipe(&self) -> bool {
+        self.local.is_some()
+    }
+
+    pub fn local_spec(&self) -> Option<&LocalSpec> {
+        self.local.as_ref()
+    }
+
+    pub fn declares(&self, name: &str) -> bool {
+        self.specs.iter().any(|s| s.name == name)
+    }
+
+    pub fn resolve(
+        &self,
+        config: &Map<String, Value>,
+        remembered: Option<&Map<String, Value>>,
+    ) -> Result<Resolved> {
+        placeholders::resolve(&self.specs, config, remembered)
+    }
+
+    pub fn render(&self, values: &Map<String, Value>) -> Result<Rendered> {
+        let origin = format!("{}/{}", self.module, self.version);
+        let one = |prefix: &str, name: &str, text: &str| -> Result<RenderedFile> {
+            let text = match &self.engine {
+                Engine::Native(c) => c.render(&origin, &format!("{prefix}{name}"), values)?,
+                Engine::Legacy => {
+                    legacy::render(text, values).map_err(|e| legacy_error(&origin, name, e))?
+                }
+            };
+            Ok(RenderedFile {
+                name: name.to_string(),
+                text,
+            })
+        };
+        let dependencies = self
+            .dependencies
+            .as_ref()
+            .map(|files| {
+                files
+                    .iter()
+                    .map(|(n, t)| one("dependencies/", n, t))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        let modules = self
+            .modules
+            .iter()
+            .map(|(n, t)| one("", n, t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Rendered {
+            dependencies,
+            modules,
+        })
+    }
+
+    /// Renders `local.yaml` for a deployment, if this version has one.
+    pub fn render_local(
+        &self,
+        values: &Map<String, Value>,
+        builtins: &LocalBuiltins,
+    ) -> Result<Option<LocalRecipe>> {
+        let Some(spec) = &self.local else {
+            return Ok(None);
+        };
+        let origin = format!("{}/{}/{LOCAL_FILE}", self.module, self.version);
+        let mut ctx = values.clone();
+        ctx.insert(
+            "local".into(),
+            serde_json::json!({
+                "host": builtins.host, "port": builtins.port, "data_dir": builtins.data_dir, "python": builtins.python,
+            }),
+        );
+        // argv has no shell and no YAML, so values go in as they are.
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        let r = |t: &str| -> Result<String> {
+            hb.render_template(t, &ctx).map_err(|e| Error::Render {
+                file: origin.clone(),
+                message: e.reason().to_string(),
+            })
+        };
+        let packages = match &spec.packages {
+            Some(list) => values
+                .get(list)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut env = Map::new();
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), Value::String(r(v)?));
+        }
+        Ok(Some(LocalRecipe {
+            program: r(&spec.program)?,
+            args: spec.args.iter().map(|a| r(a)).collect::<Result<_>>()?,
+            readiness: spec.readiness.clone(),
+            protocol: spec.protocol.clone(),
+            packages,
+            env,
+        }))
+    }
+}
+
+/// Values that cannot be placed safely, or have the wrong shape, are the caller's error;
+/// everything else is the template's.
+fn legacy_error(origin: &str, file: &str, e: legacy::Error) -> Error {
+    match e {
+        legacy::Error::Unsafe { name, reason, .. } => Error::InvalidValue {
+            name,
+            reason: format!("cannot be placed safely in {file}: {reason}"),
+        },
+        legacy::Error::WrongShape { name, expected } => Error::InvalidValue {
+            name,
+            reason: format!("must be {expected}"),
+        },
+        other => Error::Render {
+            file: format!("{origin}/{file}"),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Rendered {
+    /// Parses every rendered file into objects (dependencies first), in file and document order.
+    pub fn objects(&self) -> Result<Vec<PlannedObject>> {
+        let mut out = Vec::new();
+        let sections = self
+            .dependencies
+            .iter()
+            .flatten()
+            .map(|f| (Section::Dependencies, f))
+            .chain(self.modules.iter().map(|f| (Section::Modules, f)));
+        for (section, file) in sections {
+            for (i, doc) in serde_norway::Deserializer::from_str(&file.text).enumerate() {
+                let bad = |message: String| Error::BadYaml {
+                    file: file.name.clone(),
+                    message,
+                };
+                let value: Value = Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+                if value.is_null() {
+                    continue;
+                }
+                let str_at = |ptr: &str| {
+                    value
+                        .pointer(ptr)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                let (Some(api_version), Some(kind), Some(name)) = (
+                    str_at("/apiVersion"),
+                    str_at("/kind"),
+                    str_at("/metadata/name"),
+                ) else {
+                    return Err(bad(format!(
+                        "document {} needs apiVersion, kind and metadata.name",
+                        i + 1
+                    )));
+                };
+                let namespace = str_at("/metadata/namespace").filter(|n| !n.is_empty());
+                out.push(PlannedObject {
+                    object: ObjectRef {
+                        api_version,
+                        kind,
+                        name,
+                        namespace,
+                        section,
+                        file: file.name.clone(),
+                    },
+                    manifest: value,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

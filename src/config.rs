@@ -1,0 +1,46 @@
+//! Settings of `jac-orc serve`, from flags and environment (validated once, in [`crate::cli`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Which backend runs deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// A Kubernetes cluster when one is configured, else the local backend.
+    Auto,
+    Kube,
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub manifests_path: Option<PathBuf>,
+    pub namespace: String,
+    pub restricted_namespace: bool,
+    /// `MODULES` JSON to deploy at startup.
+    pub modules: Option<String>,
+    pub python: String,
+    pub backend: BackendChoice,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Default state directory: `$XDG_STATE_HOME/jac-orc`, `~/.local/state/jac-orc`, or `./.jac-orc`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("jac-orc");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/state/jac-orc");
+    }
+    PathBuf::from(".jac-orc")
+}
+
+/// Truthy environment values (`1`, `true`, `yes`, `on`).
+pub fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}

@@ -1,0 +1,42 @@
+//! `jac-orc`: parse the command line, run one command, print the error chain once.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use jac_splice_orc::cli::{Cli, Command};
+use jac_splice_orc::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => commands::serve(a.into_config()).await,
+            Command::DryRun(a) => commands::dry_run(a).await,
+            Command::Deploy(a) => commands::deploy(a).await,
+            Command::Undeploy(a) => commands::undeploy(a).await,
+            Command::Get(a) => commands::get(a).await,
+            Command::List(a) => commands::list(a).await,
+            Command::Templates(a) => commands::templates(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, one module per area. Each test starts the real server on a
+//! loopback port and talks to it with real gRPC, grpc-web and HTTP clients.
+
+mod cli;
+mod deploy;
+mod dry_run;
+mod grpc_web;
+mod reflection;
+mod rest;
+mod startup;
+mod support;
+mod upstream_store;
