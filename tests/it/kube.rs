@@ -3,17 +3,21 @@
 //! Gated by `JAC_ORC_TEST_KUBECONFIG`: unset, each test prints why it skips and passes, unless
 //! `JAC_ORC_REQUIRE_K8S=1` (CI), where a missing cluster fails the test. Each test works in its
 //! own namespaces and deletes them at the end (also when it panics). There is no kubelet: tests
-//! stand in for it by patching pod status.
+//! stand in for it by patching pod status. Plans come from the built-in catalog through the
+//! service layer, as in production.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{
     Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status,
 };
-use jac_splice_orc::plan::{DeploymentId, ObjectRef, Plan, PlannedObject, Section};
+use jac_splice_orc::catalog::Catalog;
+use jac_splice_orc::plan::{ObjectRef, Plan, PlannedObject, Section};
+use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -77,11 +81,9 @@ impl Cluster {
         name
     }
 
-    fn backend(&self, orchestrator_ns: &str) -> KubeBackend {
-        KubeBackend::new(
-            self.client.clone(),
-            KubeOptions::default().orchestrator_namespace(orchestrator_ns),
-        )
+    fn backend(&self, orchestrator_ns: &str) -> Arc<KubeBackend> {
+        let options = KubeOptions::default().orchestrator_namespace(orchestrator_ns);
+        Arc::new(KubeBackend::new(self.client.clone(), options))
     }
 }
 
@@ -137,50 +139,35 @@ fn lines(events: &[ObjectEvent]) -> Vec<String> {
     events.iter().map(|e| e.line.clone()).collect()
 }
 
-// === plans from the legacy fixture templates (until the catalog renders them) ===
+// === plans from the built-in catalog, through the service layer ===
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/kube_fixtures");
-
-/// Renders `$g{name:default}` placeholders the way the original did (Python `str()` of the value).
-fn render(text: &str, values: &Map<String, Value>) -> String {
-    let re = regex::Regex::new(r#"\$g\{\s*([^:}\s]+)\s*(?::([^}]*))?\}"#).unwrap();
-    re.replace_all(text, |c: &regex::Captures| {
-        let value = values.get(&c[1]).cloned().or_else(|| {
-            c.get(2)
-                .map(|d| serde_json::from_str(d.as_str().trim()).unwrap())
-        });
-        match value {
-            Some(Value::String(s)) => s,
-            Some(v) => v.to_string(),
-            None => String::new(),
-        }
-    })
-    .into_owned()
+/// The service layer over a backend, so plans are rendered, labelled and ordered exactly as in
+/// production (the tests then drive the backend directly where they inspect it).
+fn service(backend: &Arc<KubeBackend>, ns: &str) -> Service {
+    let settings = Settings {
+        namespace: ns.into(),
+        restricted_namespace: false,
+    };
+    Service::new(Arc::new(Catalog::builtin()), backend.clone(), settings)
 }
 
-fn objects_of(dir: &str, section: Section, values: &Map<String, Value>) -> Vec<PlannedObject> {
-    let mut files: Vec<_> = std::fs::read_dir(Path::new(FIXTURES).join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        let text = render(&std::fs::read_to_string(&path).unwrap(), values);
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let manifest: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if manifest.is_null() {
-                continue;
-            }
-            out.push(planned(
-                manifest,
-                section,
-                path.file_name().unwrap().to_str().unwrap(),
-            ));
-        }
+fn request(module: &str, ns: &str, name: &str, overrides: Value) -> DeploymentRequest {
+    let mut config = Map::new();
+    config.insert("namespace".into(), ns.into());
+    config.insert("name".into(), name.into());
+    config.extend(overrides.as_object().cloned().unwrap_or_default());
+    DeploymentRequest {
+        module: module.into(),
+        version: None,
+        config,
     }
-    out
+}
+
+async fn plan(svc: &Service, module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
+    timed(svc.prepare(&request(module, ns, name, overrides)))
+        .await
+        .expect("renders and passes preflight")
+        .plan
 }
 
 fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
@@ -199,39 +186,6 @@ fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
         file: file.into(),
     };
     PlannedObject { object, manifest }
-}
-
-fn plan(module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
-    let mut config = Map::new();
-    config.insert("namespace".into(), ns.into());
-    config.insert("name".into(), name.into());
-    config.extend(overrides.as_object().cloned().unwrap_or_default());
-    let mut objects = Vec::new();
-    if Path::new(FIXTURES)
-        .join(module)
-        .join("dependencies")
-        .is_dir()
-    {
-        objects.extend(objects_of(
-            &format!("{module}/dependencies"),
-            Section::Dependencies,
-            &config,
-        ));
-    }
-    objects.extend(objects_of(module, Section::Modules, &config));
-    Plan::order_objects(&mut objects);
-    Plan {
-        id: DeploymentId {
-            namespace: ns.into(),
-            module: module.into(),
-            name: name.into(),
-        },
-        version: "latest".into(),
-        config,
-        secret_keys: vec![],
-        objects,
-        local: None,
-    }
 }
 
 // === kubelet stand-in ===
@@ -314,8 +268,9 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
     };
     let ns = c.namespace("redis").await;
     let backend = c.backend(&ns);
+    let svc = service(&backend, &ns);
 
-    let p = plan("redis", &ns, "cache", json!({}));
+    let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     timed(backend.preflight(&p)).await.unwrap();
     let (tx, rx) = progress();
     let record = timed(backend.apply(&p, &ApplyOptions::default(), &tx))
@@ -380,7 +335,7 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
     );
 
     // A changed value reconfigures exactly the object that uses it.
-    let p2 = plan("redis", &ns, "cache", json!({"memory": "500mb"}));
+    let p2 = plan(&svc, "redis", &ns, "cache", json!({"memory": "500mb"})).await;
     let (tx, rx) = progress();
     let record = timed(backend.apply(&p2, &ApplyOptions::default(), &tx))
         .await
@@ -406,8 +361,9 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
     };
     let ns = c.namespace("mongo").await;
     let backend = c.backend(&ns);
+    let svc = service(&backend, &ns);
 
-    let p = plan("mongodb", &ns, "db1", json!({}));
+    let p = plan(&svc, "mongodb", &ns, "db1", json!({})).await;
     timed(backend.preflight(&p)).await.unwrap();
     let (tx, rx) = progress();
     timed(backend.apply(&p, &ApplyOptions::default(), &tx))
@@ -440,7 +396,14 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
     assert!(exists(&crs, "db1").await);
 
     // A second deployment in the same namespace shares the operator objects with the first.
-    let p2 = plan("mongodb", &ns, "db2", json!({"username": "other-user"}));
+    let p2 = plan(
+        &svc,
+        "mongodb",
+        &ns,
+        "db2",
+        json!({"username": "other-user"}),
+    )
+    .await;
     let (tx, rx) = progress();
     timed(backend.apply(&p2, &ApplyOptions::default(), &tx))
         .await
@@ -489,7 +452,8 @@ async fn wait_reports_waiting_then_ready_once_pods_are_ready() {
     };
     let ns = c.namespace("ready").await;
     let backend = c.backend(&ns);
-    let p = plan("redis", &ns, "cache", json!({}));
+    let svc = service(&backend, &ns);
+    let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     let (tx, rx) = progress();
     let kubelet = {
         let (client, ns) = (c.client.clone(), ns.clone());
@@ -525,7 +489,8 @@ async fn wait_fails_fast_on_image_pull_backoff_and_records_the_failure() {
     };
     let ns = c.namespace("pullfail").await;
     let backend = c.backend(&ns);
-    let p = plan("redis", &ns, "cache", json!({}));
+    let svc = service(&backend, &ns);
+    let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     let kubelet = {
         let (client, ns) = (c.client.clone(), ns.clone());
         tokio::spawn(async move {
@@ -568,8 +533,9 @@ async fn undeploy_removes_one_deployment_and_leaves_another_alone() {
     };
     let ns = c.namespace("undeploy").await;
     let backend = c.backend(&ns);
-    let a = plan("redis", &ns, "a", json!({}));
-    let b = plan("redis", &ns, "b", json!({}));
+    let svc = service(&backend, &ns);
+    let a = plan(&svc, "redis", &ns, "a", json!({})).await;
+    let b = plan(&svc, "redis", &ns, "b", json!({})).await;
     for p in [&a, &b] {
         timed(backend.apply(p, &ApplyOptions::default(), &Progress::discard()))
             .await
@@ -631,7 +597,8 @@ async fn a_new_backend_instance_lists_the_same_records() {
     };
     let ns = c.namespace("records").await;
     let first = c.backend(&ns);
-    let p = plan("redis", &ns, "cache", json!({"memory": "123mb"}));
+    let svc = service(&first, &ns);
+    let p = plan(&svc, "redis", &ns, "cache", json!({"memory": "123mb"})).await;
     let stored = timed(first.apply(&p, &ApplyOptions::default(), &Progress::discard()))
         .await
         .unwrap();
@@ -658,14 +625,14 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         return;
     };
     let ns = c.namespace("concurrent").await;
-    let backend = std::sync::Arc::new(c.backend(&ns));
+    let backend = c.backend(&ns);
+    let svc = Arc::new(service(&backend, &ns));
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let (backend, ns) = (backend.clone(), ns.clone());
+        let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
-            let p = plan("redis", &ns, &format!("r{i}"), json!({}));
-            backend
-                .apply(&p, &ApplyOptions::default(), &Progress::discard())
+            let req = request("redis", &ns, &format!("r{i}"), json!({}));
+            svc.deploy_request(&req, ApplyOptions::default(), &Progress::discard())
                 .await
         }));
     }
@@ -695,7 +662,8 @@ async fn an_invalid_object_is_rejected_with_the_server_message_after_earlier_obj
     };
     let ns = c.namespace("invalid").await;
     let backend = c.backend(&ns);
-    let mut p = plan("redis", &ns, "cache", json!({}));
+    let svc = service(&backend, &ns);
+    let mut p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     // Replicas must be an integer >= 0: the API server refuses this Deployment.
     let deployment = p
         .objects
@@ -733,7 +701,8 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
     };
     let ns = c.namespace("conflict").await;
     let backend = c.backend(&ns);
-    let p = plan("redis", &ns, "cache", json!({}));
+    let svc = service(&backend, &ns);
+    let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard()))
         .await
         .unwrap();
