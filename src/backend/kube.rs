@@ -30,7 +30,7 @@ use super::{
     ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status,
 };
 use crate::plan::{DeploymentId, ObjectRef, Plan, Section};
-pub use detect::{detect, Detection};
+pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
 
 /// Field manager of every server-side apply this backend makes.
@@ -472,6 +472,72 @@ fn grpc_addresses(ep: &Endpoints) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan_in(ns: &str, object_ns: Option<&str>) -> Plan {
+        let mut manifest =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        if let Some(o) = object_ns {
+            manifest["metadata"]["namespace"] = o.into();
+        }
+        let object = ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "c".into(),
+            namespace: object_ns.map(Into::into),
+            section: Section::Modules,
+            file: "f.yaml".into(),
+        };
+        let template = crate::catalog::Catalog::builtin()
+            .load("redis", "latest")
+            .unwrap();
+        Plan {
+            id: DeploymentId {
+                namespace: ns.into(),
+                module: "redis".into(),
+                name: "r".into(),
+            },
+            version: "latest".into(),
+            config: Default::default(),
+            secret_keys: vec![],
+            objects: vec![crate::plan::PlannedObject { object, manifest }],
+            template,
+        }
+    }
+
+    #[tokio::test]
+    async fn restricted_mode_refuses_plans_outside_the_orchestrator_namespace() {
+        let (svc, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(svc, "default");
+        let restricted = KubeBackend::new(
+            client.clone(),
+            KubeOptions::default()
+                .orchestrator_namespace("orc")
+                .restricted_namespace(true),
+        );
+        assert!(restricted
+            .check_namespace_rule(&plan_in("orc", None))
+            .is_ok());
+        assert!(restricted
+            .check_namespace_rule(&plan_in("orc", Some("orc")))
+            .is_ok());
+        let err = restricted
+            .check_namespace_rule(&plan_in("other", None))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("restricted namespace mode"),
+            "{err}"
+        );
+        assert!(restricted
+            .check_namespace_rule(&plan_in("orc", Some("kube-system")))
+            .is_err());
+        let open = KubeBackend::new(client, KubeOptions::default().orchestrator_namespace("orc"));
+        assert!(open
+            .check_namespace_rule(&plan_in("other", Some("kube-system")))
+            .is_ok());
+    }
 
     #[test]
     fn grpc_addresses_use_the_grpc_port_and_only_ready_addresses() {

@@ -297,6 +297,23 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
     .unwrap();
     assert_eq!(labelled.items.len(), 1);
 
+    // Objects no controller writes to keep their resourceVersion: the redeploy wrote nothing.
+    let rvs = |ns: String, client: kube::Client| async move {
+        let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns);
+        let cms = Api::<ConfigMap>::namespaced(client, &ns);
+        let s = timed(svc.get("cache"))
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        let c = timed(cms.get("cache"))
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        (s, c)
+    };
+    let objects_before = rvs(ns.clone(), c.client.clone()).await;
     // An immediate redeploy changes nothing, not even the record.
     let secrets = Api::<Secret>::namespaced(c.client.clone(), &ns);
     let record_rv = |list: Vec<Secret>| {
@@ -332,6 +349,11 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
     assert_eq!(
         before, after,
         "an unchanged redeploy must not rewrite the record"
+    );
+    assert_eq!(
+        objects_before,
+        rvs(ns.clone(), c.client.clone()).await,
+        "an unchanged redeploy must not write objects"
     );
 
     // A changed value reconfigures exactly the object that uses it.

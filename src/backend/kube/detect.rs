@@ -1,10 +1,11 @@
 //! Whether this process can talk to a Kubernetes cluster, for `serve --backend auto|kube`.
 //!
 //! Order: an explicit `--kubeconfig` path; in-cluster service-account credentials; `KUBECONFIG`
-//! or `~/.kube/config`. Only configuration is inspected here; nothing is contacted, so a
-//! laptop without a cluster starts the local backend instantly.
+//! or `~/.kube/config`. [`detect`] only inspects configuration, so a laptop without a cluster
+//! starts the local backend instantly; [`probe`] then checks that the cluster answers.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -71,6 +72,22 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
     }
 }
 
+/// Asks the API server for its version (bounded by `timeout`), so `--backend auto` can fall back
+/// to the local backend when a kubeconfig points at a cluster that is not there. Returns e.g.
+/// `v1.20.2`.
+pub async fn probe(client: &kube::Client, timeout: Duration) -> Result<String> {
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(info)) => Ok(info.git_version),
+        Ok(Err(e)) => Err(Error::Unavailable(format!(
+            "the Kubernetes API did not answer: {e}"
+        ))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "the Kubernetes API did not answer within {}s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
 fn home_kubeconfig() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
 }
@@ -111,6 +128,34 @@ mod tests {
             d.reason,
             format!("kubeconfig {} (context ctx)", path.display())
         );
+    }
+
+    #[tokio::test]
+    async fn probe_reports_the_server_version_or_unavailable() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(req.uri().path(), "/version");
+            let body = serde_json::json!({"major": "1", "minor": "20", "gitVersion": "v1.20.2", "gitCommit": "", "gitTreeState": "",
+                "buildDate": "", "goVersion": "", "compiler": "", "platform": ""});
+            send.send_response(Response::new(Body::from(
+                serde_json::to_vec(&body).unwrap(),
+            )));
+            let (_, send) = handle.next_request().await.expect("a second request");
+            send.send_error(std::io::Error::other("connection refused"));
+        });
+        assert_eq!(
+            probe(&client, Duration::from_secs(5)).await.unwrap(),
+            "v1.20.2"
+        );
+        assert!(matches!(
+            probe(&client, Duration::from_secs(5)).await,
+            Err(Error::Unavailable(_))
+        ));
+        server.await.unwrap();
     }
 
     #[tokio::test]
