@@ -149,11 +149,16 @@ pub async fn deploy(a: DeployArgs) -> Result<()> {
         force_conflicts: a.force_conflicts,
     };
     let mut stream = c.deploy(req).await.map_err(status_error)?.into_inner();
-    follow(&mut stream, a.output, &format!("deploying {}", a.module)).await
+    follow(&mut stream, a.output, &format!("deploying {}", a.module), false).await
 }
 
 /// Prints events as they arrive: a live spinner on a terminal, plain lines when piped.
-async fn follow(stream: &mut tonic::Streaming<pb::DeployEvent>, output: Output, what: &str) -> Result<()> {
+async fn follow(
+    stream: &mut tonic::Streaming<pb::DeployEvent>,
+    output: Output,
+    what: &str,
+    undeploy: bool,
+) -> Result<()> {
     let live = output == Output::Text && std::io::stderr().is_terminal();
     let bar = live.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -186,28 +191,20 @@ async fn follow(stream: &mut tonic::Streaming<pb::DeployEvent>, output: Output, 
                     b.finish_and_clear();
                 }
                 let d = s.deployment.unwrap_or_default();
-                if output == Output::Text {
+                if output == Output::Text && undeploy {
                     say(format!(
-                        "{} {}/{} in {}: {} ({} created, {} configured, {} unchanged, {} deleted) in {} ms{}",
-                        if s.deleted > 0 && s.created + s.configured + s.unchanged == 0 {
-                            "undeployed"
-                        } else {
-                            "deployed"
-                        },
-                        d.module,
-                        d.name,
-                        d.namespace,
-                        d.status,
-                        s.created,
-                        s.configured,
-                        s.unchanged,
-                        s.deleted,
-                        s.elapsed_ms,
-                        if d.endpoints.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; endpoints: {}", d.endpoints.join(", "))
-                        }
+                        "undeployed {}/{} in {} ({} deleted, {} kept)",
+                        d.module, d.name, d.namespace, s.deleted, s.kept
+                    ));
+                } else if output == Output::Text {
+                    let endpoints = if d.endpoints.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; endpoints: {}", d.endpoints.join(", "))
+                    };
+                    say(format!(
+                        "deployed {}/{} in {}: {} ({} created, {} configured, {} unchanged, {} deleted) in {} ms{endpoints}",
+                        d.module, d.name, d.namespace, d.status, s.created, s.configured, s.unchanged, s.deleted, s.elapsed_ms,
                     ));
                 } else {
                     print(output, &json!({"events": events, "deployment": deployment_json(&d)}))?;
@@ -237,7 +234,7 @@ pub async fn undeploy(a: IdArgs) -> Result<()> {
     let mut c = client(&a.client).await?;
     let req = pb::UndeployRequest { namespace: a.namespace, module: a.module.clone(), name: a.name };
     let mut stream = c.undeploy(req).await.map_err(status_error)?.into_inner();
-    follow(&mut stream, a.output, &format!("undeploying {}", a.module)).await
+    follow(&mut stream, a.output, &format!("undeploying {}", a.module), true).await
 }
 
 pub async fn get(a: IdArgs) -> Result<()> {

@@ -337,7 +337,11 @@ impl Backend for LocalBackend {
                     Some(pid)
                 }
                 Err(e) => {
-                    progress.send(ObjectEvent::new(process_ref(id), Action::Failed).with_message(e.to_string())).await;
+                    let reason = match &e {
+                        Error::WorkloadFailed { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    progress.send(ObjectEvent::new(process_ref(id), Action::Failed).with_message(reason)).await;
                     record.status = Status::Failed;
                     record.message = e.to_string();
                     record.endpoints.clear();
@@ -497,8 +501,10 @@ async fn grpc_serving(port: u16, service: &str) -> bool {
 /// Last lines of a workload's log, for error messages.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+    // The last lines carry the reason (a Python traceback ends with the exception).
+    let lines: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == '~')).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     if tail.is_empty() {
         "(no output)".into()
     } else {
