@@ -193,3 +193,32 @@ async fn undeploy_of_an_unknown_deployment_is_not_found() {
     assert!(err.message().contains("default/redis/nope"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_recorded() {
+    assert!(redis_available());
+    let server = TestServer::start().await;
+    let mut c = server.grpc().await;
+    let mut stream = within(c.deploy(redis_request("left", "8mb"))).await.unwrap().into_inner();
+    let first = within(stream.next()).await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Object(_))));
+    drop(stream);
+    drop(c);
+    // The deploy task carries on; poll (bounded) until the record says deployed.
+    let mut c = server.grpc().await;
+    let id = pb::GetDeploymentRequest { namespace: "default".into(), module: "redis".into(), name: "left".into() };
+    let mut deployed = None;
+    for _ in 0..200 {
+        if let Ok(d) = within(c.get_deployment(id.clone())).await {
+            let d = d.into_inner();
+            if d.status == "deployed" {
+                deployed = Some(d);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let d = deployed.expect("deployment recorded as deployed");
+    assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
+    server.stop().await;
+}
