@@ -29,4 +29,9 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --locked
 
+step "Python: jac-splice build, stubs and pytest"
+# The orchestrator tests in pytest drive the jac-orc binary built above.
+export JAC_ORC_BIN="$CARGO_TARGET_DIR/debug/jac-orc" JAC_ORC_REQUIRE_BIN=1
+CARGO_TARGET_DIR="$CACHE/target-python" bash python/scripts/test.sh
+
 step "all tests passed"

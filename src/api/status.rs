@@ -26,78 +26,38 @@ pub fn classify(e: &Error) -> Class {
     use StatusCode as H;
     match e {
         Error::Catalog(c) => match c {
-            catalog::Error::InvalidName { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME")
-            }
-            catalog::Error::ModuleNotFound { .. } => {
-                class(Code::NotFound, H::NOT_FOUND, "TEMPLATE_NOT_FOUND")
-            }
-            catalog::Error::VersionNotFound { .. } => {
-                class(Code::NotFound, H::NOT_FOUND, "VERSION_NOT_FOUND")
-            }
+            catalog::Error::InvalidName { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME"),
+            catalog::Error::ModuleNotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "TEMPLATE_NOT_FOUND"),
+            catalog::Error::VersionNotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "VERSION_NOT_FOUND"),
             catalog::Error::UnknownPlaceholder { .. } => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "UNKNOWN_PLACEHOLDER")
             }
-            catalog::Error::WrongType { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "WRONG_TYPE")
+            catalog::Error::WrongType { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "WRONG_TYPE"),
+            catalog::Error::InvalidValue { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_VALUE"),
+            catalog::Error::BadTemplate { .. } | catalog::Error::Render { .. } | catalog::Error::BadYaml { .. } => {
+                class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "TEMPLATE_INVALID")
             }
-            catalog::Error::InvalidValue { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_VALUE")
-            }
-            catalog::Error::BadTemplate { .. }
-            | catalog::Error::Render { .. }
-            | catalog::Error::BadYaml { .. } => class(
-                Code::FailedPrecondition,
-                H::UNPROCESSABLE_ENTITY,
-                "TEMPLATE_INVALID",
-            ),
             catalog::Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
         Error::Backend(b) => match b {
-            backend::Error::MissingProgram { .. } => class(
-                Code::FailedPrecondition,
-                H::PRECONDITION_FAILED,
-                "PROGRAM_MISSING",
-            ),
-            backend::Error::NoLocalRecipe { .. } => class(
-                Code::FailedPrecondition,
-                H::PRECONDITION_FAILED,
-                "NO_LOCAL_RECIPE",
-            ),
-            backend::Error::Rejected { .. } => {
-                class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED")
+            backend::Error::MissingProgram { .. } => {
+                class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "PROGRAM_MISSING")
             }
-            backend::Error::Conflict { .. } => class(
-                Code::FailedPrecondition,
-                H::CONFLICT,
-                "FIELD_MANAGER_CONFLICT",
-            ),
-            backend::Error::NotFound(_) => {
-                class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND")
+            backend::Error::NoLocalRecipe { .. } => {
+                class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_LOCAL_RECIPE")
             }
-            backend::Error::WorkloadFailed { .. } => class(
-                Code::FailedPrecondition,
-                H::UNPROCESSABLE_ENTITY,
-                "WORKLOAD_FAILED",
-            ),
-            backend::Error::Timeout { .. } => class(
-                Code::DeadlineExceeded,
-                H::GATEWAY_TIMEOUT,
-                "READINESS_TIMEOUT",
-            ),
-            backend::Error::Unavailable(_) => {
-                class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            backend::Error::Rejected { .. } => class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED"),
+            backend::Error::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+            backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+            backend::Error::WorkloadFailed { .. } => {
+                class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
             }
-            backend::Error::Internal(_) => {
-                class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
-            }
+            backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
+            backend::Error::Unavailable(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
-        Error::RestrictedNamespace { .. } => class(
-            Code::FailedPrecondition,
-            H::BAD_REQUEST,
-            "RESTRICTED_NAMESPACE",
-        ),
+        Error::RestrictedNamespace { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
     }
 }
@@ -135,13 +95,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            detail: detail.into(),
-            field: None,
-            reason,
-            extra: Map::new(),
-        }
+        ApiError { status, detail: detail.into(), field: None, reason, extra: Map::new() }
     }
 
     #[must_use]
@@ -193,36 +147,21 @@ mod tests {
 
     #[test]
     fn not_found_maps_to_404_and_not_found() {
-        let e = Error::Catalog(catalog::Error::ModuleNotFound {
-            module: "x".into(),
-            valid: vec!["redis".into()],
-        });
+        let e = Error::Catalog(catalog::Error::ModuleNotFound { module: "x".into(), valid: vec!["redis".into()] });
         let c = classify(&e);
         assert_eq!((c.code, c.http), (Code::NotFound, StatusCode::NOT_FOUND));
         let s = to_status(&e);
         assert!(s.message().contains("redis"));
-        assert_eq!(
-            s.get_error_details().error_info().unwrap().reason,
-            "TEMPLATE_NOT_FOUND"
-        );
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "TEMPLATE_NOT_FOUND");
     }
 
     #[test]
     fn bad_values_carry_the_field() {
-        let e = Error::Catalog(catalog::Error::WrongType {
-            name: "replicas".into(),
-            expected: "integer",
-            got: "string",
-        });
+        let e =
+            Error::Catalog(catalog::Error::WrongType { name: "replicas".into(), expected: "integer", got: "string" });
         let s = to_status(&e);
         assert_eq!(s.code(), Code::InvalidArgument);
-        let v = s
-            .get_error_details()
-            .bad_request()
-            .unwrap()
-            .field_violations[0]
-            .field
-            .clone();
+        let v = s.get_error_details().bad_request().unwrap().field_violations[0].field.clone();
         assert_eq!(v, "config.replicas");
     }
 }

@@ -1,0 +1,77 @@
+"""Hand-written stubs for the native core (checked with mypy.stubtest)."""
+
+from typing import Any, Dict, List, Optional, Tuple, final
+
+__all__ = ["__version__", "Client", "RemoteRef", "ModuleServer", "use_numpy"]
+
+__version__: str
+
+def use_numpy(module: Any) -> None: ...
+
+@final
+class RemoteRef:
+    """A reference to an object held by a module server for one client session."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type_name(self) -> str: ...
+    @property
+    def callable(self) -> bool: ...
+    @property
+    def session(self) -> str: ...
+
+@final
+class Client:
+    """A client session with one module server, directly or through jac-orc's ModuleProxy."""
+
+    def __new__(
+        cls,
+        target: str,
+        *,
+        token: Optional[str] = None,
+        heartbeat_seconds: Optional[float] = 10.0,
+        max_message_bytes: int = ...,
+        channels: int = 2,
+        connect_timeout_seconds: float = 5.0,
+    ) -> Client: ...
+    def via_proxy(self, deployment: str, namespace: str) -> Client: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def deployment(self) -> Optional[Tuple[str, str]]: ...
+    def get_attr(self, target: str, path: List[str]) -> Any: ...
+    def call(
+        self,
+        target: str,
+        path: List[str],
+        args: Tuple[Any, ...],
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any: ...
+    def release(self, ids: List[str]) -> Tuple[int, int]: ...
+    def release_later(self, id: str) -> None: ...
+    def flush(self) -> None: ...
+    def describe(self) -> Dict[str, Any]: ...
+    def list_deployments(self, namespace: str = ..., module: str = ...) -> List[Dict[str, Any]]: ...
+
+@final
+class ModuleServer:
+    """A module server running on the shared runtime (see ``python -m jac_splice.server``)."""
+
+    def __new__(
+        cls,
+        module: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lease_seconds: float = 60.0,
+        max_message_bytes: int = ...,
+    ) -> ModuleServer: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
+    def stop(self) -> None: ...

@@ -1,0 +1,152 @@
+"""Connecting to a module server, directly or through jac-orc."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from jac_splice._native import Client, RemoteRef
+from jac_splice.exceptions import DeploymentLookupError, SpliceError, TransportError
+from jac_splice.proxy import RemoteModule
+
+PYTHON_MODULE = "python-module"
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+
+class Splice:
+    """A connection to a module server or to jac-orc; see :func:`connect`."""
+
+    def __init__(
+        self,
+        target: str,
+        token: Optional[str] = None,
+        *,
+        heartbeat_seconds: Optional[float] = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channels: int = 2,
+    ) -> None:
+        self.target = target
+        self._client = Client(
+            target,
+            token=token,
+            heartbeat_seconds=heartbeat_seconds,
+            max_message_bytes=max_message_bytes,
+            channels=channels,
+        )
+        self._routes: Dict[Tuple[str, str], Client] = {}
+        self._served: Optional[str] = None
+        self._is_orchestrator: Optional[bool] = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Client:
+        """The native client of the direct route (a module server target)."""
+        return self._client
+
+    def _probe(self) -> bool:
+        """True if the target is jac-orc (it does not serve ModuleService itself)."""
+        if self._is_orchestrator is None:
+            try:
+                self._served = str(self._client.describe()["module"])
+                self._is_orchestrator = False
+            except TransportError as e:
+                if e.code != "UNIMPLEMENTED":
+                    raise
+                self._is_orchestrator = True
+        return self._is_orchestrator
+
+    def describe(self) -> Dict[str, Any]:
+        """The directly connected module server's description (pid, module, reference counts)."""
+        return dict(self._client.describe())
+
+    def import_module(
+        self, name: str, deployment: Optional[str] = None, namespace: Optional[str] = None
+    ) -> RemoteModule:
+        """The remote module ``name`` as a proxy.
+
+        With a module server target, ``name`` must be its module (or a submodule of it). With a
+        jac-orc target, the python-module deployment serving ``name`` is looked up with
+        ``ListDeployments`` unless ``deployment`` is given.
+        """
+        if deployment is None and not self._probe():
+            return self._direct_module(name)
+        if deployment is None:
+            deployment, namespace = self.resolve_deployment(name, namespace)
+        client = self._route(deployment, namespace or "")
+        served = str(client.describe()["module"])
+        return _module_proxy(client, served, name)
+
+    def _direct_module(self, name: str) -> RemoteModule:
+        assert self._served is not None
+        return _module_proxy(self._client, self._served, name)
+
+    def _route(self, deployment: str, namespace: str) -> Client:
+        with self._lock:
+            key = (deployment, namespace)
+            if key not in self._routes:
+                self._routes[key] = self._client.via_proxy(deployment, namespace)
+            return self._routes[key]
+
+    def resolve_deployment(self, name: str, namespace: Optional[str] = None) -> Tuple[str, str]:
+        """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+        deployments: List[Dict[str, Any]] = self._client.list_deployments(
+            namespace or "", PYTHON_MODULE
+        )
+        top = name.split(".")[0]
+        modules = [d for d in deployments if d.get("module") == PYTHON_MODULE]
+        matches = [d for d in modules if d["config"].get("module") in (name, top)]
+        if len(matches) == 1:
+            return str(matches[0]["name"]), str(matches[0]["namespace"])
+        candidates = ", ".join(
+            f"{d['namespace']}/{d['name']} (module {d['config'].get('module', '?')!r})"
+            for d in (matches or modules)
+        )
+        if not matches:
+            raise DeploymentLookupError(
+                f"jac-orc at {self.target} has no python-module deployment of {name!r}; "
+                f"python-module deployments: {candidates or 'none'}"
+            )
+        raise DeploymentLookupError(
+            f"jac-orc at {self.target} has several python-module deployments of {name!r}: "
+            f"{candidates}; pass deployment= (and namespace=) to choose"
+        )
+
+    def flush(self) -> None:
+        """Sends queued releases of garbage-collected proxies now."""
+        self._client.flush()
+        for client in list(self._routes.values()):
+            client.flush()
+
+
+def _module_proxy(client: Client, served: str, name: str) -> RemoteModule:
+    if name == served:
+        return RemoteModule(client, None, name)
+    if name.startswith(served + "."):
+        path = name[len(served) + 1 :].split(".")
+        ref = client.get_attr("", path)
+        if not isinstance(ref, RemoteRef):
+            raise SpliceError(f"{name} is plain data on the server, not a module")
+        return RemoteModule(client, ref, name)
+    raise SpliceError(f"the module server at {client.target} serves {served!r}, not {name!r}")
+
+
+def connect(
+    target: str,
+    token: Optional[str] = None,
+    *,
+    heartbeat_seconds: Optional[float] = 10.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    channels: int = 2,
+) -> Splice:
+    """Connects to a module server ("127.0.0.1:50051") or to jac-orc ("http://jac-orc:8000").
+
+    Nothing is dialled until the first request. ``heartbeat_seconds`` (None: off) keeps the
+    session's references alive on the server; keep it below the server's lease.
+    """
+    return Splice(
+        target,
+        token,
+        heartbeat_seconds=heartbeat_seconds,
+        max_message_bytes=max_message_bytes,
+        channels=channels,
+    )

@@ -1,0 +1,144 @@
+"""An import hook: ``import numpy`` returns the remote module for the names you choose."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+from types import ModuleType, TracebackType
+from typing import Dict, Iterable, Optional, Sequence, Type, Union
+
+from jac_splice._native import use_numpy
+from jac_splice.client import Splice, connect
+from jac_splice.proxy import RemoteModule
+
+
+class _RemoteLoader(importlib.abc.Loader):
+    def __init__(self, hook: RemoteImports) -> None:
+        self._hook = hook
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
+        module = self._hook.load(spec.name)
+        # The import system only needs a module-like object; a proxy is one.
+        return module  # type: ignore[return-value]
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to execute: the module already runs in the module server."""
+
+
+class RemoteImports(importlib.abc.MetaPathFinder):
+    """A ``sys.meta_path`` finder serving the listed modules (and their submodules) remotely.
+
+    Use as a context manager, or call :meth:`uninstall`. Modules imported before installing stay
+    local (Python answers ``import`` from ``sys.modules`` first).
+    """
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        server: Union[str, Splice],
+        token: Optional[str] = None,
+        deployments: Optional[Dict[str, str]] = None,
+        namespace: Optional[str] = None,
+        servers: Optional[Dict[str, Union[str, Splice]]] = None,
+    ) -> None:
+        self.names = frozenset(names)
+        self.splice = server if isinstance(server, Splice) else connect(server, token)
+        self.servers: Dict[str, Splice] = {
+            name: s if isinstance(s, Splice) else connect(s, token)
+            for name, s in (servers or {}).items()
+        }
+        self.deployments = dict(deployments or {})
+        self.namespace = namespace
+        self._loaded: Dict[str, RemoteModule] = {}
+        self._lock = threading.Lock()
+        self._loader = _RemoteLoader(self)
+        self._local_numpy: Optional[ModuleType] = None
+
+    def handles(self, fullname: str) -> bool:
+        return fullname in self.names or fullname.split(".")[0] in self.names
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Optional[Sequence[str]] = None,
+        target: Optional[ModuleType] = None,
+    ) -> Optional[importlib.machinery.ModuleSpec]:
+        if not self.handles(fullname):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=True)
+
+    def load(self, fullname: str) -> RemoteModule:
+        with self._lock:
+            module = self._loaded.get(fullname)
+            if module is None:
+                top = fullname.split(".")[0]
+                deployment = self.deployments.get(top)
+                splice = self.servers.get(top, self.splice)
+                module = splice.import_module(fullname, deployment, self.namespace)
+                self._loaded[fullname] = module
+            return module
+
+    def install(self) -> RemoteImports:
+        if "numpy" in self.names and self._local_numpy is None:
+            self._local_numpy = _keep_local_numpy_for_the_codec()
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+        return self
+
+    def uninstall(self) -> None:
+        """Removes the finder and forgets the remote modules it put in ``sys.modules``."""
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for name in list(sys.modules):
+            if self.handles(name) and isinstance(sys.modules[name], RemoteModule):
+                del sys.modules[name]
+        self._loaded.clear()
+        if self._local_numpy is not None:
+            sys.modules.setdefault("numpy", self._local_numpy)
+            self._local_numpy = None
+
+    def __enter__(self) -> RemoteImports:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.uninstall()
+
+
+def _keep_local_numpy_for_the_codec() -> Optional[ModuleType]:
+    """Arrays coming back by value need the real numpy: hand it to the codec, then let
+    ``import numpy`` reach the finder (it answers from ``sys.modules`` otherwise)."""
+    current = sys.modules.get("numpy")
+    if current is not None and not isinstance(current, ModuleType):
+        return None
+    try:
+        real = importlib.import_module("numpy")
+    except ImportError:  # no local numpy: arrays cannot be decoded here, everything else works
+        return None
+    use_numpy(real)
+    sys.modules.pop("numpy", None)
+    return real
+
+
+def remote_imports(
+    names: Iterable[str],
+    server: Union[str, Splice],
+    token: Optional[str] = None,
+    deployments: Optional[Dict[str, str]] = None,
+    namespace: Optional[str] = None,
+    servers: Optional[Dict[str, Union[str, Splice]]] = None,
+) -> RemoteImports:
+    """Installs (and returns) a finder that imports ``names`` from ``server``.
+
+    ``server`` is a module server or jac-orc address, or a :class:`Splice` connection;
+    ``servers`` overrides it per top-level module name (a module server serves one module).
+    ``deployments`` optionally maps a module name to its jac-orc deployment.
+    """
+    return RemoteImports(names, server, token, deployments, namespace, servers).install()

@@ -1,0 +1,72 @@
+"""jaclang plugin: Jac's ``import:py numpy;`` (and Python imports) of configured modules go to a
+module server or jac-orc.
+
+Configuration (environment):
+
+* ``JAC_SPLICE_SERVER``: module server ("127.0.0.1:50051") or jac-orc ("http://jac-orc:8000").
+* ``JAC_SPLICE_MODULES``: comma-separated module names to import remotely, or
+* ``JAC_SPLICE_CONFIG``: a JSON file ``{"server": "...", "modules": ["numpy"], "token": "...",
+  "servers": {"scipy": "127.0.0.1:50052"}, "deployments": {"numpy": "np-deployment"},
+  "namespace": "..."}`` (environment wins; ``servers`` sends a module to its own server).
+* ``JAC_SPLICE_TOKEN``: optional bearer token.
+
+The hook is a ``sys.meta_path`` finder installed when jaclang loads its plugins; Jac compiles its
+Python imports to ordinary imports, so the finder sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from jac_splice.importer import RemoteImports, remote_imports
+
+_installed: Optional[RemoteImports] = None
+
+
+def load_config(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    env = os.environ if environ is None else environ
+    config: Dict[str, Any] = {}
+    path = env.get("JAC_SPLICE_CONFIG")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            config.update(json.load(f))
+    if env.get("JAC_SPLICE_SERVER"):
+        config["server"] = env["JAC_SPLICE_SERVER"]
+    if env.get("JAC_SPLICE_MODULES"):
+        config["modules"] = env["JAC_SPLICE_MODULES"]
+    if env.get("JAC_SPLICE_TOKEN"):
+        config["token"] = env["JAC_SPLICE_TOKEN"]
+    modules = config.get("modules", [])
+    if isinstance(modules, str):
+        modules = modules.split(",")
+    config["modules"] = [m.strip() for m in modules if m.strip()]
+    return config
+
+
+def install(environ: Optional[Dict[str, str]] = None) -> Optional[RemoteImports]:
+    """Installs the finder once, if a server and modules are configured."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    config = load_config(environ)
+    modules: List[str] = config["modules"]
+    if not modules or not config.get("server"):
+        return None
+    _installed = remote_imports(
+        modules,
+        config["server"],
+        token=config.get("token"),
+        deployments=config.get("deployments"),
+        namespace=config.get("namespace"),
+        servers=config.get("servers"),
+    )
+    return _installed
+
+
+class SplicePlugin:
+    """Registered under the ``jac`` entry-point group; loading it installs the import hook."""
+
+
+install()

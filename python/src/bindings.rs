@@ -1,0 +1,431 @@
+//! The Python-facing classes: thin wrappers that convert arguments while attached, wait on the
+//! shared runtime detached (checking for Ctrl-C between short slices), and convert results back.
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use tonic::Status;
+
+use crate::client::{Connection, Options, Route};
+use crate::codec::{self, DecodeError};
+use crate::errors::{remote_to_pyerr, status_to_pyerr};
+use crate::proto::{
+    value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value,
+    ValueResponse,
+};
+use crate::runtime::rt;
+use crate::server::{RunningServer, ServerConfig};
+
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Runs `fut` on the shared runtime with the GIL released; Ctrl-C (a pending signal handler that
+/// raises) interrupts the wait.
+fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
+    py.detach(|| {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            match rt().block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
+                Ok(value) => return Ok(value),
+                Err(_) => Python::attach(|py| py.check_signals())?,
+            }
+        }
+    })
+}
+
+fn new_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut parts = [0u64; 2];
+    for part in &mut parts {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        *part = h.finish();
+    }
+    format!("{:016x}{:016x}", parts[0], parts[1])
+}
+
+/// A reference to an object held by a module server for one client session.
+#[pyclass(frozen, module = "jac_splice._native", name = "RemoteRef")]
+#[derive(Debug)]
+pub struct RemoteRef {
+    #[pyo3(get)]
+    id: String,
+    #[pyo3(get)]
+    type_name: String,
+    #[pyo3(get)]
+    callable: bool,
+    #[pyo3(get)]
+    session: String,
+}
+
+#[pymethods]
+impl RemoteRef {
+    fn __repr__(&self) -> String {
+        format!(
+            "RemoteRef(id={:?}, type_name={:?}, callable={})",
+            self.id, self.type_name, self.callable
+        )
+    }
+}
+
+/// A client session with one module server, directly or through jac-orc's `ModuleProxy`.
+#[pyclass(frozen, module = "jac_splice._native", name = "Client")]
+#[derive(Debug)]
+pub struct Client {
+    connection: Arc<Connection>,
+    route: Arc<Route>,
+    heartbeat: Option<Duration>,
+    target: String,
+}
+
+impl Client {
+    fn with_route(&self, via: Option<ProxyTarget>) -> Self {
+        let route = Route::new(self.connection.clone(), new_session_id(), via);
+        route.spawn_background(self.heartbeat);
+        Self {
+            connection: self.connection.clone(),
+            route,
+            heartbeat: self.heartbeat,
+            target: self.target.clone(),
+        }
+    }
+
+    fn encode_arg(&self, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+        let session = self.route.session();
+        let mut leaf = |o: &Bound<'_, PyAny>| -> PyResult<Option<Value>> {
+            let holder = match o.cast::<RemoteRef>() {
+                Ok(r) => Some(r.clone()),
+                Err(_) => match o.getattr_opt("_jac_splice_ref")? {
+                    Some(r) if r.is_none() => {
+                        // A proxy of the served module itself: the empty target.
+                        let client = o.getattr("_jac_splice_client")?;
+                        let client = client.cast::<Client>()?;
+                        if client.get().route.session() != session {
+                            return Err(PyValueError::new_err(
+                                "that remote module belongs to another module server session",
+                            ));
+                        }
+                        return Ok(Some(Value {
+                            kind: Some(value::Kind::Ref(WireRef::default())),
+                        }));
+                    }
+                    Some(r) => r.cast_into::<RemoteRef>().ok(),
+                    None => None,
+                },
+            };
+            let Some(r) = holder else {
+                return Err(PyTypeError::new_err(format!(
+                    "cannot send a {} to a module server: only plain data, numpy arrays and remote objects travel",
+                    codec::type_name(o)?
+                )));
+            };
+            let r = r.get();
+            if r.session != session {
+                return Err(PyValueError::new_err(format!(
+                    "remote object {} belongs to another module server session",
+                    r.id
+                )));
+            }
+            Ok(Some(Value {
+                kind: Some(value::Kind::Ref(WireRef {
+                    id: r.id.clone(),
+                    type_name: r.type_name.clone(),
+                    callable: r.callable,
+                })),
+            }))
+        };
+        Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
+    }
+
+    fn decode_response(
+        &self,
+        py: Python<'_>,
+        response: Result<ValueResponse, Status>,
+    ) -> PyResult<Py<PyAny>> {
+        let response = response.map_err(|s| status_to_pyerr(py, &s))?;
+        match response.result {
+            Some(value_response::Result::Value(value)) => {
+                let session = self.route.session().to_owned();
+                let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
+                    let obj = RemoteRef {
+                        id: r.id,
+                        type_name: r.type_name,
+                        callable: r.callable,
+                        session: session.clone(),
+                    };
+                    Ok(Bound::new(py, obj)?.into_any())
+                };
+                codec::decode(py, value, &mut refs)
+                    .map(Bound::unbind)
+                    .map_err(DecodeError::into_pyerr)
+            }
+            Some(value_response::Result::Error(err)) => Err(remote_to_pyerr(py, err)),
+            None => Err(PyValueError::new_err(
+                "empty response from the module server",
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (target, *, token=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0))]
+    fn new(
+        target: String,
+        token: Option<String>,
+        heartbeat_seconds: Option<f64>,
+        max_message_bytes: usize,
+        channels: usize,
+        connect_timeout_seconds: f64,
+    ) -> PyResult<Self> {
+        let options = Options {
+            token,
+            max_message_bytes,
+            channels,
+            connect_timeout: Duration::try_from_secs_f64(connect_timeout_seconds)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
+        };
+        let heartbeat = heartbeat_seconds
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let connection = {
+            let _guard = rt().enter();
+            Connection::new(&target, &options)
+                .map_err(|s| PyValueError::new_err(s.message().to_owned()))?
+        };
+        let route = Route::new(connection.clone(), new_session_id(), None);
+        let _guard = rt().enter();
+        route.spawn_background(heartbeat);
+        Ok(Self {
+            connection,
+            route,
+            heartbeat,
+            target,
+        })
+    }
+
+    /// A client for `deployment`'s module server through jac-orc's `ModuleProxy` (new session).
+    fn via_proxy(&self, deployment: String, namespace: String) -> Self {
+        let _guard = rt().enter();
+        self.with_route(Some(ProxyTarget {
+            deployment,
+            namespace,
+        }))
+    }
+
+    #[getter]
+    fn session(&self) -> String {
+        self.route.session().to_owned()
+    }
+
+    #[getter]
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+
+    #[getter]
+    fn deployment(&self) -> Option<(String, String)> {
+        self.route
+            .via()
+            .map(|v| (v.deployment.clone(), v.namespace.clone()))
+    }
+
+    /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
+    #[pyo3(signature = (target, path))]
+    fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
+        let route = self.route.clone();
+        let response = wait_for(py, async move { route.get_attr(target, path).await })?;
+        self.decode_response(py, response)
+    }
+
+    /// Calls `target.path(*args, **kwargs)` on the module server.
+    #[pyo3(signature = (target, path, args, kwargs=None))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        target: String,
+        path: Vec<String>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut request = CallRequest {
+            target,
+            path,
+            ..Default::default()
+        };
+        for arg in args.iter() {
+            request.args.push(self.encode_arg(&arg)?);
+        }
+        if let Some(kwargs) = kwargs {
+            for (name, value) in kwargs.iter() {
+                request.kwargs.push(Kwarg {
+                    name: name.extract()?,
+                    value: Some(self.encode_arg(&value)?),
+                });
+            }
+        }
+        let route = self.route.clone();
+        let response = wait_for(py, async move { route.call(request).await })?;
+        self.decode_response(py, response)
+    }
+
+    /// Releases `ids` now; returns (released, remaining). An empty list is the heartbeat.
+    fn release(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<(u32, u32)> {
+        let route = self.route.clone();
+        let response = wait_for(py, async move { route.release(ids).await })?;
+        let response = response.map_err(|s| status_to_pyerr(py, &s))?;
+        Ok((response.released, response.remaining))
+    }
+
+    /// Queues `id` for the next batched release (safe to call from a GC callback).
+    fn release_later(&self, id: String) {
+        self.route.release_later(id);
+    }
+
+    /// Sends the queued releases now.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let route = self.route.clone();
+        wait_for(py, async move { route.flush().await })?.map_err(|s| status_to_pyerr(py, &s))
+    }
+
+    /// The module server's description as a dict.
+    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let route = self.route.clone();
+        let d = wait_for(py, async move { route.describe().await })?
+            .map_err(|s| status_to_pyerr(py, &s))?;
+        let out = PyDict::new(py);
+        out.set_item("module", d.module)?;
+        out.set_item("module_version", d.module_version)?;
+        out.set_item("python_version", d.python_version)?;
+        out.set_item("pid", d.pid)?;
+        out.set_item("server_version", d.server_version)?;
+        out.set_item("session_refs", d.session_refs)?;
+        out.set_item("total_refs", d.total_refs)?;
+        out.set_item("sessions", d.sessions)?;
+        out.set_item("lease_seconds", d.lease_seconds)?;
+        Ok(out)
+    }
+
+    /// jac-orc's deployments (namespace, module filters; empty matches all) as dicts.
+    #[pyo3(signature = (namespace=String::new(), module=String::new()))]
+    fn list_deployments<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        module: String,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let connection = self.connection.clone();
+        let response = wait_for(py, async move {
+            connection.list_deployments(namespace, module).await
+        })?
+        .map_err(|s| status_to_pyerr(py, &s))?;
+        let out = PyList::empty(py);
+        for d in response.deployments {
+            let item = PyDict::new(py);
+            item.set_item("namespace", d.namespace)?;
+            item.set_item("module", d.module)?;
+            item.set_item("name", d.name)?;
+            item.set_item("status", d.status)?;
+            item.set_item("endpoints", d.endpoints)?;
+            let config = PyDict::new(py);
+            for (key, value) in d.config.map(|s| s.fields).unwrap_or_default() {
+                if let Some(prost_types::value::Kind::StringValue(s)) = value.kind {
+                    config.set_item(key, s)?;
+                }
+            }
+            item.set_item("config", config)?;
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A module server running on the shared runtime.
+#[pyclass(frozen, module = "jac_splice._native", name = "ModuleServer")]
+#[derive(Debug)]
+pub struct ModuleServer {
+    inner: Mutex<RunningServer>,
+    host: String,
+    port: u16,
+}
+
+#[pymethods]
+impl ModuleServer {
+    #[new]
+    #[pyo3(signature = (module, *, host="127.0.0.1".to_owned(), port=0, lease_seconds=60.0, max_message_bytes=1<<30))]
+    fn new(
+        py: Python<'_>,
+        module: Bound<'_, PyAny>,
+        host: String,
+        port: u16,
+        lease_seconds: f64,
+        max_message_bytes: usize,
+    ) -> PyResult<Self> {
+        let lease = Duration::try_from_secs_f64(lease_seconds)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let config = ServerConfig {
+            host: host.clone(),
+            port,
+            lease,
+            max_message_bytes,
+        };
+        let server = RunningServer::start(py, module, &config)?;
+        let port = server.addr.port();
+        Ok(Self {
+            inner: Mutex::new(server),
+            host,
+            port,
+        })
+    }
+
+    #[getter]
+    fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Blocks until the server stops (or `timeout` seconds pass: returns False); Ctrl-C raises.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline =
+            timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let finished = py.detach(|| {
+                self.inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .wait(SLICE)
+            });
+            if finished.map_err(pyo3::exceptions::PyRuntimeError::new_err)? {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Stops serving and frees every reference.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        let freed = py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).stop());
+        drop(freed);
+        self.wait(py, Some(10.0)).map(|_| ())
+    }
+}

@@ -1,0 +1,28 @@
+//! `jac_splice._native`: the transport and value codec behind the `jac_splice` package.
+//! This module only exports names; the logic lives in the modules below.
+mod bindings;
+mod client;
+mod codec;
+mod errors;
+mod proto;
+mod refs;
+mod runtime;
+mod server;
+
+use pyo3::prelude::*;
+
+/// Uses `module` as numpy for encoding and decoding arrays (see `jac_splice.importer`).
+#[pyfunction]
+fn use_numpy(module: &Bound<'_, PyAny>) -> PyResult<()> {
+    codec::use_numpy(module)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<bindings::Client>()?;
+    m.add_class::<bindings::RemoteRef>()?;
+    m.add_class::<bindings::ModuleServer>()?;
+    m.add_function(wrap_pyfunction!(use_numpy, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+"""The module the tests serve (imported by the module server subprocess)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+import weakref
+from typing import Any, Iterator, List
+
+__version__ = "1.2.3"
+
+ANSWER = 42
+_live: "weakref.WeakSet[Thing]" = weakref.WeakSet()
+
+
+class CustomKeyError(KeyError):
+    """A non-builtin exception deriving from a builtin one."""
+
+
+class Thing:
+    def __init__(self, value: int) -> None:
+        self.value = value
+        _live.add(self)
+
+    def bump(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+
+class Box:
+    """A container exercising the forwarded protocols."""
+
+    def __init__(self, items: List[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        self.items[i] = value
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self.items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __repr__(self) -> str:
+        return f"Box({self.items!r})"
+
+    def __add__(self, other: Any) -> "Box":
+        extra = other.items if isinstance(other, Box) else list(other)
+        return Box(self.items + extra)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and other.items == self.items
+
+    def __lt__(self, other: "Box") -> bool:
+        return len(self.items) < len(other.items)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+def make_thing(value: int = 0) -> Thing:
+    return Thing(value)
+
+
+def read_value(thing: Thing) -> int:
+    return thing.value
+
+
+def live_things() -> int:
+    gc.collect()
+    return len(_live)
+
+
+def slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+def fail_value(message: str) -> None:
+    raise ValueError(message)
+
+
+def fail_custom(key: str) -> None:
+    raise CustomKeyError(key)
+
+
+def big_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+def kwargs_echo(*args: Any, **kwargs: Any) -> Any:
+    return [list(args), kwargs]

@@ -1,0 +1,64 @@
+"""The jaclang plugin: `jac run` with remote numpy and a remote module."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import server_env
+
+JAC_PROGRAM = """
+import numpy;
+import splice_testmod;
+import os;
+
+with entry {
+    print("sum", numpy.array([1, 2, 3, 4]).sum());
+    print("server_pid", splice_testmod.pid());
+    print("local_pid", os.getpid());
+}
+"""
+
+
+# `jac run` as the `jac` script does it. jaclang 0.10.2 imports typing.override (Python >= 3.12)
+# in its own CLI code, so on Python 3.11 the shim below is needed for `jac run` to start at all.
+JAC_CLI = """
+import sys, typing
+if not hasattr(typing, "override"):
+    typing.override = lambda f: f
+from jaclang.jac0core.cli_boot import start_cli
+sys.argv[0] = "jac"
+sys.exit(start_cli())
+"""
+
+
+@pytest.mark.skipif(shutil.which("jac") is None, reason="jaclang is not installed")
+def test_jac_run_uses_remote_modules(server_factory: Any, tmp_path: Path) -> None:
+    numpy_server = server_factory("numpy")
+    testmod_server = server_factory("splice_testmod")
+    program = tmp_path / "remote.jac"
+    program.write_text(JAC_PROGRAM)
+    config = tmp_path / "splice.json"
+    config.write_text(json.dumps({"servers": {"splice_testmod": testmod_server.address}}))
+    env = server_env()
+    env.pop("PYTHONPATH")  # splice_testmod must come from the module server
+    env.update(
+        JAC_SPLICE_SERVER=numpy_server.address,
+        JAC_SPLICE_MODULES="numpy,splice_testmod",
+        JAC_SPLICE_CONFIG=str(config),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", JAC_CLI, "run", str(program)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["sum"] == "10"
+    assert int(lines["server_pid"]) == testmod_server.proc.pid
+    assert int(lines["local_pid"]) != testmod_server.proc.pid
