@@ -26,9 +26,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::Value;
 
-use super::{
-    ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status,
-};
+use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
 use crate::plan::{DeploymentId, ObjectRef, Plan, Section};
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
@@ -86,27 +84,21 @@ pub struct KubeBackend {
 
 impl std::fmt::Debug for KubeBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeBackend")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        f.debug_struct("KubeBackend").field("options", &self.options).finish_non_exhaustive()
     }
 }
 
 impl KubeBackend {
     pub fn new(client: kube::Client, options: KubeOptions) -> Self {
         let resolver = Resolver::new(client.clone());
-        KubeBackend {
-            client,
-            options,
-            resolver,
-        }
+        KubeBackend { client, options, resolver }
     }
 
     /// A backend on kube's default client (KUBECONFIG, `~/.kube/config`, or in-cluster config).
     pub async fn try_default(options: KubeOptions) -> Result<Self> {
-        let client = kube::Client::try_default().await.map_err(|e| {
-            Error::Unavailable(format!("cannot configure a Kubernetes client: {e}"))
-        })?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot configure a Kubernetes client: {e}")))?;
         Ok(Self::new(client, options))
     }
 
@@ -119,40 +111,23 @@ impl KubeBackend {
     }
 
     fn records(&self) -> records::Records {
-        records::Records::new(
-            self.client.clone(),
-            &self.options.orchestrator_namespace,
-            &self.options.field_manager,
-        )
+        records::Records::new(self.client.clone(), &self.options.orchestrator_namespace, &self.options.field_manager)
     }
 
     /// Creates the deployment's target namespace when it is missing (as the original did before
     /// `kubectl apply`). Returns whether it was created.
     async fn ensure_namespace(&self, namespace: &str) -> Result<bool> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        if api
-            .get_opt(namespace)
-            .await
-            .map_err(|e| errors::api_error(&format!("namespace/{namespace}"), e))?
-            .is_some()
+        if api.get_opt(namespace).await.map_err(|e| errors::api_error(&format!("namespace/{namespace}"), e))?.is_some()
         {
             return Ok(false);
         }
         let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.to_string()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(namespace.to_string()), ..Default::default() },
             ..Default::default()
         };
         match api
-            .create(
-                &PostParams {
-                    field_manager: Some(self.options.field_manager.clone()),
-                    ..Default::default()
-                },
-                &ns,
-            )
+            .create(&PostParams { field_manager: Some(self.options.field_manager.clone()), ..Default::default() }, &ns)
             .await
         {
             Ok(_) => Ok(true),
@@ -171,23 +146,15 @@ impl KubeBackend {
         if escapes(&plan.id.namespace) {
             return Err(Error::Rejected {
                 object: format!("deployment {}", plan.id),
-                message: format!(
-                    "restricted namespace mode: deployments must target namespace `{own}`"
-                ),
+                message: format!("restricted namespace mode: deployments must target namespace `{own}`"),
             });
         }
         for o in &plan.objects {
-            if let Some(ns) = o
-                .manifest
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-            {
+            if let Some(ns) = o.manifest.pointer("/metadata/namespace").and_then(Value::as_str) {
                 if escapes(ns) {
                     return Err(Error::Rejected {
                         object: o.object.kubectl_name(),
-                        message: format!(
-                            "restricted namespace mode: namespace `{ns}` is outside `{own}`"
-                        ),
+                        message: format!("restricted namespace mode: namespace `{ns}` is outside `{own}`"),
                     });
                 }
             }
@@ -197,11 +164,7 @@ impl KubeBackend {
 
     /// Stores the record unless an identical one (ignoring the timestamp) is already stored, so
     /// an unchanged redeploy writes nothing at all.
-    async fn store_record(
-        &self,
-        record: &DeploymentRecord,
-        previous: Option<&DeploymentRecord>,
-    ) -> Result<()> {
+    async fn store_record(&self, record: &DeploymentRecord, previous: Option<&DeploymentRecord>) -> Result<()> {
         if let Some(prev) = previous {
             if records::same_content(prev, record) {
                 return Ok(());
@@ -219,10 +182,7 @@ fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
             continue;
         }
         let ns = o.namespace.as_deref().unwrap_or(&plan.id.namespace);
-        let ports = planned
-            .manifest
-            .pointer("/spec/ports")
-            .and_then(Value::as_array);
+        let ports = planned.manifest.pointer("/spec/ports").and_then(Value::as_array);
         for port in ports.into_iter().flatten() {
             if let Some(p) = port.get("port").and_then(Value::as_u64) {
                 out.push(format!("{}.{ns}.svc:{p}", o.name));
@@ -257,12 +217,7 @@ impl Backend for KubeBackend {
                 continue;
             }
             let gvk = discovery::gvk_of(&o.object);
-            if self
-                .resolver
-                .resolve(&gvk)
-                .await
-                .map_err(|e| errors::api_error(&o.object.kubectl_name(), e))?
-                .is_none()
+            if self.resolver.resolve(&gvk).await.map_err(|e| errors::api_error(&o.object.kubectl_name(), e))?.is_none()
             {
                 return Err(discovery::no_match(&o.object));
             }
@@ -270,12 +225,7 @@ impl Backend for KubeBackend {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        opts: &ApplyOptions,
-        progress: &Progress,
-    ) -> Result<DeploymentRecord> {
+    async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
         self.check_namespace_rule(plan)?;
         let records = self.records();
         let previous = records.get(&plan.id).await?;
@@ -307,14 +257,7 @@ impl Backend for KubeBackend {
         let readiness = match result {
             Ok(()) => match opts.wait {
                 Some(timeout) => {
-                    readiness::wait(
-                        &self.client,
-                        &self.resolver,
-                        &record.objects,
-                        timeout,
-                        progress,
-                    )
-                    .await
+                    readiness::wait(&self.client, &self.resolver, &record.objects, timeout, progress).await
                 }
                 None => Ok(readiness::Outcome::NotRequested),
             },
@@ -350,12 +293,7 @@ impl Backend for KubeBackend {
         let Some(record) = records.get(id).await? else {
             return Err(Error::NotFound(id.clone()));
         };
-        let others: Vec<DeploymentRecord> = records
-            .list()
-            .await?
-            .into_iter()
-            .filter(|r| &r.id != id)
-            .collect();
+        let others: Vec<DeploymentRecord> = records.list().await?.into_iter().filter(|r| &r.id != id).collect();
         delete::undeploy(&self.client, &self.resolver, &record, &others, progress).await?;
         records.delete(id).await
     }
@@ -369,25 +307,13 @@ impl Backend for KubeBackend {
     }
 
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
-        let record = self
-            .records()
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut out = Vec::new();
-        for o in record
-            .objects
-            .iter()
-            .filter(|o| o.kind == "Service" && o.api_version == "v1")
-        {
+        for o in record.objects.iter().filter(|o| o.kind == "Service" && o.api_version == "v1") {
             let ns = o.namespace.as_deref().unwrap_or(&id.namespace);
             let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
             let name = format!("endpoints/{}", o.name);
-            if let Some(ep) = api
-                .get_opt(&o.name)
-                .await
-                .map_err(|e| errors::api_error(&name, e))?
-            {
+            if let Some(ep) = api.get_opt(&o.name).await.map_err(|e| errors::api_error(&name, e))? {
                 out.extend(grpc_addresses(&ep));
             }
         }
@@ -415,9 +341,7 @@ impl KubeBackend {
                 section: Section::Dependencies,
                 file: String::new(),
             };
-            progress
-                .send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace"))
-                .await;
+            progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
         }
         let applier = apply::Applier {
             client: &self.client,
@@ -452,15 +376,11 @@ fn grpc_addresses(ep: &Endpoints) -> Vec<String> {
     let mut out = Vec::new();
     for subset in ep.subsets.iter().flatten() {
         let ports = subset.ports.as_deref().unwrap_or_default();
-        let port =
-            ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some("grpc"))
-                .or(if ports.len() == 1 {
-                    ports.first()
-                } else {
-                    None
-                });
+        let port = ports.iter().find(|p| p.name.as_deref() == Some("grpc")).or(if ports.len() == 1 {
+            ports.first()
+        } else {
+            None
+        });
         let Some(port) = port else { continue };
         for addr in subset.addresses.iter().flatten() {
             out.push(format!("{}:{}", addr.ip, port.port));
@@ -474,8 +394,7 @@ mod tests {
     use super::*;
 
     fn plan_in(ns: &str, object_ns: Option<&str>) -> Plan {
-        let mut manifest =
-            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let mut manifest = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         if let Some(o) = object_ns {
             manifest["metadata"]["namespace"] = o.into();
         }
@@ -487,15 +406,9 @@ mod tests {
             section: Section::Modules,
             file: "f.yaml".into(),
         };
-        let template = crate::catalog::Catalog::builtin()
-            .load("redis", "latest")
-            .unwrap();
+        let template = crate::catalog::Catalog::builtin().load("redis", "latest").unwrap();
         Plan {
-            id: DeploymentId {
-                namespace: ns.into(),
-                module: "redis".into(),
-                name: "r".into(),
-            },
+            id: DeploymentId { namespace: ns.into(), module: "redis".into(), name: "r".into() },
             version: "latest".into(),
             config: Default::default(),
             secret_keys: vec![],
@@ -506,37 +419,20 @@ mod tests {
 
     #[tokio::test]
     async fn restricted_mode_refuses_plans_outside_the_orchestrator_namespace() {
-        let (svc, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+        let (svc, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
         let client = kube::Client::new(svc, "default");
         let restricted = KubeBackend::new(
             client.clone(),
-            KubeOptions::default()
-                .orchestrator_namespace("orc")
-                .restricted_namespace(true),
+            KubeOptions::default().orchestrator_namespace("orc").restricted_namespace(true),
         );
-        assert!(restricted
-            .check_namespace_rule(&plan_in("orc", None))
-            .is_ok());
-        assert!(restricted
-            .check_namespace_rule(&plan_in("orc", Some("orc")))
-            .is_ok());
-        let err = restricted
-            .check_namespace_rule(&plan_in("other", None))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("restricted namespace mode"),
-            "{err}"
-        );
-        assert!(restricted
-            .check_namespace_rule(&plan_in("orc", Some("kube-system")))
-            .is_err());
+        assert!(restricted.check_namespace_rule(&plan_in("orc", None)).is_ok());
+        assert!(restricted.check_namespace_rule(&plan_in("orc", Some("orc"))).is_ok());
+        let err = restricted.check_namespace_rule(&plan_in("other", None)).unwrap_err();
+        assert!(err.to_string().contains("restricted namespace mode"), "{err}");
+        assert!(restricted.check_namespace_rule(&plan_in("orc", Some("kube-system"))).is_err());
         let open = KubeBackend::new(client, KubeOptions::default().orchestrator_namespace("orc"));
-        assert!(open
-            .check_namespace_rule(&plan_in("other", Some("kube-system")))
-            .is_ok());
+        assert!(open.check_namespace_rule(&plan_in("other", Some("kube-system"))).is_ok());
     }
 
     #[test]

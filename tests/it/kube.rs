@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
-use jac_splice_orc::backend::{
-    Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status,
-};
+use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
 use jac_splice_orc::catalog::Catalog;
 use jac_splice_orc::plan::{ObjectRef, Plan, PlannedObject, Section};
 use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
@@ -63,11 +61,7 @@ impl Cluster {
     async fn connect() -> Option<Cluster> {
         let path = kubeconfig_path()?;
         let client = client_from(&path).await;
-        Some(Cluster {
-            path,
-            client,
-            namespaces: Vec::new(),
-        })
+        Some(Cluster { path, client, namespaces: Vec::new() })
     }
 
     /// Creates a fresh namespace `jo-<tag>-<pid>-<n>`.
@@ -92,24 +86,17 @@ impl Drop for Cluster {
         let (path, namespaces) = (self.path.clone(), std::mem::take(&mut self.namespaces));
         // The test's runtime is gone or blocked here, so cleanup gets its own runtime and client.
         let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let client = client_from(&path).await;
                 let api = Api::<Namespace>::all(client.clone());
                 let bindings = Api::<ClusterRoleBinding>::all(client);
                 for ns in namespaces {
-                    let _ =
-                        tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background()))
-                            .await;
+                    let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
                     // The install tests bind a ClusterRole per namespace.
-                    let _ = tokio::time::timeout(
-                        STEP,
-                        bindings.delete(&format!("jac-orc-{ns}"), &DeleteParams::default()),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(STEP, bindings.delete(&format!("jac-orc-{ns}"), &DeleteParams::default()))
+                            .await;
                 }
             });
         });
@@ -144,10 +131,7 @@ fn lines(events: &[ObjectEvent]) -> Vec<String> {
 /// The service layer over a backend, so plans are rendered, labelled and ordered exactly as in
 /// production (the tests then drive the backend directly where they inspect it).
 fn service(backend: &Arc<KubeBackend>, ns: &str) -> Service {
-    let settings = Settings {
-        namespace: ns.into(),
-        restricted_namespace: false,
-    };
+    let settings = Settings { namespace: ns.into(), restricted_namespace: false };
     Service::new(Arc::new(Catalog::builtin()), backend.clone(), settings)
 }
 
@@ -156,27 +140,15 @@ fn request(module: &str, ns: &str, name: &str, overrides: Value) -> DeploymentRe
     config.insert("namespace".into(), ns.into());
     config.insert("name".into(), name.into());
     config.extend(overrides.as_object().cloned().unwrap_or_default());
-    DeploymentRequest {
-        module: module.into(),
-        version: None,
-        config,
-    }
+    DeploymentRequest { module: module.into(), version: None, config }
 }
 
 async fn plan(svc: &Service, module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
-    timed(svc.prepare(&request(module, ns, name, overrides)))
-        .await
-        .expect("renders and passes preflight")
-        .plan
+    timed(svc.prepare(&request(module, ns, name, overrides))).await.expect("renders and passes preflight").plan
 }
 
 fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
-    let s = |p: &str| {
-        manifest
-            .pointer(p)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let s = |p: &str| manifest.pointer(p).and_then(Value::as_str).map(str::to_string);
     let object = ObjectRef {
         api_version: s("/apiVersion").unwrap(),
         kind: s("/kind").unwrap(),
@@ -194,15 +166,9 @@ fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
 async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<String> {
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     for _ in 0..300 {
-        let list = timed(api.list(&ListParams::default().labels(selector)))
-            .await
-            .unwrap();
+        let list = timed(api.list(&ListParams::default().labels(selector))).await.unwrap();
         if !list.items.is_empty() {
-            return list
-                .items
-                .iter()
-                .filter_map(|p| p.metadata.name.clone())
-                .collect();
+            return list.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -211,13 +177,9 @@ async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<String> {
 
 async fn set_pod_status(client: &kube::Client, ns: &str, name: &str, status: Value) {
     let api = Api::<Pod>::namespaced(client.clone(), ns);
-    timed(api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    ))
-    .await
-    .expect("pod status patched");
+    timed(api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))))
+        .await
+        .expect("pod status patched");
 }
 
 fn now() -> String {
@@ -235,19 +197,10 @@ async fn mark_ready(client: &kube::Client, ns: &str, selector: &str) {
 }
 
 async fn exists(api: &Api<DynamicObject>, name: &str) -> bool {
-    timed(api.get_opt(name))
-        .await
-        .unwrap()
-        .is_some_and(|o| o.metadata.deletion_timestamp.is_none())
+    timed(api.get_opt(name)).await.unwrap().is_some_and(|o| o.metadata.deletion_timestamp.is_none())
 }
 
-fn dynamic(
-    client: &kube::Client,
-    ns: &str,
-    api_version: &str,
-    kind: &str,
-    plural: &str,
-) -> Api<DynamicObject> {
+fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let ar = kube::api::ApiResource {
         group: group.into(),
@@ -273,103 +226,56 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
     let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     timed(backend.preflight(&p)).await.unwrap();
     let (tx, rx) = progress();
-    let record = timed(backend.apply(&p, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap();
+    let record = timed(backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
     assert_eq!(
         lines(&drain(rx)),
-        [
-            "service/cache created",
-            "deployment.apps/cache created",
-            "configmap/cache created"
-        ]
+        ["service/cache created", "deployment.apps/cache created", "configmap/cache created"]
     );
     assert_eq!(record.status, Status::Deployed);
     assert_eq!(record.endpoints, [format!("cache.{ns}.svc:6379")]);
 
     // Labels land on the objects: listing works from the cluster itself.
     let cms = Api::<ConfigMap>::namespaced(c.client.clone(), &ns);
-    let labelled = timed(
-        cms.list(&ListParams::default().labels("jac-orc/deployment=cache,jac-orc/module=redis")),
-    )
-    .await
-    .unwrap();
+    let labelled =
+        timed(cms.list(&ListParams::default().labels("jac-orc/deployment=cache,jac-orc/module=redis"))).await.unwrap();
     assert_eq!(labelled.items.len(), 1);
 
     // Objects no controller writes to keep their resourceVersion: the redeploy wrote nothing.
     let rvs = |ns: String, client: kube::Client| async move {
         let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns);
         let cms = Api::<ConfigMap>::namespaced(client, &ns);
-        let s = timed(svc.get("cache"))
-            .await
-            .unwrap()
-            .metadata
-            .resource_version;
-        let c = timed(cms.get("cache"))
-            .await
-            .unwrap()
-            .metadata
-            .resource_version;
+        let s = timed(svc.get("cache")).await.unwrap().metadata.resource_version;
+        let c = timed(cms.get("cache")).await.unwrap().metadata.resource_version;
         (s, c)
     };
     let objects_before = rvs(ns.clone(), c.client.clone()).await;
     // An immediate redeploy changes nothing, not even the record.
     let secrets = Api::<Secret>::namespaced(c.client.clone(), &ns);
-    let record_rv = |list: Vec<Secret>| {
-        list.into_iter()
-            .map(|s| s.metadata.resource_version.unwrap())
-            .collect::<Vec<_>>()
-    };
-    let before = record_rv(
-        timed(secrets.list(&ListParams::default().labels("jac-orc/record=true")))
-            .await
-            .unwrap()
-            .items,
-    );
+    let record_rv =
+        |list: Vec<Secret>| list.into_iter().map(|s| s.metadata.resource_version.unwrap()).collect::<Vec<_>>();
+    let before =
+        record_rv(timed(secrets.list(&ListParams::default().labels("jac-orc/record=true"))).await.unwrap().items);
     let (tx, rx) = progress();
-    timed(backend.apply(&p, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap();
+    timed(backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
     assert_eq!(
         lines(&drain(rx)),
-        [
-            "service/cache unchanged",
-            "deployment.apps/cache unchanged",
-            "configmap/cache unchanged"
-        ]
+        ["service/cache unchanged", "deployment.apps/cache unchanged", "configmap/cache unchanged"]
     );
-    let after = record_rv(
-        timed(secrets.list(&ListParams::default().labels("jac-orc/record=true")))
-            .await
-            .unwrap()
-            .items,
-    );
-    assert_eq!(
-        before, after,
-        "an unchanged redeploy must not rewrite the record"
-    );
-    assert_eq!(
-        objects_before,
-        rvs(ns.clone(), c.client.clone()).await,
-        "an unchanged redeploy must not write objects"
-    );
+    let after =
+        record_rv(timed(secrets.list(&ListParams::default().labels("jac-orc/record=true"))).await.unwrap().items);
+    assert_eq!(before, after, "an unchanged redeploy must not rewrite the record");
+    assert_eq!(objects_before, rvs(ns.clone(), c.client.clone()).await, "an unchanged redeploy must not write objects");
 
     // A changed value reconfigures exactly the object that uses it.
     let p2 = plan(&svc, "redis", &ns, "cache", json!({"memory": "500mb"})).await;
     let (tx, rx) = progress();
-    let record = timed(backend.apply(&p2, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap();
+    let record = timed(backend.apply(&p2, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
     assert_eq!(
         lines(&drain(rx)),
-        [
-            "service/cache unchanged",
-            "deployment.apps/cache unchanged",
-            "configmap/cache configured"
-        ]
+        ["service/cache unchanged", "deployment.apps/cache unchanged", "configmap/cache configured"]
     );
     assert_eq!(record.config["memory"], "500mb");
     let cm = timed(cms.get("cache")).await.unwrap();
@@ -388,13 +294,16 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
     let p = plan(&svc, "mongodb", &ns, "db1", json!({})).await;
     timed(backend.preflight(&p)).await.unwrap();
     let (tx, rx) = progress();
-    timed(backend.apply(&p, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap();
+    timed(backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
     let got = lines(&drain(rx));
     // The CRD is cluster-wide: another run may have created it already.
-    assert!(got[0].starts_with("customresourcedefinition.apiextensions.k8s.io/mongodbcommunity.mongodbcommunity.mongodb.com "), "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "customresourcedefinition.apiextensions.k8s.io/mongodbcommunity.mongodbcommunity.mongodb.com "
+        ),
+        "{got:?}"
+    );
     for expected in [
         "serviceaccount/jac-orc-mongodb-operator created",
         "role.rbac.authorization.k8s.io/jac-orc-mongodb-operator created",
@@ -403,36 +312,17 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
         "mongodbcommunity.mongodbcommunity.mongodb.com/db1 created",
         "secret/my-user-password created",
     ] {
-        assert!(
-            got.iter().any(|l| l == expected),
-            "missing `{expected}` in {got:?}"
-        );
+        assert!(got.iter().any(|l| l == expected), "missing `{expected}` in {got:?}");
     }
-    let crs = dynamic(
-        &c.client,
-        &ns,
-        "mongodbcommunity.mongodb.com/v1",
-        "MongoDBCommunity",
-        "mongodbcommunity",
-    );
+    let crs = dynamic(&c.client, &ns, "mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "mongodbcommunity");
     assert!(exists(&crs, "db1").await);
 
     // A second deployment in the same namespace shares the operator objects with the first.
-    let p2 = plan(
-        &svc,
-        "mongodb",
-        &ns,
-        "db2",
-        json!({"username": "other-user"}),
-    )
-    .await;
+    let p2 = plan(&svc, "mongodb", &ns, "db2", json!({"username": "other-user"})).await;
     let (tx, rx) = progress();
-    timed(backend.apply(&p2, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap();
+    timed(backend.apply(&p2, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
-    assert!(lines(&drain(rx))
-        .contains(&"mongodbcommunity.mongodbcommunity.mongodb.com/db2 created".to_string()));
+    assert!(lines(&drain(rx)).contains(&"mongodbcommunity.mongodbcommunity.mongodb.com/db2 created".to_string()));
 
     let (tx, rx) = progress();
     timed(backend.delete(&p.id, &tx)).await.unwrap();
@@ -444,23 +334,13 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
         .map(|e| (e.object.kubectl_name(), e.message.clone()))
         .collect();
     assert!(
-        kept.iter()
-            .any(|(o, m)| o.starts_with("customresourcedefinition") && m.contains("cluster-wide")),
+        kept.iter().any(|(o, m)| o.starts_with("customresourcedefinition") && m.contains("cluster-wide")),
         "{kept:?}"
     );
-    assert!(
-        kept.iter()
-            .any(|(o, m)| o == "deployment.apps/jac-orc-mongodb-operator" && m.contains("db2")),
-        "{kept:?}"
-    );
-    assert!(lines(&events)
-        .contains(&"mongodbcommunity.mongodbcommunity.mongodb.com/db1 deleted".to_string()));
+    assert!(kept.iter().any(|(o, m)| o == "deployment.apps/jac-orc-mongodb-operator" && m.contains("db2")), "{kept:?}");
+    assert!(lines(&events).contains(&"mongodbcommunity.mongodbcommunity.mongodb.com/db1 deleted".to_string()));
     assert!(lines(&events).contains(&"secret/my-user-password deleted".to_string()));
-    assert_eq!(
-        events.iter().filter(|e| e.object.name == "db1").count(),
-        1,
-        "one event per object"
-    );
+    assert_eq!(events.iter().filter(|e| e.object.name == "db1").count(), 1, "one event per object");
     assert!(!exists(&crs, "db1").await);
     assert!(exists(&crs, "db2").await);
     let deployments = dynamic(&c.client, &ns, "apps/v1", "Deployment", "deployments");
@@ -481,26 +361,14 @@ async fn wait_reports_waiting_then_ready_once_pods_are_ready() {
         let (client, ns) = (c.client.clone(), ns.clone());
         tokio::spawn(async move { mark_ready(&client, &ns, "pod=cache").await })
     };
-    let opts = ApplyOptions {
-        wait: Some(Duration::from_secs(60)),
-        force_conflicts: false,
-    };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(60)), force_conflicts: false };
     let record = timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     timed(kubelet).await.unwrap();
     drop(tx);
     let events = drain(rx);
-    let for_deployment: Vec<_> = events
-        .iter()
-        .filter(|e| e.object.kind == "Deployment")
-        .map(|e| e.action)
-        .collect();
+    let for_deployment: Vec<_> = events.iter().filter(|e| e.object.kind == "Deployment").map(|e| e.action).collect();
     assert_eq!(for_deployment.first(), Some(&Action::Created));
-    assert_eq!(
-        for_deployment.last(),
-        Some(&Action::Ready),
-        "{:?}",
-        lines(&events)
-    );
+    assert_eq!(for_deployment.last(), Some(&Action::Ready), "{:?}", lines(&events));
     assert_eq!(record.status, Status::Deployed);
 }
 
@@ -525,10 +393,7 @@ async fn wait_fails_fast_on_image_pull_backoff_and_records_the_failure() {
         })
     };
     // The timeout is far beyond the test's step bound: only failing fast can pass.
-    let opts = ApplyOptions {
-        wait: Some(Duration::from_secs(600)),
-        force_conflicts: false,
-    };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false };
     let (tx, rx) = progress();
     let err = timed(backend.apply(&p, &opts, &tx)).await.unwrap_err();
     timed(kubelet).await.unwrap();
@@ -540,9 +405,7 @@ async fn wait_fails_fast_on_image_pull_backoff_and_records_the_failure() {
         }
         other => panic!("expected WorkloadFailed, got {other:?}"),
     }
-    assert!(drain(rx)
-        .iter()
-        .any(|e| e.action == Action::Failed && e.object.kind == "Deployment"));
+    assert!(drain(rx).iter().any(|e| e.action == Action::Failed && e.object.kind == "Deployment"));
     let record = timed(backend.get(&p.id)).await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
     assert!(record.message.contains("ImagePullBackOff"));
@@ -562,13 +425,7 @@ async fn wait_covers_the_operator_and_the_custom_resource() {
         tokio::spawn(async move {
             mark_ready(&client, &ns, "name=jac-orc-mongodb-operator").await;
             // Stand in for the operator: it reports the replica set Running.
-            let crs = dynamic(
-                &client,
-                &ns,
-                "mongodbcommunity.mongodb.com/v1",
-                "MongoDBCommunity",
-                "mongodbcommunity",
-            );
+            let crs = dynamic(&client, &ns, "mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "mongodbcommunity");
             for _ in 0..300 {
                 if exists(&crs, "db").await {
                     break;
@@ -577,32 +434,19 @@ async fn wait_covers_the_operator_and_the_custom_resource() {
             }
             let status = json!({"status": {"phase": "Running", "currentMongoDBMembers": 1,
                 "currentStatefulSetReplicas": 1, "mongoUri": "mongodb://db-0.db-svc:27017"}});
-            timed(crs.patch_status("db", &PatchParams::default(), &Patch::Merge(&status)))
-                .await
-                .unwrap();
+            timed(crs.patch_status("db", &PatchParams::default(), &Patch::Merge(&status))).await.unwrap();
         })
     };
-    let opts = ApplyOptions {
-        wait: Some(Duration::from_secs(60)),
-        force_conflicts: false,
-    };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(60)), force_conflicts: false };
     let (tx, rx) = progress();
     let record = timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     timed(kubelet).await.unwrap();
     drop(tx);
-    let ready: Vec<_> = drain(rx)
-        .into_iter()
-        .filter(|e| e.action == Action::Ready)
-        .map(|e| e.line)
-        .collect();
-    for expected in [
-        "deployment.apps/jac-orc-mongodb-operator ready",
-        "mongodbcommunity.mongodbcommunity.mongodb.com/db ready",
-    ] {
-        assert!(
-            ready.iter().any(|l| l == expected),
-            "missing `{expected}` in {ready:?}"
-        );
+    let ready: Vec<_> = drain(rx).into_iter().filter(|e| e.action == Action::Ready).map(|e| e.line).collect();
+    for expected in
+        ["deployment.apps/jac-orc-mongodb-operator ready", "mongodbcommunity.mongodbcommunity.mongodb.com/db ready"]
+    {
+        assert!(ready.iter().any(|l| l == expected), "missing `{expected}` in {ready:?}");
     }
     assert_eq!(record.status, Status::Deployed);
 }
@@ -617,13 +461,8 @@ async fn wait_times_out_naming_what_is_not_ready() {
     let svc = service(&backend, &ns);
     let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     // Nobody marks the pod ready.
-    let opts = ApplyOptions {
-        wait: Some(Duration::from_secs(2)),
-        force_conflicts: false,
-    };
-    let err = timed(backend.apply(&p, &opts, &Progress::discard()))
-        .await
-        .unwrap_err();
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(2)), force_conflicts: false };
+    let err = timed(backend.apply(&p, &opts, &Progress::discard())).await.unwrap_err();
     match &err {
         Error::Timeout { not_ready, .. } => assert_eq!(not_ready, &["deployment.apps/cache"]),
         other => panic!("expected Timeout, got {other:?}"),
@@ -644,17 +483,10 @@ async fn wait_stops_when_the_client_goes_away_and_still_records_the_deploy() {
     let (tx, rx) = progress();
     drop(rx);
     // Far beyond the step bound: only stopping early can finish in time.
-    let opts = ApplyOptions {
-        wait: Some(Duration::from_secs(600)),
-        force_conflicts: false,
-    };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false };
     let record = timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     assert_eq!(record.status, Status::Deployed);
-    assert!(
-        record.message.contains("disconnected"),
-        "{}",
-        record.message
-    );
+    assert!(record.message.contains("disconnected"), "{}", record.message);
     let stored = timed(backend.get(&p.id)).await.unwrap().unwrap();
     assert_eq!(stored.objects.len(), 3);
 }
@@ -670,9 +502,7 @@ async fn undeploy_removes_one_deployment_and_leaves_another_alone() {
     let a = plan(&svc, "redis", &ns, "a", json!({})).await;
     let b = plan(&svc, "redis", &ns, "b", json!({})).await;
     for p in [&a, &b] {
-        timed(backend.apply(p, &ApplyOptions::default(), &Progress::discard()))
-            .await
-            .unwrap();
+        timed(backend.apply(p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
     }
     // The replicaset controller makes a pod for each; the foreground delete must take a's along.
     pods(&c.client, &ns, "pod=a").await;
@@ -682,45 +512,22 @@ async fn undeploy_removes_one_deployment_and_leaves_another_alone() {
     drop(tx);
     let mut got = lines(&drain(rx));
     got.sort();
-    assert_eq!(
-        got,
-        [
-            "configmap/a deleted",
-            "deployment.apps/a deleted",
-            "service/a deleted"
-        ]
-    );
+    assert_eq!(got, ["configmap/a deleted", "deployment.apps/a deleted", "service/a deleted"]);
 
     let client = &c.client;
-    for (api_version, kind, plural) in [
-        ("v1", "Service", "services"),
-        ("apps/v1", "Deployment", "deployments"),
-        ("v1", "ConfigMap", "configmaps"),
-    ] {
+    for (api_version, kind, plural) in
+        [("v1", "Service", "services"), ("apps/v1", "Deployment", "deployments"), ("v1", "ConfigMap", "configmaps")]
+    {
         let api = dynamic(client, &ns, api_version, kind, plural);
         assert!(!exists(&api, "a").await, "{kind} a survived");
         assert!(exists(&api, "b").await, "{kind} b was removed");
     }
-    let left = timed(
-        Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels("pod=a")),
-    )
-    .await
-    .unwrap();
-    assert!(
-        left.items.is_empty(),
-        "a's pods must go with it (foreground propagation)"
-    );
-    let ids: Vec<_> = timed(backend.list())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id.name)
-        .collect();
+    let left =
+        timed(Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels("pod=a"))).await.unwrap();
+    assert!(left.items.is_empty(), "a's pods must go with it (foreground propagation)");
+    let ids: Vec<_> = timed(backend.list()).await.unwrap().into_iter().map(|r| r.id.name).collect();
     assert_eq!(ids, ["b"]);
-    assert!(matches!(
-        timed(backend.delete(&a.id, &Progress::discard())).await,
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(timed(backend.delete(&a.id, &Progress::discard())).await, Err(Error::NotFound(_))));
 }
 
 #[tokio::test]
@@ -731,27 +538,12 @@ async fn module_endpoints_are_the_ready_addresses_of_the_grpc_port() {
     let ns = c.namespace("endpoints").await;
     let backend = c.backend(&ns);
     let svc = service(&backend, &ns);
-    let mut p = plan(
-        &svc,
-        "python-module",
-        &ns,
-        "mathmod",
-        json!({"module": "math"}),
-    )
-    .await;
+    let mut p = plan(&svc, "python-module", &ns, "mathmod", json!({"module": "math"})).await;
     for o in &mut p.objects {
         strip_grpc_probes_on_old_servers(&c.client, &mut o.manifest).await;
     }
-    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard()))
-        .await
-        .unwrap();
-    assert!(
-        timed(backend.module_endpoints(&p.id))
-            .await
-            .unwrap()
-            .is_empty(),
-        "no Endpoints yet"
-    );
+    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
+    assert!(timed(backend.module_endpoints(&p.id)).await.unwrap().is_empty(), "no Endpoints yet");
 
     // Stand in for the endpoints controller (it needs running pods, which need a kubelet).
     let endpoints = json!({
@@ -761,13 +553,8 @@ async fn module_endpoints_are_the_ready_addresses_of_the_grpc_port() {
     });
     let api = dynamic(&c.client, &ns, "v1", "Endpoints", "endpoints");
     let obj: DynamicObject = serde_json::from_value(endpoints).unwrap();
-    timed(api.create(&PostParams::default(), &obj))
-        .await
-        .unwrap();
-    assert_eq!(
-        timed(backend.module_endpoints(&p.id)).await.unwrap(),
-        ["10.9.8.7:50051"]
-    );
+    timed(api.create(&PostParams::default(), &obj)).await.unwrap();
+    assert_eq!(timed(backend.module_endpoints(&p.id)).await.unwrap(), ["10.9.8.7:50051"]);
 }
 
 #[tokio::test]
@@ -779,24 +566,17 @@ async fn a_new_backend_instance_lists_the_same_records() {
     let first = c.backend(&ns);
     let svc = service(&first, &ns);
     let p = plan(&svc, "redis", &ns, "cache", json!({"memory": "123mb"})).await;
-    let stored = timed(first.apply(&p, &ApplyOptions::default(), &Progress::discard()))
-        .await
-        .unwrap();
+    let stored = timed(first.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
     drop(first);
 
-    let second = KubeBackend::new(
-        client_from(&c.path).await,
-        KubeOptions::default().orchestrator_namespace(ns.clone()),
-    );
+    let second =
+        KubeBackend::new(client_from(&c.path).await, KubeOptions::default().orchestrator_namespace(ns.clone()));
     let listed = timed(second.list()).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, p.id);
     assert_eq!(listed[0].config, stored.config);
     assert_eq!(listed[0].objects, stored.objects);
-    assert_eq!(
-        timed(second.get(&p.id)).await.unwrap().unwrap().config["memory"],
-        "123mb"
-    );
+    assert_eq!(timed(second.get(&p.id)).await.unwrap().unwrap().config["memory"], "123mb");
 }
 
 #[tokio::test]
@@ -812,8 +592,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             let req = request("redis", &ns, &format!("r{i}"), json!({}));
-            svc.deploy_request(&req, ApplyOptions::default(), &Progress::discard())
-                .await
+            svc.deploy_request(&req, ApplyOptions::default(), &Progress::discard()).await
         }));
     }
     for t in tasks {
@@ -822,16 +601,11 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
     let records = timed(backend.list()).await.unwrap();
     assert_eq!(records.len(), 20);
     let cms = timed(
-        Api::<ConfigMap>::namespaced(c.client.clone(), &ns)
-            .list(&ListParams::default().labels("jac-orc/module=redis")),
+        Api::<ConfigMap>::namespaced(c.client.clone(), &ns).list(&ListParams::default().labels("jac-orc/module=redis")),
     )
     .await
     .unwrap();
-    let names: std::collections::BTreeSet<_> = cms
-        .items
-        .iter()
-        .filter_map(|c| c.metadata.name.clone())
-        .collect();
+    let names: std::collections::BTreeSet<_> = cms.items.iter().filter_map(|c| c.metadata.name.clone()).collect();
     assert_eq!(names, (0..20).map(|i| format!("r{i}")).collect());
 }
 
@@ -845,17 +619,11 @@ async fn an_invalid_object_is_rejected_with_the_server_message_after_earlier_obj
     let svc = service(&backend, &ns);
     let mut p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     // Replicas must be an integer >= 0: the API server refuses this Deployment.
-    let deployment = p
-        .objects
-        .iter_mut()
-        .find(|o| o.object.kind == "Deployment")
-        .unwrap();
+    let deployment = p.objects.iter_mut().find(|o| o.object.kind == "Deployment").unwrap();
     deployment.manifest["spec"]["replicas"] = json!(-3);
 
     let (tx, rx) = progress();
-    let err = timed(backend.apply(&p, &ApplyOptions::default(), &tx))
-        .await
-        .unwrap_err();
+    let err = timed(backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap_err();
     drop(tx);
     match &err {
         Error::Rejected { object, message } => {
@@ -865,10 +633,7 @@ async fn an_invalid_object_is_rejected_with_the_server_message_after_earlier_obj
         other => panic!("expected Rejected, got {other:?}"),
     }
     let got = lines(&drain(rx));
-    assert_eq!(
-        got,
-        ["service/cache created", "deployment.apps/cache failed"]
-    );
+    assert_eq!(got, ["service/cache created", "deployment.apps/cache failed"]);
     let record = timed(backend.get(&p.id)).await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
     assert!(record.message.contains("spec.replicas"));
@@ -883,36 +648,21 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
     let backend = c.backend(&ns);
     let svc = service(&backend, &ns);
     let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
-    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard()))
-        .await
-        .unwrap();
+    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
     // Someone else takes ownership of the redis config.
     let cms = Api::<ConfigMap>::namespaced(c.client.clone(), &ns);
     let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cache"}, "data": {"redis-config": "maxmemory 1mb\n"}});
-    timed(cms.patch(
-        "cache",
-        &PatchParams::apply("someone-else").force(),
-        &Patch::Apply(&theirs),
-    ))
-    .await
-    .unwrap();
+    timed(cms.patch("cache", &PatchParams::apply("someone-else").force(), &Patch::Apply(&theirs))).await.unwrap();
 
-    let err = timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard()))
-        .await
-        .unwrap_err();
+    let err = timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap_err();
     match &err {
-        Error::Conflict {
-            object, manager, ..
-        } => {
+        Error::Conflict { object, manager, .. } => {
             assert_eq!(object, "configmap/cache");
             assert_eq!(manager, "someone-else");
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let opts = ApplyOptions {
-        wait: None,
-        force_conflicts: true,
-    };
+    let opts = ApplyOptions { wait: None, force_conflicts: true };
     let (tx, rx) = progress();
     timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     drop(tx);
@@ -925,12 +675,7 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
 /// when namespaced. (Plain create, like kubectl's client-side apply: fields a 1.20 server does
 /// not know yet, such as gRPC probes, are dropped instead of failing the request.)
 async fn apply_manifest(client: &kube::Client, file: &str, ns: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("manifests")
-            .join(file),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests").join(file)).unwrap();
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
@@ -949,14 +694,8 @@ async fn apply_manifest(client: &kube::Client, file: &str, ns: &str) -> Vec<Valu
             o.kind,
             o.name
         );
-        let gvk = kube::core::GroupVersionKind::gvk(
-            o.group(),
-            o.api_version.rsplit('/').next().unwrap(),
-            &o.kind,
-        );
-        let (ar, caps) = timed(kube::discovery::pinned_kind(client, &gvk))
-            .await
-            .unwrap();
+        let gvk = kube::core::GroupVersionKind::gvk(o.group(), o.api_version.rsplit('/').next().unwrap(), &o.kind);
+        let (ar, caps) = timed(kube::discovery::pinned_kind(client, &gvk)).await.unwrap();
         let api: Api<DynamicObject> = match caps.scope {
             kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
             kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -965,8 +704,7 @@ async fn apply_manifest(client: &kube::Client, file: &str, ns: &str) -> Vec<Valu
         match timed(api.create(&PostParams::default(), &obj)).await {
             Ok(_) => {}
             // Cluster-scoped objects are shared by the install tests (and earlier runs).
-            Err(kube::Error::Api(s))
-                if s.code == 409 && caps.scope == kube::discovery::Scope::Cluster => {}
+            Err(kube::Error::Api(s)) if s.code == 409 && caps.scope == kube::discovery::Scope::Cluster => {}
             Err(e) => panic!("{file}: {} {} rejected: {e}", o.kind, o.name),
         }
     }
@@ -982,9 +720,7 @@ async fn strip_grpc_probes_on_old_servers(client: &kube::Client, manifest: &mut 
     if minor >= 24 {
         return;
     }
-    let containers = manifest
-        .pointer_mut("/spec/template/spec/containers")
-        .and_then(Value::as_array_mut);
+    let containers = manifest.pointer_mut("/spec/template/spec/containers").and_then(Value::as_array_mut);
     for c in containers.into_iter().flatten() {
         let c = c.as_object_mut().unwrap();
         c.remove("readinessProbe");
@@ -1002,23 +738,13 @@ async fn bind_cluster_role(client: &kube::Client, role: &str, ns: &str) {
         "subjects": [{"kind": "ServiceAccount", "name": "jac-orc", "namespace": ns}]
     }))
     .unwrap();
-    timed(Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &crb))
-        .await
-        .unwrap();
+    timed(Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &crb)).await.unwrap();
     // The authorizer learns about new bindings through an informer: wait (bounded) until both
     // the namespaced and the cluster-scoped grant are in effect before asserting anything.
     let sa = format!("system:serviceaccount:{ns}:jac-orc");
     for _ in 0..200 {
         if allowed(client, &sa, "get", "", "services", Some(ns)).await
-            && allowed(
-                client,
-                &sa,
-                "get",
-                "apiextensions.k8s.io",
-                "customresourcedefinitions",
-                None,
-            )
-            .await
+            && allowed(client, &sa, "get", "apiextensions.k8s.io", "customresourcedefinitions", None).await
         {
             return;
         }
@@ -1029,21 +755,13 @@ async fn bind_cluster_role(client: &kube::Client, role: &str, ns: &str) {
 
 async fn unbind_cluster_role(client: &kube::Client, ns: &str) {
     let _ = timed(
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .delete(&format!("jac-orc-{ns}"), &DeleteParams::default()),
+        Api::<ClusterRoleBinding>::all(client.clone()).delete(&format!("jac-orc-{ns}"), &DeleteParams::default()),
     )
     .await;
 }
 
 /// Asks the API server whether `user` may do `verb` on `resource` (SubjectAccessReview).
-async fn allowed(
-    client: &kube::Client,
-    user: &str,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    ns: Option<&str>,
-) -> bool {
+async fn allowed(client: &kube::Client, user: &str, verb: &str, group: &str, resource: &str, ns: Option<&str>) -> bool {
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": user, "groups": ["system:serviceaccounts"],
@@ -1058,9 +776,7 @@ async fn allowed(
     };
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let obj: DynamicObject = serde_json::from_value(review).unwrap();
-    let out = timed(api.create(&PostParams::default(), &obj))
-        .await
-        .unwrap();
+    let out = timed(api.create(&PostParams::default(), &obj)).await.unwrap();
     out.data["status"]["allowed"].as_bool().unwrap_or(false)
 }
 
@@ -1104,26 +820,14 @@ async fn namespaced_install_grants_what_deploy_needs_in_its_namespace_only() {
     }
     for verb in ["get", "list", "watch", "create", "patch"] {
         assert!(
-            allowed(
-                &c.client,
-                &sa,
-                verb,
-                "apiextensions.k8s.io",
-                "customresourcedefinitions",
-                None
-            )
-            .await,
+            allowed(&c.client, &sa, verb, "apiextensions.k8s.io", "customresourcedefinitions", None).await,
             "{verb} crds"
         );
     }
     // Nothing cluster-wide beyond CRDs: no namespaces, no cluster RBAC, no nodes, no CRD deletion.
     for (verb, group, resource) in [
         ("create", "", "namespaces"),
-        (
-            "delete",
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-        ),
+        ("delete", "apiextensions.k8s.io", "customresourcedefinitions"),
         ("create", "rbac.authorization.k8s.io", "clusterroles"),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
         ("list", "", "nodes"),
@@ -1157,25 +861,15 @@ async fn cluster_wide_install_grants_deploy_in_every_namespace() {
         }
     }
     for verb in ["get", "create", "patch"] {
-        assert!(
-            allowed(&c.client, &sa, verb, "", "namespaces", None).await,
-            "{verb} namespaces"
-        );
+        assert!(allowed(&c.client, &sa, verb, "", "namespaces", None).await, "{verb} namespaces");
     }
     for (verb, group, resource) in [
         ("list", "", "nodes"),
         ("delete", "", "namespaces"),
-        (
-            "delete",
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-        ),
+        ("delete", "apiextensions.k8s.io", "customresourcedefinitions"),
         ("create", "", "persistentvolumes"),
     ] {
-        assert!(
-            !allowed(&c.client, &sa, verb, group, resource, None).await,
-            "must not {verb} {group}/{resource}"
-        );
+        assert!(!allowed(&c.client, &sa, verb, group, resource, None).await, "must not {verb} {group}/{resource}");
     }
     assert_mode(&docs, false);
     unbind_cluster_role(&c.client, &ns).await;
@@ -1184,10 +878,7 @@ async fn cluster_wide_install_grants_deploy_in_every_namespace() {
 /// The Deployment runs our image with gRPC probes and the MODULES Secret; restricted mode is
 /// on only in the namespaced install.
 fn assert_mode(docs: &[Value], restricted: bool) {
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("a Deployment");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["readinessProbe"]["grpc"]["port"], 8000);
     assert_eq!(container["livenessProbe"]["grpc"]["port"], 8000);
@@ -1198,16 +889,8 @@ fn assert_mode(docs: &[Value], restricted: bool) {
         .iter()
         .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
         .collect();
-    assert_eq!(
-        env["NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.namespace"
-    );
+    assert_eq!(env["NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
     assert_eq!(env["JAC_ORC_LISTEN"]["value"], "0.0.0.0:8000");
     assert_eq!(container["args"], json!(["serve", "--backend", "kube"]));
-    assert_eq!(
-        env.get("JAC_ORC_RESTRICTED_NAMESPACE")
-            .map(|e| e["value"] == "true")
-            .unwrap_or(false),
-        restricted
-    );
+    assert_eq!(env.get("JAC_ORC_RESTRICTED_NAMESPACE").map(|e| e["value"] == "true").unwrap_or(false), restricted);
 }

@@ -14,8 +14,8 @@ use super::discovery::{gvk_of, no_match, Resolver};
 use super::errors::{api_error, apply_error};
 use crate::backend::{Action, Error, Result};
 use crate::plan::{
-    DeploymentId, ObjectRef, PlannedObject, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY,
-    LABEL_MODULE, LABEL_NAMESPACE, MANAGED_BY,
+    DeploymentId, ObjectRef, PlannedObject, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODULE,
+    LABEL_NAMESPACE, MANAGED_BY,
 };
 
 /// Kinds known to be cluster-scoped, for naming objects before discovery has run.
@@ -40,10 +40,7 @@ pub(crate) fn resolved_ref(object: &ObjectRef, manifest: &Value, default_ns: &st
     if CLUSTER_SCOPED.contains(&object.kind.as_str()) {
         out.namespace = None;
     } else if out.namespace.is_none() {
-        let ns = manifest
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or(default_ns);
+        let ns = manifest.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_ns);
         out.namespace = Some(ns.to_string());
     }
     out
@@ -54,15 +51,11 @@ pub(crate) fn ensure_labels(manifest: &mut Value, id: &DeploymentId, version: &s
     let Some(obj) = manifest.as_object_mut() else {
         return;
     };
-    let meta = obj
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     let Some(meta) = meta.as_object_mut() else {
         return;
     };
-    let labels = meta
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let labels = meta.entry("labels").or_insert_with(|| Value::Object(Map::new()));
     if let Some(labels) = labels.as_object_mut() {
         for (k, v) in [
             (LABEL_MANAGED_BY, MANAGED_BY),
@@ -70,18 +63,12 @@ pub(crate) fn ensure_labels(manifest: &mut Value, id: &DeploymentId, version: &s
             (LABEL_DEPLOYMENT, id.name.as_str()),
             (LABEL_NAMESPACE, id.namespace.as_str()),
         ] {
-            labels
-                .entry(k)
-                .or_insert_with(|| Value::String(v.to_string()));
+            labels.entry(k).or_insert_with(|| Value::String(v.to_string()));
         }
     }
-    let annotations = meta
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
     if let Some(annotations) = annotations.as_object_mut() {
-        annotations
-            .entry(ANNOTATION_VERSION)
-            .or_insert_with(|| Value::String(version.to_string()));
+        annotations.entry(ANNOTATION_VERSION).or_insert_with(|| Value::String(version.to_string()));
     }
 }
 
@@ -128,8 +115,7 @@ pub(crate) fn classify(before: Option<&DynamicObject>, after: &DynamicObject) ->
     let Some(before) = before else {
         return Action::Created;
     };
-    if before.metadata.resource_version.is_some()
-        && before.metadata.resource_version == after.metadata.resource_version
+    if before.metadata.resource_version.is_some() && before.metadata.resource_version == after.metadata.resource_version
     {
         return Action::Unchanged;
     }
@@ -163,24 +149,15 @@ pub(crate) fn api_for(
     let (ar, caps) = resolved;
     match caps.scope {
         Scope::Namespaced => {
-            let ns = object
-                .namespace
-                .clone()
-                .unwrap_or_else(|| default_ns.to_string());
-            if let Some(meta) = manifest
-                .and_then(|m| m.get_mut("metadata"))
-                .and_then(Value::as_object_mut)
-            {
+            let ns = object.namespace.clone().unwrap_or_else(|| default_ns.to_string());
+            if let Some(meta) = manifest.and_then(|m| m.get_mut("metadata")).and_then(Value::as_object_mut) {
                 meta.insert("namespace".into(), Value::String(ns.clone()));
             }
             object.namespace = Some(ns.clone());
             Api::namespaced_with(client.clone(), &ns, ar)
         }
         Scope::Cluster => {
-            if let Some(meta) = manifest
-                .and_then(|m| m.get_mut("metadata"))
-                .and_then(Value::as_object_mut)
-            {
+            if let Some(meta) = manifest.and_then(|m| m.get_mut("metadata")).and_then(Value::as_object_mut) {
                 meta.remove("namespace");
             }
             object.namespace = None;
@@ -216,26 +193,15 @@ impl Applier<'_> {
         ensure_labels(&mut manifest, id, version);
         normalize_quantities(&mut manifest);
         let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
-        let api = api_for(
-            self.client,
-            &resolved,
-            &mut object,
-            Some(&mut manifest),
-            &id.namespace,
-        );
+        let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
 
-        let before = api
-            .get_opt(&object.name)
-            .await
-            .map_err(|e| api_error(&label, e))?;
+        let before = api.get_opt(&object.name).await.map_err(|e| api_error(&label, e))?;
         let mut params = PatchParams::apply(self.field_manager);
         if self.force {
             params = params.force();
         }
-        let after = api
-            .patch(&object.name, &params, &Patch::Apply(&manifest))
-            .await
-            .map_err(|e| apply_error(&label, e))?;
+        let after =
+            api.patch(&object.name, &params, &Patch::Apply(&manifest)).await.map_err(|e| apply_error(&label, e))?;
         let action = classify(before.as_ref(), &after);
         tracing::debug!(object = %label, action = action.as_str(), "applied");
 
@@ -250,30 +216,15 @@ impl Applier<'_> {
     async fn await_crd(&self, name: &str, manifest: &Value) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let label = format!("customresourcedefinition.apiextensions.k8s.io/{name}");
-        let timeout = || Error::Timeout {
-            timeout: self.crd_timeout,
-            not_ready: vec![label.clone()],
-        };
+        let timeout = || Error::Timeout { timeout: self.crd_timeout, not_ready: vec![label.clone()] };
         let deadline = tokio::time::Instant::now() + self.crd_timeout;
-        match tokio::time::timeout_at(deadline, await_condition(api, name, is_crd_established()))
-            .await
-        {
+        match tokio::time::timeout_at(deadline, await_condition(api, name, is_crd_established())).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Error::Unavailable(format!(
-                    "{label}: watching for Established failed: {e}"
-                )))
-            }
+            Ok(Err(e)) => return Err(Error::Unavailable(format!("{label}: watching for Established failed: {e}"))),
             Err(_) => return Err(timeout()),
         }
-        let group = manifest
-            .pointer("/spec/group")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind = manifest
-            .pointer("/spec/names/kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let group = manifest.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+        let kind = manifest.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or_default();
         self.resolver.forget_group(group);
         let versions: Vec<&str> = manifest
             .pointer("/spec/versions")
@@ -289,13 +240,7 @@ impl Applier<'_> {
             let gvk = GroupVersionKind::gvk(group, version, kind);
             loop {
                 interval.tick().await;
-                if self
-                    .resolver
-                    .resolve(&gvk)
-                    .await
-                    .map_err(|e| api_error(&label, e))?
-                    .is_some()
-                {
+                if self.resolver.resolve(&gvk).await.map_err(|e| api_error(&label, e))?.is_some() {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -313,11 +258,7 @@ mod tests {
     use crate::plan::Section;
 
     fn id() -> DeploymentId {
-        DeploymentId {
-            namespace: "ns1".into(),
-            module: "redis".into(),
-            name: "cache".into(),
-        }
+        DeploymentId { namespace: "ns1".into(), module: "redis".into(), name: "cache".into() }
     }
 
     fn obj(rv: &str, data: &str, status: &str) -> DynamicObject {
@@ -332,24 +273,16 @@ mod tests {
     #[test]
     fn classify_uses_resource_versions_then_content() {
         assert_eq!(classify(None, &obj("5", "a", "")), Action::Created);
-        assert_eq!(
-            classify(Some(&obj("5", "a", "")), &obj("5", "a", "")),
-            Action::Unchanged
-        );
-        assert_eq!(
-            classify(Some(&obj("5", "a", "")), &obj("6", "b", "")),
-            Action::Configured
-        );
+        assert_eq!(classify(Some(&obj("5", "a", "")), &obj("5", "a", "")), Action::Unchanged);
+        assert_eq!(classify(Some(&obj("5", "a", "")), &obj("6", "b", "")), Action::Configured);
         // Only a controller's status write happened in between.
-        assert_eq!(
-            classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")),
-            Action::Unchanged
-        );
+        assert_eq!(classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")), Action::Unchanged);
     }
 
     #[test]
     fn ensure_labels_adds_missing_labels_and_keeps_existing_ones() {
-        let mut m = serde_json::json!({"metadata": {"name": "x", "labels": {"jac-orc/deployment": "planner-set", "app": "a"}}});
+        let mut m =
+            serde_json::json!({"metadata": {"name": "x", "labels": {"jac-orc/deployment": "planner-set", "app": "a"}}});
         ensure_labels(&mut m, &id(), "latest");
         let labels = &m["metadata"]["labels"];
         assert_eq!(labels["app"], "a");
@@ -371,16 +304,10 @@ mod tests {
             file: "f".into(),
         };
         let m = serde_json::json!({"metadata": {"name": "x"}});
-        assert_eq!(
-            resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(),
-            Some("ns1")
-        );
+        assert_eq!(resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(), Some("ns1"));
         assert_eq!(resolved_ref(&o("Namespace"), &m, "ns1").namespace, None);
         let m = serde_json::json!({"metadata": {"name": "x", "namespace": "other"}});
-        assert_eq!(
-            resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(),
-            Some("other")
-        );
+        assert_eq!(resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(), Some("other"));
     }
 
     #[test]
@@ -396,10 +323,7 @@ mod tests {
         assert_eq!(c["resources"]["requests"]["cpu"], "1");
         assert_eq!(c["ports"][0]["containerPort"], 6379);
         assert_eq!(m["spec"]["replicas"], 1);
-        assert_eq!(
-            m["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"],
-            "500"
-        );
+        assert_eq!(m["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "500");
     }
 
     #[test]

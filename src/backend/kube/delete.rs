@@ -23,24 +23,20 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(30);
 type Key = (String, String, Option<String>, String);
 
 fn key(o: &ObjectRef) -> Key {
-    (
-        o.group().to_string(),
-        o.kind.clone(),
-        o.namespace.clone(),
-        o.name.clone(),
-    )
+    (o.group().to_string(), o.kind.clone(), o.namespace.clone(), o.name.clone())
 }
 
 /// Why an object must stay, if it must.
 fn keep_reason(o: &ObjectRef, shared: &HashMap<Key, DeploymentId>) -> Option<String> {
     if o.is_crd() {
-        Some("CustomResourceDefinitions are cluster-wide and may serve other deployments; delete it by hand if unused".into())
+        Some(
+            "CustomResourceDefinitions are cluster-wide and may serve other deployments; delete it by hand if unused"
+                .into(),
+        )
     } else if o.is_namespace() {
         Some("namespaces may hold other workloads; delete it by hand if unused".into())
     } else {
-        shared
-            .get(&key(o))
-            .map(|other| format!("also part of deployment {other}"))
+        shared.get(&key(o)).map(|other| format!("also part of deployment {other}"))
     }
 }
 
@@ -51,10 +47,8 @@ pub(crate) async fn undeploy(
     others: &[DeploymentRecord],
     progress: &Progress,
 ) -> Result<()> {
-    let shared: HashMap<Key, DeploymentId> = others
-        .iter()
-        .flat_map(|r| r.objects.iter().map(move |o| (key(o), r.id.clone())))
-        .collect();
+    let shared: HashMap<Key, DeploymentId> =
+        others.iter().flat_map(|r| r.objects.iter().map(move |o| (key(o), r.id.clone()))).collect();
     let mut handled: BTreeSet<Key> = BTreeSet::new();
     let mut gone_checks: Vec<(Api<DynamicObject>, String)> = Vec::new();
     let mut sweep_kinds: Vec<(ObjectRef, Option<String>)> = Vec::new();
@@ -62,30 +56,20 @@ pub(crate) async fn undeploy(
     for o in record.objects.iter().rev() {
         handled.insert(key(o));
         if let Some(why) = keep_reason(o, &shared) {
-            progress
-                .send(ObjectEvent::new(o.clone(), Action::Kept).with_message(why))
-                .await;
+            progress.send(ObjectEvent::new(o.clone(), Action::Kept).with_message(why)).await;
             continue;
         }
         let label = o.kubectl_name();
-        let Some(resolved) = resolver
-            .resolve(&gvk_of(o))
-            .await
-            .map_err(|e| api_error(&label, e))?
-        else {
-            progress
-                .send(
-                    ObjectEvent::new(o.clone(), Action::Deleted)
-                        .with_message("kind no longer served"),
-                )
-                .await;
+        let Some(resolved) = resolver.resolve(&gvk_of(o)).await.map_err(|e| api_error(&label, e))? else {
+            progress.send(ObjectEvent::new(o.clone(), Action::Deleted).with_message("kind no longer served")).await;
             continue;
         };
         let mut object = o.clone();
         let api = api_for(client, &resolved, &mut object, None, &record.id.namespace);
-        if !sweep_kinds.iter().any(|(k, ns)| {
-            k.api_version == o.api_version && k.kind == o.kind && *ns == object.namespace
-        }) {
+        if !sweep_kinds
+            .iter()
+            .any(|(k, ns)| k.api_version == o.api_version && k.kind == o.kind && *ns == object.namespace)
+        {
             sweep_kinds.push((o.clone(), object.namespace.clone()));
         }
         delete_one(&api, object, progress, &mut gone_checks).await?;
@@ -94,22 +78,12 @@ pub(crate) async fn undeploy(
     // Leftovers carrying this deployment's labels (e.g. from an earlier template version).
     let selector = deployment_selector(&record.id);
     for (kind, ns) in sweep_kinds {
-        let Some(resolved) = resolver
-            .resolve(&gvk_of(&kind))
-            .await
-            .map_err(|e| api_error(&kind.kind, e))?
-        else {
+        let Some(resolved) = resolver.resolve(&gvk_of(&kind)).await.map_err(|e| api_error(&kind.kind, e))? else {
             continue;
         };
-        let mut probe = ObjectRef {
-            namespace: ns.clone(),
-            ..kind.clone()
-        };
+        let mut probe = ObjectRef { namespace: ns.clone(), ..kind.clone() };
         let api = api_for(client, &resolved, &mut probe, None, &record.id.namespace);
-        let list = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| api_error(&kind.kind, e))?;
+        let list = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_error(&kind.kind, e))?;
         for item in list.items {
             let object = ObjectRef {
                 api_version: kind.api_version.clone(),
@@ -123,9 +97,7 @@ pub(crate) async fn undeploy(
                 continue;
             }
             if let Some(why) = keep_reason(&object, &shared) {
-                progress
-                    .send(ObjectEvent::new(object, Action::Kept).with_message(why))
-                    .await;
+                progress.send(ObjectEvent::new(object, Action::Kept).with_message(why)).await;
                 continue;
             }
             delete_one(&api, object, progress, &mut gone_checks).await?;
@@ -145,20 +117,14 @@ async fn delete_one(
     match api.delete(&object.name, &DeleteParams::foreground()).await {
         Ok(_) => {
             gone_checks.push((api.clone(), object.name.clone()));
-            progress
-                .send(ObjectEvent::new(object, Action::Deleted))
-                .await;
+            progress.send(ObjectEvent::new(object, Action::Deleted)).await;
         }
         Err(e) if is_not_found(&e) => {
-            progress
-                .send(ObjectEvent::new(object, Action::Deleted).with_message("already gone"))
-                .await;
+            progress.send(ObjectEvent::new(object, Action::Deleted).with_message("already gone")).await;
         }
         Err(e) => {
             let err = api_error(&object.kubectl_name(), e);
-            progress
-                .send(ObjectEvent::new(object, Action::Failed).with_message(err.to_string()))
-                .await;
+            progress.send(ObjectEvent::new(object, Action::Failed).with_message(err.to_string())).await;
             return Err(err);
         }
     }
@@ -208,31 +174,14 @@ mod tests {
 
     #[test]
     fn crds_namespaces_and_shared_objects_are_kept() {
-        let other = DeploymentId {
-            namespace: "n".into(),
-            module: "mongodb".into(),
-            name: "b".into(),
-        };
-        let shared: HashMap<Key, DeploymentId> =
-            [(key(&o("v1", "ServiceAccount", "op", Some("n"))), other)].into();
-        assert!(keep_reason(
-            &o(
-                "apiextensions.k8s.io/v1",
-                "CustomResourceDefinition",
-                "c",
-                None
-            ),
-            &shared
-        )
-        .is_some());
+        let other = DeploymentId { namespace: "n".into(), module: "mongodb".into(), name: "b".into() };
+        let shared: HashMap<Key, DeploymentId> = [(key(&o("v1", "ServiceAccount", "op", Some("n"))), other)].into();
+        assert!(keep_reason(&o("apiextensions.k8s.io/v1", "CustomResourceDefinition", "c", None), &shared).is_some());
         assert!(keep_reason(&o("v1", "Namespace", "n", None), &shared).is_some());
         assert_eq!(
             keep_reason(&o("v1", "ServiceAccount", "op", Some("n")), &shared).as_deref(),
             Some("also part of deployment n/mongodb/b")
         );
-        assert_eq!(
-            keep_reason(&o("v1", "ServiceAccount", "op", Some("other")), &shared),
-            None
-        );
+        assert_eq!(keep_reason(&o("v1", "ServiceAccount", "op", Some("other")), &shared), None);
     }
 }

@@ -22,10 +22,7 @@ pub struct Detection {
 
 impl std::fmt::Debug for Detection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Detection")
-            .field("client", &self.client.is_some())
-            .field("reason", &self.reason)
-            .finish()
+        f.debug_struct("Detection").field("client", &self.client.is_some()).field("reason", &self.reason).finish()
     }
 }
 
@@ -40,17 +37,11 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
         });
     }
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        let config = kube::Config::incluster().map_err(|e| {
-            Error::Unavailable(format!(
-                "running in a pod, but the in-cluster config is unusable: {e}"
-            ))
-        })?;
-        let client = kube::Client::try_from(config)
-            .map_err(|e| Error::Unavailable(format!("in-cluster client: {e}")))?;
-        return Ok(Detection {
-            client: Some(client),
-            reason: "in-cluster service account".into(),
-        });
+        let config = kube::Config::incluster()
+            .map_err(|e| Error::Unavailable(format!("running in a pod, but the in-cluster config is unusable: {e}")))?;
+        let client =
+            kube::Client::try_from(config).map_err(|e| Error::Unavailable(format!("in-cluster client: {e}")))?;
+        return Ok(Detection { client: Some(client), reason: "in-cluster service account".into() });
     }
     let implicit = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         // KUBECONFIG may list several files; kube merges them, we only need the first to exist.
@@ -60,15 +51,11 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
     match implicit {
         Some(path) => {
             let client = from_file(&path).await?;
-            Ok(Detection {
-                client: Some(client.0),
-                reason: format!("kubeconfig {} ({})", path.display(), client.1),
-            })
+            Ok(Detection { client: Some(client.0), reason: format!("kubeconfig {} ({})", path.display(), client.1) })
         }
-        None => Ok(Detection {
-            client: None,
-            reason: "no in-cluster credentials, KUBECONFIG or ~/.kube/config".into(),
-        }),
+        None => {
+            Ok(Detection { client: None, reason: "no in-cluster credentials, KUBECONFIG or ~/.kube/config".into() })
+        }
     }
 }
 
@@ -78,13 +65,8 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
 pub async fn probe(client: &kube::Client, timeout: Duration) -> Result<String> {
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => Ok(info.git_version),
-        Ok(Err(e)) => Err(Error::Unavailable(format!(
-            "the Kubernetes API did not answer: {e}"
-        ))),
-        Err(_) => Err(Error::Unavailable(format!(
-            "the Kubernetes API did not answer within {}s",
-            timeout.as_secs()
-        ))),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("the Kubernetes API did not answer: {e}"))),
+        Err(_) => Err(Error::Unavailable(format!("the Kubernetes API did not answer within {}s", timeout.as_secs()))),
     }
 }
 
@@ -94,17 +76,11 @@ fn home_kubeconfig() -> Option<PathBuf> {
 
 /// A client from one kubeconfig file, and its current context's name.
 async fn from_file(path: &Path) -> Result<(kube::Client, String)> {
-    let bad = |e: &dyn std::fmt::Display| {
-        Error::Unavailable(format!("kubeconfig {}: {e}", path.display()))
-    };
+    let bad = |e: &dyn std::fmt::Display| Error::Unavailable(format!("kubeconfig {}: {e}", path.display()));
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
-    let context = kubeconfig
-        .current_context
-        .clone()
-        .unwrap_or_else(|| "no current context".into());
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| bad(&e))?;
+    let context = kubeconfig.current_context.clone().unwrap_or_else(|| "no current context".into());
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(|e| bad(&e))?;
     let client = kube::Client::try_from(config).map_err(|e| bad(&e))?;
     Ok((client, format!("context {context}")))
 }
@@ -124,10 +100,7 @@ mod tests {
         .unwrap();
         let d = detect(Some(&path)).await.unwrap();
         assert!(d.client.is_some());
-        assert_eq!(
-            d.reason,
-            format!("kubeconfig {} (context ctx)", path.display())
-        );
+        assert_eq!(d.reason, format!("kubeconfig {} (context ctx)", path.display()));
     }
 
     #[tokio::test]
@@ -141,28 +114,18 @@ mod tests {
             assert_eq!(req.uri().path(), "/version");
             let body = serde_json::json!({"major": "1", "minor": "20", "gitVersion": "v1.20.2", "gitCommit": "", "gitTreeState": "",
                 "buildDate": "", "goVersion": "", "compiler": "", "platform": ""});
-            send.send_response(Response::new(Body::from(
-                serde_json::to_vec(&body).unwrap(),
-            )));
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&body).unwrap())));
             let (_, send) = handle.next_request().await.expect("a second request");
             send.send_error(std::io::Error::other("connection refused"));
         });
-        assert_eq!(
-            probe(&client, Duration::from_secs(5)).await.unwrap(),
-            "v1.20.2"
-        );
-        assert!(matches!(
-            probe(&client, Duration::from_secs(5)).await,
-            Err(Error::Unavailable(_))
-        ));
+        assert_eq!(probe(&client, Duration::from_secs(5)).await.unwrap(), "v1.20.2");
+        assert!(matches!(probe(&client, Duration::from_secs(5)).await, Err(Error::Unavailable(_))));
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn an_explicit_but_missing_kubeconfig_is_an_error() {
-        let err = detect(Some(Path::new("/nonexistent/kubeconfig")))
-            .await
-            .unwrap_err();
+        let err = detect(Some(Path::new("/nonexistent/kubeconfig"))).await.unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
     }
 }

@@ -25,35 +25,23 @@ pub(crate) struct Resolver {
 
 impl Resolver {
     pub(crate) fn new(client: kube::Client) -> Self {
-        Resolver {
-            client,
-            cache: Arc::default(),
-        }
+        Resolver { client, cache: Arc::default() }
     }
 
     /// Seeds the cache (tests use it to skip discovery requests).
     #[cfg(test)]
     pub(crate) fn insert(&self, gvk: GroupVersionKind, resolved: Resolved) {
-        self.cache
-            .lock()
-            .expect("resolver cache poisoned")
-            .insert(gvk, resolved);
+        self.cache.lock().expect("resolver cache poisoned").insert(gvk, resolved);
     }
 
     /// `Ok(None)` when the server does not serve the kind (`no matches for kind …`).
-    pub(crate) async fn resolve(
-        &self,
-        gvk: &GroupVersionKind,
-    ) -> Result<Option<Resolved>, kube::Error> {
+    pub(crate) async fn resolve(&self, gvk: &GroupVersionKind) -> Result<Option<Resolved>, kube::Error> {
         if let Some(hit) = self.cache.lock().expect("resolver cache poisoned").get(gvk) {
             return Ok(Some(hit.clone()));
         }
         match pinned_kind(&self.client, gvk).await {
             Ok(resolved) => {
-                self.cache
-                    .lock()
-                    .expect("resolver cache poisoned")
-                    .insert(gvk.clone(), resolved.clone());
+                self.cache.lock().expect("resolver cache poisoned").insert(gvk.clone(), resolved.clone());
                 Ok(Some(resolved))
             }
             // An unknown group-version answers 404; a known one without the kind is a discovery error.
@@ -65,10 +53,7 @@ impl Resolver {
 
     /// Forgets every cached kind of `group` (after a CRD of that group was applied or deleted).
     pub(crate) fn forget_group(&self, group: &str) {
-        self.cache
-            .lock()
-            .expect("resolver cache poisoned")
-            .retain(|gvk, _| gvk.group != group);
+        self.cache.lock().expect("resolver cache poisoned").retain(|gvk, _| gvk.group != group);
     }
 }
 
@@ -84,9 +69,6 @@ pub(crate) fn gvk_of(object: &ObjectRef) -> GroupVersionKind {
 pub(crate) fn no_match(object: &ObjectRef) -> Error {
     Error::Rejected {
         object: object.kubectl_name(),
-        message: format!(
-            "no matches for kind \"{}\" in version \"{}\"",
-            object.kind, object.api_version
-        ),
+        message: format!("no matches for kind \"{}\" in version \"{}\"", object.kind, object.api_version),
     }
 }

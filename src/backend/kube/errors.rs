@@ -24,28 +24,17 @@ pub(crate) fn is_not_found(err: &kube::Error) -> bool {
 pub(crate) fn api_error(object: &str, err: kube::Error) -> Error {
     match err {
         kube::Error::Api(s) if (400..500).contains(&s.code) || is_schema_mismatch(&s) => {
-            Error::Rejected {
-                object: object.into(),
-                message: s.message,
-            }
+            Error::Rejected { object: object.into(), message: s.message }
         }
-        kube::Error::Api(s) => Error::Unavailable(format!(
-            "{object}: Kubernetes API error {}: {}",
-            s.code, s.message
-        )),
-        other => Error::Unavailable(format!(
-            "{object}: cannot reach the Kubernetes API: {other}"
-        )),
+        kube::Error::Api(s) => Error::Unavailable(format!("{object}: Kubernetes API error {}: {}", s.code, s.message)),
+        other => Error::Unavailable(format!("{object}: cannot reach the Kubernetes API: {other}")),
     }
 }
 
 /// Server-side apply answers 500 when the object does not fit the kind's schema (a field that
 /// does not exist, a number where a string belongs); that is the manifest's fault, not the server's.
 fn is_schema_mismatch(status: &Status) -> bool {
-    status.code == 500
-        && status
-            .message
-            .contains("failed to create typed patch object")
+    status.code == 500 && status.message.contains("failed to create typed patch object")
 }
 
 /// Failures of a server-side apply: 409 is a field-manager conflict, 4xx a rejection.
@@ -62,17 +51,11 @@ pub(crate) fn apply_error(object: &str, err: kube::Error) -> Error {
 
 /// The other field manager named by an SSA conflict: `… conflict with "kubectl" using v1: .data.a`.
 fn conflict_manager(status: &Status) -> Option<String> {
-    let from_causes = status
-        .details
-        .iter()
-        .flat_map(|d| d.causes.iter())
-        .map(|c| c.message.as_str());
-    std::iter::once(status.message.as_str())
-        .chain(from_causes)
-        .find_map(|text| {
-            let rest = &text[text.find("conflict with \"")? + "conflict with \"".len()..];
-            Some(rest[..rest.find('"')?].to_string())
-        })
+    let from_causes = status.details.iter().flat_map(|d| d.causes.iter()).map(|c| c.message.as_str());
+    std::iter::once(status.message.as_str()).chain(from_causes).find_map(|text| {
+        let rest = &text[text.find("conflict with \"")? + "conflict with \"".len()..];
+        Some(rest[..rest.find('"')?].to_string())
+    })
 }
 
 #[cfg(test)]
@@ -87,15 +70,10 @@ mod tests {
     fn conflict_names_the_other_manager() {
         let err = apply_error(
             "configmap/x",
-            status(
-                409,
-                r#"Apply failed with 1 conflict: conflict with "kubectl-edit" using v1: .data.a"#,
-            ),
+            status(409, r#"Apply failed with 1 conflict: conflict with "kubectl-edit" using v1: .data.a"#),
         );
         match err {
-            Error::Conflict {
-                object, manager, ..
-            } => {
+            Error::Conflict { object, manager, .. } => {
                 assert_eq!(object, "configmap/x");
                 assert_eq!(manager, "kubectl-edit");
             }
@@ -106,10 +84,7 @@ mod tests {
     #[test]
     fn invalid_and_bad_request_are_rejections_with_the_server_message() {
         for code in [400, 422] {
-            match apply_error(
-                "deployment.apps/x",
-                status(code, "spec.replicas: Invalid value"),
-            ) {
+            match apply_error("deployment.apps/x", status(code, "spec.replicas: Invalid value")) {
                 Error::Rejected { object, message } => {
                     assert_eq!(object, "deployment.apps/x");
                     assert_eq!(message, "spec.replicas: Invalid value");
@@ -122,16 +97,11 @@ mod tests {
     #[test]
     fn schema_mismatches_under_server_side_apply_are_rejections() {
         let msg = "failed to create typed patch object: .spec.foo: field not declared in schema";
-        assert!(
-            matches!(apply_error("x", status(500, msg)), Error::Rejected { message, .. } if message == msg)
-        );
+        assert!(matches!(apply_error("x", status(500, msg)), Error::Rejected { message, .. } if message == msg));
     }
 
     #[test]
     fn server_errors_mean_unavailable() {
-        assert!(matches!(
-            apply_error("x", status(503, "etcd down")),
-            Error::Unavailable(_)
-        ));
+        assert!(matches!(apply_error("x", status(503, "etcd down")), Error::Unavailable(_)));
     }
 }

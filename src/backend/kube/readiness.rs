@@ -58,18 +58,13 @@ pub(crate) enum State {
 
 /// Whether an object's readiness is worth waiting for, and how.
 fn is_target(o: &ObjectRef) -> bool {
-    matches!(
-        (o.group(), o.kind.as_str()),
-        ("apps", "Deployment" | "StatefulSet") | ("", "Pod")
-    ) || o.is_crd()
+    matches!((o.group(), o.kind.as_str()), ("apps", "Deployment" | "StatefulSet") | ("", "Pod"))
+        || o.is_crd()
         || !is_builtin_group(o.group())
 }
 
 fn is_builtin_group(group: &str) -> bool {
-    matches!(
-        group,
-        "" | "apps" | "batch" | "policy" | "autoscaling" | "extensions"
-    ) || group.ends_with(".k8s.io")
+    matches!(group, "" | "apps" | "batch" | "policy" | "autoscaling" | "extensions") || group.ends_with(".k8s.io")
 }
 
 pub(crate) async fn wait(
@@ -80,11 +75,8 @@ pub(crate) async fn wait(
     progress: &Progress,
 ) -> Result<Outcome> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pending: Vec<(ObjectRef, Option<String>)> = objects
-        .iter()
-        .filter(|o| is_target(o))
-        .map(|o| (o.clone(), None))
-        .collect();
+    let mut pending: Vec<(ObjectRef, Option<String>)> =
+        objects.iter().filter(|o| is_target(o)).map(|o| (o.clone(), None)).collect();
     let max_rounds = timeout.as_millis() / POLL.as_millis() + 2;
     for _ in 0..max_rounds {
         if progress.is_closed() {
@@ -97,25 +89,14 @@ pub(crate) async fn wait(
                 State::Waiting(msg) => {
                     if last.as_deref() != Some(msg.as_str()) {
                         progress
-                            .send(
-                                ObjectEvent::new(object.clone(), Action::Waiting)
-                                    .with_message(msg.clone()),
-                            )
+                            .send(ObjectEvent::new(object.clone(), Action::Waiting).with_message(msg.clone()))
                             .await;
                     }
                     still.push((object, Some(msg)));
                 }
                 State::Failed(reason) => {
-                    progress
-                        .send(
-                            ObjectEvent::new(object.clone(), Action::Failed)
-                                .with_message(reason.clone()),
-                        )
-                        .await;
-                    return Err(Error::WorkloadFailed {
-                        object: object.kubectl_name(),
-                        reason,
-                    });
+                    progress.send(ObjectEvent::new(object.clone(), Action::Failed).with_message(reason.clone())).await;
+                    return Err(Error::WorkloadFailed { object: object.kubectl_name(), reason });
                 }
             }
         }
@@ -129,10 +110,7 @@ pub(crate) async fn wait(
         }
         tokio::time::sleep_until((now + POLL).min(deadline)).await;
     }
-    Err(Error::Timeout {
-        timeout,
-        not_ready: pending.iter().map(|(o, _)| o.kubectl_name()).collect(),
-    })
+    Err(Error::Timeout { timeout, not_ready: pending.iter().map(|(o, _)| o.kubectl_name()).collect() })
 }
 
 /// One look at one object. API failures count as "still waiting": a blip must not fail a deploy.
@@ -143,48 +121,32 @@ async fn check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Sta
     }
 }
 
-async fn try_check(
-    client: &kube::Client,
-    resolver: &Resolver,
-    o: &ObjectRef,
-) -> Result<State, kube::Error> {
+async fn try_check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Result<State, kube::Error> {
     let ns = o.namespace.as_deref().unwrap_or("default");
     let missing = || State::Waiting("not found".into());
     match (o.group(), o.kind.as_str()) {
         ("apps", "Deployment") => {
-            let Some(d) = Api::<Deployment>::namespaced(client.clone(), ns)
-                .get_opt(&o.name)
-                .await?
-            else {
+            let Some(d) = Api::<Deployment>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = deployment_state(&d);
             pods_or(client, ns, d.spec.as_ref().map(|s| &s.selector), state).await
         }
         ("apps", "StatefulSet") => {
-            let Some(s) = Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get_opt(&o.name)
-                .await?
-            else {
+            let Some(s) = Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = statefulset_state(&s);
             pods_or(client, ns, s.spec.as_ref().map(|s| &s.selector), state).await
         }
         ("", "Pod") => {
-            let Some(p) = Api::<Pod>::namespaced(client.clone(), ns)
-                .get_opt(&o.name)
-                .await?
-            else {
+            let Some(p) = Api::<Pod>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             Ok(pod_state(&p))
         }
         _ if o.is_crd() => {
-            let Some(c) = Api::<CustomResourceDefinition>::all(client.clone())
-                .get_opt(&o.name)
-                .await?
-            else {
+            let Some(c) = Api::<CustomResourceDefinition>::all(client.clone()).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let established = c
@@ -193,11 +155,7 @@ async fn try_check(
                 .into_iter()
                 .flatten()
                 .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(if established {
-                State::Ready
-            } else {
-                State::Waiting("not Established".into())
-            })
+            Ok(if established { State::Ready } else { State::Waiting("not Established".into()) })
         }
         _ => {
             let Some((ar, caps)) = resolver.resolve(&gvk_of(o)).await? else {
@@ -225,30 +183,16 @@ async fn pods_or(
     if state == State::Ready {
         return Ok(state);
     }
-    let Some(labels) = selector
-        .and_then(|s| s.match_labels.as_ref())
-        .filter(|l| !l.is_empty())
-    else {
+    let Some(labels) = selector.and_then(|s| s.match_labels.as_ref()).filter(|l| !l.is_empty()) else {
         return Ok(state);
     };
-    let selector = labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
-        .await?;
+    let selector = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(&selector)).await?;
     Ok(pods
         .items
         .iter()
         .find_map(|p| {
-            pod_failure(p).map(|r| {
-                State::Failed(format!(
-                    "pod {}: {r}",
-                    p.metadata.name.as_deref().unwrap_or("?")
-                ))
-            })
+            pod_failure(p).map(|r| State::Failed(format!("pod {}: {r}", p.metadata.name.as_deref().unwrap_or("?"))))
         })
         .unwrap_or(state))
 }
@@ -258,17 +202,9 @@ pub(crate) fn deployment_state(d: &Deployment) -> State {
     let Some(status) = &d.status else {
         return State::Waiting("waiting for the rollout to start".into());
     };
-    if let Some(c) = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing")
-    {
+    if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "Progressing") {
         if c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-            return State::Failed(format!(
-                "ProgressDeadlineExceeded: {}",
-                c.message.as_deref().unwrap_or_default()
-            ));
+            return State::Failed(format!("ProgressDeadlineExceeded: {}", c.message.as_deref().unwrap_or_default()));
         }
     }
     if status.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0) {
@@ -281,14 +217,9 @@ pub(crate) fn deployment_state(d: &Deployment) -> State {
     if updated < want {
         State::Waiting(format!("{updated} of {want} updated replicas"))
     } else if total > updated {
-        State::Waiting(format!(
-            "{} old replicas pending termination",
-            total - updated
-        ))
+        State::Waiting(format!("{} old replicas pending termination", total - updated))
     } else if available < updated {
-        State::Waiting(format!(
-            "{available} of {updated} updated replicas available"
-        ))
+        State::Waiting(format!("{available} of {updated} updated replicas available"))
     } else {
         State::Ready
     }
@@ -320,18 +251,10 @@ pub(crate) fn pod_state(p: &Pod) -> State {
     if status.phase.as_deref() == Some("Failed") {
         return State::Failed(format!(
             "pod failed: {}",
-            status
-                .message
-                .as_deref()
-                .or(status.reason.as_deref())
-                .unwrap_or("no reason given")
+            status.message.as_deref().or(status.reason.as_deref()).unwrap_or("no reason given")
         ));
     }
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
     if ready {
         State::Ready
     } else {
@@ -342,11 +265,7 @@ pub(crate) fn pod_state(p: &Pod) -> State {
 /// Why a pod will not become ready by itself, if it will not.
 pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
     let status = p.status.as_ref()?;
-    let containers = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
+    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
     for c in containers {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             if let Some(reason) = w.reason.as_deref().filter(|r| FATAL_WAITING.contains(r)) {
@@ -359,17 +278,12 @@ pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
             }
         }
     }
-    let unschedulable = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-    });
-    unschedulable.map(|c| {
-        format!(
-            "Unschedulable: {}",
-            c.message.as_deref().unwrap_or_default()
-        )
-    })
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+    unschedulable.map(|c| format!("Unschedulable: {}", c.message.as_deref().unwrap_or_default()))
 }
 
 /// Custom resources: `status.phase` Running/Ready, or a `Ready` condition that is True.
@@ -378,25 +292,16 @@ pub(crate) fn custom_state(status: Option<&Value>) -> State {
         return State::Waiting("waiting for status".into());
     };
     let phase = status.get("phase").and_then(Value::as_str);
-    let ready_condition = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|c| {
-            c.get("type").and_then(Value::as_str) == Some("Ready")
-                && c.get("status").and_then(Value::as_str) == Some("True")
-        });
+    let ready_condition = status.get("conditions").and_then(Value::as_array).into_iter().flatten().any(|c| {
+        c.get("type").and_then(Value::as_str) == Some("Ready")
+            && c.get("status").and_then(Value::as_str) == Some("True")
+    });
     match phase {
         Some("Running" | "Ready") => State::Ready,
         _ if ready_condition => State::Ready,
-        Some("Failed") => State::Failed(
-            status
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("phase Failed")
-                .to_string(),
-        ),
+        Some("Failed") => {
+            State::Failed(status.get("message").and_then(Value::as_str).unwrap_or("phase Failed").to_string())
+        }
         Some(p) => State::Waiting(format!("phase {p}")),
         None => State::Waiting("waiting for status".into()),
     }
@@ -421,49 +326,31 @@ mod tests {
         assert_eq!(deployment_state(&d(2, full.clone())), State::Ready);
         assert!(matches!(deployment_state(&d(3, full)), State::Waiting(_)));
         let partial = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1});
-        assert_eq!(
-            deployment_state(&d(2, partial)),
-            State::Waiting("1 of 2 updated replicas available".into())
-        );
+        assert_eq!(deployment_state(&d(2, partial)), State::Waiting("1 of 2 updated replicas available".into()));
         let old = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2});
-        assert_eq!(
-            deployment_state(&d(2, old)),
-            State::Waiting("1 old replicas pending termination".into())
-        );
+        assert_eq!(deployment_state(&d(2, old)), State::Waiting("1 old replicas pending termination".into()));
         let stuck = json!({"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]});
-        assert!(
-            matches!(deployment_state(&d(2, stuck)), State::Failed(m) if m.contains("too slow"))
-        );
+        assert!(matches!(deployment_state(&d(2, stuck)), State::Failed(m) if m.contains("too slow")));
     }
 
     #[test]
     fn statefulset_counts_ready_replicas() {
         let s: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "s", "generation": 1}, "spec": {"selector": {}, "serviceName": "s", "template": {}}, "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 0}})).unwrap();
-        assert_eq!(
-            statefulset_state(&s),
-            State::Waiting("0 of 1 replicas ready".into())
-        );
+        assert_eq!(statefulset_state(&s), State::Waiting("0 of 1 replicas ready".into()));
     }
 
     #[test]
     fn pods_are_ready_by_condition_and_fail_on_fatal_waiting_reasons() {
         assert_eq!(
-            pod_state(&pod(
-                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]})
-            )),
+            pod_state(&pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}))),
             State::Ready
         );
-        assert_eq!(
-            pod_state(&pod(json!({"phase": "Pending"}))),
-            State::Waiting("Pending".into())
-        );
+        assert_eq!(pod_state(&pod(json!({"phase": "Pending"}))), State::Waiting("Pending".into()));
         let pulling = pod(
             json!({"phase": "Pending", "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"nope\""}}}]}),
         );
-        assert!(
-            matches!(pod_state(&pulling), State::Failed(m) if m.starts_with("ImagePullBackOff (container c)"))
-        );
+        assert!(matches!(pod_state(&pulling), State::Failed(m) if m.starts_with("ImagePullBackOff (container c)")));
         let creating = pod(
             json!({"phase": "Pending", "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
@@ -472,28 +359,14 @@ mod tests {
         let unschedulable = pod(
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
         );
-        assert_eq!(
-            pod_failure(&unschedulable).as_deref(),
-            Some("Unschedulable: 0/3 nodes")
-        );
+        assert_eq!(pod_failure(&unschedulable).as_deref(), Some("Unschedulable: 0/3 nodes"));
     }
 
     #[test]
     fn custom_resources_use_phase_or_ready_condition() {
-        assert_eq!(
-            custom_state(Some(&json!({"phase": "Running"}))),
-            State::Ready
-        );
-        assert_eq!(
-            custom_state(Some(
-                &json!({"conditions": [{"type": "Ready", "status": "True"}]})
-            )),
-            State::Ready
-        );
-        assert_eq!(
-            custom_state(Some(&json!({"phase": "Pending"}))),
-            State::Waiting("phase Pending".into())
-        );
+        assert_eq!(custom_state(Some(&json!({"phase": "Running"}))), State::Ready);
+        assert_eq!(custom_state(Some(&json!({"conditions": [{"type": "Ready", "status": "True"}]}))), State::Ready);
+        assert_eq!(custom_state(Some(&json!({"phase": "Pending"}))), State::Waiting("phase Pending".into()));
         assert!(
             matches!(custom_state(Some(&json!({"phase": "Failed", "message": "bad"}))), State::Failed(m) if m == "bad")
         );
@@ -511,14 +384,8 @@ mod tests {
             file: "f".into(),
         };
         assert!(is_target(&o("apps/v1", "Deployment")));
-        assert!(is_target(&o(
-            "mongodbcommunity.mongodb.com/v1",
-            "MongoDBCommunity"
-        )));
-        assert!(is_target(&o(
-            "apiextensions.k8s.io/v1",
-            "CustomResourceDefinition"
-        )));
+        assert!(is_target(&o("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity")));
+        assert!(is_target(&o("apiextensions.k8s.io/v1", "CustomResourceDefinition")));
         assert!(!is_target(&o("v1", "Service")));
         assert!(!is_target(&o("rbac.authorization.k8s.io/v1", "Role")));
     }

@@ -22,13 +22,7 @@ const KEY: &str = "record.json";
 pub(crate) fn secret_name(id: &DeploymentId) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     // NUL separators keep ("a","bc") and ("ab","c") apart.
-    for byte in [
-        id.namespace.as_bytes(),
-        id.module.as_bytes(),
-        id.name.as_bytes(),
-    ]
-    .join(&0u8)
-    {
+    for byte in [id.namespace.as_bytes(), id.module.as_bytes(), id.name.as_bytes()].join(&0u8) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -66,18 +60,12 @@ impl Records {
 
     pub(crate) async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>> {
         let name = secret_name(id);
-        let secret = self
-            .api
-            .get_opt(&name)
-            .await
-            .map_err(|e| api_error(&format!("secret/{name}"), e))?;
+        let secret = self.api.get_opt(&name).await.map_err(|e| api_error(&format!("secret/{name}"), e))?;
         secret.map(|s| decode(&s)).transpose()
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<DeploymentRecord>> {
-        let params = ListParams::default().labels(&format!(
-            "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_RECORD}=true"
-        ));
+        let params = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_RECORD}=true"));
         let list = match self.api.list(&params).await {
             Ok(list) => list,
             // No orchestrator namespace yet means no records yet.
@@ -100,8 +88,7 @@ impl Records {
 
     pub(crate) async fn put(&self, record: &DeploymentRecord) -> Result<()> {
         let name = secret_name(&record.id);
-        let json = serde_json::to_vec(record)
-            .map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
+        let json = serde_json::to_vec(record).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -110,10 +97,7 @@ impl Records {
                     (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
                     (LABEL_RECORD.to_string(), "true".to_string()),
                 ])),
-                annotations: Some(BTreeMap::from([(
-                    ANNOTATION_ID.to_string(),
-                    record.id.to_string(),
-                )])),
+                annotations: Some(BTreeMap::from([(ANNOTATION_ID.to_string(), record.id.to_string())])),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
@@ -122,8 +106,7 @@ impl Records {
         };
         // The record is ours alone: force takes over fields anyone else may have touched.
         let params = PatchParams::apply(&self.field_manager).force();
-        let mut value =
-            serde_json::to_value(&secret).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut value = serde_json::to_value(&secret).map_err(|e| Error::Internal(e.to_string()))?;
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
         match self.api.patch(&name, &params, &Patch::Apply(&value)).await {
@@ -152,10 +135,7 @@ impl Records {
     async fn ensure_namespace(&self) -> Result<()> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(self.namespace.clone()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(self.namespace.clone()), ..Default::default() },
             ..Default::default()
         };
         match api.create(&PostParams::default(), &ns).await {
@@ -173,8 +153,7 @@ fn decode(secret: &Secret) -> Result<DeploymentRecord> {
         .as_ref()
         .and_then(|d| d.get(KEY))
         .ok_or_else(|| Error::Internal(format!("secret/{name} has no {KEY}")))?;
-    serde_json::from_slice(&bytes.0)
-        .map_err(|e| Error::Internal(format!("secret/{name}: bad deployment record: {e}")))
+    serde_json::from_slice(&bytes.0).map_err(|e| Error::Internal(format!("secret/{name}: bad deployment record: {e}")))
 }
 
 #[cfg(test)]
@@ -182,11 +161,7 @@ mod tests {
     use super::*;
 
     fn id(ns: &str, module: &str, name: &str) -> DeploymentId {
-        DeploymentId {
-            namespace: ns.into(),
-            module: module.into(),
-            name: name.into(),
-        }
+        DeploymentId { namespace: ns.into(), module: module.into(), name: name.into() }
     }
 
     #[test]
@@ -194,13 +169,8 @@ mod tests {
         let a = secret_name(&id("default", "redis", "jac-redis"));
         assert_eq!(a, secret_name(&id("default", "redis", "jac-redis")));
         assert!(a.len() <= 63 && a.starts_with("jac-orc-dep-"));
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        assert_ne!(
-            secret_name(&id("a", "bc", "d")),
-            secret_name(&id("ab", "c", "d"))
-        );
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_ne!(secret_name(&id("a", "bc", "d")), secret_name(&id("ab", "c", "d")));
         assert_ne!(a, secret_name(&id("default", "redis", "jac-redis2")));
     }
 }
