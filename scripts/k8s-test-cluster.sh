@@ -6,6 +6,9 @@
 #   scripts/k8s-test-cluster.sh build          build (or reuse) the cached binaries
 #   eval "$(scripts/k8s-test-cluster.sh start [DIR])"   start on free loopback ports; prints exports
 #   scripts/k8s-test-cluster.sh stop [DIR]     stop apiserver, controller-manager, etcd (in that order)
+#   scripts/k8s-test-cluster.sh run -- CMD...  build, start in a fresh dir, run CMD with
+#                                              JAC_ORC_TEST_KUBECONFIG and JAC_ORC_REQUIRE_K8S=1
+#                                              exported, stop (also on failure); CMD's exit code
 #
 # Binaries are cached under $JAC_ORC_K8S_CACHE (default /var/cache/jac-splice-orc/k8s)/<debian-version>/bin
 # and rebuilt only when missing. Every wait loop is bounded.
@@ -204,9 +207,23 @@ cmd_stop() {
   log "stopped ($dir)"
 }
 
+cmd_run() {
+  [ "${1:-}" = "--" ] && shift
+  [ $# -gt 0 ] || die "usage: $0 run -- CMD..."
+  cmd_build >/dev/null
+  local dir; dir=$(mktemp -d /tmp/jac-orc-k8s-run.XXXXXX)
+  trap 'cmd_stop "'"$dir"'"; rm -rf "'"$dir"'"' EXIT
+  eval "$(cmd_start "$dir")"
+  export JAC_ORC_REQUIRE_K8S=1
+  local rc=0
+  "$@" || rc=$?
+  return $rc
+}
+
 case "${1:-}" in
   build) cmd_build >/dev/null ;;
+  run) shift; cmd_run "$@" ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) echo "usage: $0 build | start [DIR] | stop [DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 build | start [DIR] | stop [DIR] | run -- CMD..." >&2; exit 2 ;;
 esac
