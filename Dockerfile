@@ -1,6 +1,6 @@
 # jac-orc image: a statically linked (musl) binary on distroless/static, running as non-root.
 #
-#   docker build -t ghcr.io/jaseci-labs/jac-orc:0.1.0 .
+#   docker build -t jac-orc:0.1.0 .
 #
 # protoc comes from the protoc-bin-vendored crate and TLS from rustls, so the build needs no
 # system packages beyond musl-tools, and the runtime image needs no libc, shell or CA bundle

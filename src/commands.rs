@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 
 use crate::api::convert::{from_proto_value, from_struct, to_struct};
+use crate::backend::kube::{self as kube_backend, KubeBackend, KubeOptions};
 use crate::backend::local::{LocalBackend, LocalOptions};
 use crate::backend::Backend;
 use crate::catalog::Catalog;
@@ -24,16 +25,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
         None => Catalog::builtin(),
     });
-    let local = match cfg.backend {
-        BackendChoice::Kube => {
-            bail!("the Kubernetes backend is not available in this build; use --backend local")
-        }
-        BackendChoice::Auto | BackendChoice::Local => {
-            tracing::info!(reason = "embedded default", "backend: local (child processes on 127.0.0.1)");
-            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?)
-        }
-    };
-    let backend: Arc<dyn Backend> = local.clone();
+    let (backend, local) = choose_backend(&cfg).await?;
     let settings = Settings { namespace: cfg.namespace.clone(), restricted_namespace: cfg.restricted_namespace };
     let service = Arc::new(Service::new(catalog, backend.clone(), settings));
     let listener =
@@ -55,9 +47,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         None => Vec::new(),
     };
     {
-        let (local, service) = (local.clone(), service.clone());
+        let service = service.clone();
         tokio::spawn(async move {
-            local.restore().await;
+            if let Some(local) = local {
+                local.restore().await;
+            }
             if !startup_requests.is_empty() {
                 startup::replay(service, startup_requests).await;
             }
@@ -67,6 +61,53 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     tracing::info!("stopping workloads");
     backend.shutdown().await;
     Ok(())
+}
+
+/// The backend to serve with, and the local backend when that is the one (it restores workloads).
+type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>);
+
+/// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
+/// log line says which and why.
+async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
+    let local = || -> Result<Chosen> {
+        let l =
+            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
+        Ok((l.clone(), Some(l)))
+    };
+    if cfg.backend == BackendChoice::Local {
+        tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
+        return local();
+    }
+    let found = kube_backend::detect(cfg.kubeconfig.as_deref()).await;
+    let found = match (found, cfg.backend) {
+        (Ok(f), _) => f,
+        (Err(e), BackendChoice::Kube) => return Err(e).context("--backend kube"),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "backend: local (the Kubernetes configuration could not be loaded)");
+            return local();
+        }
+    };
+    let Some(client) = found.client else {
+        if cfg.backend == BackendChoice::Kube {
+            bail!("--backend kube: {}", found.reason);
+        }
+        tracing::info!(reason = %found.reason, "backend: local (child processes on 127.0.0.1)");
+        return local();
+    };
+    match kube_backend::probe(&client, Duration::from_secs(5)).await {
+        Ok(version) => {
+            tracing::info!(reason = %found.reason, %version, "backend: kubernetes");
+            let options = KubeOptions::default()
+                .orchestrator_namespace(&cfg.namespace)
+                .restricted_namespace(cfg.restricted_namespace);
+            Ok((Arc::new(KubeBackend::new(client, options)), None))
+        }
+        Err(e) if cfg.backend == BackendChoice::Auto => {
+            tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");
+            local()
+        }
+        Err(e) => Err(e).context("--backend kube"),
+    }
 }
 
 async fn shutdown_signal() {

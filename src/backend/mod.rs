@@ -36,6 +36,9 @@ pub enum Error {
         "{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)"
     )]
     Conflict { object: String, manager: String, message: String },
+    /// The orchestrator's own credentials may not do this (RBAC).
+    #[error("{object}: the orchestrator is not allowed to do this: {message}")]
+    Forbidden { object: String, message: String },
     #[error("deployment {0} not found")]
     NotFound(DeploymentId),
     /// A workload failed to become ready (ImagePullBackOff, process exited, ...).

@@ -80,7 +80,7 @@ async fn redis_without_dependencies_reports_null_dependencies_and_defaults() {
     let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap().to_string()).collect();
     assert_eq!(kinds, ["Service", "Deployment", "ConfigMap"]);
     assert_eq!(docs[2]["data"]["redis-config"], "maxmemory 1000mb\nmaxmemory-policy allkeys-lru\n");
-    assert_eq!(docs[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], 0.2);
+    assert_eq!(docs[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "0.2");
     server.stop().await;
 }
 

@@ -23,6 +23,9 @@ pub(crate) fn is_not_found(err: &kube::Error) -> bool {
 /// unavailable; a 4xx is a rejection of what we asked for.
 pub(crate) fn api_error(object: &str, err: kube::Error) -> Error {
     match err {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+            Error::Forbidden { object: object.into(), message: s.message }
+        }
         kube::Error::Api(s) if (400..500).contains(&s.code) || is_schema_mismatch(&s) => {
             Error::Rejected { object: object.into(), message: s.message }
         }
