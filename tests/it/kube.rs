@@ -894,3 +894,84 @@ fn assert_mode(docs: &[Value], restricted: bool) {
     assert_eq!(container["args"], json!(["serve", "--backend", "kube"]));
     assert_eq!(env.get("JAC_ORC_RESTRICTED_NAMESPACE").map(|e| e["value"] == "true").unwrap_or(false), restricted);
 }
+
+#[tokio::test]
+async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idempotent() {
+    use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+    use tokio_stream::StreamExt;
+
+    let Some(mut c) = Cluster::connect().await else {
+        return;
+    };
+    let ns = c.namespace("server").await;
+
+    // First orchestrator: deploy over gRPC and over REST.
+    let (addr, stop, handle) = crate::support::serve(Arc::new(service(&c.backend(&ns), &ns))).await;
+    let mut grpc = timed(OrchestratorClient::connect(format!("http://{addr}"))).await.unwrap();
+    let req = pb::DeployRequest {
+        module: "redis".into(),
+        config: Some(crate::support::struct_of(json!({"name": "cache", "namespace": ns, "memory": "64mb"}))),
+        ..Default::default()
+    };
+    let mut stream = timed(grpc.deploy(req)).await.unwrap().into_inner();
+    let (mut events, mut summary) = (Vec::new(), None);
+    while let Some(item) = timed(stream.next()).await {
+        match item.unwrap().event {
+            Some(Event::Object(o)) => events.push(o.line),
+            Some(Event::Summary(s)) => summary = Some(s),
+            None => {}
+        }
+    }
+    assert_eq!(events, ["service/cache created", "deployment.apps/cache created", "configmap/cache created"]);
+    let d = summary.expect("summary").deployment.unwrap();
+    assert_eq!((d.backend.as_str(), d.status.as_str()), ("kubernetes", "deployed"));
+    assert_eq!(d.endpoints, [format!("cache.{ns}.svc:6379")]);
+    let body: Value = timed(
+        reqwest::Client::new()
+            .post(format!("http://{addr}/deployment"))
+            .json(&json!({"module": "redis", "config": {"name": "cache2", "namespace": ns}}))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        body["results"],
+        json!(["service/cache2 created", "deployment.apps/cache2 created", "configmap/cache2 created"])
+    );
+    let _ = stop.send(());
+    timed(handle).await.unwrap();
+
+    // A restarted orchestrator (new client, new backend) lists exactly what exists.
+    let backend = Arc::new(KubeBackend::new(
+        client_from(&c.path).await,
+        KubeOptions::default().orchestrator_namespace(ns.clone()),
+    ));
+    let svc = Arc::new(service(&backend, &ns));
+    let (addr, stop, handle) = crate::support::serve(svc.clone()).await;
+    let mut grpc = timed(OrchestratorClient::connect(format!("http://{addr}"))).await.unwrap();
+    let list =
+        timed(grpc.list_deployments(pb::ListDeploymentsRequest { namespace: ns.clone(), module: String::new() }))
+            .await
+            .unwrap()
+            .into_inner();
+    let names: Vec<_> = list.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["cache", "cache2"]);
+
+    // Startup MODULES for what is already deployed: applied twice, nothing is written.
+    let cms = Api::<ConfigMap>::namespaced(c.client.clone(), &ns);
+    let rv = || async { timed(cms.get("cache")).await.unwrap().metadata.resource_version };
+    let before = rv().await;
+    let modules = format!(
+        r#"{{"{ns}": {{"redis": {{"cache": {{"module": "redis", "version": "latest", "config": {{"memory": "64mb"}}}}}}}}}}"#
+    );
+    for _ in 0..2 {
+        let reqs = jac_splice_orc::startup::parse(&modules).unwrap();
+        assert_eq!(timed(jac_splice_orc::startup::replay(svc.clone(), reqs)).await, 1);
+    }
+    assert_eq!(before, rv().await, "an idempotent replay writes nothing");
+    let _ = stop.send(());
+    timed(handle).await.unwrap();
+}

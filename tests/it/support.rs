@@ -146,3 +146,18 @@ pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
 pub fn redis_available() -> bool {
     std::process::Command::new("redis-server").arg("--version").output().is_ok()
 }
+
+/// Serves any service (e.g. over the Kubernetes backend) on 127.0.0.1:0; drop the sender to stop.
+pub async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        jac_splice_orc::server::serve(listener, service, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("serve");
+    });
+    (addr, tx, handle)
+}
