@@ -11,28 +11,16 @@ use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
 use serde_json::json;
 
 fn service(dir: &std::path::Path) -> Arc<Service> {
-    let backend = Arc::new(
-        LocalBackend::open(LocalOptions {
-            data_dir: dir.to_path_buf(),
-            python: "python3".into(),
-        })
-        .unwrap(),
-    );
-    Arc::new(Service::new(
-        Arc::new(Catalog::builtin()),
-        backend,
-        Settings::default(),
-    ))
+    let backend =
+        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    Arc::new(Service::new(Arc::new(Catalog::builtin()), backend, Settings::default()))
 }
 
 fn seed() -> DeploymentRequest {
     DeploymentRequest {
         module: "mongodb".into(),
         version: None,
-        config: json!({"name": "testing-db", "namespace": "testing"})
-            .as_object()
-            .unwrap()
-            .clone(),
+        config: json!({"name": "testing-db", "namespace": "testing"}).as_object().unwrap().clone(),
     }
 }
 
@@ -40,27 +28,15 @@ fn in_process(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let svc = service(tmp.path());
     svc.dry_run(&seed()).unwrap();
-    c.bench_function("dry_run/in_process/mongodb_seed", |b| {
-        b.iter(|| svc.dry_run(&seed()).unwrap())
-    });
-    let redis = DeploymentRequest {
-        module: "redis".into(),
-        ..Default::default()
-    };
-    c.bench_function("dry_run/in_process/redis", |b| {
-        b.iter(|| svc.dry_run(&redis).unwrap())
-    });
-    let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/upstream-template-store");
+    c.bench_function("dry_run/in_process/mongodb_seed", |b| b.iter(|| svc.dry_run(&seed()).unwrap()));
+    let redis = DeploymentRequest { module: "redis".into(), ..Default::default() };
+    c.bench_function("dry_run/in_process/redis", |b| b.iter(|| svc.dry_run(&redis).unwrap()));
+    let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/upstream-template-store");
     if store.is_dir() {
         let legacy = Arc::new(Service::new(
             Arc::new(Catalog::directory_only(&store).unwrap()),
             Arc::new(
-                LocalBackend::open(LocalOptions {
-                    data_dir: tmp.path().join("l"),
-                    python: "python3".into(),
-                })
-                .unwrap(),
+                LocalBackend::open(LocalOptions { data_dir: tmp.path().join("l"), python: "python3".into() }).unwrap(),
             ),
             Settings::default(),
         ));
@@ -85,8 +61,7 @@ fn over_loopback(c: &mut Criterion) {
     });
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/deployment/dry_run");
-    let body =
-        json!({"module": "mongodb", "config": {"name": "testing-db", "namespace": "testing"}});
+    let body = json!({"module": "mongodb", "config": {"name": "testing-db", "namespace": "testing"}});
     c.bench_function("dry_run/rest/mongodb_seed", |b| {
         b.to_async(&rt).iter(|| async {
             let r = http.post(&url).json(&body).send().await.unwrap();
@@ -94,17 +69,11 @@ fn over_loopback(c: &mut Criterion) {
             r.bytes().await.unwrap()
         })
     });
-    let mut grpc = rt
-        .block_on(pb::orchestrator_client::OrchestratorClient::connect(
-            format!("http://{addr}"),
-        ))
-        .unwrap();
+    let mut grpc = rt.block_on(pb::orchestrator_client::OrchestratorClient::connect(format!("http://{addr}"))).unwrap();
     let req = pb::DryRunRequest {
         module: "mongodb".into(),
         version: String::new(),
-        config: Some(jac_splice_orc::api::convert::to_struct(
-            body["config"].as_object().unwrap(),
-        )),
+        config: Some(jac_splice_orc::api::convert::to_struct(body["config"].as_object().unwrap())),
     };
     c.bench_function("dry_run/grpc/mongodb_seed", |b| {
         b.to_async(&rt).iter(|| {

@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // `bytes` fields as `bytes::Bytes`: array data is decoded as a view of the received
+        // message and encoded from a view of the numpy array (no intermediate Vec).
+        .bytes(".")
         .compile_protos(&protos, std::slice::from_ref(&root))?;
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());

@@ -183,10 +183,7 @@ pub struct TemplatesArgs {
 }
 
 /// Builds the config map from `--set` (JSON when it parses) and `--set-string`.
-pub fn parse_sets(
-    set: &[String],
-    set_string: &[String],
-) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+pub fn parse_sets(set: &[String], set_string: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let mut out = serde_json::Map::new();
     let split = |s: &str| -> Result<(String, String), String> {
         s.split_once('=')
@@ -213,11 +210,8 @@ mod tests {
 
     #[test]
     fn sets_infer_json_and_set_string_forces_strings() {
-        let m = parse_sets(
-            &["replicas=3".into(), "name=db".into(), "l=[\"a\"]".into()],
-            &["password=12345678".into()],
-        )
-        .unwrap();
+        let m = parse_sets(&["replicas=3".into(), "name=db".into(), "l=[\"a\"]".into()], &["password=12345678".into()])
+            .unwrap();
         assert_eq!(
             serde_json::Value::Object(m),
             json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})

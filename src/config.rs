@@ -41,8 +41,5 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Truthy environment values (`1`, `true`, `yes`, `on`).
 pub fn truthy(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "yes" | "on"
-    )
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }

@@ -17,16 +17,9 @@ mod tests {
     fn descriptor_set_decodes_and_names_the_services() {
         use prost::Message;
         let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
-        let services: Vec<_> = set
-            .file
-            .iter()
-            .flat_map(|f| f.service.iter().map(|s| s.name().to_string()))
-            .collect();
+        let services: Vec<_> = set.file.iter().flat_map(|f| f.service.iter().map(|s| s.name().to_string())).collect();
         for name in ["Orchestrator", "ModuleService", "ModuleProxy"] {
-            assert!(
-                services.iter().any(|s| s == name),
-                "{name} missing from {services:?}"
-            );
+            assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }
     }
 }

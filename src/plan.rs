@@ -167,14 +167,8 @@ mod tests {
 
     #[test]
     fn kubectl_names_follow_kubectl() {
-        assert_eq!(
-            obj("apps/v1", "Deployment", "jac-redis").kubectl_name(),
-            "deployment.apps/jac-redis"
-        );
-        assert_eq!(
-            obj("v1", "Service", "jac-redis").kubectl_name(),
-            "service/jac-redis"
-        );
+        assert_eq!(obj("apps/v1", "Deployment", "jac-redis").kubectl_name(), "deployment.apps/jac-redis");
+        assert_eq!(obj("v1", "Service", "jac-redis").kubectl_name(), "service/jac-redis");
         assert_eq!(
             obj("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "db").kubectl_name(),
             "mongodbcommunity.mongodbcommunity.mongodb.com/db"
@@ -190,10 +184,7 @@ mod tests {
             obj("apiextensions.k8s.io/v1", "CustomResourceDefinition", "crd"),
         ]
         .into_iter()
-        .map(|object| PlannedObject {
-            object,
-            manifest: Value::Null,
-        })
+        .map(|object| PlannedObject { object, manifest: Value::Null })
         .collect();
         Plan::order_objects(&mut objects);
         let names: Vec<_> = objects.iter().map(|o| o.object.name.as_str()).collect();

@@ -25,9 +25,7 @@ pub enum Error {
 /// The whole HTTP surface as one axum router.
 pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<OrchestratorServer<OrchestratorApi>>()
-        .await;
+    health.set_serving::<OrchestratorServer<OrchestratorApi>>().await;
     health.set_serving::<ModuleProxyServer>().await;
     let settings = service.settings();
     let module_proxy = ModuleProxyServer::new(Arc::new(ModuleProxy::new(
@@ -43,15 +41,13 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let grpc = tonic::service::Routes::new(OrchestratorServer::new(OrchestratorApi::new(
-        service.clone(),
-    )))
-    .add_service(module_proxy)
-    .add_service(health_service)
-    .add_service(reflection)
-    .add_service(reflection_alpha)
-    .into_axum_router()
-    .layer(tonic_web::GrpcWebLayer::new());
+    let grpc = tonic::service::Routes::new(OrchestratorServer::new(OrchestratorApi::new(service.clone())))
+        .add_service(module_proxy)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
     // Both routers want a fallback; REST paths are matched first, gRPC (and grpc-web) requests
     // go to tonic's router by content type, and anything else gets a JSON 404.
     Ok(rest::router(service).fallback(move |req: Request| {
@@ -107,11 +103,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Small gRPC responses must not wait for Nagle's algorithm.
+        // Small gRPC messages would otherwise wait on Nagle + delayed ACK (~40 ms per call).
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(
-            |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-        ));
+        let service = TowerToHyperService::new(
+            app.clone().map_request(|req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
+        );
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

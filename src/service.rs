@@ -157,12 +157,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, settings: Settings) -> Self {
-        Service {
-            catalog,
-            backend,
-            settings,
-            locks: Mutex::default(),
-        }
+        Service { catalog, backend, settings, locks: Mutex::default() }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -182,35 +177,20 @@ impl Service {
     }
 
     fn load(&self, req: &DeploymentRequest) -> Result<Arc<TemplateVersion>> {
-        let version = req
-            .version
-            .as_deref()
-            .filter(|v| !v.is_empty())
-            .unwrap_or("latest");
+        let version = req.version.as_deref().filter(|v| !v.is_empty()).unwrap_or("latest");
         Ok(self.catalog.load(&req.module, version)?)
     }
 
     /// Applies the namespace rule (the original's, minus its inverted naming) to the config.
-    fn with_namespace(
-        &self,
-        template: &TemplateVersion,
-        config: &Map<String, Value>,
-    ) -> Result<Map<String, Value>> {
+    fn with_namespace(&self, template: &TemplateVersion, config: &Map<String, Value>) -> Result<Map<String, Value>> {
         let mut config = config.clone();
         if !template.declares("namespace") {
             return Ok(config);
         }
-        let given = config
-            .get("namespace")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
+        let given = config.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         match given {
             Some(ns) if self.settings.restricted_namespace && ns != self.settings.namespace => {
-                return Err(Error::RestrictedNamespace {
-                    requested: ns,
-                    allowed: self.settings.namespace.clone(),
-                });
+                return Err(Error::RestrictedNamespace { requested: ns, allowed: self.settings.namespace.clone() });
             }
             Some(_) => {}
             None => {
@@ -224,20 +204,13 @@ impl Service {
                         .into());
                     }
                 }
-                config.insert(
-                    "namespace".into(),
-                    Value::String(self.settings.namespace.clone()),
-                );
+                config.insert("namespace".into(), Value::String(self.settings.namespace.clone()));
             }
         }
         Ok(config)
     }
 
-    fn deployment_id(
-        &self,
-        template: &TemplateVersion,
-        values: &Map<String, Value>,
-    ) -> Result<DeploymentId> {
+    fn deployment_id(&self, template: &TemplateVersion, values: &Map<String, Value>) -> Result<DeploymentId> {
         let namespace = match values.get("namespace").and_then(Value::as_str) {
             Some(ns) if !ns.is_empty() => ns.to_string(),
             _ => self.settings.namespace.clone(),
@@ -248,20 +221,13 @@ impl Service {
             Some(other) => {
                 return Err(Error::Invalid {
                     field: "config.name".into(),
-                    reason: format!(
-                        "must be a string, got {}",
-                        catalog::placeholders::kind_of(other)
-                    ),
+                    reason: format!("must be a string, got {}", catalog::placeholders::kind_of(other)),
                 })
             }
             None => template.module.clone(),
         };
         validate_dns_label("config.name", &name)?;
-        Ok(DeploymentId {
-            namespace,
-            module: template.module.clone(),
-            name,
-        })
+        Ok(DeploymentId { namespace, module: template.module.clone(), name })
     }
 
     /// Renders without touching anything.
@@ -271,7 +237,7 @@ impl Service {
         let resolved = template.resolve(&config, None)?;
         let id = self.deployment_id(&template, &resolved.values)?;
         let rendered = template.render(&resolved.values)?;
-        let objects = rendered.objects()?;
+        let objects = template.objects(&rendered)?;
         let placeholders = resolved
             .reports
             .iter()
@@ -318,7 +284,7 @@ impl Service {
             }
         }
         let rendered = template.render(&resolved.values)?;
-        let mut objects = rendered.objects()?;
+        let mut objects = template.objects(&rendered)?;
         for o in &mut objects {
             label(&mut o.manifest, &id, &template.version);
         }
@@ -341,21 +307,13 @@ impl Service {
     }
 
     /// Applies a prepared deployment, reporting progress.
-    pub async fn deploy(
-        &self,
-        prepared: Prepared,
-        opts: ApplyOptions,
-        progress: &Progress,
-    ) -> Result<Deployed> {
+    pub async fn deploy(&self, prepared: Prepared, opts: ApplyOptions, progress: &Progress) -> Result<Deployed> {
         let started = Instant::now();
         let lock = self.lock_for(&prepared.plan.id);
         let _guard = lock.lock().await;
         tracing::info!(deployment = %prepared.plan.id, version = %prepared.plan.version, "deploying");
         let record = self.backend.apply(&prepared.plan, &opts, progress).await?;
-        Ok(Deployed {
-            record,
-            elapsed: started.elapsed(),
-        })
+        Ok(Deployed { record, elapsed: started.elapsed() })
     }
 
     /// Prepare + deploy in one call (startup replay, tests).
@@ -373,11 +331,7 @@ impl Service {
         catalog::validate_name("module", module)?;
         validate_dns_label("namespace", namespace)?;
         validate_dns_label("name", name)?;
-        Ok(DeploymentId {
-            namespace: namespace.into(),
-            module: module.into(),
-            name: name.into(),
-        })
+        Ok(DeploymentId { namespace: namespace.into(), module: module.into(), name: name.into() })
     }
 
     pub async fn undeploy(&self, id: &DeploymentId, progress: &Progress) -> Result<()> {
@@ -392,21 +346,14 @@ impl Service {
 
     /// Checks that a deployment exists, before an undeploy stream is opened.
     pub async fn require(&self, id: &DeploymentId) -> Result<DeploymentRecord> {
-        self.backend
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))
+        self.backend.get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
     }
 
     pub async fn get(&self, id: &DeploymentId) -> Result<DeploymentView> {
         Ok(DeploymentView::from(&self.require(id).await?))
     }
 
-    pub async fn list(
-        &self,
-        namespace: Option<&str>,
-        module: Option<&str>,
-    ) -> Result<Vec<DeploymentView>> {
+    pub async fn list(&self, namespace: Option<&str>, module: Option<&str>) -> Result<Vec<DeploymentView>> {
         let mut records = self.backend.list().await?;
         records.retain(|r| {
             namespace.is_none_or(|ns| ns.is_empty() || r.id.namespace == ns)
@@ -422,8 +369,7 @@ pub fn validate_dns_label(field: &str, value: &str) -> Result<()> {
     let b = value.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-';
     if ok {
@@ -442,9 +388,7 @@ fn label(manifest: &mut Value, id: &DeploymentId, version: &str) {
     let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
     };
-    let labels = metadata
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let labels = metadata.entry("labels").or_insert_with(|| Value::Object(Map::new()));
     if !labels.is_object() {
         *labels = Value::Object(Map::new());
     }
@@ -454,9 +398,7 @@ fn label(manifest: &mut Value, id: &DeploymentId, version: &str) {
         labels.insert(plan::LABEL_DEPLOYMENT.into(), id.name.clone().into());
         labels.insert(plan::LABEL_NAMESPACE.into(), id.namespace.clone().into());
     }
-    let annotations = metadata
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
     if !annotations.is_object() {
         *annotations = Value::Object(Map::new());
     }

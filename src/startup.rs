@@ -16,19 +16,13 @@ pub enum Error {
     #[error("MODULES: {0}")]
     Shape(String),
     #[error("cannot read MODULES file {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
 }
 
 /// Reads `MODULES` given inline or as `@path`.
 pub fn load(text: &str) -> Result<Vec<DeploymentRequest>, Error> {
     let text = match text.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|source| Error::File {
-            path: path.into(),
-            source,
-        })?,
+        Some(path) => std::fs::read_to_string(path).map_err(|source| Error::File { path: path.into(), source })?,
         None => text.to_string(),
     };
     parse(&text)
@@ -40,36 +34,25 @@ pub fn parse(text: &str) -> Result<Vec<DeploymentRequest>, Error> {
     }
     let root: Value = serde_json::from_str(text)?;
     let obj = |v: &Value, at: &str| -> Result<Map<String, Value>, Error> {
-        v.as_object()
-            .cloned()
-            .ok_or_else(|| Error::Shape(format!("{at} must be an object")))
+        v.as_object().cloned().ok_or_else(|| Error::Shape(format!("{at} must be an object")))
     };
     let mut out = Vec::new();
     for (namespace, modules) in obj(&root, "the top level")? {
         for (module, names) in obj(&modules, &format!("`{namespace}`"))? {
             for (name, entry) in obj(&names, &format!("`{namespace}.{module}`"))? {
                 let entry = obj(&entry, &format!("`{namespace}.{module}.{name}`"))?;
-                let version = entry
-                    .get("version")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let version = entry.get("version").and_then(Value::as_str).map(str::to_string);
                 let mut config = match entry.get("config") {
                     Some(Value::Object(c)) => c.clone(),
                     None | Some(Value::Null) => Map::new(),
                     Some(_) => {
-                        return Err(Error::Shape(format!(
-                            "`{namespace}.{module}.{name}.config` must be an object"
-                        )))
+                        return Err(Error::Shape(format!("`{namespace}.{module}.{name}.config` must be an object")))
                     }
                 };
                 // As in the original: the keys decide the name and namespace.
                 config.insert("name".into(), Value::String(name.clone()));
                 config.insert("namespace".into(), Value::String(namespace.clone()));
-                out.push(DeploymentRequest {
-                    module: module.clone(),
-                    version,
-                    config,
-                });
+                out.push(DeploymentRequest { module: module.clone(), version, config });
             }
         }
     }
@@ -82,26 +65,12 @@ pub async fn replay(service: Arc<Service>, requests: Vec<DeploymentRequest>) -> 
     let mut ok = 0;
     for mut req in requests {
         // Templates without a name/namespace placeholder cannot take the forced keys.
-        if let Ok(t) = service
-            .catalog()
-            .load(&req.module, req.version.as_deref().unwrap_or("latest"))
-        {
-            req.config
-                .retain(|k, _| (k != "name" && k != "namespace") || t.declares(k));
+        if let Ok(t) = service.catalog().load(&req.module, req.version.as_deref().unwrap_or("latest")) {
+            req.config.retain(|k, _| (k != "name" && k != "namespace") || t.declares(k));
         }
-        let label = format!(
-            "{}/{}",
-            req.module,
-            req.config
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-        );
+        let label = format!("{}/{}", req.module, req.config.get("name").and_then(Value::as_str).unwrap_or("?"));
         tracing::info!(deployment = %label, "MODULES: deploying");
-        match service
-            .deploy_request(&req, ApplyOptions::default(), &Progress::discard())
-            .await
-        {
+        match service.deploy_request(&req, ApplyOptions::default(), &Progress::discard()).await {
             Ok(d) => {
                 ok += 1;
                 tracing::info!(deployment = %d.record.id, endpoints = ?d.record.endpoints, "MODULES: deployed");
@@ -133,10 +102,7 @@ mod tests {
     #[test]
     fn bad_shapes_are_named() {
         assert!(parse("[]").unwrap_err().to_string().contains("top level"));
-        assert!(parse(r#"{"ns": {"redis": {"a": 1}}}"#)
-            .unwrap_err()
-            .to_string()
-            .contains("ns.redis.a"));
+        assert!(parse(r#"{"ns": {"redis": {"a": 1}}}"#).unwrap_err().to_string().contains("ns.redis.a"));
         assert!(parse("").unwrap().is_empty());
     }
 }

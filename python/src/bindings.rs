@@ -35,6 +35,35 @@ fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyR
     })
 }
 
+/// Like `wait_for`, but on a lane of `connection`: the calling thread drives the request itself.
+fn wait_on_lane<T, F>(
+    py: Python<'_>,
+    connection: &Connection,
+    make: impl FnOnce(tonic::transport::Channel) -> F + Send,
+) -> PyResult<Result<T, Status>>
+where
+    T: Send,
+    F: Future<Output = Result<T, Status>> + Send,
+{
+    py.detach(|| {
+        let lane = match connection.take_lane() {
+            Ok(lane) => lane,
+            Err(status) => return Ok(Err(status)),
+        };
+        let result = (|| {
+            let mut fut = std::pin::pin!(make(lane.channel()));
+            loop {
+                match lane.block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
+                    Ok(value) => return Ok(value),
+                    Err(_) => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })();
+        connection.put_lane(lane);
+        result
+    })
+}
+
 fn new_session_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -245,8 +274,10 @@ impl Client {
     /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
     #[pyo3(signature = (target, path))]
     fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
-        let route = self.route.clone();
-        let response = wait_for(py, async move { route.get_attr(target, path).await })?;
+        let route = &self.route;
+        let response = wait_on_lane(py, route.connection(), |channel| {
+            route.get_attr(channel, target, path)
+        })?;
         self.decode_response(py, response)
     }
 
@@ -276,8 +307,10 @@ impl Client {
                 });
             }
         }
-        let route = self.route.clone();
-        let response = wait_for(py, async move { route.call(request).await })?;
+        let route = &self.route;
+        let response = wait_on_lane(py, route.connection(), |channel| {
+            route.call(channel, request)
+        })?;
         self.decode_response(py, response)
     }
 

@@ -2,12 +2,14 @@
 //! the session heartbeat. No Python types here.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::coalesce::Connector;
+use crate::server::LANE_HEADER;
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
@@ -16,6 +18,12 @@ use crate::proto::{
     ListDeploymentsResponse, ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest,
     ProxyReleaseRequest, ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
 };
+
+/// HTTP/2 flow-control windows and frame size, shared with the module server: a big array
+/// streams through without waiting for window updates, in few large frames.
+pub const STREAM_WINDOW: u32 = 128 << 20;
+pub const CONNECTION_WINDOW: u32 = 256 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Releases queued by garbage-collected proxies are sent in batches of at most this many ids.
 const RELEASE_BATCH: usize = 512;
@@ -30,9 +38,76 @@ pub struct Options {
     pub connect_timeout: Duration,
 }
 
+/// Idle lanes kept per endpoint (one per thread that called at once, up to this many).
+const MAX_IDLE_LANES: usize = 64;
+/// A lane idle for longer first lets its connection notice a close (e.g. a restarted server),
+/// so the call redials instead of failing on the dead connection.
+const STALE_AFTER: Duration = Duration::from_millis(50);
+
+/// A connection driven by the thread that calls through it: its own single-threaded runtime and
+/// one HTTP/2 connection. A call writes, waits in `epoll` and reads on the calling thread, with
+/// no hand-off to runtime worker threads. One call at a time uses a lane; concurrent callers
+/// take further lanes (like one socket per thread), so they never queue behind each other.
+#[derive(Debug)]
+pub struct Lane {
+    channel: Channel,
+    runtime: Option<tokio::runtime::Runtime>,
+    idle_since: Instant,
+}
+
+impl Lane {
+    fn new(endpoint: &Endpoint, connector: &Connector) -> Result<Self, Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Status::internal(format!("cannot build a client runtime: {e}")))?;
+        let channel = {
+            let _guard = runtime.enter();
+            endpoint.connect_with_connector_lazy(connector.clone())
+        };
+        Ok(Self {
+            channel,
+            runtime: Some(runtime),
+            idle_since: Instant::now(),
+        })
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Runs `fut` to completion on this thread (the caller must not be inside a runtime).
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let runtime = self.runtime.as_ref().expect("a lane always has its runtime");
+        runtime.block_on(fut)
+    }
+
+    fn refresh_if_stale(&self) {
+        if self.idle_since.elapsed() > STALE_AFTER {
+            // Two scheduler turns: the connection task reads whatever arrived while idle.
+            self.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
+        }
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, so a lane may be dropped anywhere (even inside another runtime).
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Channels to one endpoint (a module server or jac-orc), shared by every route through it.
 #[derive(Debug)]
 pub struct Connection {
+    endpoint: Endpoint,
+    connector: Connector,
+    lanes: Mutex<Vec<Lane>>,
     channels: Vec<Channel>,
     next: AtomicUsize,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -51,16 +126,23 @@ pub fn endpoint_uri(target: &str) -> String {
 impl Connection {
     /// Prepares lazily connecting channels (the first request dials; a broken connection redials).
     pub fn new(target: &str, options: &Options) -> Result<Arc<Self>, Status> {
+        // Lanes send no HTTP/2 pings: a module server runs a lane's call on the connection's
+        // thread and answers pings only between calls. A dead server still shows as a closed
+        // connection (and TCP keepalive covers a silent peer).
         let endpoint = Endpoint::from_shared(endpoint_uri(target))
             .map_err(|e| Status::invalid_argument(format!("bad target {target:?}: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            .max_frame_size(Some(MAX_FRAME));
+        let pinging = endpoint
+            .clone()
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            .keep_alive_timeout(Duration::from_secs(5));
+        let connector = Connector::new(options.connect_timeout);
         let channels = (0..options.channels.max(1))
-            .map(|_| endpoint.connect_lazy())
+            .map(|_| pinging.connect_with_connector_lazy(connector.clone()))
             .collect();
         let auth = match &options.token {
             Some(token) => Some(
@@ -71,11 +153,38 @@ impl Connection {
             None => None,
         };
         Ok(Arc::new(Self {
+            endpoint,
+            connector,
+            lanes: Mutex::new(Vec::new()),
             channels,
             next: AtomicUsize::new(0),
             auth,
             max_message_bytes: options.max_message_bytes,
         }))
+    }
+
+    /// An idle lane (the most recently used one), or a new one.
+    pub fn take_lane(&self) -> Result<Lane, Status> {
+        let idle = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(lane) => {
+                lane.refresh_if_stale();
+                Ok(lane)
+            }
+            None => Lane::new(&self.endpoint, &self.connector),
+        }
+    }
+
+    /// Returns a lane after a call.
+    pub fn put_lane(&self, mut lane: Lane) {
+        lane.idle_since = Instant::now();
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if lanes.len() < MAX_IDLE_LANES {
+            lanes.push(lane);
+        } else {
+            drop(lanes);
+            drop(lane);
+        }
     }
 
     fn channel(&self) -> Channel {
@@ -91,14 +200,32 @@ impl Connection {
         request
     }
 
+    /// A request sent directly to a module server over a lane (marked so the server runs it on
+    /// the connection's thread).
+    fn lane_request<T>(&self, message: T) -> Request<T> {
+        let mut request = self.request(message);
+        request
+            .metadata_mut()
+            .insert(LANE_HEADER, MetadataValue::from_static("1"));
+        request
+    }
+
     fn module(&self) -> ModuleServiceClient<Channel> {
-        ModuleServiceClient::new(self.channel())
+        self.module_on(self.channel())
+    }
+
+    fn module_on(&self, channel: Channel) -> ModuleServiceClient<Channel> {
+        ModuleServiceClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
     }
 
     fn proxy(&self) -> ModuleProxyClient<Channel> {
-        ModuleProxyClient::new(self.channel())
+        self.proxy_on(self.channel())
+    }
+
+    fn proxy_on(&self, channel: Channel) -> ModuleProxyClient<Channel> {
+        ModuleProxyClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
     }
@@ -147,8 +274,14 @@ impl Route {
         self.via.as_ref()
     }
 
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// `GetAttr` over `channel` (a lane's).
     pub async fn get_attr(
         &self,
+        channel: Channel,
         target: String,
         path: Vec<String>,
     ) -> Result<ValueResponse, Status> {
@@ -159,29 +292,34 @@ impl Route {
             path,
         };
         let response = match &self.via {
-            None => c.module().get_attr(c.request(request)).await?,
+            None => c.module_on(channel).get_attr(c.lane_request(request)).await?,
             Some(via) => {
                 let proxied = ProxyGetAttrRequest {
                     target: Some(via.clone()),
                     request: Some(request),
                 };
-                c.proxy().get_attr(c.request(proxied)).await?
+                c.proxy_on(channel).get_attr(c.request(proxied)).await?
             }
         };
         Ok(response.into_inner())
     }
 
-    pub async fn call(&self, mut request: CallRequest) -> Result<ValueResponse, Status> {
+    /// `Call` over `channel` (a lane's).
+    pub async fn call(
+        &self,
+        channel: Channel,
+        mut request: CallRequest,
+    ) -> Result<ValueResponse, Status> {
         let c = &self.connection;
         request.session = self.session.clone();
         let response = match &self.via {
-            None => c.module().call(c.request(request)).await?,
+            None => c.module_on(channel).call(c.lane_request(request)).await?,
             Some(via) => {
                 let proxied = ProxyCallRequest {
                     target: Some(via.clone()),
                     request: Some(request),
                 };
-                c.proxy().call(c.request(proxied)).await?
+                c.proxy_on(channel).call(c.request(proxied)).await?
             }
         };
         Ok(response.into_inner())

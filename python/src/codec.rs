@@ -2,7 +2,8 @@
 //! C-order bytes (one copy on each side, no per-element work). What is not plain is handed to a
 //! caller-supplied `leaf` hook: the client sends proxies as references, the server stores the
 //! object in its reference table.
-use numpy::{PyArray1, PyArrayMethods};
+use bytes::Bytes;
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
@@ -94,7 +95,7 @@ pub fn encode<'py>(
         return Ok(Some(v(Kind::StrValue(s.to_cow()?.into_owned()))));
     }
     if let Ok(b) = obj.cast_exact::<PyBytes>() {
-        return Ok(Some(v(Kind::BytesValue(b.as_bytes().to_vec()))));
+        return Ok(Some(v(Kind::BytesValue(Bytes::copy_from_slice(b.as_bytes())))));
     }
     if let Ok(c) = obj.cast_exact::<PyComplex>() {
         return Ok(Some(v(Kind::ComplexValue(Complex {
@@ -134,11 +135,11 @@ pub fn encode<'py>(
             }
         } else if obj.is_instance(np.generic.bind(py))? {
             if let Some(dtype) = plain_dtype(&obj.getattr("dtype")?)? {
-                let data = obj
-                    .call_method0("tobytes")?
-                    .cast_into::<PyBytes>()?
-                    .as_bytes()
-                    .to_vec();
+                let data = Bytes::copy_from_slice(
+                    obj.call_method0("tobytes")?
+                        .cast_into::<PyBytes>()?
+                        .as_bytes(),
+                );
                 return Ok(Some(v(Kind::NumpyScalar(NumpyScalar { dtype, data }))));
             }
         }
@@ -189,12 +190,43 @@ fn encode_ndarray(np: &Numpy, obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>>
         .call_method1("reshape", (-1,))?
         .call_method1("view", ("u1",))?;
     let bytes = bytes.cast_into::<PyArray1<u8>>()?;
-    let data = bytes
-        .readonly()
-        .as_slice()
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?
-        .to_vec();
+    if !bytes.is_contiguous() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "array data is not contiguous",
+        ));
+    }
+    let data = Bytes::from_owner(ArrayData {
+        ptr: bytes.data() as usize,
+        len: bytes.len(),
+        _array: bytes.into_any().unbind(),
+    });
     Ok(Some(v(Kind::Ndarray(NdArray { dtype, shape, data }))))
+}
+
+/// The element bytes of a contiguous numpy array, kept alive by a reference to the array: the
+/// message is encoded straight from the array's memory. (As with numpy's own GIL-free work,
+/// another thread writing into the array while it is sent races with the send.)
+struct ArrayData {
+    ptr: usize,
+    len: usize,
+    _array: Py<PyAny>,
+}
+
+impl AsRef<[u8]> for ArrayData {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `_array` is a contiguous u8 array of `len` elements at `ptr`; the reference
+        // keeps it (and its base) alive, and numpy never moves an array's data.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+/// Received element bytes as an owned buffer: the message buffer itself when nothing else shares
+/// it (moving the bytes to its start, which keeps them aligned), else a copy.
+fn owned(data: Bytes) -> Vec<u8> {
+    match data.try_into_mut() {
+        Ok(unique) => unique.into(),
+        Err(shared) => shared.to_vec(),
+    }
 }
 
 /// Why a `Value` could not become a Python object.
@@ -260,7 +292,7 @@ pub fn decode<'py>(
         }
         Kind::Ndarray(a) => {
             load_numpy(py)?;
-            let flat = PyArray1::<u8>::from_vec(py, a.data);
+            let flat = PyArray1::<u8>::from_vec(py, owned(a.data));
             let shape = PyTuple::new(py, a.shape)?;
             flat.call_method1("view", (a.dtype,))?
                 .call_method1("reshape", (shape,))?

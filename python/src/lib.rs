@@ -1,8 +1,11 @@
 //! `jac_splice._native`: the transport and value codec behind the `jac_splice` package.
 //! This module only exports names; the logic lives in the modules below.
+#[cfg(target_os = "linux")]
+mod alloc;
 mod bindings;
 mod client;
 mod codec;
+mod coalesce;
 mod errors;
 mod proto;
 mod refs;
@@ -10,6 +13,10 @@ mod runtime;
 mod server;
 
 use pyo3::prelude::*;
+
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// Uses `module` as numpy for encoding and decoding arrays (see `jac_splice.importer`).
 #[pyfunction]

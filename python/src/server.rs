@@ -1,7 +1,7 @@
 //! The module server: serves `ModuleService` and gRPC health for one imported Python module.
-//! Tonic runs on the shared runtime; each request's Python work runs in `spawn_blocking` under
-//! `Python::attach`, so tokio workers never hold the GIL and calls run concurrently (as far as
-//! the served code releases the GIL).
+//! Tonic runs on the server's own single-threaded runtime; each request's Python work runs in
+//! `spawn_blocking` under `Python::attach`, so the network thread never holds the GIL and calls
+//! run concurrently (as far as the served code releases the GIL).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyTuple};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
+use crate::client::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use crate::codec::{self, DecodeError};
 use crate::errors::{is_oversize, remote_error};
 use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
@@ -167,7 +168,28 @@ fn check_session(session: &str) -> Result<(), Status> {
     }
 }
 
-/// Runs Python work off the tokio workers.
+/// Request metadata of a client lane: the connection carries one call at a time (see
+/// `client::Lane`), so the connection's own thread runs the call (no hand-off to a pool thread).
+pub const LANE_HEADER: &str = "jac-splice-lane";
+
+fn from_lane<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(LANE_HEADER)
+}
+
+/// Runs Python work: on this thread for a lane's request (its connection thread has nothing else
+/// to do meanwhile), else on the blocking pool so the connection keeps serving other streams.
+async fn run_python<T: Send + 'static>(
+    inline: bool,
+    f: impl FnOnce(Python<'_>) -> T + Send + 'static,
+) -> Result<T, Status> {
+    if inline {
+        Ok(Python::attach(f))
+    } else {
+        blocking(f).await
+    }
+}
+
+/// Runs Python work off the network threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce(Python<'_>) -> T + Send + 'static,
 ) -> Result<T, Status> {
@@ -194,21 +216,23 @@ impl ModuleService for Service {
         &self,
         request: Request<GetAttrRequest>,
     ) -> Result<Response<ValueResponse>, Status> {
+        let inline = from_lane(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        blocking(move |py| host.get_attr(py, request))
+        run_python(inline, move |py| host.get_attr(py, request))
             .await?
             .map(Response::new)
     }
 
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<ValueResponse>, Status> {
+        let inline = from_lane(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        blocking(move |py| host.call(py, request))
+        run_python(inline, move |py| host.call(py, request))
             .await?
             .map(Response::new)
     }
@@ -279,12 +303,13 @@ fn percent_decode(text: &str) -> String {
 pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    done: Option<oneshot::Receiver<Result<(), String>>>,
     host: Arc<Host>,
 }
 
 impl RunningServer {
-    /// Binds, then serves on the shared runtime until `stop`.
+    /// Binds, then serves until `stop`: a thread accepts connections and gives each its own
+    /// thread (see `serve_connection`); leases are reaped on the accepting thread.
     pub fn start(
         py: Python<'_>,
         module: Bound<'_, PyAny>,
@@ -301,7 +326,11 @@ impl RunningServer {
             version,
             table: RefTable::new(config.lease),
         });
-        let rt = crate::runtime::rt();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("jac-splice-call")
+            .build()
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
         let bind_to = (config.host.clone(), config.port);
         let listener = py
             .detach(|| rt.block_on(tokio::net::TcpListener::bind(bind_to)))
@@ -317,7 +346,8 @@ impl RunningServer {
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         let lease_host = host.clone();
-        let done = rt.spawn(async move {
+        let routes = tonic::service::Routes::new(service);
+        let serve = async move {
             let (reporter, health) = tonic_health::server::health_reporter();
             reporter.set_serving::<ModuleServiceServer<Service>>().await;
             for name in ["", "ModuleService"] {
@@ -325,27 +355,24 @@ impl RunningServer {
                     .set_service_status(name, tonic_health::ServingStatus::Serving)
                     .await;
             }
+            let routes = routes.add_service(health);
             let reaper = tokio::spawn(reap(lease_host));
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(16 << 20))
-                .layer(tower::util::MapResponseLayer::new(
-                    oversize_to_resource_exhausted,
-                ))
-                .add_service(health)
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = rx.await;
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string());
+            let result = accept_loop(listener, routes, async {
+                let _ = rx.await;
+            })
+            .await;
             reaper.abort();
             result
-        });
+        };
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("jac-splice-server".into())
+            .spawn(move || {
+                let result = rt.block_on(serve);
+                // Calls still running in the blocking pool finish on their own.
+                rt.shutdown_background();
+                let _ = done_tx.send(result);
+            })?;
         Ok(Self {
             addr,
             shutdown: Some(tx),
@@ -362,9 +389,11 @@ impl RunningServer {
         let rt = crate::runtime::rt();
         match rt.block_on(async { tokio::time::timeout(timeout, done).await }) {
             Err(_) => Ok(false),
-            Ok(joined) => {
+            Ok(ended) => {
                 self.done = None;
-                joined.map_err(|e| e.to_string())?.map(|()| true)
+                ended
+                    .map_err(|_| "the server thread ended abruptly".to_owned())?
+                    .map(|()| true)
             }
         }
     }
@@ -376,6 +405,100 @@ impl RunningServer {
         }
         self.host.table.clear()
     }
+}
+
+type Routes = tower::util::MapResponse<
+    tonic::service::Routes,
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
+
+/// Accepts connections until `shutdown`, then closes them gracefully (in-flight calls finish)
+/// and returns once all are closed.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let routes: Routes = tower::util::MapResponse::new(routes, oversize_to_resource_exhausted);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted.and_then(|(stream, _)| {
+                    stream.set_nodelay(true)?;
+                    stream.into_std()
+                }) {
+                    Ok(stream) => stream,
+                    Err(_) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let (routes, stop, alive) = (routes.clone(), stop_rx.clone(), alive_tx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("jac-splice-conn".into())
+                    .spawn(move || serve_connection(stream, routes, stop, alive));
+                if let Err(e) = spawned {
+                    return Err(format!("cannot start a connection thread: {e}"));
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(());
+    drop(alive_tx);
+    let _ = alive_rx.recv().await;
+    Ok(())
+}
+
+/// Serves one connection on this thread (like a threaded server: a lane's calls run right here;
+/// calls from multiplexing clients go to the blocking pool of this thread's runtime).
+fn serve_connection(
+    stream: std::net::TcpStream,
+    routes: Routes,
+    mut stop: tokio::sync::watch::Receiver<()>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async move {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+            routes,
+            |request: http::Request<hyper::body::Incoming>| request.map(tonic::body::Body::new),
+        ));
+        let mut builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME);
+        let mut connection =
+            std::pin::pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = &mut connection => break,
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    });
+    // Calls still running in the blocking pool finish on their own.
+    rt.shutdown_background();
 }
 
 /// Frees the references of sessions whose lease ended.

@@ -14,21 +14,14 @@ pub fn to_proto_value(v: &Value) -> PValue {
         Value::Bool(b) => Kind::BoolValue(*b),
         Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(to_proto_value).collect(),
-        }),
+        Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(to_proto_value).collect() }),
         Value::Object(o) => Kind::StructValue(to_struct(o)),
     };
     PValue { kind: Some(kind) }
 }
 
 pub fn to_struct(m: &Map<String, Value>) -> Struct {
-    Struct {
-        fields: m
-            .iter()
-            .map(|(k, v)| (k.clone(), to_proto_value(v)))
-            .collect(),
-    }
+    Struct { fields: m.iter().map(|(k, v)| (k.clone(), to_proto_value(v))).collect() }
 }
 
 /// Protobuf numbers are doubles; whole numbers come back as JSON integers so `replicas: 3`
@@ -41,9 +34,7 @@ pub fn from_proto_value(v: &PValue) -> Value {
             if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
                 Value::Number(Number::from(*n as i64))
             } else {
-                Number::from_f64(*n)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
+                Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null)
             }
         }
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
@@ -56,9 +47,7 @@ pub fn from_proto_value(v: &PValue) -> Value {
 pub fn from_struct(s: &Struct) -> Map<String, Value> {
     let mut keys: Vec<&String> = s.fields.keys().collect();
     keys.sort();
-    keys.into_iter()
-        .map(|k| (k.clone(), from_proto_value(&s.fields[k])))
-        .collect()
+    keys.into_iter().map(|k| (k.clone(), from_proto_value(&s.fields[k]))).collect()
 }
 
 pub fn object_ref(o: &ObjectRef) -> pb::ObjectRef {
@@ -119,8 +108,7 @@ mod tests {
 
     #[test]
     fn json_round_trips_through_struct_with_integers_kept() {
-        let v =
-            json!({"name": "x", "replicas": 3, "cpu": 0.5, "l": [1, "a", null], "m": {"k": true}});
+        let v = json!({"name": "x", "replicas": 3, "cpu": 0.5, "l": [1, "a", null], "m": {"k": true}});
         let back = from_struct(&to_struct(v.as_object().unwrap()));
         assert_eq!(Value::Object(back), v);
     }

@@ -52,11 +52,7 @@ impl Counts {
     }
 }
 
-fn request_of(
-    module: String,
-    version: String,
-    config: Option<prost_types::Struct>,
-) -> DeploymentRequest {
+fn request_of(module: String, version: String, config: Option<prost_types::Struct>) -> DeploymentRequest {
     DeploymentRequest {
         module,
         version: Some(version).filter(|v| !v.is_empty()),
@@ -77,20 +73,14 @@ fn relay<T: Send + 'static>(
             match item {
                 Streamed::Event(ev) => {
                     counts.add(ev.action);
-                    let msg = pb::DeployEvent {
-                        event: Some(Event::Object(convert::object_event(&ev))),
-                    };
+                    let msg = pb::DeployEvent { event: Some(Event::Object(convert::object_event(&ev))) };
                     if tx.send(Ok(msg)).await.is_err() {
                         tracing::debug!("client left; the run continues and is recorded");
                     }
                 }
                 Streamed::Done(Ok(value)) => {
                     if let Some(s) = summary.take().and_then(|f| f(value, &counts)) {
-                        let _ = tx
-                            .send(Ok(pb::DeployEvent {
-                                event: Some(Event::Summary(s)),
-                            }))
-                            .await;
+                        let _ = tx.send(Ok(pb::DeployEvent { event: Some(Event::Summary(s)) })).await;
                     }
                 }
                 Streamed::Done(Err(e)) => {
@@ -104,15 +94,9 @@ fn relay<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl Orchestrator for OrchestratorApi {
-    async fn dry_run(
-        &self,
-        request: Request<pb::DryRunRequest>,
-    ) -> Result<Response<pb::DryRunResponse>, Status> {
+    async fn dry_run(&self, request: Request<pb::DryRunRequest>) -> Result<Response<pb::DryRunResponse>, Status> {
         let r = request.into_inner();
-        let dry = self
-            .service
-            .dry_run(&request_of(r.module, r.version, r.config))
-            .map_err(|e| to_status(&e))?;
+        let dry = self.service.dry_run(&request_of(r.module, r.version, r.config)).map_err(|e| to_status(&e))?;
         let placeholders = dry
             .placeholders
             .iter()
@@ -127,11 +111,7 @@ impl Orchestrator for OrchestratorApi {
                 (name.clone(), ph)
             })
             .collect();
-        let files = |fs: &[crate::catalog::RenderedFile]| {
-            fs.iter()
-                .map(|f| (f.name.clone(), f.text.clone()))
-                .collect()
-        };
+        let files = |fs: &[crate::catalog::RenderedFile]| fs.iter().map(|f| (f.name.clone(), f.text.clone())).collect();
         Ok(Response::new(pb::DryRunResponse {
             placeholders,
             has_dependencies: dry.dependencies.is_some(),
@@ -147,10 +127,7 @@ impl Orchestrator for OrchestratorApi {
 
     type DeployStream = EventStream;
 
-    async fn deploy(
-        &self,
-        request: Request<pb::DeployRequest>,
-    ) -> Result<Response<Self::DeployStream>, Status> {
+    async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
         let r = request.into_inner();
         let opts = ApplyOptions {
             wait: r.wait.then(|| match r.wait_timeout_seconds {
@@ -160,11 +137,8 @@ impl Orchestrator for OrchestratorApi {
             force_conflicts: r.force_conflicts,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
-        let prepared = self
-            .service
-            .prepare(&request_of(r.module, r.version, r.config))
-            .await
-            .map_err(|e| to_status(&e))?;
+        let prepared =
+            self.service.prepare(&request_of(r.module, r.version, r.config)).await.map_err(|e| to_status(&e))?;
         let rx = spawn_deploy(self.service.clone(), prepared, opts);
         Ok(Response::new(relay(rx, |deployed, c| {
             Some(pb::DeploySummary {
@@ -181,10 +155,7 @@ impl Orchestrator for OrchestratorApi {
 
     type UndeployStream = EventStream;
 
-    async fn undeploy(
-        &self,
-        request: Request<pb::UndeployRequest>,
-    ) -> Result<Response<Self::UndeployStream>, Status> {
+    async fn undeploy(&self, request: Request<pb::UndeployRequest>) -> Result<Response<Self::UndeployStream>, Status> {
         let r = request.into_inner();
         let id = Service::parse_id(&r.namespace, &r.module, &r.name).map_err(|e| to_status(&e))?;
         let record = self.service.require(&id).await.map_err(|e| to_status(&e))?;
@@ -215,14 +186,8 @@ impl Orchestrator for OrchestratorApi {
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let r = request.into_inner();
-        let views = self
-            .service
-            .list(Some(&r.namespace), Some(&r.module))
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::ListDeploymentsResponse {
-            deployments: views.iter().map(convert::deployment).collect(),
-        }))
+        let views = self.service.list(Some(&r.namespace), Some(&r.module)).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(convert::deployment).collect() }))
     }
 
     async fn list_templates(

@@ -64,9 +64,7 @@ pub fn spawn_undeploy(service: Arc<Service>, id: DeploymentId) -> mpsc::Receiver
     rx
 }
 
-fn forwarder<T: Send + 'static>(
-    tx: mpsc::Sender<Streamed<T>>,
-) -> (Progress, tokio::task::JoinHandle<()>) {
+fn forwarder<T: Send + 'static>(tx: mpsc::Sender<Streamed<T>>) -> (Progress, tokio::task::JoinHandle<()>) {
     let (ptx, mut prx) = mpsc::channel::<ObjectEvent>(CHANNEL);
     let forward = tokio::spawn(async move {
         while let Some(ev) = prx.recv().await {

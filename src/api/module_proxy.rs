@@ -51,23 +51,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .strip_prefix("/jac.splice.v1.ModuleProxy/")
-            .and_then(Method::from_name);
+        let method = req.uri().path().strip_prefix("/jac.splice.v1.ModuleProxy/").and_then(Method::from_name);
         let Some(method) = method else {
             let path = req.uri().path().to_string();
-            return Box::pin(async move {
-                Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
-            });
+            return Box::pin(async move { Ok(Status::unimplemented(format!("unknown method {path}")).into_http()) });
         };
         let proxy = self.proxy.clone();
         let limit = proxy.config().max_message_bytes;
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
+            let mut grpc = Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
             Ok(grpc.unary(Forward { proxy, method }, req).await)
         })
     }
@@ -90,11 +82,7 @@ impl UnaryService<Bytes> for Forward {
         Box::pin(
             async move {
                 let (metadata, _, body) = request.into_parts();
-                proxy
-                    .forward(method, body, &metadata)
-                    .await
-                    .map(Response::new)
-                    .map_err(proxy_status)
+                proxy.forward(method, body, &metadata).await.map(Response::new).map_err(proxy_status)
             }
             .instrument(span),
         )

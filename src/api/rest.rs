@@ -39,10 +39,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/deployment", get(list).post(deploy))
         .route("/deployment/dry_run", post(dry_run))
-        .route(
-            "/deployment/{namespace}/{module}/{name}",
-            get(get_one).delete(undeploy),
-        )
+        .route("/deployment/{namespace}/{module}/{name}", get(get_one).delete(undeploy))
         .with_state(service)
 }
 
@@ -58,10 +55,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
         let bytes = match limited.collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "BODY_TOO_LARGE",
@@ -113,11 +107,7 @@ struct DeploymentBody {
 
 impl DeploymentBody {
     fn request(&self) -> DeploymentRequest {
-        DeploymentRequest {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            config: self.config.clone(),
-        }
+        DeploymentRequest { module: self.module.clone(), version: self.version.clone(), config: self.config.clone() }
     }
 }
 
@@ -140,11 +130,7 @@ async fn healthz() -> Json<&'static str> {
 
 /// JSON 404 for paths no route knows.
 pub async fn not_found(req: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NO_ROUTE",
-        format!("no route for {} {}", req.method(), req.uri().path()),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "NO_ROUTE", format!("no route for {} {}", req.method(), req.uri().path()))
 }
 
 async fn openapi() -> Json<Value> {
@@ -179,17 +165,10 @@ async fn dry_run(
 ) -> Result<Json<Value>, ApiError> {
     let dry = service.dry_run(&body.request())?;
     let files = |fs: &[crate::catalog::RenderedFile]| -> Value {
-        Value::Object(
-            fs.iter()
-                .map(|f| (f.name.clone(), Value::String(f.text.clone())))
-                .collect(),
-        )
+        Value::Object(fs.iter().map(|f| (f.name.clone(), Value::String(f.text.clone()))).collect())
     };
-    let placeholders: Map<String, Value> = dry
-        .placeholders
-        .iter()
-        .map(|(n, p)| (n.clone(), serde_json::to_value(p).unwrap_or(Value::Null)))
-        .collect();
+    let placeholders: Map<String, Value> =
+        dry.placeholders.iter().map(|(n, p)| (n.clone(), serde_json::to_value(p).unwrap_or(Value::Null))).collect();
     Ok(Json(json!({
         "placeholders": placeholders,
         "dependencies": dry.dependencies.as_deref().map(files),
@@ -203,10 +182,7 @@ async fn dry_run(
 }
 
 fn wants_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(NDJSON))
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON))
 }
 
 async fn deploy(
@@ -216,11 +192,7 @@ async fn deploy(
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Response, ApiError> {
     let wait = q.wait.or(body.wait).unwrap_or(false);
-    let timeout = q
-        .timeout
-        .or(body.wait_timeout_seconds)
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_WAIT);
+    let timeout = q.timeout.or(body.wait_timeout_seconds).map(Duration::from_secs).unwrap_or(DEFAULT_WAIT);
     let opts = ApplyOptions {
         wait: wait.then_some(timeout),
         force_conflicts: q.force.or(body.force_conflicts).unwrap_or(false),
@@ -250,11 +222,7 @@ async fn deploy(
             let extra = agg.body();
             Err(err.with_extra(extra))
         }
-        None => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "deploy ended without a result",
-        )),
+        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "deploy ended without a result")),
     }
 }
 
@@ -267,10 +235,7 @@ async fn undeploy(
     let view = DeploymentView::from(&service.require(&id).await?);
     let rx = spawn_undeploy(service.clone(), id);
     if wants_ndjson(&headers) {
-        return Ok(ndjson(
-            rx,
-            move |()| json!({"summary": {"deployment": view}}),
-        ));
+        return Ok(ndjson(rx, move |()| json!({"summary": {"deployment": view}})));
     }
     let (agg, done) = collect(rx).await;
     match done {
@@ -286,11 +251,7 @@ async fn undeploy(
             let extra = agg.body();
             Err(err.with_extra(extra))
         }
-        None => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "undeploy ended without a result",
-        )),
+        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "undeploy ended without a result")),
     }
 }
 
@@ -303,25 +264,13 @@ async fn get_one(
 }
 
 /// The original's shape: namespace -> module -> name -> deployment.
-async fn list(
-    State(service): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let views = service
-        .list(q.namespace.as_deref(), q.module.as_deref())
-        .await?;
+async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let views = service.list(q.namespace.as_deref(), q.module.as_deref()).await?;
     let mut out = Map::new();
     for v in views {
         let ns = out.entry(v.namespace.clone()).or_insert_with(|| json!({}));
-        let module = ns
-            .as_object_mut()
-            .expect("object")
-            .entry(v.module.clone())
-            .or_insert_with(|| json!({}));
-        module
-            .as_object_mut()
-            .expect("object")
-            .insert(v.name.clone(), json!(v));
+        let module = ns.as_object_mut().expect("object").entry(v.module.clone()).or_insert_with(|| json!({}));
+        module.as_object_mut().expect("object").insert(v.name.clone(), json!(v));
     }
     Ok(Json(Value::Object(out)))
 }
@@ -366,21 +315,13 @@ impl Aggregate {
         let mut m = Map::new();
         m.insert("results".into(), json!(self.results));
         m.insert("errors".into(), json!(self.errors));
-        m.insert(
-            "dependencies".into(),
-            json!({"results": self.dependencies.0, "errors": self.dependencies.1}),
-        );
-        m.insert(
-            "modules".into(),
-            json!({"results": self.modules.0, "errors": self.modules.1}),
-        );
+        m.insert("dependencies".into(), json!({"results": self.dependencies.0, "errors": self.dependencies.1}));
+        m.insert("modules".into(), json!({"results": self.modules.0, "errors": self.modules.1}));
         m
     }
 }
 
-async fn collect<T>(
-    mut rx: mpsc::Receiver<Streamed<T>>,
-) -> (Aggregate, Option<crate::service::Result<T>>) {
+async fn collect<T>(mut rx: mpsc::Receiver<Streamed<T>>) -> (Aggregate, Option<crate::service::Result<T>>) {
     let mut agg = Aggregate::default();
     let mut done = None;
     while let Some(item) = rx.recv().await {
@@ -431,14 +372,8 @@ mod tests {
 
     #[test]
     fn serde_errors_name_their_field() {
-        assert_eq!(
-            field_in("missing field `module` at line 1 column 2").as_deref(),
-            Some("module")
-        );
-        assert_eq!(
-            field_in("unknown field `confg`, expected one of").as_deref(),
-            Some("confg")
-        );
+        assert_eq!(field_in("missing field `module` at line 1 column 2").as_deref(), Some("module"));
+        assert_eq!(field_in("unknown field `confg`, expected one of").as_deref(), Some("confg"));
         assert_eq!(field_in("expected value at line 1 column 1"), None);
     }
 }

@@ -27,63 +27,35 @@ pub fn classify(e: &Error) -> Class {
     use StatusCode as H;
     match e {
         Error::Catalog(c) => match c {
-            catalog::Error::InvalidName { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME")
-            }
-            catalog::Error::ModuleNotFound { .. } => {
-                class(Code::NotFound, H::NOT_FOUND, "TEMPLATE_NOT_FOUND")
-            }
-            catalog::Error::VersionNotFound { .. } => {
-                class(Code::NotFound, H::NOT_FOUND, "VERSION_NOT_FOUND")
-            }
+            catalog::Error::InvalidName { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME"),
+            catalog::Error::ModuleNotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "TEMPLATE_NOT_FOUND"),
+            catalog::Error::VersionNotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "VERSION_NOT_FOUND"),
             catalog::Error::UnknownPlaceholder { .. } => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "UNKNOWN_PLACEHOLDER")
             }
-            catalog::Error::WrongType { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "WRONG_TYPE")
+            catalog::Error::WrongType { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "WRONG_TYPE"),
+            catalog::Error::InvalidValue { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_VALUE"),
+            catalog::Error::BadTemplate { .. } | catalog::Error::Render { .. } | catalog::Error::BadYaml { .. } => {
+                class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "TEMPLATE_INVALID")
             }
-            catalog::Error::InvalidValue { .. } => {
-                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_VALUE")
-            }
-            catalog::Error::BadTemplate { .. }
-            | catalog::Error::Render { .. }
-            | catalog::Error::BadYaml { .. } => class(
-                Code::FailedPrecondition,
-                H::UNPROCESSABLE_ENTITY,
-                "TEMPLATE_INVALID",
-            ),
             catalog::Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
         Error::Backend(b) => classify_backend(b),
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
-        Error::RestrictedNamespace { .. } => class(
-            Code::FailedPrecondition,
-            H::BAD_REQUEST,
-            "RESTRICTED_NAMESPACE",
-        ),
+        Error::RestrictedNamespace { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::Proxy(p) => match p {
-            proxy::Error::Malformed(_) | proxy::Error::NoDeployment => class(
-                Code::InvalidArgument,
-                H::BAD_REQUEST,
-                "INVALID_PROXY_REQUEST",
-            ),
-            proxy::Error::NotFound(_) => {
-                class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND")
+            proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
+                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
             }
-            proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => class(
-                Code::Unavailable,
-                H::SERVICE_UNAVAILABLE,
-                "MODULE_SERVER_UNAVAILABLE",
-            ),
-            proxy::Error::DeadlineExceeded { .. } => class(
-                Code::DeadlineExceeded,
-                H::GATEWAY_TIMEOUT,
-                "DEADLINE_EXCEEDED",
-            ),
-            proxy::Error::BadEndpoint { .. } => {
-                class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
+            proxy::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+            proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => {
+                class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "MODULE_SERVER_UNAVAILABLE")
             }
+            proxy::Error::DeadlineExceeded { .. } => {
+                class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED")
+            }
+            proxy::Error::BadEndpoint { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
             proxy::Error::Backend(b) => classify_backend(b),
             proxy::Error::Upstream(s) => class(s.code(), http_of(s.code()), "MODULE_SERVER_ERROR"),
         },
@@ -93,38 +65,21 @@ pub fn classify(e: &Error) -> Class {
 fn classify_backend(b: &backend::Error) -> Class {
     use StatusCode as H;
     match b {
-        backend::Error::MissingProgram { .. } => class(
-            Code::FailedPrecondition,
-            H::PRECONDITION_FAILED,
-            "PROGRAM_MISSING",
-        ),
-        backend::Error::NoLocalRecipe { .. } => class(
-            Code::FailedPrecondition,
-            H::PRECONDITION_FAILED,
-            "NO_LOCAL_RECIPE",
-        ),
-        backend::Error::Rejected { .. } => {
-            class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED")
+        backend::Error::MissingProgram { .. } => {
+            class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "PROGRAM_MISSING")
         }
-        backend::Error::Conflict { .. } => class(
-            Code::FailedPrecondition,
-            H::CONFLICT,
-            "FIELD_MANAGER_CONFLICT",
-        ),
+        backend::Error::NoLocalRecipe { .. } => {
+            class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_LOCAL_RECIPE")
+        }
+        backend::Error::Rejected { .. } => class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED"),
+        backend::Error::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
         backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
-        backend::Error::WorkloadFailed { .. } => class(
-            Code::FailedPrecondition,
-            H::UNPROCESSABLE_ENTITY,
-            "WORKLOAD_FAILED",
-        ),
-        backend::Error::Timeout { .. } => class(
-            Code::DeadlineExceeded,
-            H::GATEWAY_TIMEOUT,
-            "READINESS_TIMEOUT",
-        ),
-        backend::Error::Unavailable(_) => {
-            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        backend::Error::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
+        backend::Error::WorkloadFailed { .. } => {
+            class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
         }
+        backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
+        backend::Error::Unavailable(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
     }
 }
@@ -190,13 +145,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            detail: detail.into(),
-            field: None,
-            reason,
-            extra: Map::new(),
-        }
+        ApiError { status, detail: detail.into(), field: None, reason, extra: Map::new() }
     }
 
     #[must_use]
@@ -248,47 +197,28 @@ mod tests {
 
     #[test]
     fn not_found_maps_to_404_and_not_found() {
-        let e = Error::Catalog(catalog::Error::ModuleNotFound {
-            module: "x".into(),
-            valid: vec!["redis".into()],
-        });
+        let e = Error::Catalog(catalog::Error::ModuleNotFound { module: "x".into(), valid: vec!["redis".into()] });
         let c = classify(&e);
         assert_eq!((c.code, c.http), (Code::NotFound, StatusCode::NOT_FOUND));
         let s = to_status(&e);
         assert!(s.message().contains("redis"));
-        assert_eq!(
-            s.get_error_details().error_info().unwrap().reason,
-            "TEMPLATE_NOT_FOUND"
-        );
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "TEMPLATE_NOT_FOUND");
     }
 
     #[test]
     fn bad_values_carry_the_field() {
-        let e = Error::Catalog(catalog::Error::WrongType {
-            name: "replicas".into(),
-            expected: "integer",
-            got: "string",
-        });
+        let e =
+            Error::Catalog(catalog::Error::WrongType { name: "replicas".into(), expected: "integer", got: "string" });
         let s = to_status(&e);
         assert_eq!(s.code(), Code::InvalidArgument);
-        let v = s
-            .get_error_details()
-            .bad_request()
-            .unwrap()
-            .field_violations[0]
-            .field
-            .clone();
+        let v = s.get_error_details().bad_request().unwrap().field_violations[0].field.clone();
         assert_eq!(v, "config.replicas");
     }
 
     #[test]
     fn proxy_errors_map_to_unavailable_not_found_and_deadline() {
         use crate::plan::DeploymentId;
-        let id = DeploymentId {
-            namespace: "default".into(),
-            module: "python-module".into(),
-            name: "np".into(),
-        };
+        let id = DeploymentId { namespace: "default".into(), module: "python-module".into(), name: "np".into() };
         let s = proxy_status(proxy::Error::Unreachable {
             endpoint: "127.0.0.1:1".into(),
             deployment: id.clone(),
@@ -296,18 +226,9 @@ mod tests {
         });
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("127.0.0.1:1"), "{s:?}");
-        assert_eq!(
-            s.get_error_details().error_info().unwrap().reason,
-            "MODULE_SERVER_UNAVAILABLE"
-        );
-        assert_eq!(
-            proxy_status(proxy::Error::NotFound(id)).code(),
-            Code::NotFound
-        );
-        let late = proxy::Error::DeadlineExceeded {
-            timeout: std::time::Duration::from_millis(5),
-            endpoint: None,
-        };
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "MODULE_SERVER_UNAVAILABLE");
+        assert_eq!(proxy_status(proxy::Error::NotFound(id)).code(), Code::NotFound);
+        let late = proxy::Error::DeadlineExceeded { timeout: std::time::Duration::from_millis(5), endpoint: None };
         assert_eq!(proxy_status(late).code(), Code::DeadlineExceeded);
     }
 
@@ -315,10 +236,7 @@ mod tests {
     fn module_server_statuses_pass_through_unchanged() {
         let upstream = tonic::Status::with_details(Code::NotFound, "no such reference", "d".into());
         let s = proxy_status(proxy::Error::Upstream(Box::new(upstream)));
-        assert_eq!(
-            (s.code(), s.message()),
-            (Code::NotFound, "no such reference")
-        );
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "no such reference"));
         assert_eq!(s.details(), b"d");
     }
 }

@@ -21,8 +21,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    now_rfc3339, Action, ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress,
-    Result, Status,
+    now_rfc3339, Action, ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status,
 };
 use crate::catalog::LocalBuiltins;
 use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, Readiness, Section};
@@ -99,39 +98,20 @@ impl LocalBackend {
     /// Opens (or creates) the state under `opts.data_dir`. Call [`LocalBackend::restore`] to start
     /// the workloads of deployments recorded by a previous run.
     pub fn open(opts: LocalOptions) -> Result<Self> {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data dir {}: {e}",
-                opts.data_dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|e| Error::Internal(format!("cannot create data dir {}: {e}", opts.data_dir.display())))?;
         let path = opts.data_dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Internal(format!("state file {} is corrupt: {e}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("state file {} is corrupt: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(Error::Internal(format!("cannot read {}: {e}", path.display()))),
         };
-        Ok(LocalBackend {
-            opts,
-            state: AsyncMutex::new(state),
-            running: Mutex::default(),
-        })
+        Ok(LocalBackend { opts, state: AsyncMutex::new(state), running: Mutex::default() })
     }
 
     fn deployment_dir(&self, id: &DeploymentId) -> PathBuf {
-        self.opts
-            .data_dir
-            .join("deployments")
-            .join(&id.namespace)
-            .join(&id.module)
-            .join(&id.name)
+        self.opts.data_dir.join("deployments").join(&id.namespace).join(&id.module).join(&id.name)
     }
 
     fn save(&self, state: &StateFile) -> Result<()> {
@@ -145,14 +125,7 @@ impl LocalBackend {
 
     /// Starts the workloads of deployments recorded as deployed (after an orchestrator restart).
     pub async fn restore(self: &Arc<Self>) {
-        let entries: Vec<Entry> = self
-            .state
-            .lock()
-            .await
-            .deployments
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<Entry> = self.state.lock().await.deployments.values().cloned().collect();
         for entry in entries {
             let (Some(w), Status::Deployed) = (entry.workload.clone(), entry.record.status) else {
                 continue;
@@ -161,34 +134,13 @@ impl LocalBackend {
             if let Some(pid) = w.pid {
                 stop_stale(pid, &w.recipe.program);
             }
-            let port = if port_is_free(w.port) {
-                w.port
-            } else {
-                free_port().unwrap_or(w.port)
-            };
-            let recipe = if port == w.port {
-                w.recipe.clone()
-            } else {
-                retarget(&w.recipe, w.port, port)
-            };
-            match self
-                .start_workload(
-                    &id,
-                    &recipe,
-                    port,
-                    DEFAULT_READY_TIMEOUT,
-                    &Progress::discard(),
-                )
-                .await
-            {
+            let port = if port_is_free(w.port) { w.port } else { free_port().unwrap_or(w.port) };
+            let recipe = if port == w.port { w.recipe.clone() } else { retarget(&w.recipe, w.port, port) };
+            match self.start_workload(&id, &recipe, port, DEFAULT_READY_TIMEOUT, &Progress::discard()).await {
                 Ok(pid) => {
                     let mut state = self.state.lock().await;
                     if let Some(e) = state.deployments.get_mut(&key(&id)) {
-                        e.workload = Some(WorkloadState {
-                            recipe,
-                            port,
-                            pid: Some(pid),
-                        });
+                        e.workload = Some(WorkloadState { recipe, port, pid: Some(pid) });
                         e.record.endpoints = vec![format!("127.0.0.1:{port}")];
                     }
                     let _ = self.save(&state);
@@ -233,45 +185,19 @@ impl LocalBackend {
                 .await;
             prepare_venv(&dir, &recipe.program, &recipe.packages).await?
         };
-        let launch = Launch {
-            program,
-            args: recipe.args.clone(),
-            env: recipe.env.clone(),
-            log: dir.join("process.log"),
-        };
+        let launch =
+            Launch { program, args: recipe.args.clone(), env: recipe.env.clone(), log: dir.join("process.log") };
         let mut child = launch.spawn()?;
         let pid = child.id().unwrap_or(0);
         let object = process_ref(id).kubectl_name();
-        if let Err(e) = wait_ready(
-            &mut child,
-            port,
-            &recipe.readiness,
-            timeout,
-            &launch.log,
-            &object,
-        )
-        .await
-        {
+        if let Err(e) = wait_ready(&mut child, port, &recipe.readiness, timeout, &launch.log, &object).await {
             terminate(&mut child).await;
             return Err(e);
         }
         let stop = CancellationToken::new();
         let pid_cell = Arc::new(AtomicU32::new(pid));
-        let task = tokio::spawn(supervise(
-            id.clone(),
-            launch,
-            child,
-            stop.clone(),
-            pid_cell.clone(),
-        ));
-        self.running.lock().expect("running lock").insert(
-            id.clone(),
-            Running {
-                stop,
-                pid: pid_cell,
-                task,
-            },
-        );
+        let task = tokio::spawn(supervise(id.clone(), launch, child, stop.clone(), pid_cell.clone()));
+        self.running.lock().expect("running lock").insert(id.clone(), Running { stop, pid: pid_cell, task });
         Ok(pid)
     }
 
@@ -288,11 +214,7 @@ impl LocalBackend {
     }
 
     fn is_running(&self, id: &DeploymentId) -> bool {
-        self.running
-            .lock()
-            .expect("running lock")
-            .get(id)
-            .is_some_and(|r| r.pid.load(Ordering::Relaxed) != 0)
+        self.running.lock().expect("running lock").get(id).is_some_and(|r| r.pid.load(Ordering::Relaxed) != 0)
     }
 }
 
@@ -305,28 +227,18 @@ impl Backend for LocalBackend {
     async fn preflight(&self, plan: &Plan) -> Result<()> {
         let module = plan.template.module.clone();
         if !plan.template.has_local_recipe() {
-            return Err(Error::NoLocalRecipe {
-                module,
-                version: plan.version.clone(),
-            });
+            return Err(Error::NoLocalRecipe { module, version: plan.version.clone() });
         }
         let recipe = plan
             .template
             .render_local(&plan.config, &self.builtins(&plan.id, 0))
-            .map_err(|e| Error::Rejected {
-                object: "local.yaml".into(),
-                message: e.to_string(),
-            })?
-            .ok_or_else(|| Error::NoLocalRecipe {
-                module: module.clone(),
-                version: plan.version.clone(),
-            })?;
+            .map_err(|e| Error::Rejected { object: "local.yaml".into(), message: e.to_string() })?
+            .ok_or_else(|| Error::NoLocalRecipe { module: module.clone(), version: plan.version.clone() })?;
         if find_program(&recipe.program).is_none() {
             return Err(Error::MissingProgram {
                 module,
                 program: recipe.program.clone(),
-                hint: "; install it, or deploy to a Kubernetes cluster (serve --backend kube)"
-                    .into(),
+                hint: "; install it, or deploy to a Kubernetes cluster (serve --backend kube)".into(),
             });
         }
         if recipe.args.iter().any(|a| a == "jac_splice.server") {
@@ -349,45 +261,27 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        opts: &ApplyOptions,
-        progress: &Progress,
-    ) -> Result<DeploymentRecord> {
+    async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
         let id = &plan.id;
         let previous = self.state.lock().await.deployments.get(&key(id)).cloned();
 
         // Objects: compare with the stored manifests.
         let mut stored = Vec::with_capacity(plan.objects.len());
         for o in &plan.objects {
-            let before = previous
-                .as_ref()
-                .and_then(|p| p.objects.iter().find(|s| same_object(&s.object, &o.object)));
+            let before = previous.as_ref().and_then(|p| p.objects.iter().find(|s| same_object(&s.object, &o.object)));
             let action = match before {
                 None => Action::Created,
                 Some(b) if b.manifest == o.manifest => Action::Unchanged,
                 Some(_) => Action::Configured,
             };
-            progress
-                .send(ObjectEvent::new(o.object.clone(), action))
-                .await;
-            stored.push(StoredObject {
-                object: o.object.clone(),
-                manifest: o.manifest.clone(),
-            });
+            progress.send(ObjectEvent::new(o.object.clone(), action)).await;
+            stored.push(StoredObject { object: o.object.clone(), manifest: o.manifest.clone() });
         }
         if let Some(prev) = &previous {
-            for old in prev.objects.iter().filter(|s| {
-                !plan
-                    .objects
-                    .iter()
-                    .any(|o| same_object(&o.object, &s.object))
-            }) {
+            for old in prev.objects.iter().filter(|s| !plan.objects.iter().any(|o| same_object(&o.object, &s.object))) {
                 progress
                     .send(
-                        ObjectEvent::new(old.object.clone(), Action::Deleted)
-                            .with_message("no longer in the template"),
+                        ObjectEvent::new(old.object.clone(), Action::Deleted).with_message("no longer in the template"),
                     )
                     .await;
             }
@@ -402,16 +296,9 @@ impl Backend for LocalBackend {
         let recipe = plan
             .template
             .render_local(&plan.config, &self.builtins(id, port))
-            .map_err(|e| Error::Rejected {
-                object: "local.yaml".into(),
-                message: e.to_string(),
-            })?
-            .ok_or_else(|| Error::NoLocalRecipe {
-                module: id.module.clone(),
-                version: plan.version.clone(),
-            })?;
-        let unchanged =
-            prev_workload.as_ref().is_some_and(|w| w.recipe == recipe) && self.is_running(id);
+            .map_err(|e| Error::Rejected { object: "local.yaml".into(), message: e.to_string() })?
+            .ok_or_else(|| Error::NoLocalRecipe { module: id.module.clone(), version: plan.version.clone() })?;
+        let unchanged = prev_workload.as_ref().is_some_and(|w| w.recipe == recipe) && self.is_running(id);
         let mut record = DeploymentRecord {
             id: id.clone(),
             version: plan.version.clone(),
@@ -442,36 +329,24 @@ impl Backend for LocalBackend {
                     .await;
             }
             let timeout = opts.wait.unwrap_or(DEFAULT_READY_TIMEOUT);
-            match self
-                .start_workload(id, &recipe, port, timeout, progress)
-                .await
-            {
+            match self.start_workload(id, &recipe, port, timeout, progress).await {
                 Ok(pid) => {
-                    let ev = ObjectEvent::new(process_ref(id), Action::Started).with_message(
-                        format!("{} ready on 127.0.0.1:{port} (pid {pid})", recipe.protocol),
-                    );
+                    let ev = ObjectEvent::new(process_ref(id), Action::Started)
+                        .with_message(format!("{} ready on 127.0.0.1:{port} (pid {pid})", recipe.protocol));
                     progress.send(ev).await;
                     Some(pid)
                 }
                 Err(e) => {
-                    progress
-                        .send(
-                            ObjectEvent::new(process_ref(id), Action::Failed)
-                                .with_message(e.to_string()),
-                        )
-                        .await;
+                    let reason = match &e {
+                        Error::WorkloadFailed { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    progress.send(ObjectEvent::new(process_ref(id), Action::Failed).with_message(reason)).await;
                     record.status = Status::Failed;
                     record.message = e.to_string();
                     record.endpoints.clear();
                     let mut state = self.state.lock().await;
-                    state.deployments.insert(
-                        key(id),
-                        Entry {
-                            record,
-                            objects: stored,
-                            workload: None,
-                        },
-                    );
+                    state.deployments.insert(key(id), Entry { record, objects: stored, workload: None });
                     self.save(&state)?;
                     return Err(e);
                 }
@@ -480,34 +355,20 @@ impl Backend for LocalBackend {
         let mut state = self.state.lock().await;
         state.deployments.insert(
             key(id),
-            Entry {
-                record: record.clone(),
-                objects: stored,
-                workload: Some(WorkloadState { recipe, port, pid }),
-            },
+            Entry { record: record.clone(), objects: stored, workload: Some(WorkloadState { recipe, port, pid }) },
         );
         self.save(&state)?;
         Ok(record)
     }
 
     async fn delete(&self, id: &DeploymentId, progress: &Progress) -> Result<()> {
-        let entry = self
-            .state
-            .lock()
-            .await
-            .deployments
-            .get(&key(id))
-            .cloned()
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let entry =
+            self.state.lock().await.deployments.get(&key(id)).cloned().ok_or_else(|| Error::NotFound(id.clone()))?;
         if self.stop_workload(id).await || entry.workload.is_some() {
-            progress
-                .send(ObjectEvent::new(process_ref(id), Action::Stopped))
-                .await;
+            progress.send(ObjectEvent::new(process_ref(id), Action::Stopped)).await;
         }
         for o in entry.objects.iter().rev() {
-            progress
-                .send(ObjectEvent::new(o.object.clone(), Action::Deleted))
-                .await;
+            progress.send(ObjectEvent::new(o.object.clone(), Action::Deleted)).await;
         }
         let dir = self.deployment_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -521,32 +382,16 @@ impl Backend for LocalBackend {
     }
 
     async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>> {
-        Ok(self
-            .state
-            .lock()
-            .await
-            .deployments
-            .get(&key(id))
-            .map(|e| e.record.clone()))
+        Ok(self.state.lock().await.deployments.get(&key(id)).map(|e| e.record.clone()))
     }
 
     async fn list(&self) -> Result<Vec<DeploymentRecord>> {
-        Ok(self
-            .state
-            .lock()
-            .await
-            .deployments
-            .values()
-            .map(|e| e.record.clone())
-            .collect())
+        Ok(self.state.lock().await.deployments.values().map(|e| e.record.clone()).collect())
     }
 
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
         let state = self.state.lock().await;
-        let entry = state
-            .deployments
-            .get(&key(id))
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let entry = state.deployments.get(&key(id)).ok_or_else(|| Error::NotFound(id.clone()))?;
         if !self.is_running(id) {
             return Ok(Vec::new());
         }
@@ -554,13 +399,7 @@ impl Backend for LocalBackend {
     }
 
     async fn shutdown(&self) {
-        let all: Vec<DeploymentId> = self
-            .running
-            .lock()
-            .expect("running lock")
-            .keys()
-            .cloned()
-            .collect();
+        let all: Vec<DeploymentId> = self.running.lock().expect("running lock").keys().cloned().collect();
         for id in all {
             self.stop_workload(&id).await;
         }
@@ -568,10 +407,7 @@ impl Backend for LocalBackend {
 }
 
 fn same_object(a: &ObjectRef, b: &ObjectRef) -> bool {
-    a.api_version == b.api_version
-        && a.kind == b.kind
-        && a.name == b.name
-        && a.namespace == b.namespace
+    a.api_version == b.api_version && a.kind == b.kind && a.name == b.name && a.namespace == b.namespace
 }
 
 /// Replaces a port in rendered arguments when a restored workload must move.
@@ -601,22 +437,14 @@ impl Launch {
             .append(true)
             .open(&self.log)
             .map_err(|e| Error::Internal(format!("cannot open {}: {e}", self.log.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let log2 = log.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2).kill_on_drop(true);
         for (k, v) in &self.env {
             cmd.env(k, v.as_str().unwrap_or_default());
         }
-        cmd.spawn().map_err(|e| Error::WorkloadFailed {
-            object: self.program.clone(),
-            reason: format!("cannot start: {e}"),
-        })
+        cmd.spawn()
+            .map_err(|e| Error::WorkloadFailed { object: self.program.clone(), reason: format!("cannot start: {e}") })
     }
 }
 
@@ -635,26 +463,18 @@ async fn wait_ready(
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::WorkloadFailed {
                 object: object.into(),
-                reason: format!(
-                    "exited with {status} before it was ready: {}",
-                    log_tail(log)
-                ),
+                reason: format!("exited with {status} before it was ready: {}", log_tail(log)),
             });
         }
         let ready = match readiness {
-            Readiness::Tcp => tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok(),
+            Readiness::Tcp => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
             Readiness::GrpcHealth { service } => grpc_serving(port, service).await,
         };
         if ready {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                timeout,
-                not_ready: vec![object.to_string()],
-            });
+            return Err(Error::Timeout { timeout, not_ready: vec![object.to_string()] });
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));
@@ -664,21 +484,14 @@ async fn wait_ready(
 async fn grpc_serving(port: u16, service: &str) -> bool {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-    else {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
         return false;
     };
-    let Ok(channel) = endpoint
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await
-    else {
+    let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(500)).connect().await else {
         return false;
     };
     let mut client = HealthClient::new(channel);
-    let req = HealthCheckRequest {
-        service: service.to_string(),
-    };
+    let req = HealthCheckRequest { service: service.to_string() };
     match tokio::time::timeout(Duration::from_secs(2), client.check(req)).await {
         Ok(Ok(resp)) => resp.into_inner().status == ServingStatus::Serving as i32,
         _ => false,
@@ -687,11 +500,11 @@ async fn grpc_serving(port: u16, service: &str) -> bool {
 
 /// Last lines of a workload's log, for error messages.
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    // The last lines carry the reason (a Python traceback ends with the exception).
+    let lines: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == '~')).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     if tail.is_empty() {
         "(no output)".into()
     } else {
@@ -700,13 +513,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Keeps a workload running: restarts it with backoff when it dies, stops it on cancel.
-async fn supervise(
-    id: DeploymentId,
-    launch: Launch,
-    mut child: Child,
-    stop: CancellationToken,
-    pid: Arc<AtomicU32>,
-) {
+async fn supervise(id: DeploymentId, launch: Launch, mut child: Child, stop: CancellationToken, pid: Arc<AtomicU32>) {
     let mut restarts = 0u32;
     loop {
         let started = Instant::now();
@@ -750,10 +557,7 @@ async fn supervise(
 /// SIGTERM, then SIGKILL after a grace period.
 async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
             return;
         }
@@ -765,22 +569,10 @@ async fn terminate(child: &mut Child) {
 /// still runs the same program.
 fn stop_stale(pid: u32, program: &str) {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let first = cmdline
-        .split(|b| *b == 0)
-        .next()
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .unwrap_or_default();
-    let base = |s: &str| {
-        Path::new(s)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let first = cmdline.split(|b| *b == 0).next().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
+    let base = |s: &str| Path::new(s).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     if !first.is_empty() && base(&first) == base(program) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     }
 }
 
@@ -795,14 +587,9 @@ async fn prepare_venv(dir: &Path, python: &str, packages: &[String]) -> Result<S
         return Ok(venv_python);
     }
     let run = |program: String, args: Vec<String>, what: &'static str| async move {
-        let out = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| Error::WorkloadFailed {
-                object: what.into(),
-                reason: format!("cannot run {program}: {e}"),
+        let out =
+            Command::new(&program).args(&args).stdin(Stdio::null()).output().await.map_err(|e| {
+                Error::WorkloadFailed { object: what.into(), reason: format!("cannot run {program}: {e}") }
             })?;
         if out.status.success() {
             Ok(())
@@ -817,22 +604,11 @@ async fn prepare_venv(dir: &Path, python: &str, packages: &[String]) -> Result<S
     };
     run(
         python.to_string(),
-        vec![
-            "-m".into(),
-            "venv".into(),
-            "--system-site-packages".into(),
-            venv.display().to_string(),
-        ],
+        vec!["-m".into(), "venv".into(), "--system-site-packages".into(), venv.display().to_string()],
         "virtualenv",
     )
     .await?;
-    let mut args = vec![
-        "-m".into(),
-        "pip".into(),
-        "install".into(),
-        "--disable-pip-version-check".into(),
-        "-q".into(),
-    ];
+    let mut args = vec!["-m".into(), "pip".into(), "install".into(), "--disable-pip-version-check".into(), "-q".into()];
     args.extend(packages.iter().cloned());
     run(venv_python.clone(), args, "pip install").await?;
     std::fs::write(&marker, wanted).map_err(|e| Error::Internal(e.to_string()))?;
@@ -841,19 +617,14 @@ async fn prepare_venv(dir: &Path, python: &str, packages: &[String]) -> Result<S
 
 fn find_program(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    let executable =
+        |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if program.contains('/') {
         let p = PathBuf::from(program);
         return executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| executable(p))
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| executable(p))
 }
 
 fn free_port() -> Result<u16> {

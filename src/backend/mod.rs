@@ -4,6 +4,7 @@
 //! Backends own their deployment records (local: a JSON state file; kube: one labelled Secret
 //! per deployment), so a restarted orchestrator lists exactly what exists.
 
+pub mod kube;
 pub mod local;
 pub mod progress;
 
@@ -22,14 +23,8 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The local machine cannot run this template version (e.g. `mongod` is not installed).
-    #[error(
-        "{module} cannot run on the local backend: program `{program}` was not found on PATH{hint}"
-    )]
-    MissingProgram {
-        module: String,
-        program: String,
-        hint: String,
-    },
+    #[error("{module} cannot run on the local backend: program `{program}` was not found on PATH{hint}")]
+    MissingProgram { module: String, program: String, hint: String },
     /// The template version has no local recipe at all.
     #[error("{module} {version} has no local recipe (local.yaml), so the local backend cannot run it; deploy it to a Kubernetes cluster instead")]
     NoLocalRecipe { module: String, version: String },
@@ -37,22 +32,20 @@ pub enum Error {
     #[error("{object} was rejected: {message}")]
     Rejected { object: String, message: String },
     /// Another field manager owns fields this apply would change.
-    #[error("{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)")]
-    Conflict {
-        object: String,
-        manager: String,
-        message: String,
-    },
+    #[error(
+        "{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)"
+    )]
+    Conflict { object: String, manager: String, message: String },
+    /// The orchestrator's own credentials may not do this (RBAC).
+    #[error("{object}: the orchestrator is not allowed to do this: {message}")]
+    Forbidden { object: String, message: String },
     #[error("deployment {0} not found")]
     NotFound(DeploymentId),
     /// A workload failed to become ready (ImagePullBackOff, process exited, ...).
     #[error("{object} failed: {reason}")]
     WorkloadFailed { object: String, reason: String },
     #[error("timed out after {}s waiting for readiness; still not ready: {}", .timeout.as_secs(), .not_ready.join(", "))]
-    Timeout {
-        timeout: Duration,
-        not_ready: Vec<String>,
-    },
+    Timeout { timeout: Duration, not_ready: Vec<String> },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -106,11 +99,7 @@ impl DeploymentRecord {
         self.config
             .iter()
             .map(|(k, v)| {
-                let v = if self.secret_keys.contains(k) {
-                    Value::String(REDACTED.into())
-                } else {
-                    v.clone()
-                };
+                let v = if self.secret_keys.contains(k) { Value::String(REDACTED.into()) } else { v.clone() };
                 (k.clone(), v)
             })
             .collect()
@@ -136,12 +125,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Applies the plan, reporting each object through `progress` as it is applied, and stores
     /// the record (status `Failed` with the reason when an object fails; the error is returned).
-    async fn apply(
-        &self,
-        plan: &Plan,
-        opts: &ApplyOptions,
-        progress: &Progress,
-    ) -> Result<DeploymentRecord>;
+    async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord>;
 
     /// Removes everything the deployment created, reporting each object, then its record.
     async fn delete(&self, id: &DeploymentId, progress: &Progress) -> Result<()>;
@@ -159,19 +143,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
 /// Current time as RFC 3339 (UTC, seconds), without pulling in a date crate.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 // Howard Hinnant's days-to-civil algorithm.

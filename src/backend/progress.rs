@@ -38,10 +38,7 @@ impl Action {
 
     /// Whether the event is an apply result that belongs in the `results` list.
     pub fn is_apply_result(self) -> bool {
-        matches!(
-            self,
-            Action::Created | Action::Configured | Action::Unchanged
-        )
+        matches!(self, Action::Created | Action::Configured | Action::Unchanged)
     }
 }
 
@@ -58,12 +55,7 @@ pub struct ObjectEvent {
 impl ObjectEvent {
     pub fn new(object: ObjectRef, action: Action) -> Self {
         let line = format!("{} {}", object.kubectl_name(), action.as_str());
-        ObjectEvent {
-            object,
-            action,
-            line,
-            message: String::new(),
-        }
+        ObjectEvent { object, action, line, message: String::new() }
     }
 
     #[must_use]

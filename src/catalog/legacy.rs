@@ -115,11 +115,7 @@ pub fn scan(text: &str) -> Result<Vec<Found>, Error> {
     let mut out: Vec<Found> = Vec::new();
     for ph in &phs {
         if !out.iter().any(|f| f.name == ph.name) {
-            out.push(Found {
-                name: ph.name.clone(),
-                kind: ph.kind,
-                default: ph.default.clone(),
-            });
+            out.push(Found { name: ph.name.clone(), kind: ph.kind, default: ph.default.clone() });
         }
     }
     // Upstream processed every $g, then every $a, then every $d, each overwriting the reported
@@ -158,21 +154,13 @@ pub fn render(text: &str, values: &Map<String, Value>) -> Result<String, Error> 
                     single_done.push(open);
                     let members: Vec<&Ph> = phs[idx..]
                         .iter()
-                        .filter(|p| {
-                            p.kind == Kind::Generic
-                                && p.dollar > open
-                                && close.is_none_or(|c| p.dollar < c)
-                        })
+                        .filter(|p| p.kind == Kind::Generic && p.dollar > open && close.is_none_or(|c| p.dollar < c))
                         .collect();
                     render_single(text, values, open, close, &members, &mut edits)?;
                 }
                 ctx => {
                     let rep = render_generic(ph, value, &ctx)?;
-                    edits.push(Edit {
-                        start: ph.start,
-                        end: ph.end,
-                        text: rep,
-                    });
+                    edits.push(Edit { start: ph.start, end: ph.end, text: rep });
                 }
             },
             Kind::Array | Kind::Dict if layout.in_quote(ph.dollar) => {
@@ -183,19 +171,11 @@ pub fn render(text: &str, values: &Map<String, Value>) -> Result<String, Error> 
                 let block = layout.block_at(ph.dollar);
                 let multi = layout.in_multiline(ph.dollar);
                 let rep = render_array(ph, value, block, multi)?;
-                edits.push(Edit {
-                    start: ph.start,
-                    end: ph.end,
-                    text: rep,
-                });
+                edits.push(Edit { start: ph.start, end: ph.end, text: rep });
             }
             Kind::Dict => {
                 let rep = render_dict(ph, value)?;
-                edits.push(Edit {
-                    start: ph.start,
-                    end: ph.end,
-                    text: rep,
-                });
+                edits.push(Edit { start: ph.start, end: ph.end, text: rep });
             }
         }
     }
@@ -263,10 +243,7 @@ struct Ph {
 }
 
 fn syntax(line: usize, message: impl Into<String>) -> Error {
-    Error::Syntax {
-        line,
-        message: message.into(),
-    }
+    Error::Syntax { line, message: message.into() }
 }
 
 fn skip_ws(text: &str, mut i: usize) -> usize {
@@ -297,10 +274,7 @@ fn parse(text: &str) -> Result<Vec<Ph>, Error> {
                 continue;
             }
         };
-        line += bytes[counted..dollar]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+        line += bytes[counted..dollar].iter().filter(|&&b| b == b'\n').count();
         counted = dollar;
         let ph = parse_one(text, dollar, kind, line)?;
         // Always advances: `end` is past the closing brace.
@@ -334,11 +308,7 @@ fn parse_one(text: &str, dollar: usize, kind: Kind, line: usize) -> Result<Ph, E
         return Err(syntax(line, format!("{sg}{{...}} without a name")));
     }
     i = skip_ws(text, i);
-    let bad = |message: String| Error::BadDefault {
-        name: name.clone(),
-        line,
-        message,
-    };
+    let bad = |message: String| Error::BadDefault { name: name.clone(), line, message };
     let (default, close_end) = match bytes.get(i) {
         Some(b'}') => {
             let d = match kind {
@@ -357,19 +327,11 @@ fn parse_one(text: &str, dollar: usize, kind: Kind, line: usize) -> Result<Ph, E
                     None => return Err(syntax(line, format!("unterminated {sg}{{{name}"))),
                 },
                 Kind::Array | Kind::Dict => {
-                    let (open, closer) = if kind == Kind::Array {
-                        (b'[', ']')
-                    } else {
-                        (b'{', '}')
-                    };
+                    let (open, closer) = if kind == Kind::Array { (b'[', ']') } else { (b'{', '}') };
                     if bytes.get(j) != Some(&open) {
                         return Err(bad(format!(
                             "default must be a json {}",
-                            if kind == Kind::Array {
-                                "array"
-                            } else {
-                                "object"
-                            }
+                            if kind == Kind::Array { "array" } else { "object" }
                         )));
                     }
                     find_collection_end(text, j, closer)
@@ -380,25 +342,10 @@ fn parse_one(text: &str, dollar: usize, kind: Kind, line: usize) -> Result<Ph, E
             let d: Value = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
             (d, close_end)
         }
-        _ => {
-            return Err(syntax(
-                line,
-                format!("expected `}}` or `:` after {sg}{{{name}"),
-            ))
-        }
+        _ => return Err(syntax(line, format!("expected `}}` or `:` after {sg}{{{name}"))),
     };
-    let mut ph = Ph {
-        kind,
-        name,
-        default,
-        dollar,
-        close_end,
-        start: dollar,
-        end: close_end,
-        line,
-        indent: 0,
-        dash: false,
-    };
+    let mut ph =
+        Ph { kind, name, default, dollar, close_end, start: dollar, end: close_end, line, indent: 0, dash: false };
     if kind != Kind::Generic {
         let line_start = text[..dollar].rfind('\n').map_or(0, |p| p + 1);
         let prefix = &text[line_start..dollar];
@@ -410,10 +357,7 @@ fn parse_one(text: &str, dollar: usize, kind: Kind, line: usize) -> Result<Ph, E
             _ => {
                 return Err(syntax(
                     line,
-                    format!(
-                        "{sg}{{{}}} must start its line (after spaces and an optional `- `)",
-                        ph.name
-                    ),
+                    format!("{sg}{{{}}} must start its line (after spaces and an optional `- `)", ph.name),
                 ))
             }
         };
@@ -422,10 +366,7 @@ fn parse_one(text: &str, dollar: usize, kind: Kind, line: usize) -> Result<Ph, E
         // Only whitespace, or a comment (which YAML requires to follow whitespace), may follow.
         let comment = tail.starts_with([' ', '\t']) && tail.trim_start().starts_with('#');
         if !(tail.trim().is_empty() || comment) {
-            return Err(syntax(
-                line,
-                format!("unexpected text after {sg}{{{}}}", ph.name),
-            ));
+            return Err(syntax(line, format!("unexpected text after {sg}{{{}}}", ph.name)));
         }
         ph.start = line_start;
         // The line break goes with the placeholder so no blank line is left behind.
@@ -465,9 +406,7 @@ fn mask(text: &str, phs: &[Ph]) -> Vec<u8> {
         // The rest of an `$a`/`$d` line (blank or a comment) is dropped from the output, so the
         // scan must not see it either.
         if ph.kind != Kind::Generic {
-            let stop = ph.end.saturating_sub(usize::from(
-                text.as_bytes().get(ph.end.wrapping_sub(1)) == Some(&b'\n'),
-            ));
+            let stop = ph.end.saturating_sub(usize::from(text.as_bytes().get(ph.end.wrapping_sub(1)) == Some(&b'\n')));
             for b in &mut m[ph.close_end..stop.max(ph.close_end)] {
                 *b = b' ';
             }
@@ -555,26 +494,12 @@ struct Blk {
 /// Where a `$g` occurrence sits.
 #[derive(Debug, Clone)]
 enum Ctx {
-    Block {
-        info: BlockInfo,
-        at_line_start: bool,
-    },
+    Block { info: BlockInfo, at_line_start: bool },
     Comment,
-    Single {
-        open: usize,
-        close: Option<usize>,
-    },
+    Single { open: usize, close: Option<usize> },
     Double,
-    Whole {
-        flow: bool,
-    },
-    Embedded {
-        flow: bool,
-        at_start: bool,
-        col0: bool,
-        prev: Option<u8>,
-        following: Vec<u8>,
-    },
+    Whole { flow: bool },
+    Embedded { flow: bool, at_start: bool, col0: bool, prev: Option<u8>, following: Vec<u8> },
 }
 
 fn is_ws(b: u8) -> bool {
@@ -600,29 +525,20 @@ impl Layout {
         let mut off = 0;
         // One iteration per line.
         loop {
-            let le = m[off..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(m.len(), |p| off + p);
+            let le = m[off..].iter().position(|&b| b == b'\n').map_or(m.len(), |p| off + p);
             let line = &m[off..le];
             let ind = line.iter().take_while(|&&b| b == b' ').count();
             let mut in_block = false;
             if let Some(blk) = block.as_mut() {
                 if line.iter().all(|&b| is_ws(b)) {
                     in_block = true;
-                } else if ind as isize > blk.parent && blk.content_indent.is_none_or(|ci| ind >= ci)
-                {
+                } else if ind as isize > blk.parent && blk.content_indent.is_none_or(|ci| ind >= ci) {
                     let first = blk.content_indent.is_none();
                     let ci = *blk.content_indent.get_or_insert(ind);
                     lay.blocks.push((
                         off,
                         le,
-                        BlockInfo {
-                            content_indent: ci,
-                            first,
-                            explicit: blk.explicit,
-                            folded: blk.folded,
-                        },
+                        BlockInfo { content_indent: ci, first, explicit: blk.explicit, folded: blk.folded },
                     ));
                     in_block = true;
                 } else {
@@ -644,13 +560,8 @@ impl Layout {
                     cont = None;
                 }
                 if !blank {
-                    let mut st = LineState {
-                        quote: &mut quote,
-                        flow: &mut flow,
-                        cont: &mut cont,
-                        prev: &mut prev,
-                        is_cont,
-                    };
+                    let mut st =
+                        LineState { quote: &mut quote, flow: &mut flow, cont: &mut cont, prev: &mut prev, is_cont };
                     if let Some(b) = lay.scan_line(m, off, le, ind, &mut st) {
                         block = Some(b);
                     }
@@ -665,14 +576,7 @@ impl Layout {
     }
 
     /// Tokenizes one line outside block scalars; returns a block scalar that starts after it.
-    fn scan_line(
-        &mut self,
-        m: &[u8],
-        off: usize,
-        le: usize,
-        ind: usize,
-        st: &mut LineState<'_>,
-    ) -> Option<Blk> {
+    fn scan_line(&mut self, m: &[u8], off: usize, le: usize, ind: usize, st: &mut LineState<'_>) -> Option<Blk> {
         let (quote, flow) = (&mut *st.quote, &mut *st.flow);
         let mut i = off;
         let mut plain: Option<usize> = None;
@@ -683,10 +587,7 @@ impl Layout {
         } else if quote.is_none() {
             i += ind;
             let l = &m[off..le];
-            if i == off
-                && (l.starts_with(b"---") || l.starts_with(b"..."))
-                && l.get(3).is_none_or(|&b| is_ws(b))
-            {
+            if i == off && (l.starts_with(b"---") || l.starts_with(b"...")) && l.get(3).is_none_or(|&b| is_ws(b)) {
                 i += 3;
             }
         }
@@ -713,8 +614,7 @@ impl Layout {
                 continue;
             }
             if let Some(s) = plain {
-                let ends = (c == b':'
-                    && next.is_none_or(|n| is_ws(n) || (*flow > 0 && is_flow_ind(n))))
+                let ends = (c == b':' && next.is_none_or(|n| is_ws(n) || (*flow > 0 && is_flow_ind(n))))
                     || (c == b'#' && i > off && is_ws(m[i - 1]))
                     || (*flow > 0 && is_flow_ind(c));
                 if ends {
@@ -735,11 +635,7 @@ impl Layout {
                     *quote = Some((c == b'\'', i));
                     i += 1;
                 }
-                b'-' | b'?' | b':'
-                    if next.is_none_or(|n| is_ws(n) || (*flow > 0 && is_flow_ind(n))) =>
-                {
-                    i += 1
-                }
+                b'-' | b'?' | b':' if next.is_none_or(|n| is_ws(n) || (*flow > 0 && is_flow_ind(n))) => i += 1,
                 b'[' | b'{' => {
                     *flow += 1;
                     i += 1;
@@ -782,11 +678,7 @@ impl Layout {
                 *st.cont = match plain {
                     Some(s) if *flow == 0 && quote.is_none() => {
                         // A scalar on a `---` line is the document's root node.
-                        let parent = if doc_marker {
-                            -1
-                        } else {
-                            plain_parent(m, off, ind, s, *st.prev)
-                        };
+                        let parent = if doc_marker { -1 } else { plain_parent(m, off, ind, s, *st.prev) };
                         Some((s, parent))
                     }
                     _ => None,
@@ -813,9 +705,7 @@ impl Layout {
     }
 
     fn in_quote(&self, p: usize) -> bool {
-        self.quotes
-            .iter()
-            .any(|(_, o, c)| *o < p && c.is_none_or(|c| p < c))
+        self.quotes.iter().any(|(_, o, c)| *o < p && c.is_none_or(|c| p < c))
     }
 
     fn in_multiline(&self, p: usize) -> bool {
@@ -823,55 +713,29 @@ impl Layout {
     }
 
     fn block_at(&self, p: usize) -> Option<(BlockInfo, usize)> {
-        self.blocks
-            .iter()
-            .find(|(s, e, _)| *s <= p && p < *e)
-            .map(|(s, _, info)| (*info, *s))
+        self.blocks.iter().find(|(s, e, _)| *s <= p && p < *e).map(|(s, _, info)| (*info, *s))
     }
 
     fn context(&self, m: &[u8], ph: &Ph) -> Ctx {
         let (p, q) = (ph.dollar, ph.close_end);
         if let Some((info, s)) = self.block_at(p) {
-            return Ctx::Block {
-                info,
-                at_line_start: m[s..p].iter().all(|&b| b == b' '),
-            };
+            return Ctx::Block { info, at_line_start: m[s..p].iter().all(|&b| b == b' ') };
         }
         if self.comments.iter().any(|(s, e)| *s <= p && p < *e) {
             return Ctx::Comment;
         }
         // The latest opening quote before `p` whose scalar is still open at `p`.
-        if let Some((single, open, close)) = self
-            .quotes
-            .iter()
-            .filter(|(_, o, c)| *o < p && c.is_none_or(|c| p < c))
-            .max_by_key(|(_, o, _)| *o)
+        if let Some((single, open, close)) =
+            self.quotes.iter().filter(|(_, o, c)| *o < p && c.is_none_or(|c| p < c)).max_by_key(|(_, o, _)| *o)
         {
-            return if *single {
-                Ctx::Single {
-                    open: *open,
-                    close: *close,
-                }
-            } else {
-                Ctx::Double
-            };
+            return if *single { Ctx::Single { open: *open, close: *close } } else { Ctx::Double };
         }
-        let line_start = m[..p]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |x| x + 1);
+        let line_start = m[..p].iter().rposition(|&b| b == b'\n').map_or(0, |x| x + 1);
         // Inside a multi-line plain scalar nothing is "whole": be as strict as for glued text.
         let multi = self.in_multiline(p);
-        let line_end = m[q..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(m.len(), |x| q + x);
-        let (s, e, flow) = self
-            .plains
-            .iter()
-            .find(|(s, e, _)| *s <= p && p < *e)
-            .copied()
-            .unwrap_or((p, usize::MAX, false));
+        let line_end = m[q..].iter().position(|&b| b == b'\n').map_or(m.len(), |x| q + x);
+        let (s, e, flow) =
+            self.plains.iter().find(|(s, e, _)| *s <= p && p < *e).copied().unwrap_or((p, usize::MAX, false));
         if s == p && e == q && !multi {
             return Ctx::Whole { flow };
         }
@@ -925,18 +789,9 @@ fn block_header(m: &[u8], off: usize, le: usize, ind: usize, h: usize) -> Option
             k += 1;
         }
     }
-    let parent = if k == h {
-        last_dash.map_or(ind as isize - 1, |d| d as isize)
-    } else {
-        (k - off) as isize
-    };
+    let parent = if k == h { last_dash.map_or(ind as isize - 1, |d| d as isize) } else { (k - off) as isize };
     let content_indent = digit.map(|d| (parent.max(0) as usize) + d);
-    Some(Blk {
-        parent,
-        content_indent,
-        explicit: digit.is_some(),
-        folded: m[h] == b'>',
-    })
+    Some(Blk { parent, content_indent, explicit: digit.is_some(), folded: m[h] == b'>' })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -951,11 +806,7 @@ struct Edit {
 }
 
 fn unsafe_err(ph: &Ph, reason: impl Into<String>) -> Error {
-    Error::Unsafe {
-        name: ph.name.clone(),
-        line: ph.line,
-        reason: reason.into(),
-    }
+    Error::Unsafe { name: ph.name.clone(), line: ph.line, reason: reason.into() }
 }
 
 /// YAML `c-printable` (what may appear literally in a YAML stream), minus the BOM.
@@ -1058,34 +909,13 @@ fn plain_safe(s: &str, flow: bool) -> bool {
     if s.starts_with(' ') || s.ends_with(' ') || s.starts_with("---") || s.starts_with("...") {
         return false;
     }
-    if s.chars()
-        .any(|c| c == '\t' || is_break(c) || !is_printable(c))
-    {
+    if s.chars().any(|c| c == '\t' || is_break(c) || !is_printable(c)) {
         return false;
     }
-    if matches!(
-        first,
-        ',' | '['
-            | ']'
-            | '{'
-            | '}'
-            | '#'
-            | '&'
-            | '*'
-            | '!'
-            | '|'
-            | '>'
-            | '\''
-            | '"'
-            | '%'
-            | '@'
-            | '`'
-    ) {
+    if matches!(first, ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`') {
         return false;
     }
-    if matches!(first, '-' | '?' | ':')
-        && second.is_none_or(|c| c == ' ' || (flow && "[]{},".contains(c)))
-    {
+    if matches!(first, '-' | '?' | ':') && second.is_none_or(|c| c == ' ' || (flow && "[]{},".contains(c))) {
         return false;
     }
     if s.contains(": ") || s.ends_with(':') || s.contains(" #") {
@@ -1122,10 +952,7 @@ fn render_generic(ph: &Ph, v: &Value, ctx: &Ctx) -> Result<String, Error> {
             }
             Ok(t)
         }
-        Ctx::Block {
-            info,
-            at_line_start,
-        } => {
+        Ctx::Block { info, at_line_start } => {
             let t = scalar_text(v);
             check_block_text(ph, &t)?;
             if info.folded && t.contains('\n') {
@@ -1133,46 +960,25 @@ fn render_generic(ph: &Ph, v: &Value, ctx: &Ctx) -> Result<String, Error> {
                 return Err(unsafe_err(ph, "line break inside a folded block scalar"));
             }
             if info.first && !info.explicit && *at_line_start && leading_ws_first_line(&t) {
-                return Err(unsafe_err(
-                    ph,
-                    "leading whitespace would change the block scalar's indentation",
-                ));
+                return Err(unsafe_err(ph, "leading whitespace would change the block scalar's indentation"));
             }
             if info.content_indent == 0 && t.split('\n').skip(1).any(doc_marker_line) {
-                return Err(unsafe_err(
-                    ph,
-                    "a line at column 0 would be a document marker",
-                ));
+                return Err(unsafe_err(ph, "a line at column 0 would be a document marker"));
             }
             let pad = " ".repeat(info.content_indent);
             Ok(t.split('\n').collect::<Vec<_>>().join(&format!("\n{pad}")))
         }
-        Ctx::Embedded {
-            flow,
-            at_start,
-            col0,
-            prev,
-            following,
-        } => {
+        Ctx::Embedded { flow, at_start, col0, prev, following } => {
             let t = match v {
                 Value::Array(_) | Value::Object(_) => {
-                    return Err(unsafe_err(
-                        ph,
-                        "a collection cannot be part of a larger scalar",
-                    ))
+                    return Err(unsafe_err(ph, "a collection cannot be part of a larger scalar"))
                 }
                 other => scalar_text(other),
             };
-            let allowed = |c: char| {
-                c.is_ascii_alphanumeric()
-                    || "._/@+=~-".contains(c)
-                    || (!flow && (c == ':' || c == ','))
-            };
+            let allowed =
+                |c: char| c.is_ascii_alphanumeric() || "._/@+=~-".contains(c) || (!flow && (c == ':' || c == ','));
             if let Some(c) = t.chars().find(|&c| !allowed(c)) {
-                return Err(unsafe_err(
-                    ph,
-                    format!("{c:?} is not allowed in a value glued to other text"),
-                ));
+                return Err(unsafe_err(ph, format!("{c:?} is not allowed in a value glued to other text")));
             }
             let next = following.first().copied();
             if t.ends_with(':') && next.is_none_or(is_ws) {
@@ -1204,14 +1010,8 @@ fn render_generic(ph: &Ph, v: &Value, ctx: &Ctx) -> Result<String, Error> {
 }
 
 fn check_block_text(ph: &Ph, t: &str) -> Result<(), Error> {
-    if let Some(c) = t
-        .chars()
-        .find(|&c| c != '\n' && (is_break(c) || !is_printable(c)))
-    {
-        return Err(unsafe_err(
-            ph,
-            format!("{c:?} cannot be written in a block scalar"),
-        ));
+    if let Some(c) = t.chars().find(|&c| c != '\n' && (is_break(c) || !is_printable(c))) {
+        return Err(unsafe_err(ph, format!("{c:?} cannot be written in a block scalar")));
     }
     Ok(())
 }
@@ -1219,17 +1019,12 @@ fn check_block_text(ph: &Ph, t: &str) -> Result<(), Error> {
 /// Would this line, at column 0, be a `---` or `...` document marker?
 fn doc_marker_line(l: &str) -> bool {
     (l.starts_with("---") || l.starts_with("..."))
-        && l[3..]
-            .chars()
-            .next()
-            .is_none_or(|c| c == ' ' || c == '\t' || c == '\r')
+        && l[3..].chars().next().is_none_or(|c| c == ' ' || c == '\t' || c == '\r')
 }
 
 /// Does the first non-empty line of `t` start with whitespace?
 fn leading_ws_first_line(t: &str) -> bool {
-    t.split('\n')
-        .find(|l| !l.is_empty())
-        .is_some_and(|l| l.starts_with([' ', '\t']))
+    t.split('\n').find(|l| !l.is_empty()).is_some_and(|l| l.starts_with([' ', '\t']))
 }
 
 /// Renders the `$g`s of one single-quoted scalar `open..=close`.
@@ -1241,20 +1036,11 @@ fn render_single(
     members: &[&Ph],
     edits: &mut Vec<Edit>,
 ) -> Result<(), Error> {
-    let texts: Vec<String> = members
-        .iter()
-        .map(|p| scalar_text(values.get(&p.name).unwrap_or(&p.default)))
-        .collect();
-    let simple = texts
-        .iter()
-        .all(|t| t.chars().all(|c| !is_break(c) && is_printable(c)));
+    let texts: Vec<String> = members.iter().map(|p| scalar_text(values.get(&p.name).unwrap_or(&p.default))).collect();
+    let simple = texts.iter().all(|t| t.chars().all(|c| !is_break(c) && is_printable(c)));
     if simple {
         for (p, t) in members.iter().zip(&texts) {
-            edits.push(Edit {
-                start: p.start,
-                end: p.end,
-                text: t.replace('\'', "''"),
-            });
+            edits.push(Edit { start: p.start, end: p.end, text: t.replace('\'', "''") });
         }
         return Ok(());
     }
@@ -1278,25 +1064,13 @@ fn render_single(
         cursor = p.end;
     }
     decoded.push_str(&text[cursor..close].replace("''", "'"));
-    edits.push(Edit {
-        start: open,
-        end: close + 1,
-        text: json_quote(&decoded),
-    });
+    edits.push(Edit { start: open, end: close + 1, text: json_quote(&decoded) });
     Ok(())
 }
 
-fn render_array(
-    ph: &Ph,
-    v: &Value,
-    block: Option<(BlockInfo, usize)>,
-    multi: bool,
-) -> Result<String, Error> {
+fn render_array(ph: &Ph, v: &Value, block: Option<(BlockInfo, usize)>, multi: bool) -> Result<String, Error> {
     let Value::Array(items) = v else {
-        return Err(Error::WrongShape {
-            name: ph.name.clone(),
-            expected: "array",
-        });
+        return Err(Error::WrongShape { name: ph.name.clone(), expected: "array" });
     };
     let pad = " ".repeat(ph.indent);
     let dash = if ph.dash { "- " } else { "" };
@@ -1320,16 +1094,10 @@ fn render_array(
                 }
             }
             if info.first && !info.explicit && leading_ws_first_line(&content) {
-                return Err(unsafe_err(
-                    ph,
-                    "leading whitespace would change the block scalar's indentation",
-                ));
+                return Err(unsafe_err(ph, "leading whitespace would change the block scalar's indentation"));
             }
             if ph.indent == 0 && content.lines().any(doc_marker_line) {
-                return Err(unsafe_err(
-                    ph,
-                    "a line at column 0 would be a document marker",
-                ));
+                return Err(unsafe_err(ph, "a line at column 0 would be a document marker"));
             }
             for l in content.lines() {
                 if !l.is_empty() {
@@ -1368,18 +1136,12 @@ fn plain_key(k: &str) -> bool {
     if !chars.all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)) {
         return false;
     }
-    !matches!(
-        k.to_ascii_lowercase().as_str(),
-        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
-    )
+    !matches!(k.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null")
 }
 
 fn render_dict(ph: &Ph, v: &Value) -> Result<String, Error> {
     let Value::Object(entries) = v else {
-        return Err(Error::WrongShape {
-            name: ph.name.clone(),
-            expected: "object",
-        });
+        return Err(Error::WrongShape { name: ph.name.clone(), expected: "object" });
     };
     let pad = " ".repeat(ph.indent);
     let mut out = String::new();
@@ -1428,8 +1190,7 @@ mod tests {
     }
 
     fn get<'a>(v: &'a serde_norway::Value, key: &str) -> &'a serde_norway::Value {
-        v.get(key)
-            .unwrap_or_else(|| panic!("missing key {key} in {v:?}"))
+        v.get(key).unwrap_or_else(|| panic!("missing key {key} in {v:?}"))
     }
 
     fn ystr(s: &str) -> serde_norway::Value {
@@ -1444,10 +1205,7 @@ mod tests {
     fn scan_generic_defaults_and_order() {
         let t = "a: $g{name:\"jac\"}\nb: $g{namespace}\nc: $g{ cpu : 0.2 }\nd: $g{flag:true}\n";
         let f = scan(t).expect("scan");
-        let got: Vec<_> = f
-            .iter()
-            .map(|f| (f.name.as_str(), f.kind, f.default.clone()))
-            .collect();
+        let got: Vec<_> = f.iter().map(|f| (f.name.as_str(), f.kind, f.default.clone())).collect();
         assert_eq!(
             got,
             vec![
@@ -1475,10 +1233,7 @@ mod tests {
         let t = "a: |\n  $a{\n    args:[\n      \"one\",\n      \"two]\"\n    ]\n  }\nb:\n  - $d{env-vars:{}}\n";
         let f = scan(t).expect("scan");
         assert_eq!(f.len(), 2);
-        assert_eq!(
-            (f[0].kind, &f[0].default),
-            (Kind::Array, &json!(["one", "two]"]))
-        );
+        assert_eq!((f[0].kind, &f[0].default), (Kind::Array, &json!(["one", "two]"])));
         assert_eq!((f[1].kind, &f[1].default), (Kind::Dict, &json!({})));
     }
 
@@ -1490,25 +1245,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A `}` inside a $g default cuts it short (upstream rule) -> not JSON.
-        assert!(matches!(
-            scan("a: $g{o:{\"k\":1}}"),
-            Err(Error::BadDefault { .. })
-        ));
+        assert!(matches!(scan("a: $g{o:{\"k\":1}}"), Err(Error::BadDefault { .. })));
         // Nested object in a $d default is cut at the first `}}`.
-        assert!(matches!(
-            scan("  $d{o:{\"k\":{\"x\":1}}}\n"),
-            Err(Error::BadDefault { .. })
-        ));
+        assert!(matches!(scan("  $d{o:{\"k\":{\"x\":1}}}\n"), Err(Error::BadDefault { .. })));
         let msg = scan("\n\nc: $g{pw:oops}").expect_err("bad").to_string();
         assert!(msg.contains("pw") && msg.contains("line 3"), "{msg}");
     }
 
     #[test]
     fn syntax_errors() {
-        assert!(matches!(
-            scan("a: $g{name"),
-            Err(Error::Syntax { line: 1, .. })
-        ));
+        assert!(matches!(scan("a: $g{name"), Err(Error::Syntax { line: 1, .. })));
         assert!(matches!(scan("a: $g{}"), Err(Error::Syntax { .. })));
         assert!(matches!(scan("a: $g{a b}"), Err(Error::Syntax { .. })));
         assert!(matches!(scan("a: $a{x}\n"), Err(Error::Syntax { .. })));
@@ -1532,14 +1278,8 @@ mod tests {
     #[test]
     fn generic_types_are_json_not_python() {
         let t = "a: $g{a}\nb: $g{b}\nc: $g{c}\nd: $g{d}\ne: $g{e}\nf: $g{f}\ng: $g{g}\n";
-        let out = r(
-            t,
-            json!({"a": true, "b": null, "c": 0.5, "d": ["a", 1], "e": {"k": "v"}, "f": 1e-5, "g": 3}),
-        );
-        assert!(
-            !out.contains("True") && !out.contains("None") && !out.contains("['a'"),
-            "{out}"
-        );
+        let out = r(t, json!({"a": true, "b": null, "c": 0.5, "d": ["a", 1], "e": {"k": "v"}, "f": 1e-5, "g": 3}));
+        assert!(!out.contains("True") && !out.contains("None") && !out.contains("['a'"), "{out}");
         let y = one(&out);
         let want = one("a: true\nb: null\nc: 0.5\nd: [a, 1]\ne: {k: v}\nf: 0.00001\ng: 3\n");
         assert_eq!(y, want);
@@ -1586,10 +1326,7 @@ mod tests {
         }
         // Ordinary strings stay bare, like upstream.
         assert_eq!(r("a: $g{v}", json!({"v": "testing-db"})), "a: testing-db");
-        assert_eq!(
-            r("a: $g{v}", json!({"v": "python:3.13-slim"})),
-            "a: python:3.13-slim"
-        );
+        assert_eq!(r("a: $g{v}", json!({"v": "python:3.13-slim"})), "a: python:3.13-slim");
     }
 
     #[test]
@@ -1638,62 +1375,35 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
-        assert!(matches!(
-            render(t, &vals(json!({"u": [1]}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render(t, &vals(json!({"u": [1]}))), Err(Error::Unsafe { .. })));
         // `x:` is fine before `-` but would start a mapping before a space.
         assert_eq!(r(t, json!({"u": "x:"})), "name: x:-password\n");
-        assert!(matches!(
-            render("a: $g{u} b\n", &vals(json!({"u": "x:"}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render("a: $g{u} b\n", &vals(json!({"u": "x:"}))), Err(Error::Unsafe { .. })));
         // Empty value between a space and `#` would turn the rest into a comment.
-        assert!(matches!(
-            render("a: b $g{u}#c\n", &vals(json!({"u": ""}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render("a: b $g{u}#c\n", &vals(json!({"u": ""}))), Err(Error::Unsafe { .. })));
     }
 
     #[test]
     fn generic_in_comment() {
         let t = "a: 1 # $g{v}\n";
         assert_eq!(r(t, json!({"v": "x"})), "a: 1 # x\n");
-        assert!(matches!(
-            render(t, &vals(json!({"v": "x\ny: 2"}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render(t, &vals(json!({"v": "x\ny: 2"}))), Err(Error::Unsafe { .. })));
     }
 
     #[test]
     fn generic_in_block_scalar() {
         let t = "d:\n  conf: |\n    maxmemory $g{m:\"1000mb\"}\n      nested\n    tail\nn: 1\n";
         let base = one(&r(t, json!({})));
-        assert_eq!(
-            get(get(&base, "d"), "conf"),
-            &ystr("maxmemory 1000mb\n  nested\ntail\n")
-        );
+        assert_eq!(get(get(&base, "d"), "conf"), &ystr("maxmemory 1000mb\n  nested\ntail\n"));
         let y = one(&r(t, json!({ "m": EVIL })));
-        assert_eq!(
-            get(get(&y, "d"), "conf"),
-            &ystr(&format!("maxmemory {EVIL}\n  nested\ntail\n"))
-        );
+        assert_eq!(get(get(&y, "d"), "conf"), &ystr(&format!("maxmemory {EVIL}\n  nested\ntail\n")));
         assert_eq!(y.as_mapping().map(|m| m.len()), Some(2));
         // A carriage return cannot be written in a block scalar.
-        assert!(matches!(
-            render(t, &vals(json!({"m": "a\rb"}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render(t, &vals(json!({"m": "a\rb"}))), Err(Error::Unsafe { .. })));
         // At the start of the first content line, leading spaces would change the indentation.
         let t2 = "c: |\n  $g{m}\n  rest\n";
-        assert!(matches!(
-            render(t2, &vals(json!({"m": "  x"}))),
-            Err(Error::Unsafe { .. })
-        ));
-        assert_eq!(
-            get(&one(&r(t2, json!({"m": "x\n y"}))), "c"),
-            &ystr("x\n y\nrest\n")
-        );
+        assert!(matches!(render(t2, &vals(json!({"m": "  x"}))), Err(Error::Unsafe { .. })));
+        assert_eq!(get(&one(&r(t2, json!({"m": "x\n y"}))), "c"), &ystr("x\n y\nrest\n"));
     }
 
     #[test]
@@ -1707,22 +1417,14 @@ mod tests {
 
     // ---- arrays -----------------------------------------------------------------------------
 
-    const ARGS: &str = "args:\n  - |\n    $a{\n      args:[\n        \"mkdir app\",\n        \"cd app\"\n      ]\n    }\nnext: 1\n";
+    const ARGS: &str =
+        "args:\n  - |\n    $a{\n      args:[\n        \"mkdir app\",\n        \"cd app\"\n      ]\n    }\nnext: 1\n";
 
     #[test]
     fn array_default_lines_in_block_scalar() {
-        assert_eq!(
-            r(ARGS, json!({})),
-            "args:\n  - |\n    mkdir app\n    cd app\nnext: 1\n"
-        );
-        assert_eq!(
-            r("a: |\n  - $a{x:[\"p\", 2]}\n", json!({})),
-            "a: |\n  - p\n  - 2\n"
-        );
-        assert_eq!(
-            r("a: |\n  x\n  $a{x}\nb: 1\n", json!({})),
-            "a: |\n  x\nb: 1\n"
-        );
+        assert_eq!(r(ARGS, json!({})), "args:\n  - |\n    mkdir app\n    cd app\nnext: 1\n");
+        assert_eq!(r("a: |\n  - $a{x:[\"p\", 2]}\n", json!({})), "a: |\n  - p\n  - 2\n");
+        assert_eq!(r("a: |\n  x\n  $a{x}\nb: 1\n", json!({})), "a: |\n  x\nb: 1\n");
     }
 
     #[test]
@@ -1732,21 +1434,13 @@ mod tests {
         let y = one(&out);
         assert_eq!(
             get(&y, "args").get(0),
-            Some(&ystr(&format!(
-                "echo a\n{EVIL}\n  indented\n\ntrue\n{{\"k\": [1]}}\n"
-            ))),
+            Some(&ystr(&format!("echo a\n{EVIL}\n  indented\n\ntrue\n{{\"k\": [1]}}\n"))),
             "{out}"
         );
         assert_eq!(get(&y, "next"), &serde_norway::Value::from(1));
         // Leading whitespace on the first line would move the block's indentation.
-        assert!(matches!(
-            render(ARGS, &vals(json!({"args": ["  x", "y"]}))),
-            Err(Error::Unsafe { .. })
-        ));
-        assert!(matches!(
-            render(ARGS, &vals(json!({"args": ["a\u{2028}b"]}))),
-            Err(Error::Unsafe { .. })
-        ));
+        assert!(matches!(render(ARGS, &vals(json!({"args": ["  x", "y"]}))), Err(Error::Unsafe { .. })));
+        assert!(matches!(render(ARGS, &vals(json!({"args": ["a\u{2028}b"]}))), Err(Error::Unsafe { .. })));
     }
 
     #[test]
@@ -1764,12 +1458,8 @@ mod tests {
         let t = "cmd:\n  - $a{c:[\"sh\"]}\nz: 1\n";
         let out = r(t, json!({"c": ["a: b", EVIL, 1, null]}));
         let y = one(&out);
-        let want: serde_norway::Value = serde_norway::from_str(&format!(
-            "[{}, {}, 1, null]",
-            json_quote("a: b"),
-            json_quote(EVIL)
-        ))
-        .expect("yaml");
+        let want: serde_norway::Value =
+            serde_norway::from_str(&format!("[{}, {}, 1, null]", json_quote("a: b"), json_quote(EVIL))).expect("yaml");
         assert_eq!(get(&y, "cmd"), &want, "{out}");
         assert_eq!(y.as_mapping().map(|m| m.len()), Some(2));
     }
@@ -1796,10 +1486,7 @@ mod tests {
 
     #[test]
     fn dict_empty_removes_line_and_wrong_shape() {
-        assert_eq!(
-            r(ENVS, json!({})),
-            "kind: Secret\nstringData:\n---\nkind: Other\n"
-        );
+        assert_eq!(r(ENVS, json!({})), "kind: Secret\nstringData:\n---\nkind: Other\n");
         for bad in [json!("s"), json!([1]), json!(null)] {
             match render(ENVS, &vals(json!({ "env-vars": bad }))) {
                 Err(Error::WrongShape { name, expected }) => {
@@ -1812,9 +1499,7 @@ mod tests {
 
     fn try_docs(s: &str) -> Option<Vec<serde_norway::Value>> {
         use serde::Deserialize;
-        serde_norway::Deserializer::from_str(s)
-            .map(|d| serde_norway::Value::deserialize(d).ok())
-            .collect()
+        serde_norway::Deserializer::from_str(s).map(|d| serde_norway::Value::deserialize(d).ok()).collect()
     }
 
     /// Random templates built from YAML/placeholder fragments never panic, and whenever a
@@ -1899,8 +1584,7 @@ mod tests {
         if let Ok(p) = std::env::var("UPSTREAM_STORE") {
             return PathBuf::from(p);
         }
-        let rel = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/reference/upstream-template-store");
+        let rel = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/upstream-template-store");
         if rel.is_dir() {
             return rel;
         }
@@ -1911,10 +1595,8 @@ mod tests {
 
     fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
         assert!(depth < 8, "store too deep");
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .expect("read store dir")
-            .map(|e| e.expect("dir entry").path())
-            .collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).expect("read store dir").map(|e| e.expect("dir entry").path()).collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
@@ -1943,22 +1625,14 @@ mod tests {
             let (a, b) = (docs(&plain), docs(&ex));
             assert!(!a.is_empty(), "{f:?}");
             assert_eq!(a.len(), b.len(), "{f:?}");
-            if scan(&text)
-                .expect("scan")
-                .iter()
-                .any(|p| p.name == "namespace")
-            {
+            if scan(&text).expect("scan").iter().any(|p| p.name == "namespace") {
                 assert!(ex.contains("namespace: testing\n"), "{f:?}");
             }
         }
     }
 
     fn defaults(rel: &str) -> Vec<(String, Kind, Value)> {
-        let mut v: Vec<_> = scan(&read(rel))
-            .expect("scan")
-            .into_iter()
-            .map(|f| (f.name, f.kind, f.default))
-            .collect();
+        let mut v: Vec<_> = scan(&read(rel)).expect("scan").into_iter().map(|f| (f.name, f.kind, f.default)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -1980,20 +1654,12 @@ mod tests {
         for m in ["mongodb", "mongodb-cluster"] {
             for v in ["latest", "6.0.5"] {
                 assert_eq!(defaults(&format!("{m}/{v}/mongodb.yaml")), mongo, "{m}/{v}");
-                assert!(defaults(&format!(
-                    "{m}/{v}/dependencies/custom_resource_definition.yaml"
-                ))
-                .is_empty());
+                assert!(defaults(&format!("{m}/{v}/dependencies/custom_resource_definition.yaml")).is_empty());
             }
         }
         for v in ["latest", "6.0.5"] {
-            assert_eq!(
-                defaults(&format!("mongodb/{v}/dependencies/operator.yaml")),
-                vec![g("namespace", json!(""))]
-            );
-            assert!(
-                defaults(&format!("mongodb-cluster/{v}/dependencies/operator.yaml")).is_empty()
-            );
+            assert_eq!(defaults(&format!("mongodb/{v}/dependencies/operator.yaml")), vec![g("namespace", json!(""))]);
+            assert!(defaults(&format!("mongodb-cluster/{v}/dependencies/operator.yaml")).is_empty());
         }
         let redis = vec![
             g("cpu", json!(0.2)),
@@ -2009,12 +1675,12 @@ mod tests {
                 "args".to_owned(),
                 Kind::Array,
                 json!([
-                "mkdir app && cd app",
-                "apt-get update && apt-get install -y --no-install-recommends git build-essential",
-                "git clone --depth 1 https://github.com/Jaseci-Labs/littleX.git .",
-                "pip install -r ./littleX_BE/requirements.txt openai",
-                "jac serve ./littleX_BE/littleX.jac"
-            ]),
+                    "mkdir app && cd app",
+                    "apt-get update && apt-get install -y --no-install-recommends git build-essential",
+                    "git clone --depth 1 https://github.com/Jaseci-Labs/littleX.git .",
+                    "pip install -r ./littleX_BE/requirements.txt openai",
+                    "jac serve ./littleX_BE/littleX.jac"
+                ]),
             ),
             g("cpu-limit", json!(1)),
             g("cpu-request", json!(0.5)),
@@ -2035,15 +1701,9 @@ mod tests {
         ];
         cloud.sort_by(|a, b| a.0.cmp(&b.0));
         for v in ["latest", "0.1.24"] {
-            assert_eq!(
-                defaults(&format!("jac-cloud/{v}/jac-cloud.yml")),
-                cloud,
-                "{v}"
-            );
+            assert_eq!(defaults(&format!("jac-cloud/{v}/jac-cloud.yml")), cloud, "{v}");
         }
-        assert!(
-            defaults("jac-orc.yaml").is_empty() && defaults("jac-orc-cluster-wide.yaml").is_empty()
-        );
+        assert!(defaults("jac-orc.yaml").is_empty() && defaults("jac-orc-cluster-wide.yaml").is_empty());
     }
 
     /// Replaces `marker` by `with` in every string (and key) of a YAML tree.
@@ -2052,11 +1712,9 @@ mod tests {
         match v {
             Y::String(s) => Y::String(s.replace(marker, with)),
             Y::Sequence(s) => Y::Sequence(s.iter().map(|x| subst(x, marker, with)).collect()),
-            Y::Mapping(m) => Y::Mapping(
-                m.iter()
-                    .map(|(k, x)| (subst(k, marker, with), subst(x, marker, with)))
-                    .collect(),
-            ),
+            Y::Mapping(m) => {
+                Y::Mapping(m.iter().map(|(k, x)| (subst(k, marker, with), subst(x, marker, with))).collect())
+            }
             Y::Tagged(t) => Y::Tagged(Box::new(serde_norway::value::TaggedValue {
                 tag: t.tag.clone(),
                 value: subst(&t.value, marker, with),
@@ -2079,19 +1737,8 @@ mod tests {
             ("mongodb-cluster/latest/mongodb.yaml", &["username"][..]),
             ("mongodb/latest/dependencies/operator.yaml", &[][..]),
         ];
-        let hostile = [
-            EVIL,
-            "x\n",
-            "a: b",
-            "it's \"q\" #c",
-            "- a",
-            "{a: b}",
-            "*alias",
-            "|\n  x",
-            "\\n",
-            "",
-            "\u{1}\u{7f}\u{85}",
-        ];
+        let hostile =
+            [EVIL, "x\n", "a: b", "it's \"q\" #c", "- a", "{a: b}", "*alias", "|\n  x", "\\n", "", "\u{1}\u{7f}\u{85}"];
         let mut checked = 0;
         for (file, glued) in cases {
             let text = read(file);
@@ -2102,11 +1749,7 @@ mod tests {
                 let base = render(&text, &vals(json!({ p.name.clone(): MARK })));
                 if glued.contains(&p.name.as_str()) {
                     let e = render(&text, &vals(json!({ p.name.clone(): EVIL })));
-                    assert!(
-                        matches!(e, Err(Error::Unsafe { ref name, .. }) if *name == p.name),
-                        "{file} {}",
-                        p.name
-                    );
+                    assert!(matches!(e, Err(Error::Unsafe { ref name, .. }) if *name == p.name), "{file} {}", p.name);
                     continue;
                 }
                 let base = docs(&base.expect("base render"));
@@ -2114,11 +1757,7 @@ mod tests {
                     let out = match render(&text, &vals(json!({ p.name.clone(): h }))) {
                         Ok(out) => out,
                         // Control characters have no literal form in a block scalar: refused.
-                        Err(Error::Unsafe { name, .. })
-                            if h.starts_with('\u{1}') && name == p.name =>
-                        {
-                            continue
-                        }
+                        Err(Error::Unsafe { name, .. }) if h.starts_with('\u{1}') && name == p.name => continue,
                         Err(e) => panic!("{file} {} = {h:?}: {e}", p.name),
                     };
                     let got = docs(&out);
@@ -2134,11 +1773,7 @@ mod tests {
     #[test]
     fn store_jac_cloud_args_and_env_vars_round_trip() {
         let text = read("jac-cloud/latest/jac-cloud.yml");
-        let args = vec![
-            EVIL.to_owned(),
-            "echo 'a: b' # c".to_owned(),
-            "- x".to_owned(),
-        ];
+        let args = vec![EVIL.to_owned(), "echo 'a: b' # c".to_owned(), "- x".to_owned()];
         let env = json!({"DATABASE_HOST": EVIL, "REDIS_HOST": "redis://r/0", "k: v": "x"});
         let out = r(&text, json!({"args": args, "env-vars": env}));
         let d = docs(&out);
@@ -2147,10 +1782,7 @@ mod tests {
         assert_eq!(sd.as_mapping().map(|m| m.len()), Some(3));
         assert_eq!(get(sd, "DATABASE_HOST"), &ystr(EVIL));
         assert_eq!(get(sd, "k: v"), &ystr("x"));
-        let c = get(
-            get(get(get(&d[2], "spec"), "template"), "spec"),
-            "containers",
-        );
+        let c = get(get(get(get(&d[2], "spec"), "template"), "spec"), "containers");
         let script = c.get(0).and_then(|c| c.get("args")).and_then(|a| a.get(0));
         assert_eq!(script, Some(&ystr(&format!("{}\n", args.join("\n")))));
         assert!(c.get(0).and_then(|c| c.get("readinessProbe")).is_some());

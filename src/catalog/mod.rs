@@ -22,19 +22,11 @@ pub enum Error {
     #[error("unknown module `{module}`; valid modules: {}", .valid.join(", "))]
     ModuleNotFound { module: String, valid: Vec<String> },
     #[error("module `{module}` has no version `{version}`; valid versions: {}", .valid.join(", "))]
-    VersionNotFound {
-        module: String,
-        version: String,
-        valid: Vec<String>,
-    },
+    VersionNotFound { module: String, version: String, valid: Vec<String> },
     #[error("unknown placeholder `{name}`; valid placeholders: {}", .valid.join(", "))]
     UnknownPlaceholder { name: String, valid: Vec<String> },
     #[error("placeholder `{name}` expects {expected}, got {got}")]
-    WrongType {
-        name: String,
-        expected: &'static str,
-        got: &'static str,
-    },
+    WrongType { name: String, expected: &'static str, got: &'static str },
     #[error("placeholder `{name}`: {reason}")]
     InvalidValue { name: String, reason: String },
     #[error("template {origin} is invalid: {message}")]
@@ -70,16 +62,11 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
         && value.len() <= 128
         && value != "."
         && value != ".."
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        });
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidName {
-            field,
-            value: value.to_string(),
-        })
+        Err(Error::InvalidName { field, value: value.to_string() })
     }
 }
 

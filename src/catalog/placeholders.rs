@@ -73,8 +73,7 @@ impl Type {
 fn quantity_re() -> &'static Regex {
     static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[a-zA-Z]{1,2})?$")
-            .expect("valid regex")
+        Regex::new(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[a-zA-Z]{1,2})?$").expect("valid regex")
     })
 }
 
@@ -155,21 +154,15 @@ mod indexmap_like {
 
 /// Parses `placeholders.yaml`; returns (description, specs in declaration order).
 pub fn parse_file(text: &str, origin: &str) -> Result<(String, Vec<Spec>)> {
-    let raw: RawFile = serde_norway::from_str(text).map_err(|e| Error::BadTemplate {
-        origin: origin.to_string(),
-        message: e.to_string(),
-    })?;
+    let raw: RawFile = serde_norway::from_str(text)
+        .map_err(|e| Error::BadTemplate { origin: origin.to_string(), message: e.to_string() })?;
     let mut specs = Vec::with_capacity(raw.placeholders.0.len());
     for (name, r) in raw.placeholders.0 {
-        let bad = |message: String| Error::BadTemplate {
-            origin: origin.to_string(),
-            message,
-        };
+        let bad = |message: String| Error::BadTemplate { origin: origin.to_string(), message };
         let pattern = r
             .pattern
             .map(|p| {
-                Regex::new(&format!("^(?:{p})$"))
-                    .map_err(|e| bad(format!("placeholder `{name}`: bad pattern: {e}")))
+                Regex::new(&format!("^(?:{p})$")).map_err(|e| bad(format!("placeholder `{name}`: bad pattern: {e}")))
             })
             .transpose()?;
         let default = match (r.default, r.secret || r.required) {
@@ -183,10 +176,7 @@ pub fn parse_file(text: &str, origin: &str) -> Result<(String, Vec<Spec>)> {
             },
         };
         if !default.is_null() && !r.ty.accepts(&default) {
-            return Err(bad(format!(
-                "placeholder `{name}`: default is not a {}",
-                r.ty.as_str()
-            )));
+            return Err(bad(format!("placeholder `{name}`: default is not a {}", r.ty.as_str())));
         }
         specs.push(Spec {
             name,
@@ -223,11 +213,7 @@ pub struct Resolved {
 
 impl Resolved {
     pub fn secret_keys(&self) -> Vec<String> {
-        self.reports
-            .iter()
-            .filter(|r| r.secret)
-            .map(|r| r.name.clone())
-            .collect()
+        self.reports.iter().filter(|r| r.secret).map(|r| r.name.clone()).collect()
     }
 }
 
@@ -255,10 +241,7 @@ pub fn resolve(
                 v.clone()
             }
             None if spec.secret && spec.default.is_null() => {
-                match remembered
-                    .and_then(|m| m.get(&spec.name))
-                    .filter(|v| v.is_string())
-                {
+                match remembered.and_then(|m| m.get(&spec.name)).filter(|v| v.is_string()) {
                     Some(v) => v.clone(),
                     None => {
                         generated = true;
@@ -267,10 +250,7 @@ pub fn resolve(
                 }
             }
             None if spec.required => {
-                return Err(Error::InvalidValue {
-                    name: spec.name.clone(),
-                    reason: "is required".into(),
-                });
+                return Err(Error::InvalidValue { name: spec.name.clone(), reason: "is required".into() });
             }
             None => spec.default.clone(),
         };
@@ -290,22 +270,13 @@ pub fn resolve(
 
 fn check(spec: &Spec, value: &Value) -> Result<()> {
     if !spec.ty.accepts(value) {
-        return Err(Error::WrongType {
-            name: spec.name.clone(),
-            expected: spec.ty.as_str(),
-            got: kind_of(value),
-        });
+        return Err(Error::WrongType { name: spec.name.clone(), expected: spec.ty.as_str(), got: kind_of(value) });
     }
     if let (Some(re), Value::String(s)) = (&spec.pattern, value) {
         if !re.is_match(s) {
             return Err(Error::InvalidValue {
                 name: spec.name.clone(),
-                reason: format!(
-                    "must match {}",
-                    re.as_str()
-                        .trim_start_matches("^(?:")
-                        .trim_end_matches(")$")
-                ),
+                reason: format!("must match {}", re.as_str().trim_start_matches("^(?:").trim_end_matches(")$")),
             });
         }
     }
@@ -323,11 +294,7 @@ fn check(spec: &Spec, value: &Value) -> Result<()> {
 }
 
 pub fn generate_secret() -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(SECRET_LEN)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(&Alphanumeric).take(SECRET_LEN).map(char::from).collect()
 }
 
 #[cfg(test)]
@@ -364,10 +331,7 @@ placeholders:
         let pa = a.values["password"].as_str().unwrap();
         assert!(pa.len() >= 24);
         assert_ne!(pa, b.values["password"].as_str().unwrap());
-        assert!(a
-            .reports
-            .iter()
-            .any(|r| r.name == "password" && r.generated));
+        assert!(a.reports.iter().any(|r| r.name == "password" && r.generated));
         let c = resolve(&specs(), &Map::new(), Some(&a.values)).unwrap();
         assert_eq!(c.values["password"], a.values["password"]);
     }

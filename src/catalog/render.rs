@@ -14,9 +14,7 @@
 //!
 //! Triple-stash `{{{x}}}` would bypass the escaping, so templates using it are refused at load.
 
-use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
-};
+use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
 use serde_json::{Map, Value};
 
 use super::{Error, Result};
@@ -29,10 +27,7 @@ pub struct Compiled {
 
 impl Compiled {
     /// Compiles files (name, text); fails on syntax errors and on triple-stash.
-    pub fn new<'a>(
-        origin: &str,
-        files: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self> {
+    pub fn new<'a>(origin: &str, files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.set_prevent_indent(true);
@@ -46,15 +41,13 @@ impl Compiled {
             if text.contains("{{{") {
                 return Err(Error::BadTemplate {
                     origin: format!("{origin}/{name}"),
-                    message: "triple-stash {{{...}}} is not allowed: it would insert values without YAML quoting".into(),
+                    message: "triple-stash {{{...}}} is not allowed: it would insert values without YAML quoting"
+                        .into(),
                 });
             }
             registry
                 .register_template_string(name, text)
-                .map_err(|e| Error::BadTemplate {
-                    origin: format!("{origin}/{name}"),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| Error::BadTemplate { origin: format!("{origin}/{name}"), message: e.to_string() })?;
         }
         Ok(Compiled { registry })
     }
@@ -62,10 +55,7 @@ impl Compiled {
     pub fn render(&self, origin: &str, name: &str, values: &Map<String, Value>) -> Result<String> {
         self.registry
             .render(name, values)
-            .map_err(|e| Error::Render {
-                file: format!("{origin}/{name}"),
-                message: e.reason().to_string(),
-            })
+            .map_err(|e| Error::Render { file: format!("{origin}/{name}"), message: e.reason().to_string() })
     }
 }
 
@@ -81,17 +71,14 @@ fn scalar_text(v: &Value) -> std::result::Result<String, RenderErrorReason> {
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Null => Ok(String::new()),
-        other => Err(RenderErrorReason::Other(format!(
-            "expected a scalar, got {}",
-            super::placeholders::kind_of(other)
-        ))),
+        other => {
+            Err(RenderErrorReason::Other(format!("expected a scalar, got {}", super::placeholders::kind_of(other))))
+        }
     }
 }
 
 fn param<'a>(h: &'a Helper<'_>, i: usize) -> std::result::Result<&'a Value, RenderErrorReason> {
-    h.param(i)
-        .map(|p| p.value())
-        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("helper", i))
+    h.param(i).map(|p| p.value()).ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("helper", i))
 }
 
 fn yaml_helper(
@@ -157,10 +144,7 @@ fn string_map_helper(
 ) -> HelperResult {
     let v = param(h, 0)?;
     let map = v.as_object().ok_or_else(|| {
-        RenderErrorReason::Other(format!(
-            "`string-map` needs a map, got {}",
-            super::placeholders::kind_of(v)
-        ))
+        RenderErrorReason::Other(format!("`string-map` needs a map, got {}", super::placeholders::kind_of(v)))
     })?;
     let mut strings = Map::new();
     for (k, v) in map {
@@ -186,14 +170,9 @@ mod tests {
 
     #[test]
     fn plain_insertion_is_one_quoted_scalar_even_with_document_markers() {
-        let out = render(
-            "name: {{name}}\nkind: X\n",
-            json!({"name": "a\n---\nkind: Secret\nb: c"}),
-        )
-        .unwrap();
-        let docs: Vec<Value> = serde_norway::Deserializer::from_str(&out)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
+        let out = render("name: {{name}}\nkind: X\n", json!({"name": "a\n---\nkind: Secret\nb: c"})).unwrap();
+        let docs: Vec<Value> =
+            serde_norway::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["name"], json!("a\n---\nkind: Secret\nb: c"));
         assert_eq!(docs[0]["kind"], json!("X"));

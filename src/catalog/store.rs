@@ -43,27 +43,16 @@ pub struct Catalog {
 impl Catalog {
     /// Built-in templates only.
     pub fn builtin() -> Self {
-        Catalog {
-            override_dir: None,
-            include_builtin: true,
-            cache: RwLock::default(),
-        }
+        Catalog { override_dir: None, include_builtin: true, cache: RwLock::default() }
     }
 
     /// Built-in templates, overridden by `dir`.
     pub fn with_override(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         if !dir.is_dir() {
-            return Err(Error::Io(format!(
-                "manifests path {} is not a directory",
-                dir.display()
-            )));
+            return Err(Error::Io(format!("manifests path {} is not a directory", dir.display())));
         }
-        Ok(Catalog {
-            override_dir: Some(dir),
-            include_builtin: true,
-            cache: RwLock::default(),
-        })
+        Ok(Catalog { override_dir: Some(dir), include_builtin: true, cache: RwLock::default() })
     }
 
     /// Only the templates of `dir` (used to prove an original store works unchanged).
@@ -109,10 +98,7 @@ impl Catalog {
     pub fn list(&self) -> Result<Vec<ModuleInfo>> {
         let mut out = Vec::new();
         for (module, versions) in self.index() {
-            let versions = versions
-                .iter()
-                .map(|v| self.load(&module, v))
-                .collect::<Result<Vec<_>>>()?;
+            let versions = versions.iter().map(|v| self.load(&module, v)).collect::<Result<Vec<_>>>()?;
             out.push(ModuleInfo { module, versions });
         }
         Ok(out)
@@ -123,22 +109,12 @@ impl Catalog {
         validate_name("module", module)?;
         validate_name("version", version)?;
         let key = (module.to_string(), version.to_string());
-        let dir_path = self
-            .override_dir
-            .as_ref()
-            .map(|r| r.join(module).join(version))
-            .filter(|p| p.is_dir());
+        let dir_path = self.override_dir.as_ref().map(|r| r.join(module).join(version)).filter(|p| p.is_dir());
         let fingerprint = match &dir_path {
             Some(p) => fingerprint(p),
             None => Vec::new(),
         };
-        if let Some((fp, v)) = self
-            .cache
-            .read()
-            .expect("catalog cache lock")
-            .versions
-            .get(&key)
-        {
+        if let Some((fp, v)) = self.cache.read().expect("catalog cache lock").versions.get(&key) {
             if *fp == fingerprint {
                 return Ok(v.clone());
             }
@@ -148,26 +124,16 @@ impl Catalog {
             None => self.builtin_version(module, version)?,
         };
         let loaded = Arc::new(TemplateVersion::from_raw(raw)?);
-        self.cache
-            .write()
-            .expect("catalog cache lock")
-            .versions
-            .insert(key, (fingerprint, loaded.clone()));
+        self.cache.write().expect("catalog cache lock").versions.insert(key, (fingerprint, loaded.clone()));
         Ok(loaded)
     }
 
     fn builtin_version(&self, module: &str, version: &str) -> Result<RawVersion> {
         let index = self.index();
         let Some(versions) = index.get(module) else {
-            return Err(Error::ModuleNotFound {
-                module: module.into(),
-                valid: index.keys().cloned().collect(),
-            });
+            return Err(Error::ModuleNotFound { module: module.into(), valid: index.keys().cloned().collect() });
         };
-        let found = self
-            .include_builtin
-            .then(|| BUILTIN.get_dir(format!("{module}/{version}")))
-            .flatten();
+        let found = self.include_builtin.then(|| BUILTIN.get_dir(format!("{module}/{version}"))).flatten();
         let Some(dir) = found else {
             return Err(Error::VersionNotFound {
                 module: module.into(),
@@ -187,9 +153,7 @@ impl Catalog {
             v.sort();
             v
         };
-        let dependencies = dir
-            .get_dir(format!("{module}/{version}/dependencies"))
-            .map(files);
+        let dependencies = dir.get_dir(format!("{module}/{version}/dependencies")).map(files);
         Ok(RawVersion {
             module: module.into(),
             version: version.into(),
@@ -201,9 +165,7 @@ impl Catalog {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Valid-named subdirectories, sorted.
@@ -228,8 +190,8 @@ fn yaml_files(p: &Path) -> Result<Vec<(String, String)>> {
         let name = e.file_name().to_string_lossy().into_owned();
         let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
         if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
-            let text = std::fs::read_to_string(e.path())
-                .map_err(|err| Error::Io(format!("{}: {err}", e.path().display())))?;
+            let text =
+                std::fs::read_to_string(e.path()).map_err(|err| Error::Io(format!("{}: {err}", e.path().display())))?;
             out.push((name, text));
         }
     }
@@ -244,11 +206,7 @@ fn read_dir_version(p: &Path, module: &str, version: &str) -> Result<RawVersion>
         version: version.into(),
         source: p.display().to_string(),
         top: yaml_files(p)?,
-        dependencies: if deps.is_dir() {
-            Some(yaml_files(&deps)?)
-        } else {
-            None
-        },
+        dependencies: if deps.is_dir() { Some(yaml_files(&deps)?) } else { None },
     })
 }
 
@@ -260,11 +218,7 @@ fn fingerprint(p: &Path) -> Fingerprint {
         };
         for e in rd.filter_map(|e| e.ok()) {
             let meta = e.metadata().ok();
-            out.push((
-                e.path(),
-                meta.as_ref().and_then(|m| m.modified().ok()),
-                meta.map(|m| m.len()).unwrap_or(0),
-            ));
+            out.push((e.path(), meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
         }
     }
     out.sort();

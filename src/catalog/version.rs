@@ -96,16 +96,15 @@ pub struct TemplateVersion {
     modules: Vec<(String, String)>,
     local: Option<LocalSpec>,
     engine: Engine,
+    /// Objects of files without placeholders (CRDs, operators), parsed once: they render to
+    /// their own text, and parsing a 700-line CRD per request would dominate a dry run.
+    static_objects: std::sync::OnceLock<Result<std::collections::HashMap<String, Vec<PlannedObject>>, String>>,
 }
 
 impl TemplateVersion {
     pub(crate) fn from_raw(raw: RawVersion) -> Result<Self> {
         let origin = format!("{}/{}", raw.module, raw.version);
-        let placeholders_text = raw
-            .top
-            .iter()
-            .find(|(n, _)| n == PLACEHOLDERS_FILE)
-            .map(|(_, t)| t.clone());
+        let placeholders_text = raw.top.iter().find(|(n, _)| n == PLACEHOLDERS_FILE).map(|(_, t)| t.clone());
         match placeholders_text {
             Some(text) => Self::native(raw, &origin, &text),
             None => Self::legacy(raw, &origin),
@@ -134,20 +133,12 @@ impl TemplateVersion {
                 });
             }
         }
-        let modules: Vec<(String, String)> = raw
-            .top
-            .into_iter()
-            .filter(|(n, _)| n != PLACEHOLDERS_FILE && n != LOCAL_FILE)
-            .collect();
+        let modules: Vec<(String, String)> =
+            raw.top.into_iter().filter(|(n, _)| n != PLACEHOLDERS_FILE && n != LOCAL_FILE).collect();
         let dependencies = raw.dependencies;
         let compiled = {
-            let deps = dependencies
-                .iter()
-                .flatten()
-                .map(|(n, t)| (format!("dependencies/{n}"), t.as_str()));
-            let files: Vec<(String, &str)> = deps
-                .chain(modules.iter().map(|(n, t)| (n.clone(), t.as_str())))
-                .collect();
+            let deps = dependencies.iter().flatten().map(|(n, t)| (format!("dependencies/{n}"), t.as_str()));
+            let files: Vec<(String, &str)> = deps.chain(modules.iter().map(|(n, t)| (n.clone(), t.as_str()))).collect();
             Compiled::new(origin, files.iter().map(|(n, t)| (n.as_str(), *t)))?
         };
         Ok(TemplateVersion {
@@ -161,6 +152,7 @@ impl TemplateVersion {
             modules,
             local,
             engine: Engine::Native(Box::new(compiled)),
+            static_objects: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,10 +161,8 @@ impl TemplateVersion {
         let mut specs: Vec<Spec> = Vec::new();
         let mut add = |files: &[(String, String)]| -> Result<()> {
             for (name, text) in files {
-                let found = legacy::scan(text).map_err(|e| Error::BadTemplate {
-                    origin: format!("{origin}/{name}"),
-                    message: e.to_string(),
-                })?;
+                let found = legacy::scan(text)
+                    .map_err(|e| Error::BadTemplate { origin: format!("{origin}/{name}"), message: e.to_string() })?;
                 for f in found {
                     let ty = match f.kind {
                         legacy::Kind::Generic => Type::infer(&f.default),
@@ -211,6 +201,7 @@ impl TemplateVersion {
             modules: raw.top,
             local: None,
             engine: Engine::Legacy,
+            static_objects: std::sync::OnceLock::new(),
         })
     }
 
@@ -230,11 +221,7 @@ impl TemplateVersion {
         self.specs.iter().any(|s| s.name == name)
     }
 
-    pub fn resolve(
-        &self,
-        config: &Map<String, Value>,
-        remembered: Option<&Map<String, Value>>,
-    ) -> Result<Resolved> {
+    pub fn resolve(&self, config: &Map<String, Value>, remembered: Option<&Map<String, Value>>) -> Result<Resolved> {
         placeholders::resolve(&self.specs, config, remembered)
     }
 
@@ -243,42 +230,73 @@ impl TemplateVersion {
         let one = |prefix: &str, name: &str, text: &str| -> Result<RenderedFile> {
             let text = match &self.engine {
                 Engine::Native(c) => c.render(&origin, &format!("{prefix}{name}"), values)?,
-                Engine::Legacy => {
-                    legacy::render(text, values).map_err(|e| legacy_error(&origin, name, e))?
-                }
+                Engine::Legacy => legacy::render(text, values).map_err(|e| legacy_error(&origin, name, e))?,
             };
-            Ok(RenderedFile {
-                name: name.to_string(),
-                text,
-            })
+            Ok(RenderedFile { name: name.to_string(), text })
         };
         let dependencies = self
             .dependencies
             .as_ref()
-            .map(|files| {
-                files
-                    .iter()
-                    .map(|(n, t)| one("dependencies/", n, t))
-                    .collect::<Result<Vec<_>>>()
-            })
+            .map(|files| files.iter().map(|(n, t)| one("dependencies/", n, t)).collect::<Result<Vec<_>>>())
             .transpose()?;
-        let modules = self
-            .modules
+        let modules = self.modules.iter().map(|(n, t)| one("", n, t)).collect::<Result<Vec<_>>>()?;
+        Ok(Rendered { dependencies, modules })
+    }
+
+    fn is_static(&self, text: &str) -> bool {
+        match self.engine {
+            Engine::Native(_) => !text.contains("{{"),
+            Engine::Legacy => !legacy::is_legacy(text),
+        }
+    }
+
+    /// Parses rendered files into objects (dependencies first, file and document order), using
+    /// the parse-once cache for files without placeholders.
+    pub fn objects(&self, rendered: &Rendered) -> Result<Vec<PlannedObject>> {
+        let cache = self
+            .static_objects
+            .get_or_init(|| {
+                let mut m = std::collections::HashMap::new();
+                let sections = self
+                    .dependencies
+                    .iter()
+                    .flatten()
+                    .map(|f| (Section::Dependencies, f))
+                    .chain(self.modules.iter().map(|f| (Section::Modules, f)));
+                for (section, (name, text)) in sections {
+                    if self.is_static(text) {
+                        let file = RenderedFile { name: name.clone(), text: text.clone() };
+                        m.insert(
+                            format!("{}/{name}", section.as_str()),
+                            parse_file(section, &file).map_err(|e| e.to_string())?,
+                        );
+                    }
+                }
+                Ok(m)
+            })
+            .as_ref()
+            .map_err(|message| Error::BadTemplate {
+                origin: format!("{}/{}", self.module, self.version),
+                message: message.clone(),
+            })?;
+        let mut out = Vec::new();
+        let sections = rendered
+            .dependencies
             .iter()
-            .map(|(n, t)| one("", n, t))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Rendered {
-            dependencies,
-            modules,
-        })
+            .flatten()
+            .map(|f| (Section::Dependencies, f))
+            .chain(rendered.modules.iter().map(|f| (Section::Modules, f)));
+        for (section, file) in sections {
+            match cache.get(&format!("{}/{}", section.as_str(), file.name)) {
+                Some(objects) => out.extend(objects.iter().cloned()),
+                None => out.extend(parse_file(section, file)?),
+            }
+        }
+        Ok(out)
     }
 
     /// Renders `local.yaml` for a deployment, if this version has one.
-    pub fn render_local(
-        &self,
-        values: &Map<String, Value>,
-        builtins: &LocalBuiltins,
-    ) -> Result<Option<LocalRecipe>> {
+    pub fn render_local(&self, values: &Map<String, Value>, builtins: &LocalBuiltins) -> Result<Option<LocalRecipe>> {
         let Some(spec) = &self.local else {
             return Ok(None);
         };
@@ -295,20 +313,14 @@ impl TemplateVersion {
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
         let r = |t: &str| -> Result<String> {
-            hb.render_template(t, &ctx).map_err(|e| Error::Render {
-                file: origin.clone(),
-                message: e.reason().to_string(),
-            })
+            hb.render_template(t, &ctx)
+                .map_err(|e| Error::Render { file: origin.clone(), message: e.reason().to_string() })
         };
         let packages = match &spec.packages {
             Some(list) => values
                 .get(list)
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                 .unwrap_or_default(),
             None => Vec::new(),
         };
@@ -331,71 +343,36 @@ impl TemplateVersion {
 /// everything else is the template's.
 fn legacy_error(origin: &str, file: &str, e: legacy::Error) -> Error {
     match e {
-        legacy::Error::Unsafe { name, reason, .. } => Error::InvalidValue {
-            name,
-            reason: format!("cannot be placed safely in {file}: {reason}"),
-        },
-        legacy::Error::WrongShape { name, expected } => Error::InvalidValue {
-            name,
-            reason: format!("must be {expected}"),
-        },
-        other => Error::Render {
-            file: format!("{origin}/{file}"),
-            message: other.to_string(),
-        },
+        legacy::Error::Unsafe { name, reason, .. } => {
+            Error::InvalidValue { name, reason: format!("cannot be placed safely in {file}: {reason}") }
+        }
+        legacy::Error::WrongShape { name, expected } => {
+            Error::InvalidValue { name, reason: format!("must be {expected}") }
+        }
+        other => Error::Render { file: format!("{origin}/{file}"), message: other.to_string() },
     }
 }
 
-impl Rendered {
-    /// Parses every rendered file into objects (dependencies first), in file and document order.
-    pub fn objects(&self) -> Result<Vec<PlannedObject>> {
-        let mut out = Vec::new();
-        let sections = self
-            .dependencies
-            .iter()
-            .flatten()
-            .map(|f| (Section::Dependencies, f))
-            .chain(self.modules.iter().map(|f| (Section::Modules, f)));
-        for (section, file) in sections {
-            for (i, doc) in serde_norway::Deserializer::from_str(&file.text).enumerate() {
-                let bad = |message: String| Error::BadYaml {
-                    file: file.name.clone(),
-                    message,
-                };
-                let value: Value = Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
-                if value.is_null() {
-                    continue;
-                }
-                let str_at = |ptr: &str| {
-                    value
-                        .pointer(ptr)
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                };
-                let (Some(api_version), Some(kind), Some(name)) = (
-                    str_at("/apiVersion"),
-                    str_at("/kind"),
-                    str_at("/metadata/name"),
-                ) else {
-                    return Err(bad(format!(
-                        "document {} needs apiVersion, kind and metadata.name",
-                        i + 1
-                    )));
-                };
-                let namespace = str_at("/metadata/namespace").filter(|n| !n.is_empty());
-                out.push(PlannedObject {
-                    object: ObjectRef {
-                        api_version,
-                        kind,
-                        name,
-                        namespace,
-                        section,
-                        file: file.name.clone(),
-                    },
-                    manifest: value,
-                });
-            }
+/// Parses one rendered file into objects, in document order.
+fn parse_file(section: Section, file: &RenderedFile) -> Result<Vec<PlannedObject>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(&file.text).enumerate() {
+        let bad = |message: String| Error::BadYaml { file: file.name.clone(), message };
+        let value: Value = Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+        if value.is_null() {
+            continue;
         }
-        Ok(out)
+        let str_at = |ptr: &str| value.pointer(ptr).and_then(Value::as_str).map(str::to_string);
+        let (Some(api_version), Some(kind), Some(name)) =
+            (str_at("/apiVersion"), str_at("/kind"), str_at("/metadata/name"))
+        else {
+            return Err(bad(format!("document {} needs apiVersion, kind and metadata.name", i + 1)));
+        };
+        let namespace = str_at("/metadata/namespace").filter(|n| !n.is_empty());
+        out.push(PlannedObject {
+            object: ObjectRef { api_version, kind, name, namespace, section, file: file.name.clone() },
+            manifest: value,
+        });
     }
+    Ok(out)
 }

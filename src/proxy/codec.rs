@@ -94,8 +94,7 @@ pub fn split(mut buf: Bytes) -> Result<Split, MalformedRequest> {
                 match field {
                     1 => {
                         let mut t = target.take().unwrap_or_default();
-                        t.merge(value)
-                            .map_err(|_| MalformedRequest("bad ProxyTarget"))?;
+                        t.merge(value).map_err(|_| MalformedRequest("bad ProxyTarget"))?;
                         target = Some(t);
                     }
                     2 => {
@@ -120,10 +119,7 @@ pub fn split(mut buf: Bytes) -> Result<Split, MalformedRequest> {
             _ => return Err(MalformedRequest("unsupported wire type")),
         }
     }
-    Ok(Split {
-        target: target.unwrap_or_default(),
-        inner: inner.unwrap_or_default(),
-    })
+    Ok(Split { target: target.unwrap_or_default(), inner: inner.unwrap_or_default() })
 }
 
 fn varint(buf: &mut Bytes) -> Result<u64, MalformedRequest> {
@@ -148,24 +144,15 @@ mod tests {
             session: "s".into(),
             target: String::new(),
             path: vec!["sqrt".into()],
-            args: vec![Value {
-                kind: Some(crate::pb::value::Kind::FloatValue(2.0)),
-            }],
+            args: vec![Value { kind: Some(crate::pb::value::Kind::FloatValue(2.0)) }],
             kwargs: vec![],
         }
     }
 
     #[test]
     fn split_returns_the_target_and_the_inner_request_bytes_unchanged() {
-        let target = ProxyTarget {
-            deployment: "math".into(),
-            namespace: "ns".into(),
-        };
-        let outer = ProxyCallRequest {
-            target: Some(target.clone()),
-            request: Some(call()),
-        }
-        .encode_to_vec();
+        let target = ProxyTarget { deployment: "math".into(), namespace: "ns".into() };
+        let outer = ProxyCallRequest { target: Some(target.clone()), request: Some(call()) }.encode_to_vec();
         let s = split(Bytes::from(outer)).unwrap();
         assert_eq!(s.target, target);
         assert_eq!(s.inner, Bytes::from(call().encode_to_vec()));
@@ -179,11 +166,7 @@ mod tests {
 
         // Field 2 first, then field 1, then an unknown varint field 7.
         let inner = call().encode_to_vec();
-        let target = ProxyTarget {
-            deployment: "d".into(),
-            namespace: String::new(),
-        }
-        .encode_to_vec();
+        let target = ProxyTarget { deployment: "d".into(), namespace: String::new() }.encode_to_vec();
         let mut buf = Vec::new();
         prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut buf);
         prost::encoding::encode_varint(inner.len() as u64, &mut buf);
@@ -200,14 +183,8 @@ mod tests {
 
     #[test]
     fn repeated_inner_fields_merge_like_protobuf() {
-        let a = CallRequest {
-            session: "s".into(),
-            ..Default::default()
-        };
-        let b = CallRequest {
-            path: vec!["x".into()],
-            ..Default::default()
-        };
+        let a = CallRequest { session: "s".into(), ..Default::default() };
+        let b = CallRequest { path: vec!["x".into()], ..Default::default() };
         let mut buf = Vec::new();
         for m in [&a, &b] {
             let bytes = m.encode_to_vec();
@@ -217,19 +194,12 @@ mod tests {
         }
         let s = split(Bytes::from(buf)).unwrap();
         let merged = CallRequest::decode(s.inner).unwrap();
-        assert_eq!(
-            (merged.session.as_str(), merged.path),
-            ("s", vec!["x".to_string()])
-        );
+        assert_eq!((merged.session.as_str(), merged.path), ("s", vec!["x".to_string()]));
     }
 
     #[test]
     fn truncated_input_is_rejected() {
-        let outer = ProxyCallRequest {
-            target: None,
-            request: Some(call()),
-        }
-        .encode_to_vec();
+        let outer = ProxyCallRequest { target: None, request: Some(call()) }.encode_to_vec();
         let cut = Bytes::copy_from_slice(&outer[..outer.len() - 1]);
         assert_eq!(split(cut), Err(MalformedRequest("truncated field")));
     }

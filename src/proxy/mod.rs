@@ -39,21 +39,11 @@ pub enum Error {
     #[error("python-module deployment {0} not found")]
     NotFound(DeploymentId),
     #[error("deployment {deployment} has no ready module server{}", known_suffix(.known))]
-    NoReadyEndpoint {
-        deployment: DeploymentId,
-        known: Vec<String>,
-    },
+    NoReadyEndpoint { deployment: DeploymentId, known: Vec<String> },
     #[error("module server {endpoint} of deployment {deployment} is unavailable: {reason}")]
-    Unreachable {
-        endpoint: String,
-        deployment: DeploymentId,
-        reason: String,
-    },
+    Unreachable { endpoint: String, deployment: DeploymentId, reason: String },
     #[error("deadline of {}ms exceeded{}", .timeout.as_millis(), endpoint_suffix(.endpoint))]
-    DeadlineExceeded {
-        timeout: Duration,
-        endpoint: Option<String>,
-    },
+    DeadlineExceeded { timeout: Duration, endpoint: Option<String> },
     #[error("module server endpoint `{endpoint}` is not a valid address: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     #[error("cannot resolve the module servers: {0}")]
@@ -72,10 +62,7 @@ fn known_suffix(known: &[String]) -> String {
 }
 
 fn endpoint_suffix(endpoint: &Option<String>) -> String {
-    endpoint
-        .as_ref()
-        .map(|e| format!(" waiting for module server {e}"))
-        .unwrap_or_default()
+    endpoint.as_ref().map(|e| format!(" waiting for module server {e}")).unwrap_or_default()
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -193,12 +180,7 @@ impl ModuleProxy {
     }
 
     /// Forwards one encoded `Proxy*Request` and returns the module server's encoded response.
-    pub async fn forward(
-        &self,
-        method: Method,
-        request: Bytes,
-        metadata: &MetadataMap,
-    ) -> Result<Bytes> {
+    pub async fn forward(&self, method: Method, request: Bytes, metadata: &MetadataMap) -> Result<Bytes> {
         let started = Instant::now();
         let timeout = deadline::from_metadata(metadata);
         let codec::Split { target, inner } = codec::split(request)?;
@@ -208,10 +190,7 @@ impl ModuleProxy {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::DeadlineExceeded {
-                    timeout: t,
-                    endpoint: None,
-                }),
+                Err(_) => Err(Error::DeadlineExceeded { timeout: t, endpoint: None }),
             },
         }
     }
@@ -220,16 +199,8 @@ impl ModuleProxy {
         if target.deployment.is_empty() {
             return Err(Error::NoDeployment);
         }
-        let namespace = if target.namespace.is_empty() {
-            self.default_namespace.clone()
-        } else {
-            target.namespace
-        };
-        Ok(DeploymentId {
-            namespace,
-            module: PYTHON_MODULE.into(),
-            name: target.deployment,
-        })
+        let namespace = if target.namespace.is_empty() { self.default_namespace.clone() } else { target.namespace };
+        Ok(DeploymentId { namespace, module: PYTHON_MODULE.into(), name: target.deployment })
     }
 
     async fn forward_to(
@@ -260,10 +231,7 @@ impl ModuleProxy {
         if let Err(e) = grpc.ready().await {
             return Err(self.transport_failure(id, &endpoint, &e, timeout));
         }
-        match grpc
-            .unary(request, method.upstream_path(), codec::RawCodec)
-            .await
-        {
+        match grpc.unary(request, method.upstream_path(), codec::RawCodec).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.classify_failure(id, &endpoint, status, timeout, started)),
         }
@@ -282,20 +250,11 @@ impl ModuleProxy {
         // the caller's deadline, any such ending is the deadline.
         if let Some(t) = timeout {
             let late = started.elapsed() >= t;
-            if late
-                && matches!(
-                    status.code(),
-                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-                )
-            {
-                return Error::DeadlineExceeded {
-                    timeout: t,
-                    endpoint: Some(endpoint.to_string()),
-                };
+            if late && matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) {
+                return Error::DeadlineExceeded { timeout: t, endpoint: Some(endpoint.to_string()) };
             }
         }
-        let transport =
-            std::error::Error::source(&status).and_then(|s| s.downcast_ref::<TransportFailure>());
+        let transport = std::error::Error::source(&status).and_then(|s| s.downcast_ref::<TransportFailure>());
         match transport {
             Some(failure) => self.transport_failure(id, endpoint, failure, timeout),
             // A connection that broke mid-response surfaces as UNAVAILABLE from the body.
@@ -314,10 +273,9 @@ impl ModuleProxy {
         timeout: Option<Duration>,
     ) -> Error {
         match failure {
-            TransportFailure::Timeout => Error::DeadlineExceeded {
-                timeout: timeout.unwrap_or_default(),
-                endpoint: Some(endpoint.to_string()),
-            },
+            TransportFailure::Timeout => {
+                Error::DeadlineExceeded { timeout: timeout.unwrap_or_default(), endpoint: Some(endpoint.to_string()) }
+            }
             TransportFailure::Broken(reason) => self.unreachable(id, endpoint, reason.clone()),
         }
     }
@@ -326,11 +284,7 @@ impl ModuleProxy {
         self.resolver.invalidate(id);
         self.pool.remove(endpoint);
         tracing::warn!(deployment = %id, endpoint, %reason, "module server unreachable");
-        Error::Unreachable {
-            endpoint: endpoint.to_string(),
-            deployment: id.clone(),
-            reason,
-        }
+        Error::Unreachable { endpoint: endpoint.to_string(), deployment: id.clone(), reason }
     }
 }
 

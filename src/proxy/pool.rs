@@ -17,10 +17,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(config: ProxyConfig) -> Self {
-        Pool {
-            config,
-            channels: Mutex::default(),
-        }
+        Pool { config, channels: Mutex::default() }
     }
 
     /// The channel to `endpoint` ("host:port"), creating it on first use.
@@ -37,13 +34,7 @@ impl Pool {
 
     /// Drops the channel to `endpoint` (after a connection error).
     pub fn remove(&self, endpoint: &str) {
-        if self
-            .channels
-            .lock()
-            .expect("pool lock")
-            .remove(endpoint)
-            .is_some()
-        {
+        if self.channels.lock().expect("pool lock").remove(endpoint).is_some() {
             tracing::debug!(endpoint, "dropped channel to module server");
         }
     }
@@ -51,10 +42,7 @@ impl Pool {
     fn endpoint(&self, endpoint: &str) -> Result<Endpoint> {
         let c = &self.config;
         let e = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| Error::BadEndpoint {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| Error::BadEndpoint { endpoint: endpoint.to_string(), reason: e.to_string() })?
             .connect_timeout(c.connect_timeout)
             .tcp_nodelay(true)
             // Notices a module server that vanished without closing the connection (a pod

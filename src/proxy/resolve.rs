@@ -29,12 +29,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(backend: Arc<dyn Backend>, ttl: Duration) -> Self {
-        Resolver {
-            backend,
-            ttl,
-            cache: Mutex::default(),
-            next: Mutex::default(),
-        }
+        Resolver { backend, ttl, cache: Mutex::default(), next: Mutex::default() }
     }
 
     /// The endpoint the next call to `id` goes to.
@@ -43,13 +38,7 @@ impl Resolver {
             Some(e) => e,
             None => self.refresh(id).await?,
         };
-        let counter = self
-            .next
-            .lock()
-            .expect("resolver lock")
-            .entry(id.clone())
-            .or_default()
-            .clone();
+        let counter = self.next.lock().expect("resolver lock").entry(id.clone()).or_default().clone();
         let i = counter.fetch_add(1, Ordering::Relaxed) % endpoints.len();
         Ok(endpoints[i].clone())
     }
@@ -62,10 +51,7 @@ impl Resolver {
 
     fn fresh(&self, id: &DeploymentId) -> Option<Arc<[String]>> {
         let cache = self.cache.lock().expect("resolver lock");
-        cache
-            .get(id)
-            .filter(|c| c.at.elapsed() < self.ttl)
-            .map(|c| c.endpoints.clone())
+        cache.get(id).filter(|c| c.at.elapsed() < self.ttl).map(|c| c.endpoints.clone())
     }
 
     async fn refresh(&self, id: &DeploymentId) -> Result<Arc<[String]>> {
@@ -82,19 +68,13 @@ impl Resolver {
                 Ok(None) => return Err(Error::NotFound(id.clone())),
                 Err(_) => Vec::new(),
             };
-            return Err(Error::NoReadyEndpoint {
-                deployment: id.clone(),
-                known,
-            });
+            return Err(Error::NoReadyEndpoint { deployment: id.clone(), known });
         }
         let endpoints: Arc<[String]> = endpoints.into();
-        self.cache.lock().expect("resolver lock").insert(
-            id.clone(),
-            Cached {
-                at: Instant::now(),
-                endpoints: endpoints.clone(),
-            },
-        );
+        self.cache
+            .lock()
+            .expect("resolver lock")
+            .insert(id.clone(), Cached { at: Instant::now(), endpoints: endpoints.clone() });
         Ok(endpoints)
     }
 }
@@ -117,11 +97,7 @@ mod tests {
     }
 
     fn id(name: &str) -> DeploymentId {
-        DeploymentId {
-            namespace: "default".into(),
-            module: "python-module".into(),
-            name: name.into(),
-        }
+        DeploymentId { namespace: "default".into(), module: "python-module".into(), name: name.into() }
     }
 
     #[async_trait]
@@ -132,12 +108,7 @@ mod tests {
         async fn preflight(&self, _: &Plan) -> backend::Result<()> {
             Ok(())
         }
-        async fn apply(
-            &self,
-            _: &Plan,
-            _: &ApplyOptions,
-            _: &Progress,
-        ) -> backend::Result<DeploymentRecord> {
+        async fn apply(&self, _: &Plan, _: &ApplyOptions, _: &Progress) -> backend::Result<DeploymentRecord> {
             Err(backend::Error::Internal("not used".into()))
         }
         async fn delete(&self, _: &DeploymentId, _: &Progress) -> backend::Result<()> {

@@ -25,68 +25,31 @@ async fn cli_dry_run_deploy_list_undeploy() {
     let server = TestServer::start().await;
     let s = &server;
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        jac_orc(
-            s,
-            &[
-                "dry-run",
-                "redis",
-                "--set",
-                "name=cli-cache",
-                "--set",
-                "cpu=0.5",
-                "-o",
-                "json",
-            ],
-        )
+        jac_orc(s, &["dry-run", "redis", "--set", "name=cli-cache", "--set", "cpu=0.5", "-o", "json"])
     });
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["placeholders"]["name"]["current"], "cli-cache");
     assert_eq!(v["placeholders"]["cpu"]["current"], 0.5);
-    assert!(v["modules"]["redis.yaml"]
-        .as_str()
-        .unwrap()
-        .contains("cli-cache"));
+    assert!(v["modules"]["redis.yaml"].as_str().unwrap().contains("cli-cache"));
 
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        jac_orc(
-            s,
-            &[
-                "deploy",
-                "redis",
-                "--set",
-                "name=cli-cache",
-                "--set",
-                "memory=8mb",
-            ],
-        )
+        jac_orc(s, &["deploy", "redis", "--set", "name=cli-cache", "--set", "memory=8mb"])
     });
     assert!(ok, "{err}");
     assert!(out.contains("service/cli-cache created"), "{out}");
-    assert!(
-        out.contains("deployed redis/cli-cache in default: deployed"),
-        "{out}"
-    );
+    assert!(out.contains("deployed redis/cli-cache in default: deployed"), "{out}");
 
     let (ok, out, _) = tokio::task::block_in_place(|| jac_orc(s, &["list"]));
     assert!(ok);
-    assert!(
-        out.lines()
-            .any(|l| l.contains("cli-cache") && l.contains("127.0.0.1:")),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.contains("cli-cache") && l.contains("127.0.0.1:")), "{out}");
 
-    let (ok, _, err) =
-        tokio::task::block_in_place(|| jac_orc(s, &["dry-run", "redis", "--set", "nope=1"]));
+    let (ok, _, err) = tokio::task::block_in_place(|| jac_orc(s, &["dry-run", "redis", "--set", "nope=1"]));
     assert!(!ok);
     assert!(err.contains("unknown placeholder `nope`"), "{err}");
 
-    let (ok, out, err) =
-        tokio::task::block_in_place(|| jac_orc(s, &["undeploy", "redis", "cli-cache"]));
+    let (ok, out, err) = tokio::task::block_in_place(|| jac_orc(s, &["undeploy", "redis", "cli-cache"]));
     assert!(ok, "{err}");
-    assert!(
-        out.contains("process.local.jac-orc/cli-cache stopped"),
-        "{out}"
-    );
+    assert!(out.contains("process.local.jac-orc/cli-cache stopped"), "{out}");
     server.stop().await;
 }

@@ -10,29 +10,19 @@ use crate::support::{redis_available, redis_ping, struct_of, within, Options, Te
 
 async fn run(
     stream: tonic::Streaming<pb::DeployEvent>,
-) -> (
-    Vec<pb::ObjectEvent>,
-    Result<pb::DeploySummary, tonic::Status>,
-) {
+) -> (Vec<pb::ObjectEvent>, Result<pb::DeploySummary, tonic::Status>) {
     let mut stream = stream;
     let mut events = Vec::new();
     let mut summary = None;
     while let Some(item) = within(stream.next()).await {
         match item {
-            Ok(pb::DeployEvent {
-                event: Some(Event::Object(o)),
-            }) => events.push(o),
-            Ok(pb::DeployEvent {
-                event: Some(Event::Summary(s)),
-            }) => summary = Some(Ok(s)),
+            Ok(pb::DeployEvent { event: Some(Event::Object(o)) }) => events.push(o),
+            Ok(pb::DeployEvent { event: Some(Event::Summary(s)) }) => summary = Some(Ok(s)),
             Ok(_) => {}
             Err(s) => summary = Some(Err(s)),
         }
     }
-    (
-        events,
-        summary.expect("stream ended without summary or error"),
-    )
+    (events, summary.expect("stream ended without summary or error"))
 }
 
 fn redis_request(name: &str, memory: &str) -> pb::DeployRequest {
@@ -45,39 +35,21 @@ fn redis_request(name: &str, memory: &str) -> pb::DeployRequest {
 
 #[tokio::test]
 async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() {
-    assert!(
-        redis_available(),
-        "redis-server must be installed (the test command installs it)"
-    );
+    assert!(redis_available(), "redis-server must be installed (the test command installs it)");
     let server = TestServer::start().await;
     let mut c = server.grpc().await;
 
-    let (events, summary) = run(within(c.deploy(redis_request("cache", "64mb")))
-        .await
-        .unwrap()
-        .into_inner())
-    .await;
+    let (events, summary) = run(within(c.deploy(redis_request("cache", "64mb"))).await.unwrap().into_inner()).await;
     let summary = summary.expect("deploy succeeds");
     let lines: Vec<_> = events.iter().map(|e| e.line.as_str()).collect();
     assert!(lines.contains(&"service/cache created"), "{lines:?}");
-    assert!(
-        lines.contains(&"deployment.apps/cache created"),
-        "{lines:?}"
-    );
+    assert!(lines.contains(&"deployment.apps/cache created"), "{lines:?}");
     assert!(lines.contains(&"configmap/cache created"), "{lines:?}");
-    assert!(
-        lines.contains(&"process.local.jac-orc/cache started"),
-        "{lines:?}"
-    );
+    assert!(lines.contains(&"process.local.jac-orc/cache started"), "{lines:?}");
     assert_eq!(summary.created, 3);
     let d = summary.deployment.unwrap();
     assert_eq!(
-        (
-            d.namespace.as_str(),
-            d.module.as_str(),
-            d.name.as_str(),
-            d.status.as_str()
-        ),
+        (d.namespace.as_str(), d.module.as_str(), d.name.as_str(), d.status.as_str()),
         ("default", "redis", "cache", "deployed")
     );
     let endpoint = d.endpoints[0].clone();
@@ -96,43 +68,17 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
     assert!(conf.contains(&(64 * 1024 * 1024).to_string()), "{conf}");
 
     // Same request again: every object unchanged, same process.
-    let (events, summary) = run(within(c.deploy(redis_request("cache", "64mb")))
-        .await
-        .unwrap()
-        .into_inner())
-    .await;
+    let (events, summary) = run(within(c.deploy(redis_request("cache", "64mb"))).await.unwrap().into_inner()).await;
     let s = summary.unwrap();
-    assert_eq!(
-        (s.created, s.configured, s.unchanged),
-        (0, 0, 4),
-        "{events:?}"
-    );
+    assert_eq!((s.created, s.configured, s.unchanged), (0, 0, 4), "{events:?}");
     assert_eq!(s.deployment.unwrap().endpoints, vec![endpoint.clone()]);
 
     // A changed value: objects configured, process restarted on the same port.
-    let (events, summary) = run(within(c.deploy(redis_request("cache", "32mb")))
-        .await
-        .unwrap()
-        .into_inner())
-    .await;
+    let (events, summary) = run(within(c.deploy(redis_request("cache", "32mb"))).await.unwrap().into_inner()).await;
     let s = summary.unwrap();
-    assert_eq!(
-        (s.created, s.configured, s.unchanged),
-        (0, 1, 2),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e.line == "configmap/cache configured"),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e.line == "process.local.jac-orc/cache started"),
-        "{events:?}"
-    );
+    assert_eq!((s.created, s.configured, s.unchanged), (0, 1, 2), "{events:?}");
+    assert!(events.iter().any(|e| e.line == "configmap/cache configured"), "{events:?}");
+    assert!(events.iter().any(|e| e.line == "process.local.jac-orc/cache started"), "{events:?}");
     assert_eq!(redis_ping(&endpoint).await.unwrap(), "+PONG");
 
     let got = within(c.get_deployment(pb::GetDeploymentRequest {
@@ -144,10 +90,7 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
     .unwrap()
     .into_inner();
     assert_eq!(got.endpoints, vec![endpoint.clone()]);
-    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert_eq!(list.deployments.len(), 1);
 
     let (events, summary) = run(within(c.undeploy(pb::UndeployRequest {
@@ -160,20 +103,9 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
     .into_inner())
     .await;
     summary.unwrap();
-    assert!(
-        events
-            .iter()
-            .any(|e| e.line == "process.local.jac-orc/cache stopped"),
-        "{events:?}"
-    );
-    assert!(
-        redis_ping(&endpoint).await.is_err(),
-        "redis still answers after undeploy"
-    );
-    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(events.iter().any(|e| e.line == "process.local.jac-orc/cache stopped"), "{events:?}");
+    assert!(redis_ping(&endpoint).await.is_err(), "redis still answers after undeploy");
+    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert!(list.deployments.is_empty());
     server.stop().await;
 }
@@ -182,36 +114,20 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
 async fn records_survive_an_orchestrator_restart_and_workloads_come_back() {
     assert!(redis_available());
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Options {
-        data_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let opts = || Options { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     let server = TestServer::start_with(opts()).await;
     let mut c = server.grpc().await;
-    let (_, summary) = run(within(c.deploy(redis_request("persist", "16mb")))
-        .await
-        .unwrap()
-        .into_inner())
-    .await;
+    let (_, summary) = run(within(c.deploy(redis_request("persist", "16mb"))).await.unwrap().into_inner()).await;
     let endpoint = summary.unwrap().deployment.unwrap().endpoints[0].clone();
     server.stop().await;
-    assert!(
-        redis_ping(&endpoint).await.is_err(),
-        "workloads stop with the orchestrator"
-    );
+    assert!(redis_ping(&endpoint).await.is_err(), "workloads stop with the orchestrator");
 
     let server = TestServer::start_with(opts()).await;
     let mut c = server.grpc().await;
-    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert_eq!(list.deployments.len(), 1);
     let d = &list.deployments[0];
-    assert_eq!(
-        (d.name.as_str(), d.status.as_str()),
-        ("persist", "deployed")
-    );
+    assert_eq!((d.name.as_str(), d.status.as_str()), ("persist", "deployed"));
     assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
     server.stop().await;
 }
@@ -222,18 +138,13 @@ async fn mongodb_on_the_local_backend_fails_naming_mongod_and_records_nothing() 
     let mut c = server.grpc().await;
     let req = pb::DeployRequest {
         module: "mongodb".into(),
-        config: Some(struct_of(
-            json!({"name": "testing-db", "namespace": "testing"}),
-        )),
+        config: Some(struct_of(json!({"name": "testing-db", "namespace": "testing"}))),
         ..Default::default()
     };
     let err = within(c.deploy(req)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("`mongod`"), "{}", err.message());
-    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert!(list.deployments.is_empty());
     server.stop().await;
 }
@@ -243,26 +154,15 @@ async fn bad_input_changes_nothing_already_deployed() {
     assert!(redis_available());
     let server = TestServer::start().await;
     let mut c = server.grpc().await;
-    let (_, summary) = run(within(c.deploy(redis_request("keep", "16mb")))
-        .await
-        .unwrap()
-        .into_inner())
-    .await;
+    let (_, summary) = run(within(c.deploy(redis_request("keep", "16mb"))).await.unwrap().into_inner()).await;
     let before = summary.unwrap().deployment.unwrap();
     for bad in [
         json!({"name": "keep", "memory": 5}),
         json!({"name": "keep", "memroy": "1mb"}),
         json!({"name": "keep", "memory": "lots"}),
     ] {
-        let req = pb::DeployRequest {
-            module: "redis".into(),
-            config: Some(struct_of(bad)),
-            ..Default::default()
-        };
-        assert_eq!(
-            within(c.deploy(req)).await.unwrap_err().code(),
-            Code::InvalidArgument
-        );
+        let req = pb::DeployRequest { module: "redis".into(), config: Some(struct_of(bad)), ..Default::default() };
+        assert_eq!(within(c.deploy(req)).await.unwrap_err().code(), Code::InvalidArgument);
     }
     let after = within(c.get_deployment(pb::GetDeploymentRequest {
         namespace: "default".into(),
@@ -291,5 +191,34 @@ async fn undeploy_of_an_unknown_deployment_is_not_found() {
     .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("default/redis/nope"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_recorded() {
+    assert!(redis_available());
+    let server = TestServer::start().await;
+    let mut c = server.grpc().await;
+    let mut stream = within(c.deploy(redis_request("left", "8mb"))).await.unwrap().into_inner();
+    let first = within(stream.next()).await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Object(_))));
+    drop(stream);
+    drop(c);
+    // The deploy task carries on; poll (bounded) until the record says deployed.
+    let mut c = server.grpc().await;
+    let id = pb::GetDeploymentRequest { namespace: "default".into(), module: "redis".into(), name: "left".into() };
+    let mut deployed = None;
+    for _ in 0..200 {
+        if let Ok(d) = within(c.get_deployment(id.clone())).await {
+            let d = d.into_inner();
+            if d.status == "deployed" {
+                deployed = Some(d);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let d = deployed.expect("deployment recorded as deployed");
+    assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
     server.stop().await;
 }

@@ -10,9 +10,7 @@ fn seed_request() -> pb::DryRunRequest {
     pb::DryRunRequest {
         module: "mongodb".into(),
         version: String::new(),
-        config: Some(struct_of(
-            json!({"name": "testing-db", "namespace": "testing"}),
-        )),
+        config: Some(struct_of(json!({"name": "testing-db", "namespace": "testing"}))),
     }
 }
 
@@ -20,19 +18,10 @@ fn seed_request() -> pb::DryRunRequest {
 async fn seed_dry_run_example_works_over_grpc() {
     let server = TestServer::start().await;
     let mut c = server.grpc().await;
-    let r = within(c.dry_run(seed_request()))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = within(c.dry_run(seed_request())).await.unwrap().into_inner();
     let current = |n: &str| r.placeholders[n].current.clone().unwrap().kind;
-    assert_eq!(
-        current("name"),
-        Some(prost_types::value::Kind::StringValue("testing-db".into()))
-    );
-    assert_eq!(
-        current("namespace"),
-        Some(prost_types::value::Kind::StringValue("testing".into()))
-    );
+    assert_eq!(current("name"), Some(prost_types::value::Kind::StringValue("testing-db".into())));
+    assert_eq!(current("namespace"), Some(prost_types::value::Kind::StringValue("testing".into())));
     assert!(r.has_dependencies);
     let mut deps: Vec<_> = r.dependencies.keys().cloned().collect();
     deps.sort();
@@ -63,9 +52,7 @@ async fn seed_dry_run_example_works_over_rest() {
     assert_eq!(body["placeholders"]["namespace"]["current"], "testing");
     assert_eq!(body["placeholders"]["replicaset"]["current"], 1);
     let deps = body["dependencies"].as_object().unwrap();
-    assert!(
-        deps.contains_key("custom_resource_definition.yaml") && deps.contains_key("operator.yaml")
-    );
+    assert!(deps.contains_key("custom_resource_definition.yaml") && deps.contains_key("operator.yaml"));
     let docs = yaml_docs(body["modules"]["mongodb.yaml"].as_str().unwrap());
     assert_eq!(docs[0]["metadata"]["name"], "testing-db");
     assert_eq!(docs[0]["metadata"]["namespace"], "testing");
@@ -80,11 +67,7 @@ async fn seed_dry_run_example_works_over_rest() {
 async fn redis_without_dependencies_reports_null_dependencies_and_defaults() {
     let server = TestServer::start().await;
     let body: Value = within(
-        server
-            .http()
-            .post(format!("{}/deployment/dry_run", server.url()))
-            .json(&json!({"module": "redis"}))
-            .send(),
+        server.http().post(format!("{}/deployment/dry_run", server.url())).json(&json!({"module": "redis"})).send(),
     )
     .await
     .unwrap()
@@ -94,34 +77,16 @@ async fn redis_without_dependencies_reports_null_dependencies_and_defaults() {
     assert_eq!(body["dependencies"], Value::Null);
     assert_eq!(body["placeholders"]["namespace"]["current"], "default");
     let docs = yaml_docs(body["modules"]["redis.yaml"].as_str().unwrap());
-    let kinds: Vec<_> = docs
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap().to_string()).collect();
     assert_eq!(kinds, ["Service", "Deployment", "ConfigMap"]);
-    assert_eq!(
-        docs[2]["data"]["redis-config"],
-        "maxmemory 1000mb\nmaxmemory-policy allkeys-lru\n"
-    );
-    assert_eq!(
-        docs[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
-        0.2
-    );
+    assert_eq!(docs[2]["data"]["redis-config"], "maxmemory 1000mb\nmaxmemory-policy allkeys-lru\n");
+    assert_eq!(docs[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "0.2");
     server.stop().await;
 }
 
-async fn grpc_error(
-    server: &TestServer,
-    module: &str,
-    version: &str,
-    config: Value,
-) -> tonic::Status {
+async fn grpc_error(server: &TestServer, module: &str, version: &str, config: Value) -> tonic::Status {
     let mut c = server.grpc().await;
-    let req = pb::DryRunRequest {
-        module: module.into(),
-        version: version.into(),
-        config: Some(struct_of(config)),
-    };
+    let req = pb::DryRunRequest { module: module.into(), version: version.into(), config: Some(struct_of(config)) };
     within(c.dry_run(req)).await.unwrap_err()
 }
 
@@ -130,18 +95,10 @@ async fn unknown_module_or_version_is_not_found_listing_valid_ones() {
     let server = TestServer::start().await;
     let s = grpc_error(&server, "postgres", "", json!({})).await;
     assert_eq!(s.code(), Code::NotFound);
-    assert!(
-        s.message().contains("redis") && s.message().contains("mongodb"),
-        "{}",
-        s.message()
-    );
+    assert!(s.message().contains("redis") && s.message().contains("mongodb"), "{}", s.message());
     let s = grpc_error(&server, "redis", "9.9.9", json!({})).await;
     assert_eq!(s.code(), Code::NotFound);
-    assert!(
-        s.message().contains("7.4.2") && s.message().contains("latest"),
-        "{}",
-        s.message()
-    );
+    assert!(s.message().contains("7.4.2") && s.message().contains("latest"), "{}", s.message());
     let r = within(
         server
             .http()
@@ -173,11 +130,7 @@ async fn path_like_names_are_invalid_arguments() {
         assert_eq!(s.code(), Code::InvalidArgument, "{m} {v}: {}", s.message());
     }
     let r = within(
-        server
-            .http()
-            .post(format!("{}/deployment/dry_run", server.url()))
-            .json(&json!({"module": "../../etc"}))
-            .send(),
+        server.http().post(format!("{}/deployment/dry_run", server.url())).json(&json!({"module": "../../etc"})).send(),
     )
     .await
     .unwrap();
@@ -191,9 +144,7 @@ async fn unknown_placeholder_is_named_with_valid_ones() {
     let s = grpc_error(&server, "redis", "", json!({"memroy": "1gb"})).await;
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(
-        s.message().contains("memroy")
-            && s.message().contains("memory")
-            && s.message().contains("cpu"),
+        s.message().contains("memroy") && s.message().contains("memory") && s.message().contains("cpu"),
         "{}",
         s.message()
     );
@@ -205,11 +156,7 @@ async fn wrong_type_names_placeholder_and_expected_type() {
     let server = TestServer::start().await;
     let s = grpc_error(&server, "jac-cloud", "", json!({"replicas": "two"})).await;
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(
-        s.message().contains("replicas") && s.message().contains("integer"),
-        "{}",
-        s.message()
-    );
+    assert!(s.message().contains("replicas") && s.message().contains("integer"), "{}", s.message());
     let r = within(
         server
             .http()
@@ -247,10 +194,7 @@ async fn values_with_newlines_and_document_markers_stay_in_one_scalar() {
     assert_eq!(docs.len(), 3, "no extra objects");
     assert!(docs.iter().all(|d| d["metadata"]["name"] != "pwned"));
     assert_eq!(docs[1]["stringData"]["K"], evil);
-    assert_eq!(
-        docs[2]["spec"]["template"]["spec"]["containers"][0]["image"],
-        evil
-    );
+    assert_eq!(docs[2]["spec"]["template"]["spec"]["containers"][0]["image"], evil);
     server.stop().await;
 }
 
@@ -258,42 +202,18 @@ async fn values_with_newlines_and_document_markers_stay_in_one_scalar() {
 async fn malformed_json_and_oversized_bodies_get_json_details() {
     let server = TestServer::start().await;
     let url = format!("{}/deployment/dry_run", server.url());
-    let r = within(
-        server
-            .http()
-            .post(&url)
-            .header("content-type", "application/json")
-            .body("{\"module\": ")
-            .send(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert!(body["detail"].as_str().unwrap().contains("invalid JSON"));
-    let r = within(server.http().post(&url).json(&json!({"config": {}})).send())
+    let r = within(server.http().post(&url).header("content-type", "application/json").body("{\"module\": ").send())
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("invalid JSON"));
+    let r = within(server.http().post(&url).json(&json!({"config": {}})).send()).await.unwrap();
+    assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "module");
-    let big = format!(
-        "{{\"module\": \"redis\", \"config\": {{\"name\": \"{}\"}}}}",
-        "a".repeat(1024 * 1024 + 10)
-    );
-    let r = within(
-        server
-            .http()
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(big)
-            .send(),
-    )
-    .await
-    .unwrap();
+    let big = format!("{{\"module\": \"redis\", \"config\": {{\"name\": \"{}\"}}}}", "a".repeat(1024 * 1024 + 10));
+    let r = within(server.http().post(&url).header("content-type", "application/json").body(big).send()).await.unwrap();
     assert_eq!(r.status(), 413);
-    assert!(r.json::<Value>().await.unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .contains("larger than"));
+    assert!(r.json::<Value>().await.unwrap()["detail"].as_str().unwrap().contains("larger than"));
     server.stop().await;
 }

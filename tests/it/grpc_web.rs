@@ -26,32 +26,23 @@ async fn list_templates_over_grpc_web_http1() {
     body.extend((msg.len() as u32).to_be_bytes());
     body.extend(msg);
     let r = within(
-        http.post(format!(
-            "{}/jac.splice.v1.Orchestrator/ListTemplates",
-            server.url()
-        ))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(body)
-        .send(),
+        http.post(format!("{}/jac.splice.v1.Orchestrator/ListTemplates", server.url()))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(body)
+            .send(),
     )
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/grpc-web"));
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
     let bytes = r.bytes().await.unwrap();
     let frames = frames(&bytes);
     let data = frames.iter().find(|(f, _)| *f == 0).expect("a data frame");
     let reply = pb::ListTemplatesResponse::decode(data.1.as_slice()).unwrap();
     assert!(reply.templates.iter().any(|t| t.module == "redis"));
-    let trailers = frames
-        .iter()
-        .find(|(f, _)| *f & 0x80 != 0)
-        .expect("a trailer frame");
+    let trailers = frames.iter().find(|(f, _)| *f & 0x80 != 0).expect("a trailer frame");
     assert!(String::from_utf8_lossy(&trailers.1).contains("grpc-status:0"));
     server.stop().await;
 }

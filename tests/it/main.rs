@@ -5,6 +5,7 @@ mod cli;
 mod deploy;
 mod dry_run;
 mod grpc_web;
+mod kube;
 mod proxy;
 mod reflection;
 mod rest;

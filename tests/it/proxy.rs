@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use jac_splice_orc::pb::{
-    self, module_proxy_client::ModuleProxyClient, module_service_client::ModuleServiceClient,
-    value::Kind, value_response::Result as Outcome,
+    self, module_proxy_client::ModuleProxyClient, module_service_client::ModuleServiceClient, value::Kind,
+    value_response::Result as Outcome,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -30,9 +30,7 @@ async fn deploy_module(server: &TestServer, name: &str, module: &str) -> String 
     let mut summary = None;
     while let Some(item) = within(stream.next()).await {
         match item.expect("deploy succeeds") {
-            pb::DeployEvent {
-                event: Some(pb::deploy_event::Event::Summary(s)),
-            } => summary = Some(s),
+            pb::DeployEvent { event: Some(pb::deploy_event::Event::Summary(s)) } => summary = Some(s),
             _ => continue,
         }
     }
@@ -49,22 +47,14 @@ async fn proxy_client(server: &TestServer) -> ModuleProxyClient<Channel> {
 }
 
 fn target(deployment: &str) -> Option<pb::ProxyTarget> {
-    Some(pb::ProxyTarget {
-        deployment: deployment.into(),
-        namespace: String::new(),
-    })
+    Some(pb::ProxyTarget { deployment: deployment.into(), namespace: String::new() })
 }
 
 fn value(kind: Kind) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-fn call(
-    deployment: &str,
-    target_ref: &str,
-    path: &[&str],
-    args: Vec<Kind>,
-) -> pb::ProxyCallRequest {
+fn call(deployment: &str, target_ref: &str, path: &[&str], args: Vec<Kind>) -> pb::ProxyCallRequest {
     pb::ProxyCallRequest {
         target: target(deployment),
         request: Some(pb::CallRequest {
@@ -80,9 +70,7 @@ fn call(
 fn describe(deployment: &str) -> pb::ProxyDescribeRequest {
     pb::ProxyDescribeRequest {
         target: target(deployment),
-        request: Some(pb::DescribeRequest {
-            session: SESSION.into(),
-        }),
+        request: Some(pb::DescribeRequest { session: SESSION.into() }),
     }
 }
 
@@ -102,11 +90,7 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
     // GetAttr of plain data comes back by value.
     let pi = within(proxy.get_attr(pb::ProxyGetAttrRequest {
         target: target("math"),
-        request: Some(pb::GetAttrRequest {
-            session: SESSION.into(),
-            target: String::new(),
-            path: vec!["pi".into()],
-        }),
+        request: Some(pb::GetAttrRequest { session: SESSION.into(), target: String::new(), path: vec!["pi".into()] }),
     }))
     .await
     .unwrap()
@@ -114,17 +98,11 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
     assert!(matches!(kind(pi), Kind::FloatValue(v) if (v - std::f64::consts::PI).abs() < 1e-12));
 
     // Call.
-    let r = within(proxy.call(call("math", "", &["sqrt"], vec![Kind::FloatValue(16.0)])))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = within(proxy.call(call("math", "", &["sqrt"], vec![Kind::FloatValue(16.0)]))).await.unwrap().into_inner();
     assert_eq!(kind(r), Kind::FloatValue(4.0));
 
     // A Python exception comes back in-band, untouched.
-    let r = within(proxy.call(call("math", "", &["sqrt"], vec![Kind::FloatValue(-1.0)])))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = within(proxy.call(call("math", "", &["sqrt"], vec![Kind::FloatValue(-1.0)]))).await.unwrap().into_inner();
     match r.result {
         Some(Outcome::Error(e)) => assert_eq!(e.r#type, "ValueError", "{e:?}"),
         other => panic!("expected a remote ValueError, got {other:?}"),
@@ -132,43 +110,26 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
 
     // A large payload (beyond gRPC's 4 MiB default) both ways: bytes(b) through @builtins.
     let big = vec![7u8; 24 << 20];
-    let r = within(proxy.call(call(
-        "math",
-        "@builtins",
-        &["bytes"],
-        vec![Kind::BytesValue(big.clone())],
-    )))
-    .await
-    .unwrap()
-    .into_inner();
+    let r = within(proxy.call(call("math", "@builtins", &["bytes"], vec![Kind::BytesValue(big.clone())])))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(matches!(kind(r), Kind::BytesValue(b) if b == big));
 
     // A callable comes back as a reference, which Release frees.
     let r = within(proxy.get_attr(pb::ProxyGetAttrRequest {
         target: target("math"),
-        request: Some(pb::GetAttrRequest {
-            session: SESSION.into(),
-            target: String::new(),
-            path: vec!["sqrt".into()],
-        }),
+        request: Some(pb::GetAttrRequest { session: SESSION.into(), target: String::new(), path: vec!["sqrt".into()] }),
     }))
     .await
     .unwrap()
     .into_inner();
-    let Kind::Ref(reference) = kind(r) else {
-        panic!("expected a reference")
-    };
-    let held = within(proxy.describe(describe("math")))
-        .await
-        .unwrap()
-        .into_inner();
+    let Kind::Ref(reference) = kind(r) else { panic!("expected a reference") };
+    let held = within(proxy.describe(describe("math"))).await.unwrap().into_inner();
     assert_eq!(held.session_refs, 1);
     let released = within(proxy.release(pb::ProxyReleaseRequest {
         target: target("math"),
-        request: Some(pb::ReleaseRequest {
-            session: SESSION.into(),
-            ids: vec![reference.id.clone()],
-        }),
+        request: Some(pb::ReleaseRequest { session: SESSION.into(), ids: vec![reference.id.clone()] }),
     }))
     .await
     .unwrap()
@@ -176,25 +137,13 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
     assert_eq!((released.released, released.remaining), (1, 0));
 
     // The module server's own error statuses pass through unchanged: the reference is gone.
-    let err = within(proxy.call(call("math", &reference.id, &[], vec![])))
-        .await
-        .unwrap_err();
+    let err = within(proxy.call(call("math", &reference.id, &[], vec![]))).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // Describe reaches the deployment's process: same pid as asked directly.
-    let via_proxy = within(proxy.describe(describe("math")))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut direct = within(ModuleServiceClient::connect(format!("http://{endpoint}")))
-        .await
-        .unwrap();
-    let direct = within(direct.describe(pb::DescribeRequest {
-        session: SESSION.into(),
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let via_proxy = within(proxy.describe(describe("math"))).await.unwrap().into_inner();
+    let mut direct = within(ModuleServiceClient::connect(format!("http://{endpoint}"))).await.unwrap();
+    let direct = within(direct.describe(pb::DescribeRequest { session: SESSION.into() })).await.unwrap().into_inner();
     assert_eq!(via_proxy.module, "math");
     assert_eq!(via_proxy.pid, direct.pid);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", via_proxy.pid)).unwrap();
@@ -210,9 +159,7 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
 async fn unknown_deployment_is_not_found_naming_it() {
     let server = TestServer::start().await;
     let mut proxy = proxy_client(&server).await;
-    let err = within(proxy.describe(describe("no-such-module")))
-        .await
-        .unwrap_err();
+    let err = within(proxy.describe(describe("no-such-module"))).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("no-such-module"), "{err:?}");
 
@@ -226,23 +173,13 @@ async fn killed_module_server_is_unavailable_naming_the_endpoint_then_recovers()
     let server = TestServer::start().await;
     let endpoint = deploy_module(&server, "mathk", "math").await;
     let mut proxy = proxy_client(&server).await;
-    let before = within(proxy.describe(describe("mathk")))
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let before = within(proxy.describe(describe("mathk"))).await.unwrap().into_inner().pid;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(before as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     // SIGKILL is asynchronous: wait until the process is gone (reaped by the supervisor, or a
     // zombie whose socket is already closed).
     within(async {
-        while std::fs::read_to_string(format!("/proc/{before}/stat"))
-            .is_ok_and(|s| !s.contains(") Z "))
-        {
+        while std::fs::read_to_string(format!("/proc/{before}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -282,18 +219,14 @@ async fn caller_deadline_is_propagated_to_the_forwarded_call() {
         .build_http::<tonic::body::Body>();
     let origin: http::Uri = server.url().parse().unwrap();
     let mut plain = ModuleProxyClient::with_origin(http2, origin);
-    let mut request =
-        tonic::Request::new(call("clock", "", &["sleep"], vec![Kind::FloatValue(3.0)]));
+    let mut request = tonic::Request::new(call("clock", "", &["sleep"], vec![Kind::FloatValue(3.0)]));
     request.set_timeout(Duration::from_millis(200));
     let err = within(plain.call(request)).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("deadline"), "{err:?}");
 
     // The proxy and the module server are still fine afterwards.
-    let r = within(proxy.describe(describe("clock")))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = within(proxy.describe(describe("clock"))).await.unwrap().into_inner();
     assert_eq!(r.module, "time");
     server.stop().await;
 }

@@ -7,36 +7,17 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::support::{within, TestServer};
 
-async fn ask(
-    client: &mut ServerReflectionClient<tonic::transport::Channel>,
-    req: MessageRequest,
-) -> MessageResponse {
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(req),
-    };
-    let mut stream = within(client.server_reflection_info(tokio_stream::iter(vec![request])))
-        .await
-        .unwrap()
-        .into_inner();
-    within(stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap()
+async fn ask(client: &mut ServerReflectionClient<tonic::transport::Channel>, req: MessageRequest) -> MessageResponse {
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(req) };
+    let mut stream =
+        within(client.server_reflection_info(tokio_stream::iter(vec![request]))).await.unwrap().into_inner();
+    within(stream.message()).await.unwrap().unwrap().message_response.unwrap()
 }
 
 #[tokio::test]
 async fn reflection_lists_and_describes_every_service() {
     let server = TestServer::start().await;
-    let channel = within(
-        tonic::transport::Endpoint::from_shared(server.url())
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap();
+    let channel = within(tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect()).await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let MessageResponse::ListServicesResponse(list) =
         ask(&mut client, MessageRequest::ListServices(String::new())).await
@@ -44,21 +25,11 @@ async fn reflection_lists_and_describes_every_service() {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "jac.splice.v1.Orchestrator",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+    for want in ["jac.splice.v1.Orchestrator", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
-    let MessageResponse::FileDescriptorResponse(files) = ask(
-        &mut client,
-        MessageRequest::FileContainingSymbol("jac.splice.v1.Orchestrator".into()),
-    )
-    .await
+    let MessageResponse::FileDescriptorResponse(files) =
+        ask(&mut client, MessageRequest::FileContainingSymbol("jac.splice.v1.Orchestrator".into())).await
     else {
         panic!("expected descriptors");
     };
@@ -68,25 +39,12 @@ async fn reflection_lists_and_describes_every_service() {
 
 #[tokio::test]
 async fn health_reports_serving() {
-    use tonic_health::pb::{
-        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-    };
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let server = TestServer::start().await;
-    let channel = within(
-        tonic::transport::Endpoint::from_shared(server.url())
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap();
+    let channel = within(tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect()).await.unwrap();
     let mut h = HealthClient::new(channel);
     for service in ["", "jac.splice.v1.Orchestrator"] {
-        let r = within(h.check(HealthCheckRequest {
-            service: service.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+        let r = within(h.check(HealthCheckRequest { service: service.into() })).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
     server.stop().await;

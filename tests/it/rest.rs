@@ -40,11 +40,7 @@ async fn redis_deploys_over_rest_with_kubectl_style_results() {
     let results: Vec<String> = serde_json::from_value(body["modules"]["results"].clone()).unwrap();
     assert_eq!(
         &results[..3],
-        [
-            "service/jac-redis created",
-            "deployment.apps/jac-redis created",
-            "configmap/jac-redis created"
-        ]
+        ["service/jac-redis created", "deployment.apps/jac-redis created", "configmap/jac-redis created"]
     );
     assert_eq!(body["errors"], json!([]));
     assert_eq!(body["dependencies"], json!({"results": [], "errors": []}));
@@ -52,25 +48,15 @@ async fn redis_deploys_over_rest_with_kubectl_style_results() {
     let endpoint = body["endpoints"][0].as_str().unwrap().to_string();
     assert_eq!(redis_ping(&endpoint).await.unwrap(), "+PONG");
 
-    let one: Value = within(
-        http.get(format!(
-            "{}/deployment/default/redis/jac-redis",
-            server.url()
-        ))
-        .send(),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(one["endpoints"][0], endpoint.as_str());
-    let all: Value = within(http.get(format!("{}/deployment", server.url())).send())
+    let one: Value = within(http.get(format!("{}/deployment/default/redis/jac-redis", server.url())).send())
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    assert_eq!(one["endpoints"][0], endpoint.as_str());
+    let all: Value =
+        within(http.get(format!("{}/deployment", server.url())).send()).await.unwrap().json().await.unwrap();
     assert_eq!(all["default"]["redis"]["jac-redis"]["module"], "redis");
 
     // NDJSON: one line per event, then the summary.
@@ -85,42 +71,16 @@ async fn redis_deploys_over_rest_with_kubectl_style_results() {
     .text()
     .await
     .unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["event"]["line"], "service/jac-redis unchanged");
     assert!(lines.last().unwrap()["summary"]["deployment"]["name"] == "jac-redis");
 
-    let r = within(
-        http.delete(format!(
-            "{}/deployment/default/redis/jac-redis",
-            server.url()
-        ))
-        .send(),
-    )
-    .await
-    .unwrap();
+    let r = within(http.delete(format!("{}/deployment/default/redis/jac-redis", server.url())).send()).await.unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    assert!(
-        body["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l == "service/jac-redis deleted"),
-        "{body}"
-    );
+    assert!(body["results"].as_array().unwrap().iter().any(|l| l == "service/jac-redis deleted"), "{body}");
     assert!(redis_ping(&endpoint).await.is_err());
-    let r = within(
-        http.get(format!(
-            "{}/deployment/default/redis/jac-redis",
-            server.url()
-        ))
-        .send(),
-    )
-    .await
-    .unwrap();
+    let r = within(http.get(format!("{}/deployment/default/redis/jac-redis", server.url())).send()).await.unwrap();
     assert_eq!(r.status(), 404);
     server.stop().await;
 }
@@ -129,57 +89,24 @@ async fn redis_deploys_over_rest_with_kubectl_style_results() {
 async fn small_routes_answer() {
     let server = TestServer::start().await;
     let http = server.http();
-    let h: Value = within(http.get(format!("{}/healthz", server.url())).send())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = within(http.get(format!("{}/healthz", server.url())).send()).await.unwrap().json().await.unwrap();
     assert_eq!(h, "OK");
-    let t: Value = within(http.get(format!("{}/templates", server.url())).send())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let modules: Vec<&str> = t
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["module"].as_str().unwrap())
-        .collect();
-    for m in [
-        "jac-cloud",
-        "mongodb",
-        "mongodb-cluster",
-        "python-module",
-        "redis",
-    ] {
+    let t: Value = within(http.get(format!("{}/templates", server.url())).send()).await.unwrap().json().await.unwrap();
+    let modules: Vec<&str> = t.as_array().unwrap().iter().map(|m| m["module"].as_str().unwrap()).collect();
+    for m in ["jac-cloud", "mongodb", "mongodb-cluster", "python-module", "redis"] {
         assert!(modules.contains(&m), "{modules:?}");
     }
-    let o: Value = within(http.get(format!("{}/openapi.json", server.url())).send())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let o: Value =
+        within(http.get(format!("{}/openapi.json", server.url())).send()).await.unwrap().json().await.unwrap();
     assert_eq!(o["openapi"], "3.1.0");
     assert!(o["paths"]["/deployment/dry_run"]["post"].is_object());
-    let r = within(http.get(format!("{}/nope", server.url())).send())
-        .await
-        .unwrap();
+    let r = within(http.get(format!("{}/nope", server.url())).send()).await.unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.json::<Value>().await.unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .contains("/nope"));
-    let r = within(
-        http.post(format!("{}/deployment", server.url()))
-            .json(&json!({"module": "redis", "confg": {}}))
-            .send(),
-    )
-    .await
-    .unwrap();
+    assert!(r.json::<Value>().await.unwrap()["detail"].as_str().unwrap().contains("/nope"));
+    let r =
+        within(http.post(format!("{}/deployment", server.url())).json(&json!({"module": "redis", "confg": {}})).send())
+            .await
+            .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "confg");
     server.stop().await;

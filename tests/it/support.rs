@@ -51,23 +51,12 @@ impl TestServer {
             }
         };
         let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
-        let backend = Arc::new(
-            LocalBackend::open(LocalOptions {
-                data_dir: data_dir.clone(),
-                python,
-            })
-            .expect("backend"),
-        );
+        let backend =
+            Arc::new(LocalBackend::open(LocalOptions { data_dir: data_dir.clone(), python }).expect("backend"));
         backend.restore().await;
         let catalog = Arc::new(opts.catalog.unwrap_or_else(Catalog::builtin));
-        let service = Arc::new(Service::new(
-            catalog,
-            backend.clone() as Arc<dyn Backend>,
-            opts.settings,
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let service = Arc::new(Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let svc = service.clone();
@@ -78,14 +67,7 @@ impl TestServer {
             .await
             .expect("serve");
         });
-        TestServer {
-            addr,
-            service,
-            backend,
-            shutdown: Some(tx),
-            handle: Some(handle),
-            _tmp: tmp,
-        }
+        TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
     }
 
     pub fn url(&self) -> String {
@@ -93,16 +75,11 @@ impl TestServer {
     }
 
     pub async fn grpc(&self) -> OrchestratorClient<Channel> {
-        within(OrchestratorClient::connect(self.url()))
-            .await
-            .expect("connect")
+        within(OrchestratorClient::connect(self.url())).await.expect("connect")
     }
 
     pub fn http(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(T)
-            .build()
-            .expect("http client")
+        reqwest::Client::builder().timeout(T).build().expect("http client")
     }
 
     /// Stops the server and every workload it started.
@@ -136,8 +113,7 @@ pub fn upstream_store() -> PathBuf {
     if let Ok(p) = std::env::var("UPSTREAM_STORE") {
         return PathBuf::from(p);
     }
-    let beside =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/upstream-template-store");
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/upstream-template-store");
     if beside.is_dir() {
         return beside;
     }
@@ -160,8 +136,7 @@ pub fn struct_of(v: serde_json::Value) -> prost_types::Struct {
 /// Sends PING to a Redis server and returns the first reply line.
 pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     s.write_all(b"PING\r\n").await?;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
@@ -169,8 +144,20 @@ pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
 }
 
 pub fn redis_available() -> bool {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok()
+    std::process::Command::new("redis-server").arg("--version").output().is_ok()
+}
+
+/// Serves any service (e.g. over the Kubernetes backend) on 127.0.0.1:0; drop the sender to stop.
+pub async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        jac_splice_orc::server::serve(listener, service, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("serve");
+    });
+    (addr, tx, handle)
 }

@@ -1,0 +1,336 @@
+//! Server-side apply of one planned object, and what it did: `created` (absent before),
+//! `unchanged` (the resourceVersion did not move, so nothing was written) or `configured`.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions::is_crd_established};
+use serde_json::{Map, Value};
+
+use super::discovery::{gvk_of, no_match, Resolver};
+use super::errors::{api_error, apply_error};
+use crate::backend::{Action, Error, Result};
+use crate::plan::{
+    DeploymentId, ObjectRef, PlannedObject, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODULE,
+    LABEL_NAMESPACE, MANAGED_BY,
+};
+
+/// Kinds known to be cluster-scoped, for naming objects before discovery has run.
+const CLUSTER_SCOPED: &[&str] = &[
+    "CustomResourceDefinition",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "APIService",
+    "IngressClass",
+];
+
+/// Best-effort namespaced reference before the object is applied (the applier replaces it with
+/// the discovery-exact one).
+pub(crate) fn resolved_ref(object: &ObjectRef, manifest: &Value, default_ns: &str) -> ObjectRef {
+    let mut out = object.clone();
+    if CLUSTER_SCOPED.contains(&object.kind.as_str()) {
+        out.namespace = None;
+    } else if out.namespace.is_none() {
+        let ns = manifest.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_ns);
+        out.namespace = Some(ns.to_string());
+    }
+    out
+}
+
+/// Adds the deployment's labels and version annotation where the planner has not already.
+pub(crate) fn ensure_labels(manifest: &mut Value, id: &DeploymentId, version: &str) {
+    let Some(obj) = manifest.as_object_mut() else {
+        return;
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(labels) = labels.as_object_mut() {
+        for (k, v) in [
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_MODULE, id.module.as_str()),
+            (LABEL_DEPLOYMENT, id.name.as_str()),
+            (LABEL_NAMESPACE, id.namespace.as_str()),
+        ] {
+            labels.entry(k).or_insert_with(|| Value::String(v.to_string()));
+        }
+    }
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.entry(ANNOTATION_VERSION).or_insert_with(|| Value::String(version.to_string()));
+    }
+}
+
+/// Writes numeric resource quantities (`cpu: 0.2`, `memory: 512`) as strings.
+///
+/// Templates (the original's among them) render bare numbers there. Client-side apply accepted
+/// them, but server-side apply's typed conversion refuses a number where the schema says
+/// quantity (`resources.limits.cpu: expected string`), so they are normalised before applying.
+/// Quantities live in maps named `limits`/`requests`/`hard`/`capacity` and in `sizeLimit`.
+pub(crate) fn normalize_quantities(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), &mut *v) {
+                    ("limits" | "requests" | "hard" | "capacity", Value::Object(q)) => {
+                        for n in q.values_mut().filter(|n| n.is_number()) {
+                            *n = Value::String(n.to_string());
+                        }
+                    }
+                    ("sizeLimit", n) if n.is_number() => *n = Value::String(n.to_string()),
+                    _ => normalize_quantities(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_quantities),
+        _ => {}
+    }
+}
+
+/// Label selector matching every object of one deployment.
+pub(crate) fn deployment_selector(id: &DeploymentId) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODULE}={},{LABEL_DEPLOYMENT}={},{LABEL_NAMESPACE}={}",
+        id.module, id.name, id.namespace
+    )
+}
+
+/// What an apply did, from the object before (None: absent) and after.
+///
+/// An unmoved resourceVersion proves nothing was written. A moved one can also come from a
+/// controller writing between our read and our apply (status, a revision annotation), so the
+/// objects are compared without status and bookkeeping fields before saying `configured`.
+pub(crate) fn classify(before: Option<&DynamicObject>, after: &DynamicObject) -> Action {
+    let Some(before) = before else {
+        return Action::Created;
+    };
+    if before.metadata.resource_version.is_some() && before.metadata.resource_version == after.metadata.resource_version
+    {
+        return Action::Unchanged;
+    }
+    let strip = |o: &DynamicObject| {
+        let mut v = serde_json::to_value(o).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("status");
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                for k in ["resourceVersion", "managedFields", "generation"] {
+                    meta.remove(k);
+                }
+            }
+        }
+        v
+    };
+    if strip(before) == strip(after) {
+        Action::Unchanged
+    } else {
+        Action::Configured
+    }
+}
+
+/// An API handle for `object` after discovery, with its namespace fixed in `manifest`.
+pub(crate) fn api_for(
+    client: &kube::Client,
+    resolved: &(kube::api::ApiResource, kube::discovery::ApiCapabilities),
+    object: &mut ObjectRef,
+    manifest: Option<&mut Value>,
+    default_ns: &str,
+) -> Api<DynamicObject> {
+    let (ar, caps) = resolved;
+    match caps.scope {
+        Scope::Namespaced => {
+            let ns = object.namespace.clone().unwrap_or_else(|| default_ns.to_string());
+            if let Some(meta) = manifest.and_then(|m| m.get_mut("metadata")).and_then(Value::as_object_mut) {
+                meta.insert("namespace".into(), Value::String(ns.clone()));
+            }
+            object.namespace = Some(ns.clone());
+            Api::namespaced_with(client.clone(), &ns, ar)
+        }
+        Scope::Cluster => {
+            if let Some(meta) = manifest.and_then(|m| m.get_mut("metadata")).and_then(Value::as_object_mut) {
+                meta.remove("namespace");
+            }
+            object.namespace = None;
+            Api::all_with(client.clone(), ar)
+        }
+    }
+}
+
+pub(crate) struct Applier<'a> {
+    pub(crate) client: &'a kube::Client,
+    pub(crate) resolver: &'a Resolver,
+    pub(crate) field_manager: &'a str,
+    pub(crate) force: bool,
+    pub(crate) crd_timeout: Duration,
+}
+
+impl Applier<'_> {
+    /// Applies one object; returns its exact reference (namespace per discovery) and the action.
+    pub(crate) async fn apply(
+        &self,
+        planned: &PlannedObject,
+        id: &DeploymentId,
+        version: &str,
+    ) -> Result<(ObjectRef, Action)> {
+        let label = planned.object.kubectl_name();
+        let resolved = self
+            .resolver
+            .resolve(&gvk_of(&planned.object))
+            .await
+            .map_err(|e| api_error(&label, e))?
+            .ok_or_else(|| no_match(&planned.object))?;
+        let mut manifest = planned.manifest.clone();
+        ensure_labels(&mut manifest, id, version);
+        normalize_quantities(&mut manifest);
+        let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
+        let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
+
+        let before = api.get_opt(&object.name).await.map_err(|e| api_error(&label, e))?;
+        let mut params = PatchParams::apply(self.field_manager);
+        if self.force {
+            params = params.force();
+        }
+        let after =
+            api.patch(&object.name, &params, &Patch::Apply(&manifest)).await.map_err(|e| apply_error(&label, e))?;
+        let action = classify(before.as_ref(), &after);
+        tracing::debug!(object = %label, action = action.as_str(), "applied");
+
+        if object.is_crd() {
+            self.await_crd(&object.name, &manifest).await?;
+        }
+        Ok((object, action))
+    }
+
+    /// Waits until a CRD is Established and discovery serves its kind, so the custom resources
+    /// after it in the plan resolve.
+    async fn await_crd(&self, name: &str, manifest: &Value) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let label = format!("customresourcedefinition.apiextensions.k8s.io/{name}");
+        let timeout = || Error::Timeout { timeout: self.crd_timeout, not_ready: vec![label.clone()] };
+        let deadline = tokio::time::Instant::now() + self.crd_timeout;
+        match tokio::time::timeout_at(deadline, await_condition(api, name, is_crd_established())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Error::Unavailable(format!("{label}: watching for Established failed: {e}"))),
+            Err(_) => return Err(timeout()),
+        }
+        let group = manifest.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+        let kind = manifest.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or_default();
+        self.resolver.forget_group(group);
+        let versions: Vec<&str> = manifest
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
+            .filter_map(|v| v.get("name").and_then(Value::as_str))
+            .collect();
+        // Discovery can trail the Established condition by a moment; poll, bounded by the deadline.
+        let mut interval = tokio::time::interval(Duration::from_millis(200));
+        for version in versions {
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            loop {
+                interval.tick().await;
+                if self.resolver.resolve(&gvk).await.map_err(|e| api_error(&label, e))?.is_some() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timeout());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Section;
+
+    fn id() -> DeploymentId {
+        DeploymentId { namespace: "ns1".into(), module: "redis".into(), name: "cache".into() }
+    }
+
+    fn obj(rv: &str, data: &str, status: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "resourceVersion": rv, "managedFields": [{"manager": rv}]},
+            "data": {"a": data}, "status": {"s": status}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn classify_uses_resource_versions_then_content() {
+        assert_eq!(classify(None, &obj("5", "a", "")), Action::Created);
+        assert_eq!(classify(Some(&obj("5", "a", "")), &obj("5", "a", "")), Action::Unchanged);
+        assert_eq!(classify(Some(&obj("5", "a", "")), &obj("6", "b", "")), Action::Configured);
+        // Only a controller's status write happened in between.
+        assert_eq!(classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")), Action::Unchanged);
+    }
+
+    #[test]
+    fn ensure_labels_adds_missing_labels_and_keeps_existing_ones() {
+        let mut m =
+            serde_json::json!({"metadata": {"name": "x", "labels": {"jac-orc/deployment": "planner-set", "app": "a"}}});
+        ensure_labels(&mut m, &id(), "latest");
+        let labels = &m["metadata"]["labels"];
+        assert_eq!(labels["app"], "a");
+        assert_eq!(labels[LABEL_DEPLOYMENT], "planner-set");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(labels[LABEL_MODULE], "redis");
+        assert_eq!(labels[LABEL_NAMESPACE], "ns1");
+        assert_eq!(m["metadata"]["annotations"][ANNOTATION_VERSION], "latest");
+    }
+
+    #[test]
+    fn resolved_ref_defaults_the_namespace_except_for_cluster_scoped_kinds() {
+        let o = |kind: &str| ObjectRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: "x".into(),
+            namespace: None,
+            section: Section::Modules,
+            file: "f".into(),
+        };
+        let m = serde_json::json!({"metadata": {"name": "x"}});
+        assert_eq!(resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(), Some("ns1"));
+        assert_eq!(resolved_ref(&o("Namespace"), &m, "ns1").namespace, None);
+        let m = serde_json::json!({"metadata": {"name": "x", "namespace": "other"}});
+        assert_eq!(resolved_ref(&o("Service"), &m, "ns1").namespace.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn numeric_quantities_become_strings_and_nothing_else_changes() {
+        let mut m = serde_json::json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{
+            "ports": [{"containerPort": 6379}],
+            "resources": {"limits": {"cpu": 0.2, "memory": "1Gi"}, "requests": {"cpu": 1}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": 500}}]}}}});
+        normalize_quantities(&mut m);
+        let c = &m["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["resources"]["limits"]["cpu"], "0.2");
+        assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(c["resources"]["requests"]["cpu"], "1");
+        assert_eq!(c["ports"][0]["containerPort"], 6379);
+        assert_eq!(m["spec"]["replicas"], 1);
+        assert_eq!(m["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "500");
+    }
+
+    #[test]
+    fn selector_names_all_identity_labels() {
+        assert_eq!(
+            deployment_selector(&id()),
+            "app.kubernetes.io/managed-by=jac-orc,jac-orc/module=redis,jac-orc/deployment=cache,jac-orc/namespace=ns1"
+        );
+    }
+}
