@@ -975,3 +975,109 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     let _ = stop.send(());
     timed(handle).await.unwrap();
 }
+
+// === ModuleProxy through a Service's Endpoints ===
+
+/// This machine's address on its default route: Endpoints may not hold loopback addresses, so
+/// the module server listens there. `None` without a non-loopback IPv4 address.
+fn routable_local_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP "connect" only picks the route and source address; nothing is sent.
+    socket.connect("192.0.2.1:9").or_else(|_| socket.connect("10.255.255.1:9")).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// `python3 -m jac_splice.server MODULE` on `host`, and the port it printed.
+async fn module_server(module: &str, host: &str) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = tokio::process::Command::new(python)
+        .args(["-m", "jac_splice.server", module, "--host", host, "--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("module server starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = timed(lines.next_line()).await.unwrap().expect("module server prints its address");
+    let port = line.rsplit(':').next().and_then(|p| p.trim().parse().ok()).expect("a port");
+    (child, port)
+}
+
+#[tokio::test]
+async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() {
+    use jac_splice_orc::pb::{self, module_proxy_client::ModuleProxyClient, value::Kind};
+
+    let Some(mut c) = Cluster::connect().await else {
+        return;
+    };
+    let Some(ip) = routable_local_ip() else {
+        eprintln!("skipping: no non-loopback IPv4 address for Endpoints (they may not point at 127.0.0.0/8)");
+        return;
+    };
+    let (mut server_process, port) = module_server("math", &ip.to_string()).await;
+    let ns = c.namespace("proxy").await;
+    let backend = c.backend(&ns);
+    let svc = Arc::new(service(&backend, &ns));
+
+    // The python-module template, with a selector-less Service: Endpoints are then ours to write
+    // (there is no kubelet to run the pods the endpoints controller would list).
+    let mut p = plan(&svc, "python-module", &ns, "mathmod", json!({"module": "math"})).await;
+    for o in &mut p.objects {
+        strip_grpc_probes_on_old_servers(&c.client, &mut o.manifest).await;
+        if o.object.kind == "Service" {
+            o.manifest.pointer_mut("/spec").and_then(Value::as_object_mut).unwrap().remove("selector");
+        }
+    }
+    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "mathmod"},
+        "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "grpc", "port": port}]}]
+    });
+    let api = dynamic(&c.client, &ns, "v1", "Endpoints", "endpoints");
+    timed(api.create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())).await.unwrap();
+    let endpoint = format!("{ip}:{port}");
+    assert_eq!(timed(backend.module_endpoints(&p.id)).await.unwrap(), [endpoint.clone()]);
+
+    // jac-orc on loopback with this backend, called through ModuleProxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(jac_splice_orc::server::serve(listener, svc.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut proxy = timed(ModuleProxyClient::connect(format!("http://{addr}"))).await.unwrap();
+    let target = |name: &str| Some(pb::ProxyTarget { deployment: name.into(), namespace: ns.clone() });
+    let describe = |name: &str| pb::ProxyDescribeRequest {
+        target: target(name),
+        request: Some(pb::DescribeRequest { session: "kube-proxy".into() }),
+    };
+
+    let d = timed(proxy.describe(describe("mathmod"))).await.unwrap().into_inner();
+    assert_eq!((d.module.as_str(), d.pid), ("math", i64::from(server_process.id().unwrap())));
+    let call = pb::ProxyCallRequest {
+        target: target("mathmod"),
+        request: Some(pb::CallRequest {
+            session: "kube-proxy".into(),
+            path: vec!["sqrt".into()],
+            args: vec![pb::Value { kind: Some(Kind::FloatValue(16.0)) }],
+            ..Default::default()
+        }),
+    };
+    let r = timed(proxy.call(call)).await.unwrap().into_inner();
+    assert_eq!(r.result, Some(pb::value_response::Result::Value(pb::Value { kind: Some(Kind::FloatValue(4.0)) })));
+
+    let err = timed(proxy.describe(describe("nope"))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("nope"), "{err:?}");
+
+    // The module server goes away: UNAVAILABLE naming the endpoint from the Endpoints object.
+    server_process.kill().await.unwrap();
+    let err = timed(proxy.describe(describe("mathmod"))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&endpoint), "{err:?}");
+
+    let _ = stop.send(());
+    timed(handle).await.unwrap().unwrap();
+}
