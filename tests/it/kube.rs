@@ -1038,7 +1038,7 @@ async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() 
     let api = dynamic(&c.client, &ns, "v1", "Endpoints", "endpoints");
     timed(api.create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())).await.unwrap();
     let endpoint = format!("{ip}:{port}");
-    assert_eq!(timed(backend.module_endpoints(&p.id)).await.unwrap(), [endpoint.clone()]);
+    assert_eq!(timed(backend.module_endpoints(&p.id)).await.unwrap(), std::slice::from_ref(&endpoint));
 
     // jac-orc on loopback with this backend, called through ModuleProxy.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
