@@ -150,8 +150,9 @@ def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
     np = splice.import_module("numpy")
     assert np.array([1, 2, 3, 4]).sum() == 10
     # The call ran in the module server jac-orc started, not here.
-    route = splice._route("numpy", "")
-    assert route.describe()["pid"] not in (os.getpid(), orchestrator.proc.pid)
+    served_by = splice.client.via_proxy("numpy", "").describe()
+    assert served_by["module"] == "numpy"
+    assert served_by["pid"] not in (os.getpid(), orchestrator.proc.pid)
 
 
 def test_two_deployments_of_one_module_are_listed_as_candidates(
