@@ -21,7 +21,7 @@ async fn start(
     backend: Arc<dyn Backend>,
     ns: &str,
 ) -> (OrchestratorClient<tonic::transport::Channel>, tokio::sync::oneshot::Sender<()>) {
-    let settings = Settings { namespace: ns.into(), restricted_namespace: false };
+    let settings = Settings { namespace: ns.into(), restricted_namespace: false, ..Settings::default() };
     let service = Arc::new(Service::new(Arc::new(Catalog::builtin()), backend, settings));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

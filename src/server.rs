@@ -69,6 +69,8 @@ const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 const SEND_BUFFER: usize = 16 << 20;
+/// How long in-flight requests may run on after the shutdown signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
@@ -118,7 +120,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Clients that keep their HTTP/2 connection open (pooled channels with heartbeats) would
+    // otherwise hold the drain, and with it the stop of every workload, until they go away.
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::info!(seconds = DRAIN.as_secs(), "connections still open after the drain period; closing them");
+    }
     Ok(())
 }
 
