@@ -55,7 +55,7 @@ say "dry run: redis with name=cache (nothing is touched)"
 import json, sys
 d = json.load(sys.stdin)
 for k, v in d["placeholders"].items():
-    print(f"  {k:10} default={v[\"default\"]!r:12} current={v[\"current\"]!r}")'
+    print("  %-10s default=%-14r current=%r" % (k, v["default"], v["current"]))'
 
 say "deploy redis"
 "$JAC_ORC" deploy redis --set name=cache --set memory=64mb

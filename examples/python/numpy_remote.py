@@ -21,6 +21,16 @@ def main() -> None:
 
     splice = jac_splice.connect(args.target, args.token)
     np = splice.import_module("numpy", args.deployment, args.namespace)
+    if splice.is_orchestrator:
+        deployment, namespace = (args.deployment, args.namespace or "")
+        if deployment is None:
+            deployment, namespace = splice.resolve_deployment("numpy", args.namespace)
+        info = splice.describe(deployment, namespace)
+        where = f"python-module deployment {namespace}/{deployment} of jac-orc"
+    else:
+        info = splice.describe()
+        where = f"module server {args.target}"
+    print(f"numpy {info['module_version']} runs in pid {info['pid']} ({where}); this client is pid {os.getpid()}")
     a = np.array([1, 2, 3, 4])
     print("array:", a)  # plain data: a local numpy array
     print("sum:", a.sum())

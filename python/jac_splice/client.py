@@ -55,9 +55,22 @@ class Splice:
                 self._is_orchestrator = True
         return self._is_orchestrator
 
-    def describe(self) -> Dict[str, Any]:
-        """The directly connected module server's description (pid, module, reference counts)."""
-        return dict(self._client.describe())
+    @property
+    def is_orchestrator(self) -> bool:
+        """Whether the target is jac-orc (calls go through its ModuleProxy)."""
+        return self._probe()
+
+    def describe(self, deployment: Optional[str] = None, namespace: Optional[str] = None) -> Dict[str, Any]:
+        """A module server's description (pid, module, versions, reference counts).
+
+        Without ``deployment``: the directly connected module server. With it: the module
+        server of that jac-orc python-module deployment, reached through ModuleProxy.
+        """
+        if deployment is None:
+            if self._probe():
+                raise ValueError("connected to jac-orc: name the python-module deployment to describe")
+            return dict(self._client.describe())
+        return dict(self._route(deployment, namespace or "").describe())
 
     def import_module(
         self, name: str, deployment: Optional[str] = None, namespace: Optional[str] = None

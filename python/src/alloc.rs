@@ -26,10 +26,7 @@ struct Cache {
     bytes: usize,
 }
 
-static CACHE: Mutex<Cache> = Mutex::new(Cache {
-    slots: [(0, 0); SLOTS],
-    bytes: 0,
-});
+static CACHE: Mutex<Cache> = Mutex::new(Cache { slots: [(0, 0); SLOTS], bytes: 0 });
 
 fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
@@ -40,10 +37,9 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
 fn take_cached(len: usize) -> Option<*mut u8> {
     let (addr, have) = {
         let mut cache = cache();
-        let best = (0..SLOTS)
-            .filter(|&i| (len..=2 * len).contains(&cache.slots[i].1))
-            .min_by_key(|&i| cache.slots[i].1)?;
-        let slot = std::mem::replace(&mut cache.slots[best], (0, 0));
+        let best =
+            (0..SLOTS).filter(|&i| (len..=2 * len).contains(&cache.slots[i].1)).min_by_key(|&i| cache.slots[i].1)?;
+        let slot = std::mem::take(&mut cache.slots[best]);
         cache.bytes -= slot.1;
         slot
     };
@@ -68,13 +64,11 @@ fn put_cached(addr: usize, len: usize) -> bool {
             if free && cache.bytes + len <= CACHE_BYTES {
                 break;
             }
-            let smallest = (0..SLOTS)
-                .filter(|&i| cache.slots[i].1 > 0)
-                .min_by_key(|&i| cache.slots[i].1)?;
+            let smallest = (0..SLOTS).filter(|&i| cache.slots[i].1 > 0).min_by_key(|&i| cache.slots[i].1)?;
             if cache.slots[smallest].1 > len && !free {
                 return None;
             }
-            evicted[smallest] = std::mem::replace(&mut cache.slots[smallest], (0, 0));
+            evicted[smallest] = std::mem::take(&mut cache.slots[smallest]);
             cache.bytes -= evicted[smallest].1;
         }
         let free = (0..SLOTS).find(|&i| cache.slots[i].1 == 0)?;

@@ -13,8 +13,7 @@ use crate::client::{Connection, Options, Route};
 use crate::codec::{self, DecodeError};
 use crate::errors::{remote_to_pyerr, status_to_pyerr};
 use crate::proto::{
-    value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value,
-    ValueResponse,
+    value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
 };
 use crate::runtime::rt;
 use crate::server::{RunningServer, ServerConfig};
@@ -35,11 +34,13 @@ fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyR
     })
 }
 
-/// Like `wait_for`, but on a lane of `connection`: the calling thread drives the request itself.
+/// Like `wait_for`, but on a lane of `connection` when one is free (the calling thread drives
+/// the request itself), else over the pooled channels. `make` gets the channel and whether it is
+/// a lane's.
 fn wait_on_lane<T, F>(
     py: Python<'_>,
     connection: &Connection,
-    make: impl FnOnce(tonic::transport::Channel) -> F + Send,
+    make: impl FnOnce(tonic::transport::Channel, bool) -> F + Send,
 ) -> PyResult<Result<T, Status>>
 where
     T: Send,
@@ -47,11 +48,20 @@ where
 {
     py.detach(|| {
         let lane = match connection.take_lane() {
-            Ok(lane) => lane,
+            Ok(Some(lane)) => lane,
+            Ok(None) => {
+                let mut fut = std::pin::pin!(make(connection.channel(), false));
+                loop {
+                    match rt().block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
+                        Ok(value) => return Ok(value),
+                        Err(_) => Python::attach(|py| py.check_signals())?,
+                    }
+                }
+            }
             Err(status) => return Ok(Err(status)),
         };
         let result = (|| {
-            let mut fut = std::pin::pin!(make(lane.channel()));
+            let mut fut = std::pin::pin!(make(lane.channel(), true));
             loop {
                 match lane.block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
                     Ok(value) => return Ok(value),
@@ -72,12 +82,7 @@ fn new_session_id() -> String {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         h.write_u32(std::process::id());
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
         *part = h.finish();
     }
     format!("{:016x}{:016x}", parts[0], parts[1])
@@ -100,10 +105,7 @@ pub struct RemoteRef {
 #[pymethods]
 impl RemoteRef {
     fn __repr__(&self) -> String {
-        format!(
-            "RemoteRef(id={:?}, type_name={:?}, callable={})",
-            self.id, self.type_name, self.callable
-        )
+        format!("RemoteRef(id={:?}, type_name={:?}, callable={})", self.id, self.type_name, self.callable)
     }
 }
 
@@ -121,12 +123,7 @@ impl Client {
     fn with_route(&self, via: Option<ProxyTarget>) -> Self {
         let route = Route::new(self.connection.clone(), new_session_id(), via);
         route.spawn_background(self.heartbeat);
-        Self {
-            connection: self.connection.clone(),
-            route,
-            heartbeat: self.heartbeat,
-            target: self.target.clone(),
-        }
+        Self { connection: self.connection.clone(), route, heartbeat: self.heartbeat, target: self.target.clone() }
     }
 
     fn encode_arg(&self, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
@@ -144,9 +141,7 @@ impl Client {
                                 "that remote module belongs to another module server session",
                             ));
                         }
-                        return Ok(Some(Value {
-                            kind: Some(value::Kind::Ref(WireRef::default())),
-                        }));
+                        return Ok(Some(Value { kind: Some(value::Kind::Ref(WireRef::default())) }));
                     }
                     Some(r) => r.cast_into::<RemoteRef>().ok(),
                     None => None,
@@ -176,32 +171,20 @@ impl Client {
         Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
     }
 
-    fn decode_response(
-        &self,
-        py: Python<'_>,
-        response: Result<ValueResponse, Status>,
-    ) -> PyResult<Py<PyAny>> {
+    fn decode_response(&self, py: Python<'_>, response: Result<ValueResponse, Status>) -> PyResult<Py<PyAny>> {
         let response = response.map_err(|s| status_to_pyerr(py, &s))?;
         match response.result {
             Some(value_response::Result::Value(value)) => {
                 let session = self.route.session().to_owned();
                 let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
-                    let obj = RemoteRef {
-                        id: r.id,
-                        type_name: r.type_name,
-                        callable: r.callable,
-                        session: session.clone(),
-                    };
+                    let obj =
+                        RemoteRef { id: r.id, type_name: r.type_name, callable: r.callable, session: session.clone() };
                     Ok(Bound::new(py, obj)?.into_any())
                 };
-                codec::decode(py, value, &mut refs)
-                    .map(Bound::unbind)
-                    .map_err(DecodeError::into_pyerr)
+                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(DecodeError::into_pyerr)
             }
             Some(value_response::Result::Error(err)) => Err(remote_to_pyerr(py, err)),
-            None => Err(PyValueError::new_err(
-                "empty response from the module server",
-            )),
+            None => Err(PyValueError::new_err("empty response from the module server")),
         }
     }
 }
@@ -231,27 +214,18 @@ impl Client {
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let connection = {
             let _guard = rt().enter();
-            Connection::new(&target, &options)
-                .map_err(|s| PyValueError::new_err(s.message().to_owned()))?
+            Connection::new(&target, &options).map_err(|s| PyValueError::new_err(s.message().to_owned()))?
         };
         let route = Route::new(connection.clone(), new_session_id(), None);
         let _guard = rt().enter();
         route.spawn_background(heartbeat);
-        Ok(Self {
-            connection,
-            route,
-            heartbeat,
-            target,
-        })
+        Ok(Self { connection, route, heartbeat, target })
     }
 
     /// A client for `deployment`'s module server through jac-orc's `ModuleProxy` (new session).
     fn via_proxy(&self, deployment: String, namespace: String) -> Self {
         let _guard = rt().enter();
-        self.with_route(Some(ProxyTarget {
-            deployment,
-            namespace,
-        }))
+        self.with_route(Some(ProxyTarget { deployment, namespace }))
     }
 
     #[getter]
@@ -266,18 +240,15 @@ impl Client {
 
     #[getter]
     fn deployment(&self) -> Option<(String, String)> {
-        self.route
-            .via()
-            .map(|v| (v.deployment.clone(), v.namespace.clone()))
+        self.route.via().map(|v| (v.deployment.clone(), v.namespace.clone()))
     }
 
     /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
     #[pyo3(signature = (target, path))]
     fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
         let route = &self.route;
-        let response = wait_on_lane(py, route.connection(), |channel| {
-            route.get_attr(channel, target, path)
-        })?;
+        let response =
+            wait_on_lane(py, route.connection(), |channel, lane| route.get_attr(channel, lane, target, path))?;
         self.decode_response(py, response)
     }
 
@@ -291,26 +262,17 @@ impl Client {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let mut request = CallRequest {
-            target,
-            path,
-            ..Default::default()
-        };
+        let mut request = CallRequest { target, path, ..Default::default() };
         for arg in args.iter() {
             request.args.push(self.encode_arg(&arg)?);
         }
         if let Some(kwargs) = kwargs {
             for (name, value) in kwargs.iter() {
-                request.kwargs.push(Kwarg {
-                    name: name.extract()?,
-                    value: Some(self.encode_arg(&value)?),
-                });
+                request.kwargs.push(Kwarg { name: name.extract()?, value: Some(self.encode_arg(&value)?) });
             }
         }
         let route = &self.route;
-        let response = wait_on_lane(py, route.connection(), |channel| {
-            route.call(channel, request)
-        })?;
+        let response = wait_on_lane(py, route.connection(), |channel, lane| route.call(channel, lane, request))?;
         self.decode_response(py, response)
     }
 
@@ -336,8 +298,7 @@ impl Client {
     /// The module server's description as a dict.
     fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let route = self.route.clone();
-        let d = wait_for(py, async move { route.describe().await })?
-            .map_err(|s| status_to_pyerr(py, &s))?;
+        let d = wait_for(py, async move { route.describe().await })?.map_err(|s| status_to_pyerr(py, &s))?;
         let out = PyDict::new(py);
         out.set_item("module", d.module)?;
         out.set_item("module_version", d.module_version)?;
@@ -360,10 +321,8 @@ impl Client {
         module: String,
     ) -> PyResult<Bound<'py, PyList>> {
         let connection = self.connection.clone();
-        let response = wait_for(py, async move {
-            connection.list_deployments(namespace, module).await
-        })?
-        .map_err(|s| status_to_pyerr(py, &s))?;
+        let response = wait_for(py, async move { connection.list_deployments(namespace, module).await })?
+            .map_err(|s| status_to_pyerr(py, &s))?;
         let out = PyList::empty(py);
         for d in response.deployments {
             let item = PyDict::new(py);
@@ -406,21 +365,11 @@ impl ModuleServer {
         lease_seconds: f64,
         max_message_bytes: usize,
     ) -> PyResult<Self> {
-        let lease = Duration::try_from_secs_f64(lease_seconds)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let config = ServerConfig {
-            host: host.clone(),
-            port,
-            lease,
-            max_message_bytes,
-        };
+        let lease = Duration::try_from_secs_f64(lease_seconds).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let config = ServerConfig { host: host.clone(), port, lease, max_message_bytes };
         let server = RunningServer::start(py, module, &config)?;
         let port = server.addr.port();
-        Ok(Self {
-            inner: Mutex::new(server),
-            host,
-            port,
-        })
+        Ok(Self { inner: Mutex::new(server), host, port })
     }
 
     #[getter]
@@ -436,15 +385,9 @@ impl ModuleServer {
     /// Blocks until the server stops (or `timeout` seconds pass: returns False); Ctrl-C raises.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline =
-            timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
-            let finished = py.detach(|| {
-                self.inner
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .wait(SLICE)
-            });
+            let finished = py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).wait(SLICE));
             if finished.map_err(pyo3::exceptions::PyRuntimeError::new_err)? {
                 return Ok(true);
             }

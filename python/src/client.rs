@@ -9,21 +9,21 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::coalesce::Connector;
-use crate::server::LANE_HEADER;
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
 use crate::proto::{
-    CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ListDeploymentsRequest,
-    ListDeploymentsResponse, ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest,
-    ProxyReleaseRequest, ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
+    CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ListDeploymentsRequest, ListDeploymentsResponse,
+    ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest, ProxyReleaseRequest, ProxyTarget, ReleaseRequest,
+    ReleaseResponse, ValueResponse,
 };
+use crate::server::LANE_HEADER;
 
 /// HTTP/2 flow-control windows and frame size, shared with the module server: a big array
 /// streams through without waiting for window updates, in few large frames.
 pub const STREAM_WINDOW: u32 = 128 << 20;
 pub const CONNECTION_WINDOW: u32 = 256 << 20;
-pub const MAX_FRAME: u32 = 1 << 20;
+pub const MAX_FRAME: u32 = 4 << 20;
 
 /// Releases queued by garbage-collected proxies are sent in batches of at most this many ids.
 const RELEASE_BATCH: usize = 512;
@@ -38,8 +38,12 @@ pub struct Options {
     pub connect_timeout: Duration,
 }
 
-/// Idle lanes kept per endpoint (one per thread that called at once, up to this many).
-const MAX_IDLE_LANES: usize = 64;
+/// Idle lanes kept per endpoint.
+const MAX_IDLE_LANES: usize = MAX_BUSY_LANES;
+/// Calls in flight on lanes at once; further concurrent calls share the pooled channels, where
+/// HTTP/2 carries many calls per segment and the server runs them on its pool (see
+/// `Connection::take_lane`).
+const MAX_BUSY_LANES: usize = 2;
 /// A lane idle for longer first lets its connection notice a close (e.g. a restarted server),
 /// so the call redials instead of failing on the dead connection.
 const STALE_AFTER: Duration = Duration::from_millis(50);
@@ -65,11 +69,7 @@ impl Lane {
             let _guard = runtime.enter();
             endpoint.connect_with_connector_lazy(connector.clone())
         };
-        Ok(Self {
-            channel,
-            runtime: Some(runtime),
-            idle_since: Instant::now(),
-        })
+        Ok(Self { channel, runtime: Some(runtime), idle_since: Instant::now() })
     }
 
     pub fn channel(&self) -> Channel {
@@ -106,6 +106,7 @@ impl Drop for Lane {
 #[derive(Debug)]
 pub struct Connection {
     endpoint: Endpoint,
+    busy_lanes: AtomicUsize,
     connector: Connector,
     lanes: Mutex<Vec<Lane>>,
     channels: Vec<Channel>,
@@ -141,9 +142,8 @@ impl Connection {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let connector = Connector::new(options.connect_timeout);
-        let channels = (0..options.channels.max(1))
-            .map(|_| pinging.connect_with_connector_lazy(connector.clone()))
-            .collect();
+        let channels =
+            (0..options.channels.max(1)).map(|_| pinging.connect_with_connector_lazy(connector.clone())).collect();
         let auth = match &options.token {
             Some(token) => Some(
                 format!("Bearer {token}")
@@ -154,6 +154,7 @@ impl Connection {
         };
         Ok(Arc::new(Self {
             endpoint,
+            busy_lanes: AtomicUsize::new(0),
             connector,
             lanes: Mutex::new(Vec::new()),
             channels,
@@ -163,20 +164,33 @@ impl Connection {
         }))
     }
 
-    /// An idle lane (the most recently used one), or a new one.
-    pub fn take_lane(&self) -> Result<Lane, Status> {
+    /// An idle lane (the most recently used one) or a new one; `None` when `MAX_BUSY_LANES`
+    /// calls already run on lanes. A lane is the fastest path for one call at a time; many
+    /// concurrent callers do better sharing the pooled channels (fewer segments, wake-ups and
+    /// server threads per call).
+    pub fn take_lane(&self) -> Result<Option<Lane>, Status> {
+        let busy = self.busy_lanes.fetch_add(1, Ordering::AcqRel);
+        if busy >= MAX_BUSY_LANES {
+            self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
+            return Ok(None);
+        }
         let idle = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
+        let lane = match idle {
             Some(lane) => {
                 lane.refresh_if_stale();
                 Ok(lane)
             }
             None => Lane::new(&self.endpoint, &self.connector),
+        };
+        if lane.is_err() {
+            self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
         }
+        lane.map(Some)
     }
 
     /// Returns a lane after a call.
     pub fn put_lane(&self, mut lane: Lane) {
+        self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
         lane.idle_since = Instant::now();
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if lanes.len() < MAX_IDLE_LANES {
@@ -187,7 +201,7 @@ impl Connection {
         }
     }
 
-    fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Channel {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         self.channels[i].clone()
     }
@@ -200,13 +214,13 @@ impl Connection {
         request
     }
 
-    /// A request sent directly to a module server over a lane (marked so the server runs it on
-    /// the connection's thread).
-    fn lane_request<T>(&self, message: T) -> Request<T> {
+    /// A request sent directly to a module server; over a lane it is marked so the server runs
+    /// it on the connection's thread.
+    fn direct_request<T>(&self, message: T, lane: bool) -> Request<T> {
         let mut request = self.request(message);
-        request
-            .metadata_mut()
-            .insert(LANE_HEADER, MetadataValue::from_static("1"));
+        if lane {
+            request.metadata_mut().insert(LANE_HEADER, MetadataValue::from_static("1"));
+        }
         request
     }
 
@@ -230,15 +244,9 @@ impl Connection {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    pub async fn list_deployments(
-        &self,
-        namespace: String,
-        module: String,
-    ) -> Result<ListDeploymentsResponse, Status> {
+    pub async fn list_deployments(&self, namespace: String, module: String) -> Result<ListDeploymentsResponse, Status> {
         let mut client = OrchestratorClient::new(self.channel());
-        let response = client
-            .list_deployments(self.request(ListDeploymentsRequest { namespace, module }))
-            .await?;
+        let response = client.list_deployments(self.request(ListDeploymentsRequest { namespace, module })).await?;
         Ok(response.into_inner())
     }
 }
@@ -253,17 +261,8 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(
-        connection: Arc<Connection>,
-        session: String,
-        via: Option<ProxyTarget>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            connection,
-            session,
-            via,
-            pending: Mutex::new(Vec::new()),
-        })
+    pub fn new(connection: Arc<Connection>, session: String, via: Option<ProxyTarget>) -> Arc<Self> {
+        Arc::new(Self { connection, session, via, pending: Mutex::new(Vec::new()) })
     }
 
     pub fn session(&self) -> &str {
@@ -278,47 +277,40 @@ impl Route {
         &self.connection
     }
 
-    /// `GetAttr` over `channel` (a lane's).
+    /// `GetAttr` over `channel` (a lane's if `lane`).
     pub async fn get_attr(
         &self,
         channel: Channel,
+        lane: bool,
         target: String,
         path: Vec<String>,
     ) -> Result<ValueResponse, Status> {
         let c = &self.connection;
-        let request = GetAttrRequest {
-            session: self.session.clone(),
-            target,
-            path,
-        };
+        let request = GetAttrRequest { session: self.session.clone(), target, path };
         let response = match &self.via {
-            None => c.module_on(channel).get_attr(c.lane_request(request)).await?,
+            None => {
+                let request = c.direct_request(request, lane);
+                c.module_on(channel).get_attr(request).await?
+            }
             Some(via) => {
-                let proxied = ProxyGetAttrRequest {
-                    target: Some(via.clone()),
-                    request: Some(request),
-                };
+                let proxied = ProxyGetAttrRequest { target: Some(via.clone()), request: Some(request) };
                 c.proxy_on(channel).get_attr(c.request(proxied)).await?
             }
         };
         Ok(response.into_inner())
     }
 
-    /// `Call` over `channel` (a lane's).
-    pub async fn call(
-        &self,
-        channel: Channel,
-        mut request: CallRequest,
-    ) -> Result<ValueResponse, Status> {
+    /// `Call` over `channel` (a lane's if `lane`).
+    pub async fn call(&self, channel: Channel, lane: bool, mut request: CallRequest) -> Result<ValueResponse, Status> {
         let c = &self.connection;
         request.session = self.session.clone();
         let response = match &self.via {
-            None => c.module_on(channel).call(c.lane_request(request)).await?,
+            None => {
+                let request = c.direct_request(request, lane);
+                c.module_on(channel).call(request).await?
+            }
             Some(via) => {
-                let proxied = ProxyCallRequest {
-                    target: Some(via.clone()),
-                    request: Some(request),
-                };
+                let proxied = ProxyCallRequest { target: Some(via.clone()), request: Some(request) };
                 c.proxy_on(channel).call(c.request(proxied)).await?
             }
         };
@@ -327,17 +319,11 @@ impl Route {
 
     pub async fn release(&self, ids: Vec<String>) -> Result<ReleaseResponse, Status> {
         let c = &self.connection;
-        let request = ReleaseRequest {
-            session: self.session.clone(),
-            ids,
-        };
+        let request = ReleaseRequest { session: self.session.clone(), ids };
         let response = match &self.via {
             None => c.module().release(c.request(request)).await?,
             Some(via) => {
-                let proxied = ProxyReleaseRequest {
-                    target: Some(via.clone()),
-                    request: Some(request),
-                };
+                let proxied = ProxyReleaseRequest { target: Some(via.clone()), request: Some(request) };
                 c.proxy().release(c.request(proxied)).await?
             }
         };
@@ -346,16 +332,11 @@ impl Route {
 
     pub async fn describe(&self) -> Result<DescribeResponse, Status> {
         let c = &self.connection;
-        let request = DescribeRequest {
-            session: self.session.clone(),
-        };
+        let request = DescribeRequest { session: self.session.clone() };
         let response = match &self.via {
             None => c.module().describe(c.request(request)).await?,
             Some(via) => {
-                let proxied = ProxyDescribeRequest {
-                    target: Some(via.clone()),
-                    request: Some(request),
-                };
+                let proxied = ProxyDescribeRequest { target: Some(via.clone()), request: Some(request) };
                 c.proxy().describe(c.request(proxied)).await?
             }
         };
@@ -364,10 +345,7 @@ impl Route {
 
     /// Queues an id for the next batched `Release` (cheap; safe from a GC callback).
     pub fn release_later(&self, id: String) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 
     /// Sends every queued release now.
@@ -384,10 +362,7 @@ impl Route {
             if let Err(status) = self.release(batch.clone()).await {
                 // Keep them for the next attempt unless the server cannot hold them any more.
                 if status.code() == Code::Unavailable {
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(batch);
+                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
                 }
                 return Err(status);
             }

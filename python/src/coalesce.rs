@@ -42,21 +42,13 @@ impl<T: Write + Unpin> Coalesce<T> {
 }
 
 impl<T: Read + Unpin> Read for Coalesce<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<T: Write + Unpin> Write for Coalesce<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.buf.len() + data.len() > DIRECT {
             ready!(this.poll_drain(cx))?;
@@ -105,9 +97,7 @@ impl Connector {
     }
 }
 
-type Connecting = Pin<
-    Box<dyn Future<Output = Result<Coalesce<TokioIo<TcpStream>>, tower::BoxError>> + Send>,
->;
+type Connecting = Pin<Box<dyn Future<Output = Result<Coalesce<TokioIo<TcpStream>>, tower::BoxError>> + Send>>;
 
 impl tower::Service<Uri> for Connector {
     type Response = Coalesce<TokioIo<TcpStream>>;
@@ -120,12 +110,6 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = tower::Service::call(&mut self.http, uri);
-        Box::pin(async move {
-            Ok(Coalesce {
-                inner: connecting.await?,
-                buf: Vec::new(),
-                deferred: false,
-            })
-        })
+        Box::pin(async move { Ok(Coalesce { inner: connecting.await?, buf: Vec::new(), deferred: false }) })
     }
 }

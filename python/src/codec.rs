@@ -7,13 +7,12 @@ use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyModule,
-    PySet, PyString, PyTuple, PyType,
+    PyBool, PyByteArray, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyModule, PySet, PyString,
+    PyTuple, PyType,
 };
 
 use crate::proto::{
-    value::Kind, Complex, Dict, DictEntry, NdArray, NoneValue, NumpyScalar, RemoteRef as WireRef,
-    Value, ValueList,
+    value::Kind, Complex, Dict, DictEntry, NdArray, NoneValue, NumpyScalar, RemoteRef as WireRef, Value, ValueList,
 };
 
 /// numpy dtype kinds that travel by value (bool, ints, floats, complex, datetimes, bytes, str).
@@ -98,10 +97,7 @@ pub fn encode<'py>(
         return Ok(Some(v(Kind::BytesValue(Bytes::copy_from_slice(b.as_bytes())))));
     }
     if let Ok(c) = obj.cast_exact::<PyComplex>() {
-        return Ok(Some(v(Kind::ComplexValue(Complex {
-            real: c.real(),
-            imag: c.imag(),
-        }))));
+        return Ok(Some(v(Kind::ComplexValue(Complex { real: c.real(), imag: c.imag() }))));
     }
     if let Ok(l) = obj.cast_exact::<PyList>() {
         return Ok(encode_items(l.iter(), leaf)?.map(|items| v(Kind::ListValue(items))));
@@ -115,10 +111,7 @@ pub fn encode<'py>(
             let (Some(key), Some(value)) = (encode(&key, leaf)?, encode(&value, leaf)?) else {
                 return Ok(None);
             };
-            entries.push(DictEntry {
-                key: Some(key),
-                value: Some(value),
-            });
+            entries.push(DictEntry { key: Some(key), value: Some(value) });
         }
         return Ok(Some(v(Kind::DictValue(Dict { entries }))));
     }
@@ -135,11 +128,7 @@ pub fn encode<'py>(
             }
         } else if obj.is_instance(np.generic.bind(py))? {
             if let Some(dtype) = plain_dtype(&obj.getattr("dtype")?)? {
-                let data = Bytes::copy_from_slice(
-                    obj.call_method0("tobytes")?
-                        .cast_into::<PyBytes>()?
-                        .as_bytes(),
-                );
+                let data = Bytes::copy_from_slice(obj.call_method0("tobytes")?.cast_into::<PyBytes>()?.as_bytes());
                 return Ok(Some(v(Kind::NumpyScalar(NumpyScalar { dtype, data }))));
             }
         }
@@ -186,14 +175,10 @@ fn encode_ndarray(np: &Numpy, obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>>
         array = array.call_method1("astype", (&dtype_obj,))?;
         dtype = dtype_obj.getattr("str")?.extract()?;
     }
-    let bytes = array
-        .call_method1("reshape", (-1,))?
-        .call_method1("view", ("u1",))?;
+    let bytes = array.call_method1("reshape", (-1,))?.call_method1("view", ("u1",))?;
     let bytes = bytes.cast_into::<PyArray1<u8>>()?;
     if !bytes.is_contiguous() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "array data is not contiguous",
-        ));
+        return Err(pyo3::exceptions::PyValueError::new_err("array data is not contiguous"));
     }
     let data = Bytes::from_owner(ArrayData {
         ptr: bytes.data() as usize,
@@ -248,12 +233,8 @@ impl DecodeError {
     pub fn into_pyerr(self) -> PyErr {
         match self {
             Self::Python(e) => e,
-            Self::UnknownRef(id) => {
-                pyo3::exceptions::PyLookupError::new_err(format!("unknown reference id {id:?}"))
-            }
-            Self::Malformed(what) => {
-                pyo3::exceptions::PyValueError::new_err(format!("malformed value: {what}"))
-            }
+            Self::UnknownRef(id) => pyo3::exceptions::PyLookupError::new_err(format!("unknown reference id {id:?}")),
+            Self::Malformed(what) => pyo3::exceptions::PyValueError::new_err(format!("malformed value: {what}")),
         }
     }
 }
@@ -294,8 +275,7 @@ pub fn decode<'py>(
             load_numpy(py)?;
             let flat = PyArray1::<u8>::from_vec(py, owned(a.data));
             let shape = PyTuple::new(py, a.shape)?;
-            flat.call_method1("view", (a.dtype,))?
-                .call_method1("reshape", (shape,))?
+            flat.call_method1("view", (a.dtype,))?.call_method1("reshape", (shape,))?
         }
         Kind::NumpyScalar(s) => {
             let np = load_numpy(py)?;
@@ -311,10 +291,7 @@ fn decode_items<'py>(
     list: ValueList,
     refs: &mut dyn FnMut(WireRef) -> Result<Bound<'py, PyAny>, DecodeError>,
 ) -> Result<Vec<Bound<'py, PyAny>>, DecodeError> {
-    list.items
-        .into_iter()
-        .map(|item| decode(py, item, refs))
-        .collect()
+    list.items.into_iter().map(|item| decode(py, item, refs)).collect()
 }
 
 /// `module.QualName` of an object's type (`QualName` alone for builtins).
@@ -325,9 +302,5 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> PyResult<String> {
 pub fn qualified_name(ty: &Bound<'_, PyType>) -> PyResult<String> {
     let module: String = ty.getattr("__module__")?.extract()?;
     let qualname: String = ty.getattr("__qualname__")?.extract()?;
-    Ok(if module == "builtins" {
-        qualname
-    } else {
-        format!("{module}.{qualname}")
-    })
+    Ok(if module == "builtins" { qualname } else { format!("{module}.{qualname}") })
 }

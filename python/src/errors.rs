@@ -28,12 +28,7 @@ pub fn remote_error(py: Python<'_>, err: &PyErr) -> RemoteError {
                 builtin_bases.push(name);
             }
         }
-        Ok(RemoteError {
-            r#type: qualified_name(&ty)?,
-            message: value.str()?.to_string(),
-            traceback,
-            builtin_bases,
-        })
+        Ok(RemoteError { r#type: qualified_name(&ty)?, message: value.str()?.to_string(), traceback, builtin_bases })
     };
     describe().unwrap_or_else(|e| RemoteError {
         r#type: "Exception".into(),
@@ -87,22 +82,16 @@ pub fn status_to_pyerr(py: Python<'_>, status: &Status) -> PyErr {
         status.code()
     };
     let mut message = if broken {
-        format!(
-            "connection to the server broke during the call: {}",
-            status.message()
-        )
+        format!("connection to the server broke during the call: {}", status.message())
     } else {
         status.message().to_owned()
     };
     if code == Code::Unavailable || code == Code::Unknown {
-        let source = std::error::Error::source(status)
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
+        let source = std::error::Error::source(status).map(|s| format!(" ({s})")).unwrap_or_default();
         message.push_str(&source);
     }
     let build = || -> PyResult<PyErr> {
-        let exc = exceptions(py)?
-            .call_method1("_transport_error", (code_name(code), message.as_str()))?;
+        let exc = exceptions(py)?.call_method1("_transport_error", (code_name(code), message.as_str()))?;
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|e| e)
@@ -111,10 +100,8 @@ pub fn status_to_pyerr(py: Python<'_>, status: &Status) -> PyErr {
 /// A `RemoteError` message as a `jac_splice.RemoteError` that is also the matching builtin exception.
 pub fn remote_to_pyerr(py: Python<'_>, err: RemoteError) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let exc = exceptions(py)?.call_method1(
-            "_remote_error",
-            (err.r#type, err.message, err.traceback, err.builtin_bases),
-        )?;
+        let exc = exceptions(py)?
+            .call_method1("_remote_error", (err.r#type, err.message, err.traceback, err.builtin_bases))?;
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|e| e)

@@ -4,8 +4,8 @@
 mod alloc;
 mod bindings;
 mod client;
-mod codec;
 mod coalesce;
+mod codec;
 mod errors;
 mod proto;
 mod refs;

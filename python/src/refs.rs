@@ -30,11 +30,7 @@ pub struct Counts {
 
 impl<T> RefTable<T> {
     pub fn new(lease: Duration) -> Self {
-        Self {
-            sessions: Mutex::new(HashMap::new()),
-            lease,
-            next_id: AtomicU64::new(1),
-        }
+        Self { sessions: Mutex::new(HashMap::new()), lease, next_id: AtomicU64::new(1) }
     }
 
     pub fn lease(&self) -> Duration {
@@ -52,13 +48,7 @@ impl<T> RefTable<T> {
         match sessions.get_mut(session) {
             Some(s) => s.deadline = deadline,
             None => {
-                sessions.insert(
-                    session.to_owned(),
-                    Session {
-                        refs: HashMap::new(),
-                        deadline,
-                    },
-                );
+                sessions.insert(session.to_owned(), Session { refs: HashMap::new(), deadline });
             }
         }
     }
@@ -68,12 +58,7 @@ impl<T> RefTable<T> {
         let id = format!("r{:x}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let deadline = Instant::now() + self.lease;
         let mut sessions = self.lock();
-        let entry = sessions
-            .entry(session.to_owned())
-            .or_insert_with(|| Session {
-                refs: HashMap::new(),
-                deadline,
-            });
+        let entry = sessions.entry(session.to_owned()).or_insert_with(|| Session { refs: HashMap::new(), deadline });
         entry.deadline = deadline;
         entry.refs.insert(id.clone(), obj);
         id
@@ -98,25 +83,14 @@ impl<T> RefTable<T> {
     /// Removes every session whose lease ended before `now`; returns their objects.
     pub fn expire(&self, now: Instant) -> Vec<T> {
         let mut sessions = self.lock();
-        let expired: Vec<String> = sessions
-            .iter()
-            .filter(|(_, s)| s.deadline <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        expired
-            .into_iter()
-            .filter_map(|k| sessions.remove(&k))
-            .flat_map(|s| s.refs.into_values())
-            .collect()
+        let expired: Vec<String> = sessions.iter().filter(|(_, s)| s.deadline <= now).map(|(k, _)| k.clone()).collect();
+        expired.into_iter().filter_map(|k| sessions.remove(&k)).flat_map(|s| s.refs.into_values()).collect()
     }
 
     /// Removes every session (shutdown).
     pub fn clear(&self) -> Vec<T> {
         let mut sessions = self.lock();
-        sessions
-            .drain()
-            .flat_map(|(_, s)| s.refs.into_values())
-            .collect()
+        sessions.drain().flat_map(|(_, s)| s.refs.into_values()).collect()
     }
 
     pub fn counts(&self, session: &str) -> Counts {

@@ -17,8 +17,8 @@ use crate::errors::{is_oversize, remote_error};
 use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
 use crate::proto::RemoteRef as WireRef;
 use crate::proto::{
-    value_response, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ReleaseRequest,
-    ReleaseResponse, Value, ValueResponse,
+    value_response, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ReleaseRequest, ReleaseResponse,
+    Value, ValueResponse,
 };
 use crate::refs::RefTable;
 
@@ -40,9 +40,7 @@ struct Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Host").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -50,21 +48,14 @@ impl std::fmt::Debug for Host {
 type Outcome = Result<ValueResponse, Status>;
 
 impl Host {
-    fn resolve<'py>(
-        &self,
-        py: Python<'py>,
-        session: &str,
-        target: &str,
-    ) -> Result<Bound<'py, PyAny>, Status> {
+    fn resolve<'py>(&self, py: Python<'py>, session: &str, target: &str) -> Result<Bound<'py, PyAny>, Status> {
         match target {
             "" => return Ok(self.module.bind(py).clone()),
             BUILTINS => return py.import("builtins").map(Bound::into_any).map_err(internal),
             OPERATOR => return py.import("operator").map(Bound::into_any).map_err(internal),
             _ => {}
         }
-        self.table
-            .get(session, target, |obj| obj.clone_ref(py).into_bound(py))
-            .ok_or_else(|| unknown_ref(target))
+        self.table.get(session, target, |obj| obj.clone_ref(py).into_bound(py)).ok_or_else(|| unknown_ref(target))
     }
 
     /// Plain data by value, anything else as a reference stored for `session`.
@@ -72,23 +63,12 @@ impl Host {
         if let Some(value) = codec::encode(obj, &mut |_| Ok(None))? {
             return Ok(value);
         }
-        let r = WireRef {
-            type_name: codec::type_name(obj)?,
-            callable: obj.is_callable(),
-            id: String::new(),
-        };
+        let r = WireRef { type_name: codec::type_name(obj)?, callable: obj.is_callable(), id: String::new() };
         let id = self.table.insert(session, obj.clone().unbind());
-        Ok(Value {
-            kind: Some(crate::proto::value::Kind::Ref(WireRef { id, ..r })),
-        })
+        Ok(Value { kind: Some(crate::proto::value::Kind::Ref(WireRef { id, ..r })) })
     }
 
-    fn finish(
-        &self,
-        py: Python<'_>,
-        session: &str,
-        result: PyResult<Bound<'_, PyAny>>,
-    ) -> ValueResponse {
+    fn finish(&self, py: Python<'_>, session: &str, result: PyResult<Bound<'_, PyAny>>) -> ValueResponse {
         let result = result.and_then(|obj| self.encode_result(session, &obj));
         ValueResponse {
             result: Some(match result {
@@ -107,10 +87,7 @@ impl Host {
     fn call(&self, py: Python<'_>, request: CallRequest) -> Outcome {
         let session = request.session.as_str();
         let target = self.resolve(py, session, &request.target)?;
-        let mut lookup = |r: WireRef| {
-            self.resolve(py, session, &r.id)
-                .map_err(|_| DecodeError::UnknownRef(r.id))
-        };
+        let mut lookup = |r: WireRef| self.resolve(py, session, &r.id).map_err(|_| DecodeError::UnknownRef(r.id));
         let mut args = Vec::with_capacity(request.args.len());
         let kwargs = PyDict::new(py);
         let decoded: Result<(), DecodeError> = (|| {
@@ -118,9 +95,7 @@ impl Host {
                 args.push(codec::decode(py, arg, &mut lookup)?);
             }
             for kwarg in request.kwargs {
-                let value = kwarg
-                    .value
-                    .ok_or(DecodeError::Malformed("kwarg without a value"))?;
+                let value = kwarg.value.ok_or(DecodeError::Malformed("kwarg without a value"))?;
                 kwargs.set_item(kwarg.name, codec::decode(py, value, &mut lookup)?)?;
             }
             Ok(())
@@ -155,9 +130,7 @@ fn walk<'py>(mut obj: Bound<'py, PyAny>, path: &[String]) -> PyResult<Bound<'py,
 }
 
 fn unknown_ref(id: &str) -> Status {
-    Status::not_found(format!(
-        "unknown reference id {id:?} (released, expired, or from another session)"
-    ))
+    Status::not_found(format!("unknown reference id {id:?} (released, expired, or from another session)"))
 }
 
 fn check_session(session: &str) -> Result<(), Status> {
@@ -176,23 +149,42 @@ fn from_lane<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(LANE_HEADER)
 }
 
-/// Runs Python work: on this thread for a lane's request (its connection thread has nothing else
-/// to do meanwhile), else on the blocking pool so the connection keeps serving other streams.
+/// Python work handed from a request to its connection thread's loop.
+type Job = Box<dyn FnOnce() + Send>;
+
+std::thread_local! {
+    /// On a connection thread: where its loop picks up jobs to run outside the runtime.
+    static INLINE: std::cell::RefCell<Option<tokio::sync::mpsc::UnboundedSender<Job>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs Python work: for a lane's request on this connection's thread (it has nothing else to
+/// do meanwhile), else on the blocking pool so the connection keeps serving other streams.
+///
+/// On the connection thread the work runs *between* turns of its runtime, not inside one: served
+/// code may block on a runtime of its own (a jac-splice client, any tokio-based library), which
+/// is not allowed from within a runtime.
 async fn run_python<T: Send + 'static>(
     inline: bool,
     f: impl FnOnce(Python<'_>) -> T + Send + 'static,
 ) -> Result<T, Status> {
-    if inline {
-        Ok(Python::attach(f))
-    } else {
-        blocking(f).await
+    let sender = if inline { INLINE.with(|c| c.borrow().clone()) } else { None };
+    let Some(sender) = sender else {
+        return blocking(f).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(Python::attach(f));
+    });
+    if let Err(unsent) = sender.send(job) {
+        // The loop is gone (shutting down): run it here rather than fail the call.
+        (unsent.0)();
     }
+    rx.await.map_err(|_| Status::internal("the connection's call was dropped"))
 }
 
 /// Runs Python work off the network threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce(Python<'_>) -> T + Send + 'static,
-) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce(Python<'_>) -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(move || Python::attach(f))
         .await
         .map_err(|e| Status::internal(format!("request task failed: {e}")))
@@ -212,18 +204,13 @@ struct Service {
 
 #[tonic::async_trait]
 impl ModuleService for Service {
-    async fn get_attr(
-        &self,
-        request: Request<GetAttrRequest>,
-    ) -> Result<Response<ValueResponse>, Status> {
+    async fn get_attr(&self, request: Request<GetAttrRequest>) -> Result<Response<ValueResponse>, Status> {
         let inline = from_lane(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        run_python(inline, move |py| host.get_attr(py, request))
-            .await?
-            .map(Response::new)
+        run_python(inline, move |py| host.get_attr(py, request)).await?.map(Response::new)
     }
 
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<ValueResponse>, Status> {
@@ -232,31 +219,20 @@ impl ModuleService for Service {
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        run_python(inline, move |py| host.call(py, request))
-            .await?
-            .map(Response::new)
+        run_python(inline, move |py| host.call(py, request)).await?.map(Response::new)
     }
 
-    async fn release(
-        &self,
-        request: Request<ReleaseRequest>,
-    ) -> Result<Response<ReleaseResponse>, Status> {
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
         let request = request.into_inner();
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
         let (freed, remaining) = self.host.table.remove(&request.session, &request.ids);
         let released = u32::try_from(freed.len()).unwrap_or(u32::MAX);
         drop_objects(freed).await;
-        Ok(Response::new(ReleaseResponse {
-            released,
-            remaining,
-        }))
+        Ok(Response::new(ReleaseResponse { released, remaining }))
     }
 
-    async fn describe(
-        &self,
-        request: Request<DescribeRequest>,
-    ) -> Result<Response<DescribeResponse>, Status> {
+    async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
         let request = request.into_inner();
         check_session(&request.session)?;
         self.host.table.touch(&request.session);
@@ -287,9 +263,7 @@ fn oversize_to_resource_exhausted(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|m| is_oversize(&Status::out_of_range(percent_decode(m))));
     if oversize {
-        response
-            .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
 }
@@ -310,36 +284,22 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds, then serves until `stop`: a thread accepts connections and gives each its own
     /// thread (see `serve_connection`); leases are reaped on the accepting thread.
-    pub fn start(
-        py: Python<'_>,
-        module: Bound<'_, PyAny>,
-        config: &ServerConfig,
-    ) -> PyResult<Self> {
+    pub fn start(py: Python<'_>, module: Bound<'_, PyAny>, config: &ServerConfig) -> PyResult<Self> {
         let name: String = module.getattr("__name__")?.extract()?;
         let version = match module.getattr_opt("__version__")? {
             Some(v) => v.str()?.to_string(),
             None => String::new(),
         };
-        let host = Arc::new(Host {
-            module: module.unbind(),
-            name,
-            version,
-            table: RefTable::new(config.lease),
-        });
+        let host = Arc::new(Host { module: module.unbind(), name, version, table: RefTable::new(config.lease) });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("jac-splice-call")
             .build()
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
         let bind_to = (config.host.clone(), config.port);
-        let listener = py
-            .detach(|| rt.block_on(tokio::net::TcpListener::bind(bind_to)))
-            .map_err(|e| {
-                pyo3::exceptions::PyOSError::new_err(format!(
-                    "cannot listen on {}:{}: {e}",
-                    config.host, config.port
-                ))
-            })?;
+        let listener = py.detach(|| rt.block_on(tokio::net::TcpListener::bind(bind_to))).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("cannot listen on {}:{}: {e}", config.host, config.port))
+        })?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let service = ModuleServiceServer::new(Service { host: host.clone() })
@@ -351,9 +311,7 @@ impl RunningServer {
             let (reporter, health) = tonic_health::server::health_reporter();
             reporter.set_serving::<ModuleServiceServer<Service>>().await;
             for name in ["", "ModuleService"] {
-                reporter
-                    .set_service_status(name, tonic_health::ServingStatus::Serving)
-                    .await;
+                reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
             }
             let routes = routes.add_service(health);
             let reaper = tokio::spawn(reap(lease_host));
@@ -365,20 +323,13 @@ impl RunningServer {
             result
         };
         let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("jac-splice-server".into())
-            .spawn(move || {
-                let result = rt.block_on(serve);
-                // Calls still running in the blocking pool finish on their own.
-                rt.shutdown_background();
-                let _ = done_tx.send(result);
-            })?;
-        Ok(Self {
-            addr,
-            shutdown: Some(tx),
-            done: Some(done),
-            host,
-        })
+        std::thread::Builder::new().name("jac-splice-server".into()).spawn(move || {
+            let result = rt.block_on(serve);
+            // Calls still running in the blocking pool finish on their own.
+            rt.shutdown_background();
+            let _ = done_tx.send(result);
+        })?;
+        Ok(Self { addr, shutdown: Some(tx), done: Some(done), host })
     }
 
     /// Waits up to `timeout` for the server to end; `Ok(true)` once it has.
@@ -391,9 +342,7 @@ impl RunningServer {
             Err(_) => Ok(false),
             Ok(ended) => {
                 self.done = None;
-                ended
-                    .map_err(|_| "the server thread ended abruptly".to_owned())?
-                    .map(|()| true)
+                ended.map_err(|_| "the server thread ended abruptly".to_owned())?.map(|()| true)
             }
         }
     }
@@ -463,42 +412,73 @@ fn serve_connection(
     mut stop: tokio::sync::watch::Receiver<()>,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
-    rt.block_on(async move {
-        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-            return;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-            routes,
-            |request: http::Request<hyper::body::Incoming>| request.map(tonic::body::Body::new),
-        ));
-        let mut builder =
-            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-        builder
-            .timer(hyper_util::rt::TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME);
-        let mut connection =
-            std::pin::pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = &mut connection => break,
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    });
+    // Attach once and detach for the life of the connection: the thread keeps its Python thread
+    // state, so each call's `Python::attach` only takes the GIL (a thread state would otherwise
+    // be created and destroyed per call).
+    Python::attach(|py| py.detach(|| serve_on(&rt, stream, routes, &mut stop)));
     // Calls still running in the blocking pool finish on their own.
     rt.shutdown_background();
+}
+
+/// What ended one turn of a connection thread's runtime.
+enum Turn {
+    Job(Job),
+    Stop,
+    Done,
+}
+
+/// The connection thread's loop: drive the connection until a lane's request has Python work,
+/// run that work outside the runtime, resume.
+fn serve_on(
+    rt: &tokio::runtime::Runtime,
+    stream: std::net::TcpStream,
+    routes: Routes,
+    stop: &mut tokio::sync::watch::Receiver<()>,
+) {
+    let _context = rt.enter();
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
+    let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    INLINE.with(|c| *c.borrow_mut() = Some(jobs_tx));
+    let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+        routes,
+        |request: http::Request<hyper::body::Incoming>| request.map(tonic::body::Body::new),
+    ));
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME);
+    let mut connection = std::pin::pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+    let mut stopping = false;
+    loop {
+        let turn = rt.block_on(async {
+            tokio::select! {
+                biased;
+                job = jobs.recv() => job.map_or(Turn::Done, Turn::Job),
+                _ = &mut connection => Turn::Done,
+                _ = stop.changed(), if !stopping => Turn::Stop,
+            }
+        });
+        match turn {
+            Turn::Job(job) => job(),
+            Turn::Stop => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            Turn::Done => break,
+        }
+    }
+    INLINE.with(|c| c.borrow_mut().take());
+    // Jobs queued meanwhile (none normally) still run, so no caller waits forever.
+    while let Ok(job) = jobs.try_recv() {
+        job();
+    }
 }
 
 /// Frees the references of sessions whose lease ended.

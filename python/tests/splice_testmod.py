@@ -110,3 +110,10 @@ def big_bytes(n: int) -> bytes:
 
 def kwargs_echo(*args: Any, **kwargs: Any) -> Any:
     return [list(args), kwargs]
+
+
+def call_back(address: str, value: Any) -> Any:
+    """Calls this module's server from inside a call (served code that blocks on a runtime)."""
+    import jac_splice
+
+    return jac_splice.connect(address).import_module("splice_testmod").identity(value)

@@ -150,9 +150,12 @@ def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
     np = splice.import_module("numpy")
     assert np.array([1, 2, 3, 4]).sum() == 10
     # The call ran in the module server jac-orc started, not here.
-    served_by = splice.client.via_proxy("numpy", "").describe()
+    assert splice.is_orchestrator
+    served_by = splice.describe("numpy")
     assert served_by["module"] == "numpy"
     assert served_by["pid"] not in (os.getpid(), orchestrator.proc.pid)
+    with pytest.raises(ValueError, match="name the python-module deployment"):
+        splice.describe()
 
 
 def test_two_deployments_of_one_module_are_listed_as_candidates(
