@@ -237,10 +237,49 @@ def raw_tcp_ms(arr: np.ndarray, n: int) -> float:
     return ms
 
 
+def start_orchestrator(binary: str) -> tuple[subprocess.Popen, str, str]:
+    """Starts jac-orc on the local backend and deploys bench_mod as a python-module; returns
+    (process, address, deployment). The process is stopped by the caller."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="jac-orc-bench-")
+    env = dict(os.environ, PYTHONPATH=str(HERE), JAC_ORC_LOG="warn")
+    proc = subprocess.Popen(
+        [binary, "serve", "--backend", "local", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+         "--python", sys.executable],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{binary} serve did not start")
+            time.sleep(0.05)
+    body = json.dumps({"module": "python-module", "config": {"name": "bench", "module": "bench_mod"}}).encode()
+    req = urllib.request.Request(f"{url}/deployment", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        status = json.load(r)["deployment"]["status"]
+    if status != "deployed":
+        proc.kill()
+        raise RuntimeError(f"python-module bench_mod: {status}")
+    return proc, f"127.0.0.1:{port}", "bench"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orchestrator", help="jac-orc address serving ModuleProxy (optional)")
     parser.add_argument("--deployment", default="", help="python-module deployment of bench_mod")
+    parser.add_argument(
+        "--jac-orc", default=os.environ.get("JAC_ORC_BIN"),
+        help="jac-orc binary to start on the local backend for the ModuleProxy row (env JAC_ORC_BIN)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
     args.n, args.big_n, args.per = (300, 3, 50) if args.quick else (3000, 8, 300)
@@ -259,8 +298,15 @@ def main() -> None:
         server.wait()
     if args.orchestrator:
         results["jac-splice via jac-orc"] = bench_splice(args.orchestrator, args, args.deployment)
+    elif args.jac_orc:
+        orc, address, deployment = start_orchestrator(args.jac_orc)
+        try:
+            results["jac-splice via jac-orc"] = bench_splice(address, args, deployment)
+        finally:
+            orc.terminate()
+            orc.wait(timeout=30)
     else:
-        print("skipped: jac-splice via jac-orc ModuleProxy (pass --orchestrator HOST:PORT)")
+        print("skipped: jac-splice via jac-orc ModuleProxy (pass --jac-orc BIN or --orchestrator HOST:PORT)")
     results["RPyC classic"] = bench_rpyc(args)
     results["grpcio (Python)"] = bench_grpcio(args)
     tcp = raw_tcp_ms(args.arr, args.big_n)
@@ -272,7 +318,8 @@ def main() -> None:
               f"{r['big_ms']:>10.1f}{r['c32_calls_s']:>14.0f}")  # fmt: skip
     print(f"{'raw TCP 64 MiB echo':<24}{'':>32}{tcp:>10.1f}")
     rp = results["RPyC classic"]
-    print("\nratios vs RPyC (targets: tiny p50 <= 0.8x, 64 MiB >= 5x faster, 32 callers >= 2x):")
+    print("\nratios vs RPyC (targets: tiny p50 <= 0.8x direct and <= 1.2x via jac-orc, 64 MiB >= 5x faster,"
+          " 32 callers >= 2x):")  # fmt: skip
     for name, r in results.items():
         if name == "RPyC classic":
             continue
