@@ -36,6 +36,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         templates = %cfg.manifests_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin".into()),
@@ -62,7 +63,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         });
     }
-    server::serve(listener, service, shutdown_signal()).await?;
+    server::serve(listener, service, shutdown).await?;
     tracing::info!("stopping workloads");
     backend.shutdown().await;
     Ok(())
@@ -115,20 +116,20 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGTERM and Ctrl-C handlers now (before the address is announced, so a supervisor
+/// that signals right after seeing it gets a clean stop) and resolves when either arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 async fn client(args: &ClientArgs) -> Result<OrchestratorClient<tonic::transport::Channel>> {

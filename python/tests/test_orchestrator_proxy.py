@@ -171,3 +171,50 @@ def test_two_deployments_of_one_module_are_listed_as_candidates(
     # Naming the deployment picks one.
     math = splice.import_module("math", deployment="calc-b")
     assert math.sqrt(16.0) == 4.0
+
+
+def make_wheel(directory: Path, name: str, source: str) -> Path:
+    """A minimal pure-Python wheel, built by hand so the test needs no build tools or index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-0.1"
+    files = {
+        f"{name}.py": source.encode(),
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def digest(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{path},{digest(data)},{len(data)}\n" for path, data in files.items())
+    record += f"{dist}.dist-info/RECORD,,\n"
+    wheel = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+        z.writestr(f"{dist}.dist-info/RECORD", record)
+    return wheel
+
+
+def test_packages_are_installed_into_the_deployments_virtualenv(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
+    # The module exists only in the wheel: the deployment can import it only if the local
+    # backend installed `packages` into its virtualenv. --no-index keeps pip off the network.
+    wheel = make_wheel(tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n")
+    body = {
+        "module": "python-module",
+        "config": {"name": "pkgmod", "module": "splice_pkgmod", "packages": ["--no-index", str(wheel)]},
+    }
+    deployed = orchestrator.rest("POST", "/deployment", body)
+    assert deployed["deployment"]["status"] == "deployed", deployed
+    splice = jac_splice.connect(orchestrator.url)
+    remote = splice.import_module("splice_pkgmod")
+    prefix = remote.prefix()
+    assert prefix != sys.prefix and prefix.endswith("venv"), prefix
+    with pytest.raises(ModuleNotFoundError):
+        __import__("splice_pkgmod")  # not installed here
+    orchestrator.rest("DELETE", "/deployment/default/python-module/pkgmod")

@@ -1081,3 +1081,87 @@ async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() 
     let _ = stop.send(());
     timed(handle).await.unwrap().unwrap();
 }
+
+/// Reads the server's log lines (stderr) until `want` appears; returns the lines read.
+fn wait_for_log(lines: &mut impl Iterator<Item = std::io::Result<String>>, want: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in lines.take(200) {
+        let line = line.expect("log line");
+        let done = line.contains(want);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+    panic!("`{want}` never logged: {seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_a_kubeconfig_picks_the_kubernetes_backend_and_says_why() {
+    use std::io::BufRead;
+    let Some(mut c) = Cluster::connect().await else {
+        return;
+    };
+    let ns = c.namespace("serve").await;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jac-orc"))
+        .args(["serve", "--backend", "auto", "--listen", "127.0.0.1:0", "--namespace", &ns])
+        .arg("--kubeconfig")
+        .arg(&c.path)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("KUBECONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("jac-orc starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = tokio::task::block_in_place(|| wait_for_log(&mut lines, "jac-orc listening on "));
+    assert!(log.iter().any(|l| l.contains("backend: kubernetes") && l.contains("kubeconfig")), "{log:#?}");
+    let addr =
+        log.last().unwrap().split("jac-orc listening on ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    // Keep draining the log so the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.take(100_000).for_each(drop));
+
+    let body: Value = timed(
+        reqwest::Client::new()
+            .post(format!("http://{addr}/deployment"))
+            .json(&json!({"module": "redis", "config": {"name": "via-cli"}}))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["deployment"]["backend"], "kubernetes", "{body}");
+    assert_eq!(body["deployment"]["namespace"], ns.as_str());
+    let cms = Api::<ConfigMap>::namespaced(c.client.clone(), &ns);
+    assert!(timed(cms.get("via-cli")).await.is_ok(), "the ConfigMap exists in the cluster");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+    let _ = drain.join();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_auto_without_a_cluster_uses_the_local_backend_and_says_why() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jac-orc"))
+        .args(["serve", "--backend", "auto", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", data.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("jac-orc starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = tokio::task::block_in_place(|| wait_for_log(&mut lines, "jac-orc listening on "));
+    assert!(log.iter().any(|l| l.contains("backend: local")), "{log:#?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+}
