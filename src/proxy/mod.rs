@@ -13,6 +13,7 @@ pub mod codec;
 pub mod deadline;
 pub mod pool;
 pub mod resolve;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,8 +90,8 @@ impl Default for ProxyConfig {
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
-            stream_window: 16 << 20,
-            connection_window: 64 << 20,
+            stream_window: 64 << 20,
+            connection_window: 256 << 20,
             adaptive_window: false,
         }
     }
@@ -195,6 +196,127 @@ impl ModuleProxy {
         }
     }
 
+    /// Forwards one `Proxy*Request` HTTP/2 request, streaming: the request is re-framed as it
+    /// arrives ([`stream::plan`]) and the module server's response body and trailers are passed
+    /// back frame by frame. Errors of the proxy itself are gRPC statuses (`to_status`).
+    pub async fn forward_http(
+        self: Arc<Self>,
+        method: Method,
+        request: http::Request<tonic::body::Body>,
+        to_status: fn(Error) -> tonic::Status,
+    ) -> http::Response<tonic::body::Body> {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
+        let forward = self.clone().forward_streaming(method, parts.headers, body, timeout, started, to_status);
+        let result = match timeout {
+            None => forward.await,
+            Some(t) => match tokio::time::timeout(t, forward).await {
+                Ok(r) => r,
+                Err(_) => Err(to_status(Error::DeadlineExceeded { timeout: t, endpoint: None })),
+            },
+        };
+        result.unwrap_or_else(|status| status.into_http())
+    }
+
+    async fn forward_streaming(
+        self: Arc<Self>,
+        method: Method,
+        headers: http::HeaderMap,
+        mut body: tonic::body::Body,
+        timeout: Option<Duration>,
+        started: Instant,
+        to_status: fn(Error) -> tonic::Status,
+    ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
+        use http_body_util::BodyExt;
+        let limit = self.config.max_message_bytes;
+        let mut head = bytes::BytesMut::new();
+        let (target, upstream_body) = loop {
+            match stream::plan(&head).map_err(|e| to_status(e.into()))? {
+                stream::Plan::NeedMore => {}
+                stream::Plan::Stream { target, prefix, inner_len } => {
+                    if inner_len > limit {
+                        return Err(too_large(inner_len, limit));
+                    }
+                    let head = head.freeze();
+                    let already = head.len() - prefix;
+                    let rest = head.slice(prefix..);
+                    let remaining = inner_len.saturating_sub(already);
+                    let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
+                    let body = stream::ForwardBody::new([stream::frame_header(inner_len), rest], Some(body), remaining);
+                    break (target, body);
+                }
+                stream::Plan::Whole { len } => {
+                    if len > limit {
+                        return Err(too_large(len, limit));
+                    }
+                    if head.len() >= stream::FRAME_HEADER + len {
+                        let message = head.freeze().slice(stream::FRAME_HEADER..stream::FRAME_HEADER + len);
+                        let codec::Split { target, inner } = codec::split(message).map_err(|e| to_status(e.into()))?;
+                        let body = stream::ForwardBody::new([stream::frame_header(inner.len()), inner], None, 0);
+                        break (target, body);
+                    }
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None => return Err(to_status(codec::MalformedRequest::new("truncated request").into())),
+            }
+        };
+        let id = self.deployment_id(target).map_err(to_status)?;
+        let endpoint = self.resolver.pick(&id).await.map_err(to_status)?;
+        let mut channel = self.pool.get(&endpoint).map_err(to_status)?;
+
+        let mut request = http::Request::new(tonic::body::Body::new(upstream_body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(endpoint.as_str())
+            .path_and_query(method.upstream_path())
+            .build()
+            .map_err(|e| to_status(Error::BadEndpoint { endpoint: endpoint.clone(), reason: e.to_string() }))?;
+        let h = request.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
+            h.insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        if let Some(t) = timeout {
+            // What is left after resolution, so the module server gives up when the caller does.
+            h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
+        }
+        use tower::ServiceExt;
+        let ready = match channel.ready().await {
+            Ok(c) => c,
+            Err(e) => {
+                let failure = TransportFailure::from_transport(e);
+                return Err(to_status(self.transport_failure(&id, &endpoint, &failure, timeout)));
+            }
+        };
+        let response = match tower::Service::call(ready, request).await {
+            Ok(r) => r,
+            Err(e) => {
+                let failure = TransportFailure::from_transport(e);
+                return Err(to_status(self.transport_failure(&id, &endpoint, &failure, timeout)));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let proxy = self.clone();
+        let on_error = move |status: tonic::Status| {
+            let status = match TransportFailure::from_status(&status) {
+                Some(failure) => proxy.transport_failure(&id, &endpoint, &failure, timeout),
+                None => proxy.classify_failure(&id, &endpoint, status, timeout, started),
+            };
+            to_status(status)
+        };
+        Ok(http::Response::from_parts(parts, tonic::body::Body::new(stream::ResponseBody::new(body, on_error))))
+    }
+
     fn deployment_id(&self, target: crate::pb::ProxyTarget) -> Result<DeploymentId> {
         if target.deployment.is_empty() {
             return Err(Error::NoDeployment);
@@ -288,6 +410,12 @@ impl ModuleProxy {
     }
 }
 
+fn too_large(len: usize, limit: usize) -> tonic::Status {
+    tonic::Status::out_of_range(format!(
+        "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
+    ))
+}
+
 /// A failure of the channel to a module server. It deliberately has no `source()`: tonic would
 /// otherwise find the `ConnectError` or `TimeoutExpired` inside and turn it into a plain
 /// UNAVAILABLE or CANCELLED status, indistinguishable from one the module server sent.
@@ -300,6 +428,19 @@ enum TransportFailure {
 }
 
 impl TransportFailure {
+    /// A body error of the channel: an h2/hyper failure wrapped in a status.
+    fn from_status(status: &tonic::Status) -> Option<Self> {
+        let source = std::error::Error::source(status)?;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(err) = next {
+            if err.is::<tonic::TimeoutExpired>() {
+                return Some(TransportFailure::Timeout);
+            }
+            next = err.source();
+        }
+        Some(TransportFailure::Broken(error_chain(source)))
+    }
+
     fn from_transport(e: tonic::transport::Error) -> Self {
         let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = next {

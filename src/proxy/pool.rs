@@ -9,6 +9,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Error, ProxyConfig, Result};
 
+/// HTTP/2 frame size towards module servers (they accept 4 MiB; 16 KiB frames would cost a
+/// frame header and a wakeup per 16 KiB of a large ndarray).
+const MAX_FRAME: u32 = 1 << 20;
+
 #[derive(Debug)]
 pub struct Pool {
     config: ProxyConfig,
@@ -51,6 +55,7 @@ impl Pool {
             .keep_alive_timeout(c.keepalive)
             .initial_stream_window_size(c.stream_window)
             .initial_connection_window_size(c.connection_window)
+            .max_frame_size(MAX_FRAME)
             .http2_adaptive_window(c.adaptive_window);
         Ok(e)
     }
