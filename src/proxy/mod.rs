@@ -18,9 +18,6 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tonic::metadata::MetadataMap;
-
 use crate::backend::{self, Backend};
 use crate::plan::DeploymentId;
 
@@ -180,22 +177,6 @@ impl ModuleProxy {
         &self.config
     }
 
-    /// Forwards one encoded `Proxy*Request` and returns the module server's encoded response.
-    pub async fn forward(&self, method: Method, request: Bytes, metadata: &MetadataMap) -> Result<Bytes> {
-        let started = Instant::now();
-        let timeout = deadline::from_metadata(metadata);
-        let codec::Split { target, inner } = codec::split(request)?;
-        let id = self.deployment_id(target)?;
-        let forward = self.forward_to(method, &id, inner, metadata, timeout, started);
-        match timeout {
-            None => forward.await,
-            Some(t) => match tokio::time::timeout(t, forward).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::DeadlineExceeded { timeout: t, endpoint: None }),
-            },
-        }
-    }
-
     /// Forwards one `Proxy*Request` HTTP/2 request, streaming: the request is re-framed as it
     /// arrives ([`stream::plan`]) and the module server's response body and trailers are passed
     /// back frame by frame. Errors of the proxy itself are gRPC statuses (`to_status`).
@@ -270,7 +251,10 @@ impl ModuleProxy {
         };
         let id = self.deployment_id(target).map_err(to_status)?;
         let endpoint = self.resolver.pick(&id).await.map_err(to_status)?;
-        let mut channel = self.pool.get(&endpoint).map_err(to_status)?;
+        let mut sender = match self.pool.get(&endpoint).await {
+            Ok(s) => s,
+            Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
+        };
 
         let mut request = http::Request::new(tonic::body::Body::new(upstream_body));
         *request.method_mut() = http::Method::POST;
@@ -290,20 +274,13 @@ impl ModuleProxy {
             // What is left after resolution, so the module server gives up when the caller does.
             h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
         }
-        use tower::ServiceExt;
-        let ready = match channel.ready().await {
-            Ok(c) => c,
-            Err(e) => {
-                let failure = TransportFailure::from_transport(e);
-                return Err(to_status(self.transport_failure(&id, &endpoint, &failure, timeout)));
-            }
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(request).await
         };
-        let response = match tower::Service::call(ready, request).await {
+        let response = match sent.await {
             Ok(r) => r,
-            Err(e) => {
-                let failure = TransportFailure::from_transport(e);
-                return Err(to_status(self.transport_failure(&id, &endpoint, &failure, timeout)));
-            }
+            Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
         };
         let (parts, body) = response.into_parts();
         let proxy = self.clone();
@@ -314,7 +291,10 @@ impl ModuleProxy {
             };
             to_status(status)
         };
-        Ok(http::Response::from_parts(parts, tonic::body::Body::new(stream::ResponseBody::new(body, on_error))))
+        Ok(http::Response::from_parts(
+            parts,
+            tonic::body::Body::new(stream::ResponseBody::new(tonic::body::Body::new(body), on_error)),
+        ))
     }
 
     fn deployment_id(&self, target: crate::pb::ProxyTarget) -> Result<DeploymentId> {
@@ -323,40 +303,6 @@ impl ModuleProxy {
         }
         let namespace = if target.namespace.is_empty() { self.default_namespace.clone() } else { target.namespace };
         Ok(DeploymentId { namespace, module: PYTHON_MODULE.into(), name: target.deployment })
-    }
-
-    async fn forward_to(
-        &self,
-        method: Method,
-        id: &DeploymentId,
-        inner: Bytes,
-        metadata: &MetadataMap,
-        timeout: Option<Duration>,
-        started: Instant,
-    ) -> Result<Bytes> {
-        let endpoint = self.resolver.pick(id).await?;
-        let channel = self.pool.get(&endpoint)?;
-        let mut request = tonic::Request::new(inner);
-        if let Some(auth) = metadata.get("authorization") {
-            request.metadata_mut().insert("authorization", auth.clone());
-        }
-        if let Some(t) = timeout {
-            // What is left after resolution, so the module server gives up when the caller does.
-            request.set_timeout(t.saturating_sub(started.elapsed()));
-        }
-        // Transport errors are wrapped in a type of ours before tonic turns them into a
-        // `Status`, so they can be told apart from the module server's own error statuses.
-        let channel = tower::util::MapErr::new(channel, TransportFailure::from_transport);
-        let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(self.config.max_message_bytes)
-            .max_encoding_message_size(self.config.max_message_bytes);
-        if let Err(e) = grpc.ready().await {
-            return Err(self.transport_failure(id, &endpoint, &e, timeout));
-        }
-        match grpc.unary(request, method.upstream_path(), codec::RawCodec).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(self.classify_failure(id, &endpoint, status, timeout, started)),
-        }
     }
 
     /// Tells a module server's own error status (passed through) from a failure to reach it.
@@ -439,17 +385,6 @@ impl TransportFailure {
             next = err.source();
         }
         Some(TransportFailure::Broken(error_chain(source)))
-    }
-
-    fn from_transport(e: tonic::transport::Error) -> Self {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(err) = next {
-            if err.is::<tonic::TimeoutExpired>() {
-                return TransportFailure::Timeout;
-            }
-            next = err.source();
-        }
-        TransportFailure::Broken(error_chain(&e))
     }
 }
 
