@@ -24,6 +24,11 @@ pub enum Error {
 
 /// The whole HTTP surface as one axum router.
 pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
+    Ok(app_parts(service).await?.0)
+}
+
+/// The router and, for the fast path of [`serve`], the `ModuleProxy` service inside it.
+async fn app_parts(service: Arc<Service>) -> Result<(Router, ModuleProxyServer), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrchestratorServer<OrchestratorApi>>().await;
     health.set_serving::<ModuleProxyServer>().await;
@@ -42,7 +47,7 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let grpc = tonic::service::Routes::new(OrchestratorServer::new(OrchestratorApi::new(service.clone())))
-        .add_service(module_proxy)
+        .add_service(module_proxy.clone())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -50,7 +55,7 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
         .layer(tonic_web::GrpcWebLayer::new());
     // Both routers want a fallback; REST paths are matched first, gRPC (and grpc-web) requests
     // go to tonic's router by content type, and anything else gets a JSON 404.
-    Ok(rest::router(service).fallback(move |req: Request| {
+    let router = rest::router(service).fallback(move |req: Request| {
         let grpc = grpc.clone();
         async move {
             if is_grpc(&req) {
@@ -59,7 +64,8 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
                 rest::not_found(req).await.into_response()
             }
         }
-    }))
+    });
+    Ok((router, module_proxy))
 }
 
 /// HTTP/2 flow control of accepted connections. hyper's server defaults (1 MiB windows, 16 KiB
@@ -80,9 +86,8 @@ pub async fn serve(
 ) -> Result<(), Error> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
-    let app = app(service).await?;
+    let (app, module_proxy) = app_parts(service).await?;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http2()
@@ -107,9 +112,19 @@ pub async fn serve(
         };
         // Small gRPC messages would otherwise wait on Nagle + delayed ACK (~40 ms per call).
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone().map_request(|req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
-        );
+        let (app, module_proxy) = (app.clone(), module_proxy.clone());
+        // ModuleProxy calls (the hot path) go straight to their service; everything else
+        // (REST, the other gRPC services, grpc-web) through the router.
+        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let response: BoxFuture = if is_module_proxy_call(&req) {
+                let mut proxy = module_proxy.clone();
+                let call = tower::Service::call(&mut proxy, req.map(tonic::body::Body::new));
+                Box::pin(async move { call.await.map(|r| r.map(axum::body::Body::new)) })
+            } else {
+                Box::pin(app.clone().oneshot(req.map(axum::body::Body::new)))
+            };
+            response
+        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -126,6 +141,17 @@ pub async fn serve(
         tracing::info!(seconds = DRAIN.as_secs(), "connections still open after the drain period; closing them");
     }
     Ok(())
+}
+
+type BoxFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>> + Send>>;
+
+/// A plain gRPC (not grpc-web) request to `ModuleProxy`.
+fn is_module_proxy_call<B>(req: &http::Request<B>) -> bool {
+    let grpc = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;")
+    });
+    grpc && req.uri().path().starts_with("/jac.splice.v1.ModuleProxy/")
 }
 
 fn is_grpc(req: &Request) -> bool {

@@ -9,15 +9,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use tonic::body::Body;
 use tonic::codegen::Body as HttpBody;
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tonic::server::NamedService;
+use tonic::Status;
 
 use super::status::proxy_status;
-use crate::proxy::{codec::RawCodec, Method, ModuleProxy};
+use crate::proxy::{Method, ModuleProxy};
 
 /// Serves `ModuleProxy`; cheap to clone (it shares one [`ModuleProxy`]).
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<B> tower::Service<http::Request<B>> for ModuleProxyServer
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -57,34 +55,7 @@ where
             return Box::pin(async move { Ok(Status::unimplemented(format!("unknown method {path}")).into_http()) });
         };
         let proxy = self.proxy.clone();
-        let limit = proxy.config().max_message_bytes;
-        Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
-            Ok(grpc.unary(Forward { proxy, method }, req).await)
-        })
-    }
-}
-
-/// One forwarded call.
-struct Forward {
-    proxy: Arc<ModuleProxy>,
-    method: Method,
-}
-
-impl UnaryService<Bytes> for Forward {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<Response<Bytes>, Status>>;
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let method = self.method;
-        let span = tracing::debug_span!("proxy", method = method.name());
-        Box::pin(
-            async move {
-                let (metadata, _, body) = request.into_parts();
-                proxy.forward(method, body, &metadata).await.map(Response::new).map_err(proxy_status)
-            }
-            .instrument(span),
-        )
+        let req = req.map(Body::new);
+        Box::pin(async move { Ok(proxy.forward_http(method, req, proxy_status).await) })
     }
 }

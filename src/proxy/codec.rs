@@ -59,6 +59,12 @@ impl Decoder for RawCodec {
 #[error("malformed proxy request: {0}")]
 pub struct MalformedRequest(&'static str);
 
+impl MalformedRequest {
+    pub(crate) fn new(reason: &'static str) -> Self {
+        MalformedRequest(reason)
+    }
+}
+
 /// A proxied request: where it goes and the module server's request, still encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {

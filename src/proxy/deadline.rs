@@ -14,6 +14,19 @@ pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {
     parse(value)
 }
 
+/// Encodes a timeout for the header (at most 8 digits, finest unit that fits).
+pub fn encode(t: Duration) -> http::HeaderValue {
+    let micros = t.as_micros();
+    let text = if micros < 100_000_000 {
+        format!("{micros}u")
+    } else if t.as_millis() < 100_000_000 {
+        format!("{}m", t.as_millis())
+    } else {
+        format!("{}S", t.as_secs().min(99_999_999))
+    };
+    http::HeaderValue::from_str(&text).expect("digits and a unit")
+}
+
 /// Parses `"100m"`, `"5S"`, ... into a duration.
 pub fn parse(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {

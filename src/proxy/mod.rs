@@ -13,12 +13,10 @@ pub mod codec;
 pub mod deadline;
 pub mod pool;
 pub mod resolve;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use tonic::metadata::MetadataMap;
 
 use crate::backend::{self, Backend};
 use crate::plan::DeploymentId;
@@ -89,8 +87,8 @@ impl Default for ProxyConfig {
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
-            stream_window: 16 << 20,
-            connection_window: 64 << 20,
+            stream_window: 64 << 20,
+            connection_window: 256 << 20,
             adaptive_window: false,
         }
     }
@@ -179,20 +177,124 @@ impl ModuleProxy {
         &self.config
     }
 
-    /// Forwards one encoded `Proxy*Request` and returns the module server's encoded response.
-    pub async fn forward(&self, method: Method, request: Bytes, metadata: &MetadataMap) -> Result<Bytes> {
+    /// Forwards one `Proxy*Request` HTTP/2 request, streaming: the request is re-framed as it
+    /// arrives ([`stream::plan`]) and the module server's response body and trailers are passed
+    /// back frame by frame. Errors of the proxy itself are gRPC statuses (`to_status`).
+    pub async fn forward_http(
+        self: Arc<Self>,
+        method: Method,
+        request: http::Request<tonic::body::Body>,
+        to_status: fn(Error) -> tonic::Status,
+    ) -> http::Response<tonic::body::Body> {
         let started = Instant::now();
-        let timeout = deadline::from_metadata(metadata);
-        let codec::Split { target, inner } = codec::split(request)?;
-        let id = self.deployment_id(target)?;
-        let forward = self.forward_to(method, &id, inner, metadata, timeout, started);
-        match timeout {
+        let (parts, body) = request.into_parts();
+        let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
+        let forward = self.clone().forward_streaming(method, parts.headers, body, timeout, started, to_status);
+        let result = match timeout {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::DeadlineExceeded { timeout: t, endpoint: None }),
+                Err(_) => Err(to_status(Error::DeadlineExceeded { timeout: t, endpoint: None })),
             },
+        };
+        result.unwrap_or_else(|status| status.into_http())
+    }
+
+    async fn forward_streaming(
+        self: Arc<Self>,
+        method: Method,
+        headers: http::HeaderMap,
+        mut body: tonic::body::Body,
+        timeout: Option<Duration>,
+        started: Instant,
+        to_status: fn(Error) -> tonic::Status,
+    ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
+        use http_body_util::BodyExt;
+        let limit = self.config.max_message_bytes;
+        let mut head = bytes::BytesMut::new();
+        let (target, upstream_body) = loop {
+            match stream::plan(&head).map_err(|e| to_status(e.into()))? {
+                stream::Plan::NeedMore => {}
+                stream::Plan::Stream { target, prefix, inner_len } => {
+                    if inner_len > limit {
+                        return Err(too_large(inner_len, limit));
+                    }
+                    let head = head.freeze();
+                    let already = head.len() - prefix;
+                    let rest = head.slice(prefix..);
+                    let remaining = inner_len.saturating_sub(already);
+                    let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
+                    let body = stream::ForwardBody::new([stream::frame_header(inner_len), rest], Some(body), remaining);
+                    break (target, body);
+                }
+                stream::Plan::Whole { len } => {
+                    if len > limit {
+                        return Err(too_large(len, limit));
+                    }
+                    if head.len() >= stream::FRAME_HEADER + len {
+                        let message = head.freeze().slice(stream::FRAME_HEADER..stream::FRAME_HEADER + len);
+                        let codec::Split { target, inner } = codec::split(message).map_err(|e| to_status(e.into()))?;
+                        let body = stream::ForwardBody::new([stream::frame_header(inner.len()), inner], None, 0);
+                        break (target, body);
+                    }
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None => return Err(to_status(codec::MalformedRequest::new("truncated request").into())),
+            }
+        };
+        let id = self.deployment_id(target).map_err(to_status)?;
+        let endpoint = self.resolver.pick(&id).await.map_err(to_status)?;
+        let mut sender = match self.pool.get(&endpoint).await {
+            Ok(s) => s,
+            Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
+        };
+
+        let mut request = http::Request::new(tonic::body::Body::new(upstream_body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(endpoint.as_str())
+            .path_and_query(method.upstream_path())
+            .build()
+            .map_err(|e| to_status(Error::BadEndpoint { endpoint: endpoint.clone(), reason: e.to_string() }))?;
+        let h = request.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
+            h.insert(http::header::AUTHORIZATION, auth.clone());
         }
+        if let Some(t) = timeout {
+            // What is left after resolution, so the module server gives up when the caller does.
+            h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
+        }
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        };
+        let response = match sent.await {
+            Ok(r) => r,
+            Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
+        };
+        let (parts, body) = response.into_parts();
+        let proxy = self.clone();
+        let on_error = move |status: tonic::Status| {
+            let status = match TransportFailure::from_status(&status) {
+                Some(failure) => proxy.transport_failure(&id, &endpoint, &failure, timeout),
+                None => proxy.classify_failure(&id, &endpoint, status, timeout, started),
+            };
+            to_status(status)
+        };
+        Ok(http::Response::from_parts(
+            parts,
+            tonic::body::Body::new(stream::ResponseBody::new(tonic::body::Body::new(body), on_error)),
+        ))
     }
 
     fn deployment_id(&self, target: crate::pb::ProxyTarget) -> Result<DeploymentId> {
@@ -201,40 +303,6 @@ impl ModuleProxy {
         }
         let namespace = if target.namespace.is_empty() { self.default_namespace.clone() } else { target.namespace };
         Ok(DeploymentId { namespace, module: PYTHON_MODULE.into(), name: target.deployment })
-    }
-
-    async fn forward_to(
-        &self,
-        method: Method,
-        id: &DeploymentId,
-        inner: Bytes,
-        metadata: &MetadataMap,
-        timeout: Option<Duration>,
-        started: Instant,
-    ) -> Result<Bytes> {
-        let endpoint = self.resolver.pick(id).await?;
-        let channel = self.pool.get(&endpoint)?;
-        let mut request = tonic::Request::new(inner);
-        if let Some(auth) = metadata.get("authorization") {
-            request.metadata_mut().insert("authorization", auth.clone());
-        }
-        if let Some(t) = timeout {
-            // What is left after resolution, so the module server gives up when the caller does.
-            request.set_timeout(t.saturating_sub(started.elapsed()));
-        }
-        // Transport errors are wrapped in a type of ours before tonic turns them into a
-        // `Status`, so they can be told apart from the module server's own error statuses.
-        let channel = tower::util::MapErr::new(channel, TransportFailure::from_transport);
-        let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(self.config.max_message_bytes)
-            .max_encoding_message_size(self.config.max_message_bytes);
-        if let Err(e) = grpc.ready().await {
-            return Err(self.transport_failure(id, &endpoint, &e, timeout));
-        }
-        match grpc.unary(request, method.upstream_path(), codec::RawCodec).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(self.classify_failure(id, &endpoint, status, timeout, started)),
-        }
     }
 
     /// Tells a module server's own error status (passed through) from a failure to reach it.
@@ -288,6 +356,12 @@ impl ModuleProxy {
     }
 }
 
+fn too_large(len: usize, limit: usize) -> tonic::Status {
+    tonic::Status::out_of_range(format!(
+        "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
+    ))
+}
+
 /// A failure of the channel to a module server. It deliberately has no `source()`: tonic would
 /// otherwise find the `ConnectError` or `TimeoutExpired` inside and turn it into a plain
 /// UNAVAILABLE or CANCELLED status, indistinguishable from one the module server sent.
@@ -300,15 +374,17 @@ enum TransportFailure {
 }
 
 impl TransportFailure {
-    fn from_transport(e: tonic::transport::Error) -> Self {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    /// A body error of the channel: an h2/hyper failure wrapped in a status.
+    fn from_status(status: &tonic::Status) -> Option<Self> {
+        let source = std::error::Error::source(status)?;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source);
         while let Some(err) = next {
             if err.is::<tonic::TimeoutExpired>() {
-                return TransportFailure::Timeout;
+                return Some(TransportFailure::Timeout);
             }
             next = err.source();
         }
-        TransportFailure::Broken(error_chain(&e))
+        Some(TransportFailure::Broken(error_chain(source)))
     }
 }
 
