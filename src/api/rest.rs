@@ -206,23 +206,37 @@ async fn deploy(
             |d| json!({"summary": {"deployment": DeploymentView::from(&d.record), "elapsed_ms": d.elapsed.as_millis() as u64}}),
         ));
     }
-    let (agg, done) = collect(rx).await;
+    aggregated(rx, "deploy", |d, body| {
+        let view = DeploymentView::from(&d.record);
+        body.insert("endpoints".into(), json!(view.endpoints));
+        body.insert("deployment".into(), json!(view));
+    })
+    .await
+}
+
+/// Collects a run into the seed's JSON shape: 200 with `results`/`errors` per section plus what
+/// `finish` adds, or the error's status with the same sections (what was applied before it).
+async fn aggregated<T>(
+    rx: mpsc::Receiver<Streamed<T>>,
+    what: &str,
+    finish: impl FnOnce(T, &mut Map<String, Value>),
+) -> Result<Response, ApiError> {
+    let (mut agg, done) = collect(rx).await;
     match done {
-        Some(Ok(d)) => {
-            let view = DeploymentView::from(&d.record);
+        Some(Ok(value)) => {
             let mut body = agg.body();
-            body.insert("endpoints".into(), json!(view.endpoints));
-            body.insert("deployment".into(), json!(view));
+            finish(value, &mut body);
             Ok(Json(Value::Object(body)).into_response())
         }
         Some(Err(e)) => {
             let err = ApiError::from(e);
-            let mut agg = agg;
             agg.fail(&err.detail);
             let extra = agg.body();
             Err(err.with_extra(extra))
         }
-        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "deploy ended without a result")),
+        None => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("{what} ended without a result")))
+        }
     }
 }
 
@@ -237,22 +251,10 @@ async fn undeploy(
     if wants_ndjson(&headers) {
         return Ok(ndjson(rx, move |()| json!({"summary": {"deployment": view}})));
     }
-    let (agg, done) = collect(rx).await;
-    match done {
-        Some(Ok(())) => {
-            let mut body = agg.body();
-            body.insert("deployment".into(), json!(view));
-            Ok(Json(Value::Object(body)).into_response())
-        }
-        Some(Err(e)) => {
-            let err = ApiError::from(e);
-            let mut agg = agg;
-            agg.fail(&err.detail);
-            let extra = agg.body();
-            Err(err.with_extra(extra))
-        }
-        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "undeploy ended without a result")),
-    }
+    aggregated(rx, "undeploy", move |(), body| {
+        body.insert("deployment".into(), json!(view));
+    })
+    .await
 }
 
 async fn get_one(
