@@ -56,17 +56,7 @@ impl TestServer {
         backend.restore().await;
         let catalog = Arc::new(opts.catalog.unwrap_or_else(Catalog::builtin));
         let service = Arc::new(Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let svc = service.clone();
-        let handle = tokio::spawn(async move {
-            jac_splice_orc::server::serve(listener, svc, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("serve");
-        });
+        let (addr, tx, handle) = serve(service.clone()).await;
         TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
     }
 
