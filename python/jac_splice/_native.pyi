@@ -1,6 +1,6 @@
 """Hand-written stubs for the native core (checked with mypy.stubtest)."""
 
-from typing import Any, Dict, List, Optional, Tuple, final
+from typing import Any, Dict, List, Literal, Optional, Tuple, final
 
 __all__ = ["__version__", "Client", "RemoteRef", "ModuleServer", "use_numpy"]
 
@@ -36,6 +36,7 @@ class Client:
         connect_timeout_seconds: float = 5.0,
     ) -> Client: ...
     def via_proxy(self, deployment: str, namespace: str) -> Client: ...
+    def server_kind(self) -> Literal["orchestrator", "module-server"]: ...
     @property
     def session(self) -> str: ...
     @property

@@ -6,7 +6,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from jac_splice._native import Client, RemoteRef
-from jac_splice.exceptions import DeploymentLookupError, SpliceError, TransportError
+from jac_splice.exceptions import DeploymentLookupError, SpliceError
 from jac_splice.proxy import RemoteModule
 
 PYTHON_MODULE = "python-module"
@@ -44,20 +44,21 @@ class Splice:
         return self._client
 
     def _probe(self) -> bool:
-        """True if the target is jac-orc (it does not serve ModuleService itself)."""
+        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``)."""
         if self._is_orchestrator is None:
-            try:
+            kind = self._client.server_kind()
+            if kind == "module-server":
                 self._served = str(self._client.describe()["module"])
-                self._is_orchestrator = False
-            except TransportError as e:
-                if e.code != "UNIMPLEMENTED":
-                    raise
-                self._is_orchestrator = True
+            self._is_orchestrator = kind == "orchestrator"
         return self._is_orchestrator
 
     @property
     def is_orchestrator(self) -> bool:
-        """Whether the target is jac-orc (calls go through its ModuleProxy)."""
+        """Whether the target is jac-orc (calls go through its ModuleProxy) or a module server.
+
+        Asked once, of the target's gRPC health service. Raises :class:`UnavailableError` if the
+        target cannot be reached and :class:`NotASpliceServerError` if it answers as neither.
+        """
         return self._probe()
 
     def describe(self, deployment: Optional[str] = None, namespace: Optional[str] = None) -> Dict[str, Any]:

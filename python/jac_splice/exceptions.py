@@ -48,6 +48,10 @@ class ResourceExhaustedError(TransportError):
     """A message was larger than the receiver's limit (``--max-message-mb``)."""
 
 
+class NotASpliceServerError(SpliceError):
+    """The address answers, but neither as jac-orc nor as a jac-splice module server."""
+
+
 class DeploymentLookupError(SpliceError, LookupError):
     """jac-orc has no single python-module deployment for the requested module."""
 
@@ -111,6 +115,7 @@ def _remote_error(
 
 __all__ = [
     "DeploymentLookupError",
+    "NotASpliceServerError",
     "NotFoundError",
     "RemoteError",
     "ResourceExhaustedError",
