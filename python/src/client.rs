@@ -421,3 +421,195 @@ impl Route {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::ServingStatus as Report;
+
+    use super::*;
+    use crate::lane::MAX_BUSY_LANES;
+    use crate::proto::{value, value_response, Value};
+    use crate::testing::{connect, dead_address, never, Recorder, Stub, TestModuleServer, BOUND};
+
+    fn call(connection: &Connection, route: &Route) -> Result<ValueResponse, Error> {
+        connection
+            .block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never)
+            .unwrap_or_else(|never| match never {})
+    }
+
+    fn answer(response: ValueResponse) -> String {
+        match response.result {
+            Some(value_response::Result::Value(Value { kind: Some(value::Kind::StrValue(s)) })) => s,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    fn direct(connection: &Arc<Connection>) -> Arc<Route> {
+        Route::new(connection.clone(), new_session_id(), None)
+    }
+
+    #[test]
+    fn a_lone_caller_takes_a_lane_and_its_call_runs_on_the_connection_thread() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        assert_eq!(answer(call(&connection, &route).unwrap()), "jac-splice-conn");
+        let seen = recorder.seen();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].lane && seen[0].on_connection_thread(), "{seen:?}");
+    }
+
+    #[test]
+    fn with_every_lane_busy_a_call_goes_over_a_pooled_channel_to_the_blocking_pool() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        let held: Vec<_> = (0..MAX_BUSY_LANES).map(|_| connection.lanes.take().unwrap().unwrap()).collect();
+        assert_ne!(answer(call(&connection, &route).unwrap()), "jac-splice-conn");
+        let seen = recorder.seen();
+        assert!(!seen[0].lane && !seen[0].on_connection_thread(), "{seen:?}");
+        for lane in held {
+            connection.lanes.put(lane);
+        }
+        call(&connection, &route).unwrap();
+        assert!(recorder.seen()[1].lane, "a freed lane is used again");
+    }
+
+    #[test]
+    fn concurrent_callers_beyond_the_lanes_all_run_at_once() {
+        // Every call waits on the server until all have arrived: they finish only if none waits
+        // for another (a lane each, or the pooled channels and the server's blocking pool).
+        const CALLERS: usize = MAX_BUSY_LANES + 2;
+        let recorder = Recorder::meeting(CALLERS);
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        std::thread::scope(|s| {
+            let callers: Vec<_> = (0..CALLERS).map(|_| s.spawn(|| call(&connection, &route))).collect();
+            for caller in callers {
+                caller.join().unwrap().expect("every caller met the others");
+            }
+        });
+        let seen = recorder.seen();
+        let on_lanes: Vec<&crate::testing::Seen> = seen.iter().filter(|s| s.lane).collect();
+        assert_eq!(on_lanes.len(), MAX_BUSY_LANES, "{seen:?}");
+        assert!(on_lanes.iter().all(|s| s.on_connection_thread()));
+        assert_ne!(on_lanes[0].thread, on_lanes[1].thread, "each lane is its own connection and thread");
+        assert!(seen.iter().filter(|s| !s.lane).all(|s| !s.on_connection_thread()));
+    }
+
+    #[test]
+    fn calls_through_jac_orc_never_carry_the_lane_marker() {
+        // jac-orc's ModuleProxy forwards to a module server over its own pool: a lane marker
+        // from the client would make that server run the call on a shared connection's thread.
+        let recorder = Recorder::default();
+        let orchestrator = Stub::proxy(recorder.clone(), None);
+        let connection = connect(orchestrator.addr);
+        let via = ProxyTarget { deployment: "d".into(), namespace: "default".into() };
+        let route = Route::new(connection.clone(), new_session_id(), Some(via));
+        call(&connection, &route).unwrap();
+        assert!(!recorder.seen()[0].lane);
+    }
+
+    #[test]
+    fn queued_releases_go_out_in_batches() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        for i in 0..(2 * RELEASE_BATCH + 76) {
+            route.release_later(format!("r{i}"));
+        }
+        rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap().unwrap();
+        assert_eq!(*recorder.releases.lock().unwrap(), vec![RELEASE_BATCH, RELEASE_BATCH, 76]);
+        assert!(route.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn releases_that_cannot_be_sent_are_kept_for_the_next_flush() {
+        let connection = connect(dead_address());
+        let route = direct(&connection);
+        route.release_later("r1".into());
+        route.release_later("r2".into());
+        let sent = rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap();
+        assert_eq!(sent.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(*route.pending.lock().unwrap(), vec!["r1".to_owned(), "r2".to_owned()]);
+    }
+
+    fn kind(addr: std::net::SocketAddr) -> Result<ServerKind, Error> {
+        let connection = connect(addr);
+        rt().block_on(async { tokio::time::timeout(BOUND, connection.server_kind()).await }).unwrap()
+    }
+
+    #[test]
+    fn a_module_server_is_told_by_its_health_service() {
+        let server = TestModuleServer::start(Recorder::default());
+        assert_eq!(kind(server.addr()).unwrap(), ServerKind::ModuleServer);
+    }
+
+    #[test]
+    fn jac_orc_is_told_by_its_health_service_not_by_a_failing_call() {
+        // A stand-in that serves no ModuleService at all: only what its health service says
+        // makes it jac-orc.
+        let orchestrator =
+            Stub::proxy(Recorder::default(), Some(&[("", Report::Serving), (ORCHESTRATOR_SERVICE, Report::Serving)]));
+        assert_eq!(kind(orchestrator.addr).unwrap(), ServerKind::Orchestrator);
+    }
+
+    #[test]
+    fn a_server_whose_health_service_knows_neither_name_is_not_a_splice_server() {
+        let other = Stub::proxy(Recorder::default(), Some(&[("", Report::Serving)]));
+        let err = kind(other.addr).unwrap_err();
+        assert!(matches!(err, Error::NotSplice { .. }), "{err:?}");
+        assert!(err.to_string().contains(&other.addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_server_without_a_health_service_is_not_a_splice_server() {
+        let other = Stub::proxy(Recorder::default(), None);
+        let err = kind(other.addr).unwrap_err();
+        match &err {
+            Error::NotSplice { source: Some(status), .. } => assert_eq!(status.code(), Code::Unimplemented),
+            other => panic!("expected NotSplice with the UNIMPLEMENTED answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn jac_orc_that_is_not_serving_says_so() {
+        let orchestrator = Stub::proxy(Recorder::default(), Some(&[(ORCHESTRATOR_SERVICE, Report::NotServing)]));
+        let err = kind(orchestrator.addr).unwrap_err();
+        assert!(matches!(err, Error::NotServing { status: "NOT_SERVING", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_address_nobody_listens_on_is_unreachable() {
+        let addr = dead_address();
+        let err = kind(addr).unwrap_err();
+        assert!(matches!(&err, Error::Unreachable { source, .. } if source.code() == Code::Unavailable), "{err:?}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn bad_targets_and_tokens_are_refused_with_their_cause() {
+        let options = |token: Option<&str>| Options {
+            token: token.map(str::to_owned),
+            max_message_bytes: 1 << 20,
+            channels: 1,
+            connect_timeout: BOUND,
+        };
+        let _runtime = rt().enter();
+        let err = Connection::new("http://bad host:1", &options(None)).unwrap_err();
+        assert!(matches!(err, Error::BadTarget { .. }) && std::error::Error::source(&err).is_some(), "{err:?}");
+        let err = Connection::new("127.0.0.1:1", &options(Some("line\nbreak"))).unwrap_err();
+        assert!(matches!(err, Error::BadToken(_)) && std::error::Error::source(&err).is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn session_ids_are_32_hex_digits_and_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_session_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
+}

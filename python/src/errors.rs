@@ -160,3 +160,22 @@ pub fn remote_to_pyerr(py: Python<'_>, err: RemoteError) -> PyErr {
     };
     build().unwrap_or_else(|e| e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_and_spells_statuses_as_code_and_message() {
+        let err = client::Error::Unreachable {
+            address: "127.0.0.1:9".into(),
+            source: Status::from_error(Box::new(std::io::Error::other("connection refused"))),
+        };
+        let text = chain(&err);
+        assert!(text.starts_with("cannot reach 127.0.0.1:9: UNKNOWN "), "{text}");
+        assert!(text.ends_with(": connection refused"), "{text}");
+        let plain =
+            client::Error::NotSplice { address: "h:1".into(), source: Some(Status::unimplemented("no health")) };
+        assert!(chain(&plain).ends_with(": UNIMPLEMENTED no health"), "{}", chain(&plain));
+    }
+}

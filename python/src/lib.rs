@@ -13,6 +13,8 @@ mod proto;
 mod refs;
 mod runtime;
 mod server;
+#[cfg(test)]
+mod testing;
 mod wire;
 
 use pyo3::prelude::*;

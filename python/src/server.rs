@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -244,15 +246,77 @@ fn serve_connection(
     rt.shutdown_background();
 }
 
+/// How long a stopping connection with nothing in flight is still driven before it is closed.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
 /// What ended one turn of a connection thread's runtime.
 enum Turn {
     Job(Job),
     Stop,
+    Idle,
     Done,
 }
 
+/// The requests a connection has in flight, from arrival to the end of the response body.
+///
+/// Stopping needs it: hyper's graceful shutdown of an HTTP/2 connection waits for the client to
+/// answer a PING, and an idle client lane answers nothing (its runtime runs only during a call),
+/// so a connection with nothing in flight is closed at once instead.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One request in flight; dropped with the response body (or the request, if it never got one).
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A response body that holds its request's place in `InFlight` until it is sent (or dropped).
+#[derive(Debug)]
+struct Guarded {
+    body: tonic::body::Body,
+    _guard: InFlightGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The connection thread's loop: drive the connection until a lane's request has blocking work,
-/// run that work outside the runtime, resume.
+/// run that work outside the runtime, resume. Asked to stop, it stops taking new streams and ends
+/// once nothing is in flight.
 fn serve_on(
     rt: &tokio::runtime::Runtime,
     stream: std::net::TcpStream,
@@ -265,9 +329,19 @@ fn serve_on(
     };
     let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
     INLINE.with(|c| *c.borrow_mut() = Some(jobs_tx));
-    let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-        routes,
-        |request: http::Request<hyper::body::Incoming>| request.map(tonic::body::Body::new),
+    let in_flight = Arc::new(InFlight::default());
+    let counted = in_flight.clone();
+    let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let guard = InFlightGuard::new(&counted);
+            let call = tower::ServiceExt::oneshot(routes.clone(), request.map(tonic::body::Body::new));
+            async move {
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| tonic::body::Body::new(Guarded { body, _guard: guard })),
+                )
+            }
+        },
     ));
     let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -284,6 +358,7 @@ fn serve_on(
                 job = jobs.recv() => job.map_or(Turn::Done, Turn::Job),
                 _ = &mut connection => Turn::Done,
                 _ = stop.changed(), if !stopping => Turn::Stop,
+                () = in_flight.idle.notified(), if stopping => Turn::Idle,
             }
         });
         match turn {
@@ -292,12 +367,117 @@ fn serve_on(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
+            Turn::Idle => {}
             Turn::Done => break,
+        }
+        // The idle notification may be stale (from before the stop): only a real zero ends it.
+        if stopping && in_flight.count.load(Ordering::Acquire) == 0 {
+            // Let the last answers leave; a client in a call acks the shutdown and the
+            // connection ends sooner, an idle lane never does.
+            let _ = rt.block_on(tokio::time::timeout(CLOSE_GRACE, &mut connection));
+            break;
         }
     }
     INLINE.with(|c| c.borrow_mut().take());
     // Jobs queued meanwhile (none normally) still run, so no caller waits forever.
     while let Ok(job) = jobs.try_recv() {
         job();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Error as ClientError, Route};
+    use crate::proto::CallRequest;
+    use crate::runtime::rt;
+    use crate::testing::{connect, never, Recorder, Rendezvous, TestModuleServer, BOUND};
+
+    fn grpc_error(code: &str, message: &str) -> http::Response<tonic::body::Body> {
+        let mut response = http::Response::new(tonic::body::Body::empty());
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_str(code).unwrap());
+        response.headers_mut().insert("grpc-message", http::HeaderValue::from_str(message).unwrap());
+        response
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> &str {
+        response.headers()["grpc-status"].to_str().unwrap()
+    }
+
+    #[test]
+    fn oversize_answers_become_resource_exhausted_and_others_stay() {
+        let oversize = grpc_error("11", "Error,%20message%20length%20too%20large:%20found%202097157%20bytes");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(oversize)), "8");
+        let other = grpc_error("11", "index%20out%20of%20range");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(other)), "11");
+        let not_found = grpc_error("5", "message%20length%20too%20large");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(not_found)), "5");
+    }
+
+    #[test]
+    fn only_requests_with_the_lane_marker_are_from_a_lane() {
+        let mut request = Request::new(());
+        assert!(!from_lane(&request));
+        request.metadata_mut().insert(LANE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        assert!(from_lane(&request));
+    }
+
+    #[test]
+    fn inline_work_off_a_connection_thread_runs_on_the_blocking_pool() {
+        let caller = std::thread::current().id();
+        let ran_on = rt()
+            .block_on(async { tokio::time::timeout(BOUND, run_blocking(true, || std::thread::current().id())).await })
+            .unwrap()
+            .unwrap();
+        assert_ne!(ran_on, caller);
+    }
+
+    #[test]
+    fn a_busy_port_is_a_bind_error_naming_it() {
+        let server = TestModuleServer::start(Recorder::default());
+        let routes = tonic::service::Routes::new(crate::proto::module_service_server::ModuleServiceServer::new(
+            Recorder::default(),
+        ));
+        let port = server.addr().port();
+        let err = start("127.0.0.1", port, routes, |run| run(), Box::pin(std::future::pending())).unwrap_err();
+        assert!(matches!(err, Error::Bind { .. }), "{err:?}");
+        assert!(err.to_string().contains(&port.to_string()) && std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn stopping_does_not_wait_for_an_idle_client_lane() {
+        // A lane's connection is driven only during its calls, so it never acks the shutdown.
+        let mut server = TestModuleServer::start(Recorder::default());
+        let connection = connect(server.addr());
+        let route = Route::new(connection.clone(), crate::client::new_session_id(), None);
+        let answered =
+            connection.block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never);
+        answered.unwrap_or_else(|never| match never {}).unwrap();
+        server.handle.stop();
+        assert!(server.handle.wait(BOUND).unwrap(), "the server ended with the idle lane still connected");
+    }
+
+    #[test]
+    fn stopping_lets_the_call_in_flight_finish_then_refuses_new_connections() {
+        let recorder =
+            Recorder { meet: Some(Rendezvous::new(2)), then: Some(Rendezvous::new(2)), ..Recorder::default() };
+        let mut server = TestModuleServer::start(recorder.clone());
+        let addr = server.addr();
+        let connection = connect(addr);
+        let route = Route::new(connection.clone(), crate::client::new_session_id(), None);
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| {
+                connection.block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never)
+            });
+            assert!(recorder.meet.as_ref().unwrap().arrive(), "the call reached the server");
+            server.handle.stop();
+            assert!(recorder.then.as_ref().unwrap().arrive());
+            let answered: Result<_, ClientError> = caller.join().unwrap().unwrap_or_else(|never| match never {});
+            answered.expect("the call in flight was answered");
+        });
+        assert!(server.handle.wait(BOUND).unwrap(), "the server ended");
+        let late = connect(addr);
+        let refused = rt().block_on(async { tokio::time::timeout(BOUND, late.server_kind()).await }).unwrap();
+        assert!(matches!(refused, Err(ClientError::Unreachable { .. })), "{refused:?}");
     }
 }
