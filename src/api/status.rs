@@ -1,15 +1,19 @@
-//! The one error table: every service error gets one gRPC code, one HTTP status and a stable
-//! reason, here and nowhere else (STYLE.md "Error mapping").
+//! The one error table: every error an edge can answer with gets one gRPC code, one HTTP
+//! status and a stable reason, here and nowhere else (STYLE.md "Error mapping"). Service errors
+//! go to both edges; [`RequestError`]s are what only the REST edge can meet (its body, its paths).
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
+use utoipa::ToSchema;
 
 use crate::backend;
 use crate::catalog;
+use crate::identity;
 use crate::proxy;
+use crate::service::views::Applied;
 use crate::service::Error;
 
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +45,16 @@ pub fn classify(e: &Error) -> Class {
             catalog::Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
         Error::Backend(b) => classify_backend(b),
+        Error::Identity(i) => match i {
+            identity::Error::InvalidLabel { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
+            identity::Error::InvalidTemplateName { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME"),
+            identity::Error::RestrictedNamespace { .. } => {
+                class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE")
+            }
+        },
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
-        Error::RestrictedNamespace { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+        Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
@@ -59,6 +70,40 @@ pub fn classify(e: &Error) -> Class {
             proxy::Error::Backend(b) => classify_backend(b),
             proxy::Error::Upstream(s) => class(s.code(), http_of(s.code()), "MODULE_SERVER_ERROR"),
         },
+    }
+}
+
+/// What only the REST edge meets: its request bodies and its paths.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("cannot read request body: {0}")]
+    BodyUnreadable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body is not JSON of the expected shape; `field` is the path to the offending value.
+    #[error("invalid JSON body: {}", .source.inner())]
+    BadJson { field: Option<String>, source: serde_path_to_error::Error<serde_json::Error> },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: Method, path: String },
+}
+
+impl RequestError {
+    /// A body that does not parse, with the path of the value serde stopped at when the body
+    /// is JSON but of the wrong shape (`config`, `wait`, `confg` for an unknown field).
+    pub fn bad_json(source: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = source.path().to_string();
+        let field = (source.inner().classify() == serde_json::error::Category::Data && path != ".").then_some(path);
+        RequestError::BadJson { field, source }
+    }
+
+    fn class(&self) -> Class {
+        use StatusCode as H;
+        match self {
+            RequestError::BodyTooLarge { .. } => class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
+            RequestError::BodyUnreadable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_BODY"),
+            RequestError::BadJson { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_JSON"),
+            RequestError::NoRoute { .. } => class(Code::Unimplemented, H::NOT_FOUND, "NO_ROUTE"),
+        }
     }
 }
 
@@ -133,61 +178,60 @@ pub fn to_status(e: &Error) -> tonic::Status {
     tonic::Status::with_error_details(c.code, message, details)
 }
 
-/// A JSON error response of the REST gateway: `{"detail", "field", "reason", ...extra}`.
+/// The JSON body of every REST error: `{"detail", "field", "reason"}`, plus the lines of what a
+/// failed deploy or undeploy applied before it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    /// The request field the error is about (`module`, `config.replicas`, ...).
+    pub field: Option<String>,
+    /// Stable machine-readable reason (`TEMPLATE_NOT_FOUND`, ...), as in gRPC's `ErrorInfo`.
+    pub reason: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+}
+
+/// A REST error: its status and body, both from the table above.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub detail: String,
-    pub field: Option<String>,
-    pub reason: &'static str,
-    pub extra: Map<String, Value>,
+    pub body: ErrorBody,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, detail: detail.into(), field: None, reason, extra: Map::new() }
+    fn of(c: Class, detail: String, field: Option<String>) -> Self {
+        ApiError { status: c.http, body: ErrorBody { detail, field, reason: c.reason, applied: None } }
     }
 
+    /// Adds what a failed run applied before it failed (its final error among the errors).
     #[must_use]
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+    pub fn with_applied(mut self, mut applied: Applied) -> Self {
+        applied.fail(&self.body.detail);
+        self.body.applied = Some(applied);
         self
-    }
-
-    #[must_use]
-    pub fn with_extra(mut self, extra: Map<String, Value>) -> Self {
-        self.extra = extra;
-        self
-    }
-
-    pub fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("detail".into(), json!(self.detail));
-        body.insert("field".into(), json!(self.field));
-        body.insert("reason".into(), json!(self.reason));
-        for (k, v) in &self.extra {
-            body.insert(k.clone(), v.clone());
-        }
-        Value::Object(body)
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let c = classify(&e);
-        ApiError {
-            status: c.http,
-            detail: public_message(&e, c),
-            field: e.field(),
-            reason: c.reason,
-            extra: Map::new(),
-        }
+        ApiError::of(c, public_message(&e, c), e.field())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let field = match &e {
+            RequestError::BadJson { field, .. } => field.clone(),
+            _ => None,
+        };
+        ApiError::of(e.class(), e.to_string(), field)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        (self.status, axum::Json(self.body)).into_response()
     }
 }
 

@@ -194,8 +194,8 @@ fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
 
 #[async_trait]
 impl Backend for KubeBackend {
-    fn name(&self) -> &'static str {
-        "kubernetes"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Kubernetes
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
@@ -244,7 +244,7 @@ impl Backend for KubeBackend {
                 .iter()
                 .map(|o| apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace))
                 .collect(),
-            backend: self.name().to_string(),
+            backend: self.kind(),
             updated_at: super::now_rfc3339(),
         };
         // A first deploy leaves a trace before touching anything, so a crash mid-apply can still

@@ -219,8 +219,8 @@ impl LocalBackend {
 
 #[async_trait]
 impl Backend for LocalBackend {
-    fn name(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Local
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
@@ -302,7 +302,7 @@ impl Backend for LocalBackend {
             status: Status::Deployed,
             message: String::new(),
             objects: stored.iter().map(|s| s.object.clone()).collect(),
-            backend: self.name().into(),
+            backend: self.kind(),
             updated_at: now_rfc3339(),
         };
         let pid = if unchanged {

@@ -55,7 +55,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a deployment currently stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Deploying,
@@ -69,6 +69,25 @@ impl Status {
             Status::Deploying => "deploying",
             Status::Deployed => "deployed",
             Status::Failed => "failed",
+        }
+    }
+}
+
+/// Which backend runs a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Child processes on the orchestrator's machine.
+    Local,
+    /// Server-side apply against a Kubernetes API.
+    Kubernetes,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Local => "local",
+            Kind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -89,7 +108,7 @@ pub struct DeploymentRecord {
     pub message: String,
     #[serde(default)]
     pub objects: Vec<ObjectRef>,
-    pub backend: String,
+    pub backend: Kind,
     /// RFC 3339.
     pub updated_at: String,
 }
@@ -116,8 +135,7 @@ pub struct ApplyOptions {
 
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
-    /// "local" or "kubernetes".
-    fn name(&self) -> &'static str;
+    fn kind(&self) -> Kind;
 
     /// Checks, before anything is applied, that this backend can run the plan at all, so a
     /// deployment that cannot work leaves nothing half-applied.

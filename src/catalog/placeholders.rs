@@ -12,7 +12,7 @@ use super::{Error, Result};
 /// Length of generated secret values (the original shipped a fixed `12345678`).
 pub const SECRET_LEN: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Type {
     String,

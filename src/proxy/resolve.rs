@@ -102,8 +102,8 @@ mod tests {
 
     #[async_trait]
     impl Backend for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
+        fn kind(&self) -> backend::Kind {
+            backend::Kind::Local
         }
         async fn preflight(&self, _: &Plan) -> backend::Result<()> {
             Ok(())
@@ -124,7 +124,7 @@ mod tests {
                 status: Status::Deployed,
                 message: String::new(),
                 objects: vec![],
-                backend: "fake".into(),
+                backend: backend::Kind::Local,
                 updated_at: String::new(),
             }))
         }

@@ -49,8 +49,8 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
     assert_eq!(summary.created, 3);
     let d = summary.deployment.unwrap();
     assert_eq!(
-        (d.namespace.as_str(), d.module.as_str(), d.name.as_str(), d.status.as_str()),
-        ("default", "redis", "cache", "deployed")
+        (d.namespace.as_str(), d.module.as_str(), d.name.as_str(), d.status()),
+        ("default", "redis", "cache", pb::DeploymentStatus::Deployed)
     );
     let endpoint = d.endpoints[0].clone();
     assert!(endpoint.starts_with("127.0.0.1:"), "{endpoint}");
@@ -127,7 +127,7 @@ async fn records_survive_an_orchestrator_restart_and_workloads_come_back() {
     let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert_eq!(list.deployments.len(), 1);
     let d = &list.deployments[0];
-    assert_eq!((d.name.as_str(), d.status.as_str()), ("persist", "deployed"));
+    assert_eq!((d.name.as_str(), d.status()), ("persist", pb::DeploymentStatus::Deployed));
     assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
     server.stop().await;
 }
@@ -211,7 +211,7 @@ async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_
     for _ in 0..200 {
         if let Ok(d) = within(c.get_deployment(id.clone())).await {
             let d = d.into_inner();
-            if d.status == "deployed" {
+            if d.status() == pb::DeploymentStatus::Deployed {
                 deployed = Some(d);
                 break;
             }

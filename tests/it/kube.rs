@@ -592,7 +592,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             let req = request("redis", &ns, &format!("r{i}"), json!({}));
-            svc.deploy_request(&req, ApplyOptions::default(), &Progress::discard()).await
+            svc.deploy(&req, ApplyOptions::default()).await?.finish().await
         }));
     }
     for t in tasks {
@@ -924,7 +924,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     }
     assert_eq!(events, ["service/cache created", "deployment.apps/cache created", "configmap/cache created"]);
     let d = summary.expect("summary").deployment.unwrap();
-    assert_eq!((d.backend.as_str(), d.status.as_str()), ("kubernetes", "deployed"));
+    assert_eq!((d.backend(), d.status()), (pb::Backend::Kubernetes, pb::DeploymentStatus::Deployed));
     assert_eq!(d.endpoints, [format!("cache.{ns}.svc:6379")]);
     let body: Value = timed(
         reqwest::Client::new()

@@ -14,13 +14,13 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Bound on every await in tests.
-pub const T: Duration = Duration::from_secs(60);
+pub(crate) const T: Duration = Duration::from_secs(60);
 
-pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(T, f).await.expect("timed out")
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub service: Arc<Service>,
     backend: Arc<LocalBackend>,
@@ -30,18 +30,18 @@ pub struct TestServer {
 }
 
 #[derive(Default)]
-pub struct Options {
+pub(crate) struct Options {
     pub catalog: Option<Catalog>,
     pub settings: Settings,
     pub data_dir: Option<PathBuf>,
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(Options::default()).await
     }
 
-    pub async fn start_with(opts: Options) -> Self {
+    pub(crate) async fn start_with(opts: Options) -> Self {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d),
             None => {
@@ -60,20 +60,20 @@ impl TestServer {
         TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub async fn grpc(&self) -> OrchestratorClient<Channel> {
+    pub(crate) async fn grpc(&self) -> OrchestratorClient<Channel> {
         within(OrchestratorClient::connect(self.url())).await.expect("connect")
     }
 
-    pub fn http(&self) -> reqwest::Client {
+    pub(crate) fn http(&self) -> reqwest::Client {
         reqwest::Client::builder().timeout(T).build().expect("http client")
     }
 
     /// Stops the server and every workload it started.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop_inner().await;
     }
 
@@ -101,7 +101,7 @@ impl Drop for TestServer {
 /// The original template store: `UPSTREAM_STORE`, else `../shared/reference/upstream-template-store`
 /// beside the crate. `None` (after printing why) when it is not there, so a fresh clone without
 /// the project's references still passes; `JAC_ORC_REQUIRE_UPSTREAM=1` (CI) makes that a failure.
-pub fn upstream_store() -> Option<PathBuf> {
+pub(crate) fn upstream_store() -> Option<PathBuf> {
     use std::io::Write;
     let (path, from) = match std::env::var_os("UPSTREAM_STORE").filter(|v| !v.is_empty()) {
         Some(p) => (PathBuf::from(p), "from UPSTREAM_STORE"),
@@ -125,7 +125,7 @@ pub fn upstream_store() -> Option<PathBuf> {
 }
 
 /// Parses multi-document YAML into JSON values, skipping empty documents.
-pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
     use serde::Deserialize;
     serde_norway::Deserializer::from_str(text)
         .map(|d| serde_json::Value::deserialize(d).expect("valid yaml"))
@@ -133,12 +133,12 @@ pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-pub fn struct_of(v: serde_json::Value) -> prost_types::Struct {
+pub(crate) fn struct_of(v: serde_json::Value) -> prost_types::Struct {
     jac_splice_orc::api::convert::to_struct(v.as_object().expect("object"))
 }
 
 /// Sends PING to a Redis server and returns the first reply line.
-pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
+pub(crate) async fn redis_ping(addr: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     s.write_all(b"PING\r\n").await?;
@@ -147,12 +147,12 @@ pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
-pub fn redis_available() -> bool {
+pub(crate) fn redis_available() -> bool {
     std::process::Command::new("redis-server").arg("--version").output().is_ok()
 }
 
 /// Serves any service (e.g. over the Kubernetes backend) on 127.0.0.1:0; drop the sender to stop.
-pub async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+pub(crate) async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();

@@ -1,4 +1,5 @@
-//! Command-line arguments (clap) and their validation into settings.
+//! Command-line arguments (clap): the raw flags, and their validation into settings
+//! (`ServeArgs` → [`ServeConfig`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, BackendChoice, ServeConfig};
+use crate::identity::LATEST;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,7 +114,7 @@ pub enum Output {
 pub struct RenderArgs {
     /// Template module, e.g. redis.
     pub module: String,
-    #[arg(long, default_value = "latest")]
+    #[arg(long, default_value = LATEST)]
     pub version: String,
     /// Placeholder value; VALUE is read as JSON when it parses (3, true, ["a"]), else as a string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -129,7 +131,7 @@ pub struct RenderArgs {
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     pub module: String,
-    #[arg(long, default_value = "latest")]
+    #[arg(long, default_value = LATEST)]
     pub version: String,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -182,14 +184,22 @@ pub struct TemplatesArgs {
     pub client: ClientArgs,
 }
 
+/// A `--set` or `--set-string` argument without a key.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not KEY=VALUE")]
+pub struct NotKeyValue(String);
+
 /// Builds the config map from `--set` (JSON when it parses) and `--set-string`.
-pub fn parse_sets(set: &[String], set_string: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+pub fn parse_sets(
+    set: &[String],
+    set_string: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
     let mut out = serde_json::Map::new();
-    let split = |s: &str| -> Result<(String, String), String> {
+    let split = |s: &str| -> Result<(String, String), NotKeyValue> {
         s.split_once('=')
             .map(|(k, v)| (k.trim().to_string(), v.to_string()))
             .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+            .ok_or_else(|| NotKeyValue(s.to_string()))
     };
     for s in set {
         let (k, v) = split(s)?;
