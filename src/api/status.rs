@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
-use utoipa::ToSchema;
+use utoipa::{ToResponse, ToSchema};
 
 use crate::backend;
 use crate::catalog;
@@ -180,7 +180,8 @@ pub fn to_status(e: &Error) -> tonic::Status {
 
 /// The JSON body of every REST error: `{"detail", "field", "reason"}`, plus the lines of what a
 /// failed deploy or undeploy applied before it failed.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, ToResponse)]
+#[response(description = "An error, with its detail, the field it is about and a stable reason")]
 pub struct ErrorBody {
     pub detail: String,
     /// The request field the error is about (`module`, `config.replicas`, ...).

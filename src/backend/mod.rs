@@ -57,6 +57,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How a deployment currently stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = DeploymentStatus)]
 pub enum Status {
     Deploying,
     Deployed,
@@ -76,6 +77,7 @@ impl Status {
 /// Which backend runs a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = Backend)]
 pub enum Kind {
     /// Child processes on the orchestrator's machine.
     Local,

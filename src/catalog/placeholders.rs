@@ -14,6 +14,7 @@ pub const SECRET_LEN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = PlaceholderType)]
 pub enum Type {
     String,
     Integer,

@@ -17,6 +17,7 @@ const LOCAL_FILE: &str = "local.yaml";
 /// How a version folder is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = TemplateFormat)]
 pub enum Format {
     /// Handlebars files and `placeholders.yaml`.
     Native,

@@ -57,8 +57,10 @@ pub struct DryRunView {
     /// Every placeholder, in the template's order.
     pub placeholders: IndexMap<String, PlaceholderView>,
     /// Rendered files of `dependencies/` (applied first); `null` when the version has none.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub dependencies: Option<Files>,
     /// Rendered files of the version folder itself.
+    #[schema(value_type = HashMap<String, String>)]
     pub modules: Files,
     pub module: String,
     pub version: String,

@@ -1,12 +1,12 @@
 //! Deploy/Undeploy on the local backend over gRPC: a real redis-server, records that survive a
 //! restart, and a module the machine cannot run.
 
-use jac_splice_orc::pb::{self, deploy_event::Event};
+use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::support::{redis_available, redis_ping, struct_of, within, Options, TestServer};
+use crate::support::{redis_available, redis_ping, struct_of, within, KubeServe, Options, TestServer};
 
 async fn run(
     stream: tonic::Streaming<pb::DeployEvent>,
@@ -220,5 +220,42 @@ async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_
     }
     let d = deployed.expect("deployment recorded as deployed");
     assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
+    server.stop().await;
+}
+
+/// Reads events until the run waits for readiness.
+async fn until_waiting(stream: &mut tonic::Streaming<pb::DeployEvent>) {
+    loop {
+        let ev = within(stream.next()).await.expect("the stream stays open while waiting").unwrap();
+        if let Some(Event::Object(o)) = ev.event {
+            if o.action() == pb::Action::Waiting {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_client_that_leaves_during_wait_stops_the_wait_and_the_deploy_is_still_recorded() {
+    // The test API server has no kubelet: pods never become Ready, so the wait never ends by itself.
+    let Some(server) = KubeServe::start("gone-grpc").await else {
+        return;
+    };
+    let mut c = within(OrchestratorClient::connect(server.url())).await.unwrap();
+    let req = pb::DeployRequest {
+        module: "redis".into(),
+        config: Some(struct_of(json!({"name": "gone"}))),
+        wait: true,
+        wait_timeout_seconds: 600,
+        ..Default::default()
+    };
+    let mut stream = within(c.deploy(req)).await.unwrap().into_inner();
+    until_waiting(&mut stream).await;
+    drop((stream, c));
+
+    server.wait_for_log("the caller left").await;
+    let d = server.wait_for_record("gone", |d| d.message.contains("disconnected")).await;
+    assert_eq!(d.status(), pb::DeploymentStatus::Deployed, "{d:?}");
+    assert_eq!(d.objects.len(), 3, "{d:?}");
     server.stop().await;
 }

@@ -59,7 +59,8 @@ pub async fn not_found(req: Request) -> ApiError {
 
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER,
-    responses((status = OK, description = "The server is up", body = String, example = json!("OK"))))]
+    responses((status = OK, description = "The server is up", body = String, content_type = "application/json",
+        example = json!("OK"))))]
 async fn healthz() -> Json<&'static str> {
     Json("OK")
 }
@@ -74,7 +75,7 @@ async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> 
 /// Template modules and their versions.
 #[utoipa::path(get, path = "/templates", operation_id = "listTemplates", tag = TAG_TEMPLATES,
     responses((status = OK, description = "Every module with its versions", body = Vec<TemplateView>),
-              (status = INTERNAL_SERVER_ERROR, body = ErrorBody)))]
+              (status = INTERNAL_SERVER_ERROR, response = inline(ErrorBody))))]
 async fn templates(State(service): State<AppState>) -> Result<Json<Vec<TemplateView>>, ApiError> {
     Ok(Json(service.templates()?))
 }
@@ -83,8 +84,8 @@ async fn templates(State(service): State<AppState>) -> Result<Json<Vec<TemplateV
 #[utoipa::path(post, path = "/deployment/dry_run", operation_id = "dryRun", tag = TAG_DEPLOYMENTS,
     request_body = DeploymentBody,
     responses((status = OK, description = "Every placeholder and rendered file", body = DryRunView),
-              (status = BAD_REQUEST, body = ErrorBody), (status = NOT_FOUND, body = ErrorBody),
-              (status = PAYLOAD_TOO_LARGE, body = ErrorBody), (status = UNPROCESSABLE_ENTITY, body = ErrorBody)))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
 async fn dry_run(
     State(service): State<AppState>,
     JsonBody(body): JsonBody<DeploymentBody>,
@@ -102,10 +103,10 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     params(DeployQuery), request_body = DeploymentBody,
     responses((status = OK, description = "Applied (and ready, with wait)", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, body = ErrorBody), (status = NOT_FOUND, body = ErrorBody),
-              (status = CONFLICT, body = ErrorBody), (status = PRECONDITION_FAILED, body = ErrorBody),
-              (status = PAYLOAD_TOO_LARGE, body = ErrorBody), (status = UNPROCESSABLE_ENTITY, body = ErrorBody),
-              (status = SERVICE_UNAVAILABLE, body = ErrorBody), (status = GATEWAY_TIMEOUT, body = ErrorBody)))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = CONFLICT, response = inline(ErrorBody)), (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
 async fn deploy(
     State(service): State<AppState>,
     Query(q): Query<DeployQuery>,
@@ -124,7 +125,7 @@ async fn deploy(
 #[utoipa::path(get, path = "/deployment", operation_id = "listDeployments", tag = TAG_DEPLOYMENTS,
     params(ListQuery),
     responses((status = OK, description = "Deployments", body = DeploymentTree),
-              (status = SERVICE_UNAVAILABLE, body = ErrorBody)))]
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
 async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<DeploymentTree>, ApiError> {
     let views = service.list(q.namespace.as_deref(), q.module.as_deref()).await?;
     Ok(Json(views.into_iter().collect()))
@@ -134,7 +135,7 @@ async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Re
 #[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}", operation_id = "getDeployment",
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "The deployment", body = DeploymentView),
-              (status = BAD_REQUEST, body = ErrorBody), (status = NOT_FOUND, body = ErrorBody)))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
 async fn get_one(
     State(service): State<AppState>,
     Path(path): Path<DeploymentPath>,
@@ -147,8 +148,8 @@ async fn get_one(
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "Removed", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, body = ErrorBody), (status = NOT_FOUND, body = ErrorBody),
-              (status = SERVICE_UNAVAILABLE, body = ErrorBody)))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
 async fn undeploy(
     State(service): State<AppState>,
     Path(path): Path<DeploymentPath>,
