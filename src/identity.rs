@@ -84,7 +84,7 @@ pub fn version_or_latest(version: Option<&str>) -> &str {
 }
 
 /// RFC 1123 label: what Kubernetes accepts as a name or namespace.
-pub fn is_dns_label(value: &str) -> bool {
+fn is_dns_label(value: &str) -> bool {
     let b = value.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -102,7 +102,7 @@ pub fn is_template_name(value: &str) -> bool {
         && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-pub fn check_label(field: &'static str, value: &str) -> Result<()> {
+fn check_label(field: &'static str, value: &str) -> Result<()> {
     if is_dns_label(value) {
         Ok(())
     } else {
@@ -110,7 +110,7 @@ pub fn check_label(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
-pub fn check_template_name(field: &'static str, value: &str) -> Result<()> {
+fn check_template_name(field: &'static str, value: &str) -> Result<()> {
     if is_template_name(value) {
         Ok(())
     } else {

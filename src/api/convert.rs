@@ -26,7 +26,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 // === JSON ⇄ well-known types ===
 
-pub fn to_proto_value(v: &Value) -> PValue {
+fn to_proto_value(v: &Value) -> PValue {
     let kind = match v {
         Value::Null => PKind::NullValue(0),
         Value::Bool(b) => PKind::BoolValue(*b),
@@ -44,7 +44,7 @@ pub fn to_struct(m: &Map<String, Value>) -> Struct {
 
 /// Protobuf numbers are doubles; whole numbers come back as JSON integers so `replicas: 3`
 /// type-checks as an integer.
-pub fn from_proto_value(v: &PValue) -> Value {
+fn from_proto_value(v: &PValue) -> Value {
     match &v.kind {
         None | Some(PKind::NullValue(_)) => Value::Null,
         Some(PKind::BoolValue(b)) => Value::Bool(*b),
@@ -143,7 +143,7 @@ fn enum_of<D, P: From<D> + Into<i32>>(v: D) -> i32 {
 
 // === views → messages ===
 
-pub fn object_ref(o: &ObjectRef) -> pb::ObjectRef {
+fn object_ref(o: &ObjectRef) -> pb::ObjectRef {
     pb::ObjectRef {
         api_version: o.api_version.clone(),
         kind: o.kind.clone(),

@@ -17,17 +17,17 @@ use crate::service::views::Applied;
 use crate::service::Error;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Class {
-    pub code: Code,
-    pub http: StatusCode,
-    pub reason: &'static str,
+struct Class {
+    code: Code,
+    http: StatusCode,
+    reason: &'static str,
 }
 
 const fn class(code: Code, http: StatusCode, reason: &'static str) -> Class {
     Class { code, http, reason }
 }
 
-pub fn classify(e: &Error) -> Class {
+fn classify(e: &Error) -> Class {
     use StatusCode as H;
     match e {
         Error::Catalog(c) => match c {
@@ -158,7 +158,7 @@ pub fn proxy_status(e: proxy::Error) -> tonic::Status {
 }
 
 /// The text users see: internal errors are logged and replaced by a generic message.
-pub fn public_message(e: &Error, class: Class) -> String {
+fn public_message(e: &Error, class: Class) -> String {
     if class.code == Code::Internal {
         tracing::error!(error = %e, "internal error");
         "internal error (see the orchestrator's log)".into()

@@ -36,11 +36,6 @@ impl Action {
             Action::Stopped => "stopped",
         }
     }
-
-    /// Whether the event is an apply result that belongs in the `results` list.
-    pub fn is_apply_result(self) -> bool {
-        matches!(self, Action::Created | Action::Configured | Action::Unchanged)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -110,8 +110,9 @@ pub enum Output {
     Yaml,
 }
 
+/// The template and values a dry run or deploy names.
 #[derive(Debug, Args)]
-pub struct RenderArgs {
+pub struct TemplateArgs {
     /// Template module, e.g. redis.
     pub module: String,
     #[arg(long, default_value = LATEST)]
@@ -122,6 +123,19 @@ pub struct RenderArgs {
     /// Placeholder value that is always a string.
     #[arg(long = "set-string", value_name = "KEY=VALUE")]
     pub set_string: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// The placeholder values `--set` and `--set-string` give.
+    pub fn config(&self) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
+        parse_sets(&self.set, &self.set_string)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[arg(short, long, value_enum, default_value = "yaml")]
     pub output: Output,
     #[command(flatten)]
@@ -130,18 +144,13 @@ pub struct RenderArgs {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    pub module: String,
-    #[arg(long, default_value = LATEST)]
-    pub version: String,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    #[arg(long = "set-string", value_name = "KEY=VALUE")]
-    pub set_string: Vec<String>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Wait until every workload is ready.
     #[arg(long)]
     pub wait: bool,
     /// Readiness timeout in seconds (with --wait).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = crate::service::DEFAULT_WAIT.as_secs() as u32)]
     pub timeout: u32,
     /// Take over fields owned by other field managers.
     #[arg(long)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_stream::StreamExt;
 
-use super::args::{self, ClientArgs, DeployArgs, IdArgs, ListArgs, Output, RenderArgs, TemplatesArgs};
+use super::args::{ClientArgs, DeployArgs, IdArgs, ListArgs, Output, RenderArgs, TemplatesArgs};
 use super::output;
 use crate::api::convert::to_struct;
 use crate::backend::ObjectEvent;
@@ -35,24 +35,25 @@ fn id_of(a: &IdArgs) -> Result<DeploymentId> {
 }
 
 pub(crate) async fn dry_run(a: RenderArgs) -> Result<()> {
-    let config = args::parse_sets(&a.set, &a.set_string)?;
-    let req = pb::DryRunRequest { module: a.module, version: a.version, config: Some(to_struct(&config)) };
+    let config = Some(to_struct(&a.template.config()?));
+    let req = pb::DryRunRequest { module: a.template.module, version: a.template.version, config };
     let r = connect(&a.client).await?.dry_run(req).await.map_err(status_error)?.into_inner();
     output::view(a.output, &DryRunView::try_from(&r)?)
 }
 
 pub(crate) async fn deploy(a: DeployArgs) -> Result<()> {
-    let config = args::parse_sets(&a.set, &a.set_string)?;
+    let config = Some(to_struct(&a.template.config()?));
+    let what = format!("deploying {}", a.template.module);
     let req = pb::DeployRequest {
-        module: a.module.clone(),
-        version: a.version,
-        config: Some(to_struct(&config)),
+        module: a.template.module,
+        version: a.template.version,
+        config,
         wait: a.wait,
         wait_timeout_seconds: a.timeout,
         force_conflicts: a.force_conflicts,
     };
     let stream = connect(&a.client).await?.deploy(req).await.map_err(status_error)?.into_inner();
-    follow(stream, a.output, &format!("deploying {}", a.module), Run::Deploy).await
+    follow(stream, a.output, &what, Run::Deploy).await
 }
 
 pub(crate) async fn undeploy(a: IdArgs) -> Result<()> {

@@ -15,7 +15,7 @@ use crate::identity::DeploymentId;
 use crate::plan::{ObjectRef, Section};
 
 /// What a dry run shows in place of a secret generated for this request.
-pub const GENERATED: &str = "<generated>";
+const GENERATED: &str = "<generated>";
 
 /// One placeholder of a dry run.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
