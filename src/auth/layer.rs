@@ -347,7 +347,7 @@ mod tests {
     const STEP: Duration = Duration::from_secs(5);
 
     /// The inner service: answers with the identity it saw and whether `authorization` reached it.
-    async fn echo(req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    async fn echo<B>(req: Request<B>) -> Result<Response<Body>, Infallible> {
         let user = Identity::of(&req).map_or_else(|| "-".to_string(), |i| format!("{}:{}", i.user, i.groups.join("+")));
         let mut response = Response::new(Body::from(user));
         let saw = if req.headers().contains_key(AUTHORIZATION) { "yes" } else { "no" };
@@ -562,6 +562,50 @@ mod tests {
         let (response, body) = send_with(auth, AuthConfig::default(), grpc).await;
         assert_grpc_status(&response, &body, Code::Unavailable, "application/grpc");
         tokio::time::timeout(STEP, api).await.expect("mock hung").unwrap();
+    }
+
+    /// The accept-loop shape `docs/auth-wiring.md` prescribes, over a real loopback connection:
+    /// `ConnectionInfo` inserted per request, then the layer, then the app, under hyper.
+    #[tokio::test]
+    async fn the_layer_serves_real_connections_with_their_connection_info() {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let layer = AuthLayer::new(tokens(), AuthConfig::default());
+        let server = tokio::spawn(async move {
+            for _ in 0..3 {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let conn = ConnectionInfo { peer, local: stream.local_addr().unwrap() };
+                let svc = ServiceBuilder::new()
+                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(conn);
+                        req
+                    })
+                    .layer(layer.clone())
+                    .service_fn(echo);
+                let svc = hyper_util::service::TowerToHyperService::new(svc);
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.serve_connection(TokioIo::new(stream), svc).await.unwrap();
+            }
+        });
+        let get = |path: &'static str, auth: &'static str| async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n");
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tcp.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let denied = tokio::time::timeout(STEP, get("/deployment", "")).await.unwrap();
+        assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+        let allowed =
+            tokio::time::timeout(STEP, get("/deployment", "authorization: Bearer viewer-t\r\n")).await.unwrap();
+        assert!(allowed.starts_with("HTTP/1.1 200") && allowed.ends_with("vera:jac-orc:viewers"), "{allowed}");
+        let metrics = tokio::time::timeout(STEP, get("/metrics", "")).await.unwrap();
+        assert!(metrics.starts_with("HTTP/1.1 200"), "a loopback peer reads /metrics: {metrics}");
+        tokio::time::timeout(STEP, server).await.unwrap().unwrap();
     }
 
     #[tokio::test]
