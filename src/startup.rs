@@ -11,11 +11,11 @@ use crate::service::{DeploymentRequest, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("MODULES is not valid JSON: {0}")]
+    #[error("MODULES is not valid JSON")]
     Json(#[from] serde_json::Error),
     #[error("MODULES: {0}")]
     Shape(String),
-    #[error("cannot read MODULES file {path}: {source}")]
+    #[error("cannot read MODULES file {path}")]
     File { path: String, source: std::io::Error },
 }
 

@@ -40,7 +40,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(text) => match startup::load(text) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "ignoring MODULES");
+                tracing::error!(error = format!("{:#}", anyhow::Error::new(e)), "ignoring MODULES");
                 Vec::new()
             }
         },
