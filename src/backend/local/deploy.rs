@@ -43,7 +43,12 @@ struct Attempt {
 }
 
 impl Inner {
-    pub(super) async fn apply(self: &Arc<Self>, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
+    pub(super) async fn apply(
+        self: &Arc<Self>,
+        plan: &Plan,
+        opts: &ApplyOptions,
+        progress: &Progress,
+    ) -> Result<DeploymentRecord> {
         self.recover().await;
         let id = &plan.id;
         let recipe = plan
@@ -99,7 +104,8 @@ impl Inner {
         }
         for old in prev.iter().flat_map(|p| &p.objects) {
             if !plan.objects.iter().any(|o| same_object(&o.object, &old.object)) {
-                let ev = ObjectEvent::new(old.object.clone(), Action::Deleted).with_message("no longer in the template");
+                let ev =
+                    ObjectEvent::new(old.object.clone(), Action::Deleted).with_message("no longer in the template");
                 progress.send(ev).await;
             }
         }
@@ -139,7 +145,9 @@ impl Inner {
     ) -> Result<Option<DeploymentRecord>> {
         let Some(prev) = &a.prev else { return Ok(None) };
         let Some(w) = prev.workload.as_ref().filter(|w| w.run) else { return Ok(None) };
-        if w.recipe.unseal(&prev.record.config).ok().as_ref() != Some(recipe) || !self.ensure_supervised(&a.record.id, prev).await {
+        if w.recipe.unseal(&prev.record.config).ok().as_ref() != Some(recipe)
+            || !self.ensure_supervised(&a.record.id, prev).await
+        {
             return Ok(None);
         }
         let id = &a.record.id;
@@ -147,19 +155,25 @@ impl Inner {
         progress.send(ObjectEvent::new(process_ref(id), Action::Unchanged).with_message(message)).await;
         let mut record = a.record.clone();
         let p = &prev.record;
-        if p.status == Status::Deployed && p.version == record.version && p.config == record.config && prev.objects == a.objects {
+        if p.status == Status::Deployed
+            && p.version == record.version
+            && p.config == record.config
+            && prev.objects == a.objects
+        {
             record.updated_at = p.updated_at.clone();
         }
         let process = self.running(id);
         let workload = Workload { recipe: a.recipe.clone(), port: a.port, process, run: true, legacy_pid: None };
-        let entry = Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: false };
+        let entry =
+            Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: false };
         self.update(|s| s.deployments.insert(key(id), entry)).await?;
         Ok(Some(record))
     }
 
     /// Whether the recorded workload runs under a supervisor, adopting it if it runs without one.
     async fn ensure_supervised(self: &Arc<Self>, id: &DeploymentId, entry: &Entry) -> bool {
-        let confirmed = self.supervisors.lock().expect("supervisors").get(id).map(|s| s.running().is_some() && s.confirm());
+        let confirmed =
+            self.supervisors.lock().expect("supervisors").get(id).map(|s| s.running().is_some() && s.confirm());
         if let Some(ok) = confirmed {
             return ok;
         }
@@ -169,7 +183,8 @@ impl Inner {
         let Ok(recipe) = entry.workload.as_ref().map(|w| w.recipe.unseal(&entry.record.config)).transpose() else {
             return false;
         };
-        let Some(launch) = recipe.map(|r| self.launch(id, &r, entry.workload.as_ref().map_or(0, |w| w.port), None)) else {
+        let Some(launch) = recipe.map(|r| self.launch(id, &r, entry.workload.as_ref().map_or(0, |w| w.port), None))
+        else {
             return false;
         };
         tracing::info!(deployment = %id, pid = identity.pid, "adopting a running workload");
@@ -192,7 +207,13 @@ impl Inner {
     }
 
     /// The interpreter to run with: the virtualenv's when the recipe installs packages.
-    pub(super) async fn prepare(&self, id: &DeploymentId, recipe: &LocalRecipe, port: u16, progress: &Progress) -> Result<Option<String>> {
+    pub(super) async fn prepare(
+        &self,
+        id: &DeploymentId,
+        recipe: &LocalRecipe,
+        port: u16,
+        progress: &Progress,
+    ) -> Result<Option<String>> {
         let dir = self.deployment_dir(id);
         let data = dir.join("data");
         state::blocking(move || state::create_private_dir(&data)).await?;
@@ -223,13 +244,15 @@ impl Inner {
         let mut record = a.record.clone();
         record.status = Status::Deploying;
         let workload = Workload { recipe: a.recipe.clone(), port: a.port, process: None, run: true, legacy_pid: None };
-        let entry = Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: a.fresh };
+        let entry =
+            Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: a.fresh };
         self.update(|s| s.deployments.insert(key(&id), entry)).await?;
         drop(reservation);
 
         let old = a.prev.as_ref().and_then(|p| p.workload.as_ref()).and_then(|w| w.process.clone());
         if self.stop_workload(&id, old.as_ref()).await {
-            let ev = ObjectEvent::new(process_ref(&id), Action::Stopped).with_message("restarting with the new settings");
+            let ev =
+                ObjectEvent::new(process_ref(&id), Action::Stopped).with_message("restarting with the new settings");
             progress.send(ev).await;
         }
         let launch = self.launch(&id, recipe, a.port, program);
@@ -245,7 +268,8 @@ impl Inner {
             }
         })
         .await?;
-        let supervisor = Supervisor::start(id.clone(), launch.clone(), Start::Owned(child, identity), false, self.journal());
+        let supervisor =
+            Supervisor::start(id.clone(), launch.clone(), Start::Owned(child, identity), false, self.journal());
         let mut life = supervisor.life();
         if let Err(e) = self.register(&id, supervisor).await {
             return self.fail(a, true, e, progress).await;
@@ -255,7 +279,9 @@ impl Inner {
         let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
         let confirmed = self.supervisors.lock().expect("supervisors").get(&id).is_some_and(Supervisor::confirm);
         let outcome = match waited {
-            Ok(_) if !confirmed => Err(Error::Exited { object: launch.object.clone(), reason: "exited as it became ready".into() }),
+            Ok(_) if !confirmed => {
+                Err(Error::Exited { object: launch.object.clone(), reason: "exited as it became ready".into() })
+            }
             other => other,
         };
         let outcome = match outcome {

@@ -119,7 +119,11 @@ impl Identity {
 
     fn parse_line(text: &str) -> Option<Identity> {
         let mut it = text.split_whitespace();
-        let id = Identity { pid: it.next()?.parse().ok()?, start_time: it.next()?.parse().ok()?, boot_id: it.next()?.into() };
+        let id = Identity {
+            pid: it.next()?.parse().ok()?,
+            start_time: it.next()?.parse().ok()?,
+            boot_id: it.next()?.into(),
+        };
         Some(id)
     }
 }
@@ -167,8 +171,7 @@ impl Launch {
             .stdout(log)
             .stderr(err)
             .process_group(0);
-        let spawn_error =
-            |source| Error::Spawn { object: self.object.clone(), program: self.program.clone(), source };
+        let spawn_error = |source| Error::Spawn { object: self.object.clone(), program: self.program.clone(), source };
         let child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().unwrap_or(0);
         let identity = Identity::of(pid).ok_or_else(|| {
@@ -279,9 +282,11 @@ pub(super) fn listens_on(pid: u32, port: u16) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
-    entries.take(MAX_SCAN).flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())).any(
-        |other| other != pid && stat(other).is_some_and(|s| s.pgrp == pid as i32) && owns_socket(other, &inodes),
-    )
+    entries
+        .take(MAX_SCAN)
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .any(|other| other != pid && stat(other).is_some_and(|s| s.pgrp == pid as i32) && owns_socket(other, &inodes))
 }
 
 fn listening_inodes(pid: u32, port: u16) -> Vec<String> {
@@ -321,7 +326,8 @@ mod tests {
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
-        let text = "4242 (redis-server 127.0.0.1:6379) (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 5 0 987654 0 0";
+        let text =
+            "4242 (redis-server 127.0.0.1:6379) (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 5 0 987654 0 0";
         let s = parse_stat(text).unwrap();
         assert_eq!((s.state, s.pgrp, s.start_time), ('S', 4242, 987654));
         assert_eq!(parse_stat("garbage"), None);

@@ -68,10 +68,16 @@ pub(super) async fn wait(
             }
             Life::Restarting { .. } if !strict => {}
             Life::Restarting { reason, .. } | Life::Exited(reason) | Life::GaveUp(reason) => {
-                return Err(Error::Exited { object: target.object.into(), reason: format!("before it was ready: {reason}") });
+                return Err(Error::Exited {
+                    object: target.object.into(),
+                    reason: format!("before it was ready: {reason}"),
+                });
             }
             Life::Stopped => {
-                return Err(Error::Exited { object: target.object.into(), reason: "stopped before it was ready".into() });
+                return Err(Error::Exited {
+                    object: target.object.into(),
+                    reason: "stopped before it was ready".into(),
+                });
             }
         }
         let now = tokio::time::Instant::now();

@@ -121,9 +121,10 @@ fn seal_str(s: &str, secrets: &[(String, String)]) -> Vec<Piece> {
     let mut rest = s;
     // Each round consumes at least one byte of `rest`.
     for _ in 0..=s.len() {
-        let next = secrets.iter().filter_map(|(k, v)| rest.find(v.as_str()).map(|at| (at, k, v.len()))).min_by_key(
-            |(at, _, len)| (*at, std::cmp::Reverse(*len)),
-        );
+        let next = secrets
+            .iter()
+            .filter_map(|(k, v)| rest.find(v.as_str()).map(|at| (at, k, v.len())))
+            .min_by_key(|(at, _, len)| (*at, std::cmp::Reverse(*len)));
         match next {
             Some((at, key, len)) => {
                 if at > 0 {
@@ -354,7 +355,10 @@ impl State {
 
     pub(super) fn snapshot(&mut self) -> Result<Snapshot> {
         self.generation += 1;
-        Ok(Snapshot { generation: self.generation, bytes: serde_json::to_vec_pretty(&self.file).map_err(Error::Encode)? })
+        Ok(Snapshot {
+            generation: self.generation,
+            bytes: serde_json::to_vec_pretty(&self.file).map_err(Error::Encode)?,
+        })
     }
 }
 
@@ -434,7 +438,11 @@ mod tests {
             args: vec![
                 text("--requirepass"),
                 text("s3cr3t-long"),
-                RecipeText(vec![Segment::Text("u:s3cr3t-long@".into()), Segment::Slot(Slot::Port), Segment::Text("".into())]),
+                RecipeText(vec![
+                    Segment::Text("u:s3cr3t-long@".into()),
+                    Segment::Slot(Slot::Port),
+                    Segment::Text("".into()),
+                ]),
             ],
             readiness: Readiness::Tcp,
             protocol: "redis".into(),

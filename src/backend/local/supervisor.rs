@@ -39,7 +39,10 @@ const EXITED: u8 = 2;
 pub(super) enum Life {
     Running(Identity),
     /// It died; a restart follows after a backoff.
-    Restarting { restarts: u32, reason: String },
+    Restarting {
+        restarts: u32,
+        reason: String,
+    },
     /// It died during probation; not restarted.
     Exited(String),
     /// It kept dying; supervision ended.

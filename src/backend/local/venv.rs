@@ -80,7 +80,8 @@ async fn run(
         Ok(status) => status.map_err(Error::io("wait for", program))?,
         Err(_) => {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
             return Err(Error::Venv {
