@@ -133,11 +133,33 @@ impl Drop for Lab {
                 let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
             }
         }
-        for p in workloads(&self.data) {
-            eprintln!("cleanup: killing leftover workload pid {} ({:?})", p.pid, p.deployment);
-            let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
-        }
+        reap(&self.data);
     }
+}
+
+/// SIGKILLs, by PID, every workload process left in `data` (drop guards).
+fn reap(data: &Path) {
+    for p in workloads(data) {
+        eprintln!("cleanup: killing leftover workload pid {} ({:?})", p.pid, p.deployment);
+        let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Reaps a data dir's workloads when dropped (tests that run the backend in-process).
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        reap(&self.0);
+    }
+}
+
+/// Lines of every serve log of a lab that contain `what`.
+fn log_count(lab: &Lab, what: &str) -> usize {
+    (1..=lab.started)
+        .map(|n| std::fs::read_to_string(lab.tmp.path().join(format!("serve-{n}.log"))).unwrap_or_default())
+        .map(|t| t.lines().filter(|l| l.contains(what)).count())
+        .sum()
 }
 
 fn rounds() -> u128 {
@@ -470,6 +492,7 @@ async fn a_caller_that_leaves_stops_the_readiness_wait_and_the_workload_keeps_ru
     use jac_splice_orc::backend::{ApplyOptions, Backend, Progress, Status};
     use jac_splice_orc::plan::{DeploymentId, LocalRecipe, Plan, Readiness, RecipeText};
     let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_path_buf());
     let backend =
         Arc::new(LocalBackend::open(LocalOptions { data_dir: tmp.path().into(), python: "python3".into() }).unwrap());
     let id = DeploymentId { namespace: "default".into(), module: "sleeper".into(), name: "never-ready".into() };
@@ -500,6 +523,13 @@ async fn a_caller_that_leaves_stops_the_readiness_wait_and_the_workload_keeps_ru
         })
     };
     let pid = eventually("the workload runs", || async { workloads(tmp.path()).first().map(|p| p.pid) }).await;
+    // While it waits, the record exists as `deploying` with its endpoint and the state file names the pid.
+    let pending = backend.get(&id).await.unwrap().expect("the record is written before the workload starts");
+    assert_eq!(pending.status, Status::Deploying);
+    assert_eq!(pending.endpoints.len(), 1);
+    let state: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("local-state.json")).unwrap()).unwrap();
+    let recorded = &state["deployments"]["default/sleeper/never-ready"]["workload"]["process"]["pid"];
+    assert_eq!(recorded.as_u64(), Some(u64::from(pid)), "{state}");
     caller.cancel();
     let record =
         tokio::time::timeout(BOUND, apply).await.expect("the wait stops once the caller has gone").unwrap().unwrap();
@@ -676,7 +706,6 @@ async fn crash_loop_kill_9_at_random_points_leaves_every_deployment_answering_wi
             let target = &targets[*t];
             let config = target.configs[*c].clone();
             let done: Option<String> = if *grpc {
-                let mut client = serve.grpc().await;
                 let req = pb::DeployRequest {
                     module: target.module.into(),
                     config: Some(struct_of(config)),
@@ -685,7 +714,13 @@ async fn crash_loop_kill_9_at_random_points_leaves_every_deployment_answering_wi
                     ..Default::default()
                 };
                 let mut endpoint = None;
-                if let Ok(Ok(stream)) = tokio::time::timeout(BOUND, client.deploy(req)).await {
+                // The kill may come before the connection: that is an interrupted deploy too.
+                let client = tokio::time::timeout(BOUND, OrchestratorClient::connect(serve.url.clone())).await;
+                let stream = match client {
+                    Ok(Ok(mut client)) => tokio::time::timeout(BOUND, client.deploy(req)).await.ok(),
+                    _ => None,
+                };
+                if let Some(Ok(stream)) = stream {
                     let mut stream = stream.into_inner();
                     while let Ok(Some(Ok(ev))) = tokio::time::timeout(BOUND, stream.next()).await {
                         events += 1;
@@ -780,10 +815,31 @@ async fn crash_loop_kill_9_at_random_points_leaves_every_deployment_answering_wi
         assert_eq!(lab.recorded_pid(module, name), Some(p.pid), "the record names the process of {dep}");
     }
     println!(
-        "crash loop seed {seed}: {ITERATIONS} kills ({kills_by_events} after an event count), {} deployments, {} processes",
+        "crash loop seed {seed}: {ITERATIONS} kills ({kills_by_events} after an event count), {} deployments, {} processes; serves adopted {} workloads, reaped {} processes",
         records.len(),
-        procs.len()
+        procs.len(),
+        log_count(&lab, "adopting a running workload"),
+        log_count(&lab, "reaping a process"),
     );
     serve.term().await;
     eventually("SIGTERM stops every workload", || async { workloads(&lab.data).is_empty().then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn a_template_without_a_local_recipe_is_a_failed_precondition_and_records_nothing() {
+    let server = crate::support::TestServer::start().await;
+    let r = server
+        .http()
+        .post(format!("{}/deployment", server.url()))
+        .json(&json!({"module": "jac-cloud", "config": {"name": "site"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "NO_LOCAL_RECIPE", "{body}");
+    let all: Value =
+        server.http().get(format!("{}/deployment", server.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all, json!({}), "{all}");
+    server.stop().await;
 }

@@ -311,10 +311,15 @@ impl Inner {
     }
 
     /// Records a failed apply and returns its error. `stopped_old`: the previous workload (if
-    /// any) was already stopped.
+    /// any) was already stopped. A first deploy leaves nothing behind; a redeploy keeps its data.
     async fn fail(&self, a: Attempt, stopped_old: bool, e: Error, progress: &Progress) -> Result<DeploymentRecord> {
         let id = a.record.id.clone();
         progress.send(ObjectEvent::new(process_ref(&id), Action::Failed).with_message(e.reason())).await;
+        if self.check_open().is_err() {
+            // An orderly shutdown stopped it: the record stays as it is (a `deploying` one is
+            // finished by the next start), so a deploy is never undone by a stop.
+            return Err(e);
+        }
         if a.fresh {
             self.update(|s| s.deployments.remove(&key(&id))).await?;
             self.remove_dir(&id).await;

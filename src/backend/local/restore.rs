@@ -161,6 +161,10 @@ impl Inner {
             readiness::wait(target, &mut life, strict, DEFAULT_READY_TIMEOUT, &Progress::discard()).await
         }
         .await;
+        if self.check_open().is_err() {
+            // Stopped by an orderly shutdown: not a failure; the next start tries again.
+            return;
+        }
         let confirmed = self.supervisors.lock().expect("supervisors").get(id).is_some_and(Supervisor::confirm);
         match result {
             Ok(_) if confirmed => {
