@@ -10,11 +10,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use super::error::{Error, Result};
-use super::process::Launch;
+use super::process::{Identity, Launch};
 use super::readiness::{self, Outcome, Target};
 use super::state::{self, digest, secret_values, Entry, SealedRecipe, StoredObject, Workload};
-use super::supervisor::{Start, Supervisor};
+use super::supervisor::{Life, Start, Supervisor};
 use super::{endpoint, key, process_ref, venv, Inner, DEFAULT_READY_TIMEOUT, HOST};
 use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
 use crate::plan::{DeploymentId, LocalRecipe, Plan};
@@ -227,6 +229,34 @@ impl Inner {
         Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &object).await?.display().to_string()))
     }
 
+    /// Spawns the workload, records its identity, and hands it to a supervisor (in probation
+    /// unless `confirmed`). A spawn that cannot be registered (shutting down) is stopped.
+    pub(super) async fn spawn_supervised(
+        self: &Arc<Self>,
+        id: &DeploymentId,
+        launch: Launch,
+        confirmed: bool,
+    ) -> Result<(Identity, watch::Receiver<Life>)> {
+        let (child, identity) = launch.spawn().await?;
+        let recorded = identity.clone();
+        let saved = self
+            .update(|s| {
+                if let Some(w) = s.deployments.get_mut(&key(id)).and_then(|e| e.workload.as_mut()) {
+                    w.process = Some(recorded);
+                }
+            })
+            .await;
+        let supervisor =
+            Supervisor::start(id.clone(), launch, Start::Owned(child, identity.clone()), confirmed, self.journal());
+        let life = supervisor.life();
+        self.register(id, supervisor).await?;
+        if let Err(e) = saved {
+            self.stop_workload(id, None).await;
+            return Err(e);
+        }
+        Ok((identity, life))
+    }
+
     async fn start(
         self: &Arc<Self>,
         a: Attempt,
@@ -256,31 +286,19 @@ impl Inner {
             progress.send(ev).await;
         }
         let launch = self.launch(&id, recipe, a.port, program);
-        let (child, identity) = match launch.spawn().await {
+        let object = launch.object.clone();
+        let (identity, mut life) = match self.spawn_supervised(&id, launch, false).await {
             Ok(started) => started,
             Err(e) => return self.fail(a, true, e, progress).await,
         };
         let pid = identity.pid;
-        let recorded = identity.clone();
-        self.update(|s| {
-            if let Some(w) = s.deployments.get_mut(&key(&id)).and_then(|e| e.workload.as_mut()) {
-                w.process = Some(recorded);
-            }
-        })
-        .await?;
-        let supervisor =
-            Supervisor::start(id.clone(), launch.clone(), Start::Owned(child, identity), false, self.journal());
-        let mut life = supervisor.life();
-        if let Err(e) = self.register(&id, supervisor).await {
-            return self.fail(a, true, e, progress).await;
-        }
-        let target = Target { port: a.port, readiness: &recipe.readiness, object: &launch.object };
+        let target = Target { port: a.port, readiness: &recipe.readiness, object: &object };
         let timeout = opts.wait.unwrap_or(DEFAULT_READY_TIMEOUT);
         let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
         let confirmed = self.supervisors.lock().expect("supervisors").get(&id).is_some_and(Supervisor::confirm);
         let outcome = match waited {
             Ok(_) if !confirmed => {
-                Err(Error::Exited { object: launch.object.clone(), reason: "exited as it became ready".into() })
+                Err(Error::Exited { object: object.clone(), reason: "exited as it became ready".into() })
             }
             other => other,
         };

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::error::Error;
 use super::process::{self, Identity};
 use super::readiness::{self, Target};
 use super::state::{self, Entry};
@@ -133,31 +134,22 @@ impl Inner {
         let Some(w) = entry.workload.clone().filter(|w| w.run) else { return };
         // A deploy a crash interrupted must show it works; a deployed one just comes back.
         let strict = entry.record.status == Status::Deploying;
-        let (mut life, spawned) = match self.supervisors.lock().expect("supervisors").get(id) {
-            Some(s) => (Some(s.life()), false),
-            None => (None, true),
-        };
+        let adopted = self.supervisors.lock().expect("supervisors").get(id).map(Supervisor::life);
+        let spawned = adopted.is_none();
         let result = async {
             let recipe = w.recipe.unseal(&entry.record.config)?;
-            if life.is_none() {
-                let program = self.prepare(id, &recipe, w.port, &Progress::discard()).await?;
-                let launch = self.launch(id, &recipe, w.port, program);
-                let (child, identity) = launch.spawn().await?;
-                let recorded = identity.clone();
-                self.update(|s| {
-                    if let Some(w) = s.deployments.get_mut(&key(id)).and_then(|e| e.workload.as_mut()) {
-                        w.process = Some(recorded);
-                    }
-                })
-                .await?;
-                tracing::info!(deployment = %id, pid = identity.pid, port = w.port, "started a recorded workload");
-                let s = Supervisor::start(id.clone(), launch, Start::Owned(child, identity), !strict, self.journal());
-                life = Some(s.life());
-                self.register(id, s).await?;
-            }
+            let mut life = match adopted {
+                Some(life) => life,
+                None => {
+                    let program = self.prepare(id, &recipe, w.port, &Progress::discard()).await?;
+                    let launch = self.launch(id, &recipe, w.port, program);
+                    let (identity, life) = self.spawn_supervised(id, launch, !strict).await?;
+                    tracing::info!(deployment = %id, pid = identity.pid, port = w.port, "started a recorded workload");
+                    life
+                }
+            };
             let object = super::process_ref(id).kubectl_name();
             let target = Target { port: w.port, readiness: &recipe.readiness, object: &object };
-            let mut life = life.take().expect("a supervisor");
             readiness::wait(target, &mut life, strict, DEFAULT_READY_TIMEOUT, &Progress::discard()).await
         }
         .await;
@@ -166,57 +158,89 @@ impl Inner {
             return;
         }
         let confirmed = self.supervisors.lock().expect("supervisors").get(id).is_some_and(Supervisor::confirm);
-        match result {
-            Ok(_) if confirmed => {
-                if strict || (spawned && entry.record.status == Status::Failed) {
-                    let saved = self
-                        .update(|s| {
-                            if let Some(e) = s.deployments.get_mut(&key(id)) {
-                                e.record.status = Status::Deployed;
-                                e.record.message.clear();
-                                e.record.updated_at = now_rfc3339();
-                                e.fresh = false;
-                            }
-                        })
-                        .await;
-                    if let Err(e) = saved {
-                        tracing::error!(deployment = %id, error = %e, "could not record the restored workload");
-                    }
-                }
+        let object = || super::process_ref(id).kubectl_name();
+        let outcome = match result {
+            Ok(_) if confirmed => Ok(()),
+            Ok(_) => Err(Error::Exited { object: object(), reason: "exited as it became ready".into() }),
+            Err(e) => Err(e),
+        };
+        let update = match (outcome, strict) {
+            (Ok(()), _) => {
                 tracing::info!(deployment = %id, port = w.port, "local workload is back");
+                // A finished interrupted deploy, or one that had given up and now runs again.
+                let recovered = strict || (spawned && entry.record.status == Status::Failed);
+                if !recovered {
+                    return;
+                }
+                Change::Deployed
             }
-            Ok(_) | Err(_) if !strict => {
-                let reason = result.err().map(|e| e.reason()).unwrap_or_else(|| "exited as it became ready".into());
-                tracing::error!(deployment = %id, "local workload did not come back: {reason}");
+            (Err(e), false) => {
+                tracing::error!(deployment = %id, "local workload did not come back: {}", e.reason());
+                if self.supervisors.lock().expect("supervisors").contains_key(id) {
+                    // Its supervisor keeps trying (and records when it gives up).
+                    return;
+                }
+                Change::Failed(format!("could not start after a restart: {e}"))
             }
-            other => {
-                let reason = other.err().map(|e| e.reason()).unwrap_or_else(|| "exited as it became ready".into());
-                tracing::error!(deployment = %id, "an interrupted deploy could not finish: {reason}");
+            (Err(e), true) => {
+                tracing::error!(deployment = %id, "an interrupted deploy could not finish: {}", e.reason());
                 self.stop_workload(id, None).await;
-                let saved = if entry.fresh {
-                    let removed = self.update(|s| s.deployments.remove(&key(id))).await.map(|_| ());
-                    self.remove_dir(id).await;
-                    removed
+                if entry.fresh {
+                    Change::Remove
                 } else {
-                    self.update(|s| {
-                        if let Some(e) = s.deployments.get_mut(&key(id)) {
-                            e.record.status = Status::Failed;
-                            e.record.message = format!("an interrupted deploy could not finish: {reason}");
-                            e.record.updated_at = now_rfc3339();
-                            if let Some(w) = e.workload.as_mut() {
-                                w.run = false;
-                                w.process = None;
-                            }
-                        }
-                    })
-                    .await
-                };
-                if let Err(e) = saved {
-                    tracing::error!(deployment = %id, error = %e, "could not record the failed deploy");
+                    Change::Stopped(format!("an interrupted deploy could not finish: {e}"))
                 }
             }
+        };
+        let remove = matches!(update, Change::Remove);
+        let saved = self
+            .update(|s| {
+                if remove {
+                    s.deployments.remove(&key(id));
+                    return;
+                }
+                let Some(e) = s.deployments.get_mut(&key(id)) else { return };
+                e.record.updated_at = now_rfc3339();
+                match update {
+                    Change::Deployed => {
+                        e.record.status = Status::Deployed;
+                        e.record.message.clear();
+                        e.fresh = false;
+                    }
+                    Change::Failed(message) => {
+                        e.record.status = Status::Failed;
+                        e.record.message = message;
+                    }
+                    Change::Stopped(message) => {
+                        e.record.status = Status::Failed;
+                        e.record.message = message;
+                        if let Some(w) = e.workload.as_mut() {
+                            w.run = false;
+                            w.process = None;
+                        }
+                    }
+                    Change::Remove => {}
+                }
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(deployment = %id, error = %e, "could not record the outcome of bringing the workload back");
+        }
+        if remove {
+            self.remove_dir(id).await;
         }
     }
+}
+
+/// What bringing a workload back changes in its record.
+enum Change {
+    Deployed,
+    /// It does not run; the next start tries again.
+    Failed(String),
+    /// An interrupted redeploy that cannot finish: failed, not run again.
+    Stopped(String),
+    /// An interrupted first deploy that cannot finish: gone, like any failed first deploy.
+    Remove,
 }
 
 /// Whether `pid` runs exactly `program args` (how a previous version's pid is recognised).
