@@ -66,6 +66,17 @@ async fn kill_9_leaves_redis_running_and_the_next_serve_adopts_it_with_the_same_
     assert_ne!(new_pid, pid);
     assert_eq!(serve.records().await["keep"]["endpoints"], json!([endpoint]));
 
+    // Because the restart was recorded, the next crash and start adopt the restarted process
+    // instead of leaking it.
+    serve.kill9().await;
+    let serve = lab.serve().await;
+    let procs = eventually("the restarted redis adopted", || async {
+        let p = workloads(&lab.data);
+        (p.len() == 1 && answers("redis", &endpoint).await).then_some(p)
+    })
+    .await;
+    assert_eq!(procs[0].pid, new_pid);
+
     serve.term().await;
     eventually("SIGTERM stops every workload", || async { workloads(&lab.data).is_empty().then_some(()) }).await;
     assert!(redis_ping(&endpoint).await.is_err());
