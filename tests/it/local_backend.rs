@@ -248,8 +248,7 @@ async fn a_caller_that_leaves_stops_the_readiness_wait_and_the_workload_keeps_ru
 #[tokio::test]
 async fn a_previous_versions_state_file_is_read_its_leftover_reaped_and_the_port_kept() {
     assert!(redis_available());
-    let lab = Lab::new();
-    let mut lab = lab;
+    let mut lab = Lab::new();
     let dep = lab.deployment_dir("redis", "old");
     std::fs::create_dir_all(dep.join("data")).unwrap();
     std::fs::set_permissions(&lab.data, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -267,6 +266,14 @@ async fn a_previous_versions_state_file_is_read_its_leftover_reaped_and_the_port
         .spawn()
         .unwrap();
     let leftover_pid = leftover.id().unwrap();
+    // A process that merely sits in the directory (a user's shell, say) is no workload.
+    let mut stranger = tokio::process::Command::new("sleep")
+        .arg("300")
+        .current_dir(dep.join("data"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stranger_pid = stranger.id().unwrap();
     let endpoint = format!("127.0.0.1:{port}");
     eventually("the leftover redis answers", || async { answers("redis", &endpoint).await.then_some(()) }).await;
     let old = json!({"deployments": {"default/redis/old": {
@@ -284,20 +291,22 @@ async fn a_previous_versions_state_file_is_read_its_leftover_reaped_and_the_port
     let records = serve.records().await;
     assert_eq!(records["old"]["endpoints"], json!([endpoint]), "the endpoint is kept");
     let pid = eventually("the recorded redis runs again on its port", || async {
-        let p = workloads(&lab.data);
+        let p: Vec<u32> = workloads(&lab.data).iter().map(|p| p.pid).filter(|p| *p != stranger_pid).collect();
         let ok = p.len() == 1 && answers("redis", &endpoint).await;
-        ok.then(|| p[0].pid)
+        ok.then(|| p[0])
     })
     .await;
     assert_ne!(pid, leftover_pid);
+    assert!(matches!(stranger.try_wait(), Ok(None)), "the stranger was left alone");
     let state = lab.state();
     assert_eq!(state["format"], 2);
     assert!(!state.to_string().contains("\"manifest\""), "rewritten in the current format: {state}");
     assert_eq!(lab.recorded_pid("redis", "old"), Some(pid));
     serve.term().await;
+    assert!(matches!(stranger.try_wait(), Ok(None)), "a shutdown leaves the stranger alone too");
+    stranger.start_kill().unwrap();
+    tokio::time::timeout(BOUND, stranger.wait()).await.expect("the stranger stops").unwrap();
 }
-
-/// What the crash loop deploys: a name, its module, and the configs it alternates between.
 
 #[tokio::test]
 async fn a_template_without_a_local_recipe_is_a_failed_precondition_and_records_nothing() {

@@ -5,7 +5,8 @@
 //! own process group, with its working directory inside its deployment directory and
 //! `JAC_ORC_DEPLOYMENT_DIR` in its environment, output appended to its log file (never a pipe
 //! to the orchestrator), and its identity in `workload.pid` beside the log. After a crash,
-//! [`strays`] finds what a previous orchestrator left behind from those marks.
+//! [`strays`] finds what a previous orchestrator left behind from those marks (a process found
+//! by working directory alone must also run the recipe's program: see [`Stray::is_ours`]).
 
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -209,16 +210,32 @@ pub(super) async fn stop_child(child: &mut Child, identity: &Identity, grace: Du
     }
 }
 
-/// A process found in a deployment directory: by its working directory or its marker.
+/// A process found in a deployment directory: by its marker variable or its working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Stray {
     pub(super) identity: Identity,
     pub(super) pgrp: i32,
     /// The deployment directory (`<root>/<namespace>/<module>/<name>`).
     pub(super) dir: PathBuf,
+    /// Found by `JAC_ORC_DEPLOYMENT_DIR` (certainly ours) rather than by working directory alone
+    /// (a user's shell could sit there too; redis wipes its environment).
+    pub(super) marked: bool,
+    /// The program it runs: the first word of its title.
+    pub(super) program: String,
 }
 
-/// Every live process of this user whose working directory or `JAC_ORC_DEPLOYMENT_DIR` lies
+impl Stray {
+    /// Whether it is certainly a workload (or virtualenv step) of its deployment: marked, or
+    /// running the recipe's `program` (by name) or a program from inside the deployment dir.
+    pub(super) fn is_ours(&self, program: Option<&str>) -> bool {
+        let base = |s: &str| Path::new(s).file_name().map(|f| f.to_owned());
+        self.marked
+            || Path::new(&self.program).starts_with(&self.dir)
+            || program.is_some_and(|p| base(p).is_some() && base(p) == base(&self.program))
+    }
+}
+
+/// Every live process of this user whose `JAC_ORC_DEPLOYMENT_DIR` or working directory lies
 /// under `root` (the data dir's `deployments/`), except this process.
 pub(super) fn strays(root: &Path) -> Vec<Stray> {
     let me = std::process::id();
@@ -234,25 +251,26 @@ pub(super) fn strays(root: &Path) -> Vec<Stray> {
         if pid == me || entry.metadata().ok().map(|m| m.uid()) != uid {
             continue;
         }
-        let Some(dir) = marked_dir(pid).and_then(|d| deployment_dir(root, &d)) else {
+        let marker = marker_dir(pid).and_then(|d| deployment_dir(root, &d));
+        let marked = marker.is_some();
+        let cwd = || std::fs::read_link(format!("/proc/{pid}/cwd")).ok().and_then(|d| deployment_dir(root, &d));
+        let Some(dir) = marker.or_else(cwd) else {
             continue;
         };
         let Some(s) = stat(pid).filter(|s| !matches!(s.state, 'Z' | 'X' | 'x')) else {
             continue;
         };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let title = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let program = String::from_utf8_lossy(title).split_whitespace().next().unwrap_or_default().to_string();
         let identity = Identity { pid, start_time: s.start_time, boot_id: boot_id().to_string() };
-        found.push(Stray { identity, pgrp: s.pgrp, dir });
+        found.push(Stray { identity, pgrp: s.pgrp, dir, marked, program });
     }
     found
 }
 
-/// The directory a process is marked with: its working directory, else its marker variable.
-fn marked_dir(pid: u32) -> Option<PathBuf> {
-    if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-        if !cwd.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") {
-            return Some(cwd);
-        }
-    }
+/// The directory in a process's `JAC_ORC_DEPLOYMENT_DIR`.
+fn marker_dir(pid: u32) -> Option<PathBuf> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let prefix = format!("{MARKER_ENV}=");
     environ
@@ -374,7 +392,11 @@ mod tests {
         assert_eq!(stat(identity.pid).unwrap().pgrp, identity.pid as i32, "own process group");
         let found = strays(&root);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!((&found[0].identity, &found[0].dir), (&identity, &dir));
+        assert_eq!((&found[0].identity, &found[0].dir, found[0].marked), (&identity, &dir, true));
+        assert!(found[0].is_ours(None));
+        let by_cwd_only = Stray { marked: false, ..found[0].clone() };
+        assert!(by_cwd_only.is_ours(Some("/usr/bin/sleep")), "same program name");
+        assert!(!by_cwd_only.is_ours(Some("redis-server")), "a stranger whose cwd is there is left alone");
         stop_child(&mut child, &identity, Duration::from_secs(5)).await;
         assert!(!identity.is_alive());
         assert!(strays(&root).is_empty());

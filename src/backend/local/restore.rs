@@ -56,7 +56,16 @@ impl Inner {
             }
         }
         for stray in process::strays(&self.root()) {
-            reap.push(stray.identity);
+            let entry = entries.iter().find(|e| self.deployment_dir(&e.record.id) == stray.dir);
+            let program = entry.and_then(|e| {
+                let w = e.workload.as_ref()?;
+                Some(w.recipe.unseal(&e.record.config).ok()?.command(&self.slots(&e.record.id, w.port)).program)
+            });
+            if stray.is_ours(program.as_deref()) {
+                reap.push(stray.identity);
+            } else {
+                tracing::warn!(pid = stray.identity.pid, program = %stray.program, dir = %stray.dir.display(), "a process that is not a workload has its working directory in the data dir; leaving it alone");
+            }
         }
         let adopted_group = |i: &Identity| {
             adopted.iter().any(|a| a.pid == i.pid || process::stat(i.pid).is_some_and(|s| s.pgrp == a.pid as i32))
