@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the REST gateway (`GET /openapi.json`): the parts no route
 //! carries (title, tags). The paths and schemas are generated from the REST handlers and the
-//! view types by `utoipa` (see [`super::rest::document`]).
+//! view types by `utoipa` from the same registration as the routes (see [`super::rest`]).
 
 use utoipa::openapi::tag::Tag;
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};

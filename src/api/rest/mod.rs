@@ -47,11 +47,6 @@ pub fn router(service: Arc<Service>) -> Router {
     router.layer(Extension(Arc::new(doc))).with_state(service)
 }
 
-/// The OpenAPI document of [`router`] (`GET /openapi.json`).
-pub fn document() -> OpenApi {
-    routes().1
-}
-
 /// JSON 404 for paths no route knows.
 pub async fn not_found(req: Request) -> ApiError {
     RequestError::NoRoute { method: req.method().clone(), path: req.uri().path().to_string() }.into()
