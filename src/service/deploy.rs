@@ -199,3 +199,80 @@ impl Stream for DeployStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::service::testing::{Recording, ABANDONED};
+
+    fn redis(name: &str) -> DeploymentRequest {
+        DeploymentRequest {
+            module: "redis".into(),
+            version: None,
+            config: json!({"name": name}).as_object().cloned().unwrap(),
+        }
+    }
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(30), f).await.expect("bounded")
+    }
+
+    #[tokio::test]
+    async fn a_stream_yields_every_event_then_one_summary_with_the_counts() {
+        let (service, _) = Recording::service();
+        let mut stream = service.deploy(&redis("counted"), ApplyOptions::default()).await.unwrap();
+        let mut objects = 0;
+        let summary = loop {
+            match within(stream.next()).await.expect("a last event") {
+                Event::Object(_) => objects += 1,
+                Event::Done(s) => break s,
+                Event::Failed(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(objects, 3);
+        assert_eq!(summary.counts.created, 3);
+        assert_eq!(summary.deployment.name, "counted");
+        assert!(within(stream.next()).await.is_none(), "nothing after the summary");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_ends_the_wait_and_the_run_is_still_recorded() {
+        let (service, backend) = Recording::service();
+        let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false };
+        let mut stream = service.deploy(&redis("left"), opts).await.unwrap();
+        loop {
+            if let Event::Object(ev) = within(stream.next()).await.expect("events") {
+                if ev.action == crate::backend::Action::Waiting {
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        let id = DeploymentId::new("default", "redis", "left").unwrap();
+        let record = within(async {
+            loop {
+                match backend.record(&id) {
+                    Some(r) => break r,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await;
+        assert_eq!(record.message, ABANDONED);
+        // The run has let go of the deployment's lock: the next run starts.
+        let next = service.undeploy(&id).await.unwrap().finish();
+        assert_eq!(within(next).await.unwrap().counts.deleted, 3);
+    }
+
+    #[tokio::test]
+    async fn undeploying_what_does_not_exist_fails_before_any_stream() {
+        let (service, _) = Recording::service();
+        let id = DeploymentId::new("default", "redis", "never").unwrap();
+        assert!(matches!(service.undeploy(&id).await.unwrap_err(), Error::NotFound(_)));
+    }
+}

@@ -9,6 +9,8 @@
 mod deploy;
 mod locks;
 mod prepare;
+#[cfg(test)]
+mod testing;
 pub mod views;
 
 use std::sync::Arc;

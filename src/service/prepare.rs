@@ -122,70 +122,17 @@ fn wrong_type(name: &str, got: &Value) -> catalog::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use serde_json::json;
 
     use super::*;
-    use crate::backend::{self, ApplyOptions, Backend, DeploymentRecord, Progress, Status};
-    use crate::catalog::Catalog;
-    use crate::service::Settings;
-
-    /// Records every plan it applies; an apply takes a moment, so runs overlap.
-    #[derive(Debug, Default)]
-    struct Recording {
-        records: Mutex<HashMap<DeploymentId, DeploymentRecord>>,
-        applied: Mutex<Vec<Plan>>,
-    }
-
-    #[async_trait]
-    impl Backend for Recording {
-        fn kind(&self) -> backend::Kind {
-            backend::Kind::Local
-        }
-        async fn preflight(&self, _: &Plan) -> backend::Result<()> {
-            Ok(())
-        }
-        async fn apply(&self, plan: &Plan, _: &ApplyOptions, _: &Progress) -> backend::Result<DeploymentRecord> {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let record = DeploymentRecord {
-                id: plan.id.clone(),
-                version: plan.version.clone(),
-                config: plan.config.clone(),
-                secret_keys: plan.secret_keys.clone(),
-                endpoints: vec![],
-                status: Status::Deployed,
-                message: String::new(),
-                objects: vec![],
-                backend: backend::Kind::Local,
-                updated_at: backend::now_rfc3339(),
-            };
-            self.applied.lock().unwrap().push(plan.clone());
-            self.records.lock().unwrap().insert(plan.id.clone(), record.clone());
-            Ok(record)
-        }
-        async fn delete(&self, id: &DeploymentId, _: &Progress) -> backend::Result<()> {
-            self.records.lock().unwrap().remove(id);
-            Ok(())
-        }
-        async fn get(&self, id: &DeploymentId) -> backend::Result<Option<DeploymentRecord>> {
-            Ok(self.records.lock().unwrap().get(id).cloned())
-        }
-        async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {
-            Ok(self.records.lock().unwrap().values().cloned().collect())
-        }
-        async fn module_endpoints(&self, _: &DeploymentId) -> backend::Result<Vec<String>> {
-            Ok(vec![])
-        }
-    }
+    use crate::backend::ApplyOptions;
+    use crate::service::testing::Recording;
 
     #[tokio::test]
     async fn concurrent_first_deploys_keep_one_generated_secret() {
-        let backend = Arc::new(Recording::default());
-        let service = Arc::new(Service::new(Arc::new(Catalog::builtin()), backend.clone(), Settings::default()));
+        let (service, backend) = Recording::service();
         let req = DeploymentRequest {
             module: "mongodb".into(),
             version: None,
