@@ -5,6 +5,7 @@
 # a directory into an OCI archive, and `k8s-test-cluster.sh start --node` imports the archives.
 #
 #   scripts/images.sh build     build what is missing or changed; $IMAGES/current/NAME.tar link to them
+#   scripts/images.sh bases     only the debootstrap base rootfs tarballs (no project inputs needed)
 #   scripts/images.sh list      print the current archives
 #
 # Images (names as containerd normalises the ones in manifests/ and templates/):
@@ -280,6 +281,17 @@ cmd_build() {
   log "all images ready in $(since "$t0") s: $IMAGES/current"
 }
 
+cmd_bases() {
+  [ "$(id -u)" = 0 ] || die "building rootfs images needs root (debootstrap, chroot, numeric owners)"
+  install_tools
+  local image pkgs
+  for image in jac-orc redis jac-splice-module; do
+    mapfile -t pkgs < <(words "$(def "$image" base.packages)")
+    base_rootfs "${pkgs[@]}" >/dev/null
+  done
+  log "bases ready in $IMAGES/bases"
+}
+
 cmd_list() {
   local f
   for f in "$IMAGES"/current/*.tar; do [ -e "$f" ] && echo "$f -> $(readlink -f "$f")"; done
@@ -288,6 +300,7 @@ cmd_list() {
 
 case "${1:-}" in
   build) cmd_build ;;
+  bases) cmd_bases ;;
   list) cmd_list ;;
-  *) echo "usage: $0 build | list" >&2; exit 2 ;;
+  *) echo "usage: $0 build | bases | list" >&2; exit 2 ;;
 esac
