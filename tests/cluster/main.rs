@@ -9,6 +9,7 @@
 //! fail-fast) are printed as `[timing]` lines, never asserted; waits are bounded generously.
 
 mod failures;
+mod images;
 mod install;
 mod support;
 mod workloads;
