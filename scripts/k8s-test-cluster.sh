@@ -20,6 +20,7 @@
 #                                                       containers, mounts, netns, cgroups, links, sysctls
 #                                                       restored; the guards last
 #     scripts/k8s-test-cluster.sh run --node -- CMD...  build, start, CMD with JAC_ORC_REQUIRE_NODE=1, stop
+#     scripts/k8s-test-cluster.sh import --node         (re-)import $JAC_ORC_CACHE/images/current into a running node
 #   `stop` without arguments stops both the node cluster and the default API-server control plane.
 #
 # Node mode needs root and the images of scripts/images.sh (imported from $JAC_ORC_CACHE/images/current).
@@ -654,6 +655,10 @@ cmd_run() {
 case "${1:-}" in
   build) shift; cmd_build "$@" >/dev/null ;;
   run) shift; cmd_run "$@" ;;
+  import)
+    need_root
+    node_alive || die "no node cluster runs ($0 start --node)"
+    import_images ;;
   start)
     shift
     if [ "${1:-}" = "--node" ]; then cmd_start_node; else cmd_start "$@"; fi ;;
@@ -667,5 +672,6 @@ case "${1:-}" in
       cmd_stop "$DEFAULT_STATE"
       if [ "$(id -u)" = 0 ] && { [ -d "$NODE_STATE" ] || [ -d "$NODE_RUN" ]; }; then node_teardown; fi
     fi ;;
-  *) echo "usage: $0 build [--node] | start [--node | DIR] | stop [--node | DIR] | run [--node] -- CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 build [--node] | start [--node | DIR] | stop [--node | DIR] | run [--node] -- CMD... | import --node" >&2
+     exit 2 ;;
 esac

@@ -219,12 +219,23 @@ impl Orchestrator {
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
-    /// Names of the deployments `GET /deployment` lists.
+    /// Names of the deployments `GET /deployment` lists (views are found wherever the listing
+    /// nests them: by namespace and module, or in a plain list).
     pub async fn deployment_names(&self) -> Vec<String> {
+        fn collect(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) if m.contains_key("name") && m.contains_key("module") && m.contains_key("status") => {
+                    out.extend(m["name"].as_str().map(str::to_string));
+                }
+                Value::Object(m) => m.values().for_each(|v| collect(v, out)),
+                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
         let (status, body) = self.get("/deployment").await;
         assert_eq!(status, 200, "{body}");
-        let items = body.as_array().cloned().or_else(|| body["deployments"].as_array().cloned()).unwrap_or_default();
-        let mut names: Vec<String> = items.iter().filter_map(|d| d["name"].as_str().map(str::to_string)).collect();
+        let mut names = Vec::new();
+        collect(&body, &mut names);
         names.sort();
         names
     }

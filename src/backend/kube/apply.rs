@@ -13,7 +13,7 @@ use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use serde_json::{Map, Value};
 
 use super::discovery::{gvk_of, no_match, Resolver};
-use super::errors::{api_error, apply_error};
+use super::errors::{api_error, apply_error, is_not_found};
 use super::probes;
 use crate::backend::{Action, Error, Result};
 use crate::plan::{
@@ -222,14 +222,22 @@ impl Applier<'_> {
         params
     }
 
-    /// Validates one object with a server-side dry run of the apply. `Ok(false)`: its kind is
-    /// not served yet (a custom resource whose CRD the same plan applies), so it was not checked.
+    /// Validates one object with a server-side dry run of the apply. `Ok(false)`: it could not
+    /// be checked before the plan runs: its kind is not served yet (a custom resource whose CRD
+    /// the same plan applies), or the server answered 404 because something it refers to does not
+    /// exist yet (a RoleBinding's Role, its Namespace), which the plan creates before it.
     pub(crate) async fn dry_run(&self, planned: &PlannedObject, id: &DeploymentId, version: &str) -> Result<bool> {
         let Some(p) = self.prepare(planned, id, version).await? else {
             return Ok(false);
         };
-        p.api.patch(&p.object.name, &self.params(true), &Patch::Apply(&p.manifest)).await.map_err(|e| apply_error(&p.label, e))?;
-        Ok(true)
+        match p.api.patch(&p.object.name, &self.params(true), &Patch::Apply(&p.manifest)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => {
+                tracing::debug!(object = %p.label, error = %e, "dry run cannot check this object before the plan runs");
+                Ok(false)
+            }
+            Err(e) => Err(apply_error(&p.label, e)),
+        }
     }
 
     /// Applies one object; returns its exact reference (namespace per discovery) and the action.

@@ -213,3 +213,28 @@ async fn dry_run_rejections_carry_the_server_message() {
     assert!(matches!(&err, Error::Rejected { object, message } if object == "configmap/cm" && message == msg), "{err:?}");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dry_run_answered_404_is_not_checked_rather_than_rejected() {
+    // e.g. a RoleBinding whose Role the same plan creates first: `roles "x" not found`.
+    let (client, resolver, mut handle) = setup();
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("PATCH expected");
+        send.send_response(status(404, "NotFound", "roles.rbac.authorization.k8s.io \"x\" not found"));
+    });
+    let features = ServerFeatures { version: "v1.20.2".into(), grpc_probes: false };
+    let applier = Applier {
+        client: &client,
+        resolver: &resolver,
+        field_manager: "jac-orc",
+        force: false,
+        crd_timeout: Duration::from_secs(1),
+        server: &features,
+    };
+    let checked = tokio::time::timeout(Duration::from_secs(5), applier.dry_run(&planned(), &id(), "latest"))
+        .await
+        .expect("dry run hung")
+        .unwrap();
+    assert!(!checked);
+    server.await.unwrap();
+}
