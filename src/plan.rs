@@ -94,20 +94,101 @@ pub struct PlannedObject {
     pub manifest: Value,
 }
 
-/// How to run a template version on the local backend (`local.yaml`, rendered).
+/// A value only the local backend knows when it starts a workload, left as a slot in the
+/// rendered recipe: the catalog renders everything else, the backend fills these in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// The address workloads bind to (`127.0.0.1`).
+    Host,
+    /// The port the backend picked for this deployment.
+    Port,
+    /// The deployment's data directory.
+    DataDir,
+    /// The interpreter the backend runs Python workloads with (`--python`).
+    Python,
+}
+
+/// One piece of a rendered recipe string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    Text(String),
+    Slot(Slot),
+}
+
+/// A rendered recipe string whose backend-known parts are still slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecipeText(pub Vec<Segment>);
+
+impl RecipeText {
+    /// A string with no slots.
+    pub fn text(s: impl Into<String>) -> Self {
+        RecipeText(vec![Segment::Text(s.into())])
+    }
+
+    pub fn fill(&self, values: &SlotValues) -> String {
+        let mut out = String::new();
+        for segment in &self.0 {
+            match segment {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Slot(Slot::Host) => out.push_str(&values.host),
+                Segment::Slot(Slot::Port) => out.push_str(&values.port.to_string()),
+                Segment::Slot(Slot::DataDir) => out.push_str(&values.data_dir),
+                Segment::Slot(Slot::Python) => out.push_str(&values.python),
+            }
+        }
+        out
+    }
+
+    pub fn uses(&self, slot: Slot) -> bool {
+        self.0.contains(&Segment::Slot(slot))
+    }
+}
+
+/// What the local backend fills into a recipe's slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotValues {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: String,
+    pub python: String,
+}
+
+/// How to run a template version on the local backend (`local.yaml`, rendered by the catalog
+/// with the backend's values left as [`Slot`]s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalRecipe {
     /// Program name looked up on PATH (or an absolute path).
-    pub program: String,
-    pub args: Vec<String>,
+    pub program: RecipeText,
+    pub args: Vec<RecipeText>,
     pub readiness: Readiness,
     /// What speaks on the port (`redis`, `grpc`, ...), for humans and clients.
     pub protocol: String,
     /// Python packages to install into a per-deployment virtualenv first (python-module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub env: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, RecipeText)>,
+}
+
+/// A recipe with its slots filled: exactly what the backend executes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCommand {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl LocalRecipe {
+    pub fn command(&self, values: &SlotValues) -> LocalCommand {
+        LocalCommand {
+            program: self.program.fill(values),
+            args: self.args.iter().map(|a| a.fill(values)).collect(),
+            env: self.env.iter().map(|(k, v)| (k.clone(), v.fill(values))).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,9 +211,8 @@ pub struct Plan {
     pub secret_keys: Vec<String>,
     /// Objects in apply order.
     pub objects: Vec<PlannedObject>,
-    /// The template version it was rendered from (the local backend renders its recipe from it,
-    /// once it knows the port and data directory).
-    pub template: std::sync::Arc<crate::catalog::TemplateVersion>,
+    /// How the local backend runs it, when the template version has a `local.yaml`.
+    pub local: Option<LocalRecipe>,
 }
 
 impl Plan {
@@ -189,5 +269,28 @@ mod tests {
         Plan::order_objects(&mut objects);
         let names: Vec<_> = objects.iter().map(|o| o.object.name.as_str()).collect();
         assert_eq!(names, ["crd", "ns", "a", "b"]);
+    }
+
+    #[test]
+    fn recipe_slots_are_filled_by_the_backend_values() {
+        let recipe = LocalRecipe {
+            program: RecipeText(vec![Segment::Slot(Slot::Python)]),
+            args: vec![
+                RecipeText::text("--port"),
+                RecipeText(vec![Segment::Text("127.0.0.1:".into()), Segment::Slot(Slot::Port)]),
+                RecipeText(vec![Segment::Slot(Slot::DataDir), Segment::Text("/x".into())]),
+            ],
+            readiness: Readiness::Tcp,
+            protocol: "redis".into(),
+            packages: vec![],
+            env: vec![("H".into(), RecipeText(vec![Segment::Slot(Slot::Host)]))],
+        };
+        let values =
+            SlotValues { host: "127.0.0.1".into(), port: 6380, data_dir: "/d".into(), python: "python3".into() };
+        let cmd = recipe.command(&values);
+        assert_eq!(cmd.program, "python3");
+        assert_eq!(cmd.args, ["--port", "127.0.0.1:6380", "/d/x"]);
+        assert_eq!(cmd.env, [("H".to_string(), "127.0.0.1".to_string())]);
+        assert!(recipe.args[1].uses(Slot::Port) && !recipe.args[0].uses(Slot::Port));
     }
 }

@@ -289,13 +289,14 @@ impl Service {
             label(&mut o.manifest, &id, &template.version);
         }
         Plan::order_objects(&mut objects);
+        let local = template.render_local(&resolved.values)?;
         let plan = Plan {
             id,
             version: template.version.clone(),
             secret_keys: resolved.secret_keys(),
             config: resolved.values,
             objects,
-            template,
+            local,
         };
         self.backend.preflight(&plan).await?;
         Ok(Prepared { plan })

@@ -9,6 +9,7 @@ from jac_splice._native import __version__
 from jac_splice.client import Splice, connect
 from jac_splice.exceptions import (
     DeploymentLookupError,
+    NotASpliceServerError,
     NotFoundError,
     RemoteError,
     ResourceExhaustedError,
@@ -21,6 +22,7 @@ from jac_splice.proxy import RemoteModule, RemoteObject
 
 __all__ = [
     "DeploymentLookupError",
+    "NotASpliceServerError",
     "NotFoundError",
     "RemoteError",
     "RemoteImports",

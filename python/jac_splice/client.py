@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from jac_splice._native import Client, RemoteRef
-from jac_splice.exceptions import DeploymentLookupError, SpliceError, TransportError
+from jac_splice.exceptions import DeploymentLookupError, SpliceError
 from jac_splice.proxy import RemoteModule
 
 PYTHON_MODULE = "python-module"
@@ -19,9 +19,9 @@ class Splice:
     def __init__(
         self,
         target: str,
-        token: Optional[str] = None,
+        token: str | None = None,
         *,
-        heartbeat_seconds: Optional[float] = 10.0,
+        heartbeat_seconds: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channels: int = 2,
     ) -> None:
@@ -33,9 +33,9 @@ class Splice:
             max_message_bytes=max_message_bytes,
             channels=channels,
         )
-        self._routes: Dict[Tuple[str, str], Client] = {}
-        self._served: Optional[str] = None
-        self._is_orchestrator: Optional[bool] = None
+        self._routes: dict[tuple[str, str], Client] = {}
+        self._served: str | None = None
+        self._is_orchestrator: bool | None = None
         self._lock = threading.Lock()
 
     @property
@@ -44,23 +44,26 @@ class Splice:
         return self._client
 
     def _probe(self) -> bool:
-        """True if the target is jac-orc (it does not serve ModuleService itself)."""
+        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``)."""
         if self._is_orchestrator is None:
-            try:
+            kind = self._client.server_kind()
+            if kind == "module-server":
                 self._served = str(self._client.describe()["module"])
-                self._is_orchestrator = False
-            except TransportError as e:
-                if e.code != "UNIMPLEMENTED":
-                    raise
-                self._is_orchestrator = True
+            self._is_orchestrator = kind == "orchestrator"
         return self._is_orchestrator
 
     @property
     def is_orchestrator(self) -> bool:
-        """Whether the target is jac-orc (calls go through its ModuleProxy)."""
+        """Whether the target is jac-orc (calls go through its ModuleProxy) or a module server.
+
+        Asked once, of the target's gRPC health service. Raises :class:`UnavailableError` if the
+        target cannot be reached and :class:`NotASpliceServerError` if it answers as neither.
+        """
         return self._probe()
 
-    def describe(self, deployment: Optional[str] = None, namespace: Optional[str] = None) -> Dict[str, Any]:
+    def describe(
+        self, deployment: str | None = None, namespace: str | None = None
+    ) -> dict[str, Any]:
         """A module server's description (pid, module, versions, reference counts).
 
         Without ``deployment``: the directly connected module server. With it: the module
@@ -68,12 +71,14 @@ class Splice:
         """
         if deployment is None:
             if self._probe():
-                raise ValueError("connected to jac-orc: name the python-module deployment to describe")
+                raise ValueError(
+                    "connected to jac-orc: name the python-module deployment to describe"
+                )
             return dict(self._client.describe())
         return dict(self._route(deployment, namespace or "").describe())
 
     def import_module(
-        self, name: str, deployment: Optional[str] = None, namespace: Optional[str] = None
+        self, name: str, deployment: str | None = None, namespace: str | None = None
     ) -> RemoteModule:
         """The remote module ``name`` as a proxy.
 
@@ -100,9 +105,9 @@ class Splice:
                 self._routes[key] = self._client.via_proxy(deployment, namespace)
             return self._routes[key]
 
-    def resolve_deployment(self, name: str, namespace: Optional[str] = None) -> Tuple[str, str]:
+    def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
         """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
-        deployments: List[Dict[str, Any]] = self._client.list_deployments(
+        deployments: list[dict[str, Any]] = self._client.list_deployments(
             namespace or "", PYTHON_MODULE
         )
         top = name.split(".")[0]
@@ -145,9 +150,9 @@ def _module_proxy(client: Client, served: str, name: str) -> RemoteModule:
 
 def connect(
     target: str,
-    token: Optional[str] = None,
+    token: str | None = None,
     *,
-    heartbeat_seconds: Optional[float] = 10.0,
+    heartbeat_seconds: float | None = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     channels: int = 2,
 ) -> Splice:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from collections.abc import Sequence
 
 
 class SpliceError(Exception):
@@ -24,7 +24,7 @@ class RemoteError(SpliceError):
     remote_type: str = ""
     remote_message: str = ""
     remote_traceback: str = ""
-    builtin_bases: Tuple[str, ...] = ()
+    builtin_bases: tuple[str, ...] = ()
 
 
 class TransportError(SpliceError):
@@ -48,17 +48,21 @@ class ResourceExhaustedError(TransportError):
     """A message was larger than the receiver's limit (``--max-message-mb``)."""
 
 
+class NotASpliceServerError(SpliceError):
+    """The address answers, but neither as jac-orc nor as a jac-splice module server."""
+
+
 class DeploymentLookupError(SpliceError, LookupError):
     """jac-orc has no single python-module deployment for the requested module."""
 
 
-_TRANSPORT_CLASSES: Dict[str, Type[TransportError]] = {
+_TRANSPORT_CLASSES: dict[str, type[TransportError]] = {
     "UNAVAILABLE": UnavailableError,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
 }
 
-_remote_classes: Dict[str, Type[RemoteError]] = {}
+_remote_classes: dict[str, type[RemoteError]] = {}
 _lock = threading.Lock()
 
 
@@ -66,7 +70,7 @@ def _transport_error(code: str, message: str) -> TransportError:
     return _TRANSPORT_CLASSES.get(code, TransportError)(code, message)
 
 
-def _builtin_base(names: Sequence[str]) -> Optional[Type[BaseException]]:
+def _builtin_base(names: Sequence[str]) -> type[BaseException] | None:
     for name in names:
         candidate = getattr(builtins, name, None)
         if (
@@ -78,7 +82,7 @@ def _builtin_base(names: Sequence[str]) -> Optional[Type[BaseException]]:
     return None
 
 
-def remote_error_class(builtin_bases: Sequence[str]) -> Type[RemoteError]:
+def remote_error_class(builtin_bases: Sequence[str]) -> type[RemoteError]:
     """The RemoteError subclass for a remote exception whose builtin bases are ``builtin_bases``."""
     base = _builtin_base(builtin_bases)
     if base is None:
@@ -96,7 +100,7 @@ def remote_error_class(builtin_bases: Sequence[str]) -> Type[RemoteError]:
 
 
 def _remote_error(
-    remote_type: str, message: str, traceback: str, builtin_bases: List[str]
+    remote_type: str, message: str, traceback: str, builtin_bases: list[str]
 ) -> RemoteError:
     cls = remote_error_class(builtin_bases)
     exc = cls(f"{remote_type}: {message}" if message else remote_type)
@@ -111,6 +115,7 @@ def _remote_error(
 
 __all__ = [
     "DeploymentLookupError",
+    "NotASpliceServerError",
     "NotFoundError",
     "RemoteError",
     "ResourceExhaustedError",

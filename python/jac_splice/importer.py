@@ -7,19 +7,23 @@ import importlib.abc
 import importlib.machinery
 import sys
 import threading
+from collections.abc import Iterable, Sequence
 from types import ModuleType, TracebackType
-from typing import Dict, Iterable, Optional, Sequence, Type, Union
+from typing import TYPE_CHECKING
 
 from jac_splice._native import use_numpy
 from jac_splice.client import Splice, connect
 from jac_splice.proxy import RemoteModule
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never evaluated here
+    from typing_extensions import Self
 
 
 class _RemoteLoader(importlib.abc.Loader):
     def __init__(self, hook: RemoteImports) -> None:
         self._hook = hook
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         module = self._hook.load(spec.name)
         # The import system only needs a module-like object; a proxy is one.
         return module  # type: ignore[return-value]
@@ -38,24 +42,24 @@ class RemoteImports(importlib.abc.MetaPathFinder):
     def __init__(
         self,
         names: Iterable[str],
-        server: Union[str, Splice],
-        token: Optional[str] = None,
-        deployments: Optional[Dict[str, str]] = None,
-        namespace: Optional[str] = None,
-        servers: Optional[Dict[str, Union[str, Splice]]] = None,
+        server: str | Splice,
+        token: str | None = None,
+        deployments: dict[str, str] | None = None,
+        namespace: str | None = None,
+        servers: dict[str, str | Splice] | None = None,
     ) -> None:
         self.names = frozenset(names)
         self.splice = server if isinstance(server, Splice) else connect(server, token)
-        self.servers: Dict[str, Splice] = {
+        self.servers: dict[str, Splice] = {
             name: s if isinstance(s, Splice) else connect(s, token)
             for name, s in (servers or {}).items()
         }
         self.deployments = dict(deployments or {})
         self.namespace = namespace
-        self._loaded: Dict[str, RemoteModule] = {}
+        self._loaded: dict[str, RemoteModule] = {}
         self._lock = threading.Lock()
         self._loader = _RemoteLoader(self)
-        self._local_numpy: Optional[ModuleType] = None
+        self._local_numpy: ModuleType | None = None
 
     def handles(self, fullname: str) -> bool:
         return fullname in self.names or fullname.split(".")[0] in self.names
@@ -63,9 +67,9 @@ class RemoteImports(importlib.abc.MetaPathFinder):
     def find_spec(
         self,
         fullname: str,
-        path: Optional[Sequence[str]] = None,
-        target: Optional[ModuleType] = None,
-    ) -> Optional[importlib.machinery.ModuleSpec]:
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         if not self.handles(fullname):
             return None
         return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=True)
@@ -81,7 +85,7 @@ class RemoteImports(importlib.abc.MetaPathFinder):
                 self._loaded[fullname] = module
             return module
 
-    def install(self) -> RemoteImports:
+    def install(self) -> Self:
         if "numpy" in self.names and self._local_numpy is None:
             self._local_numpy = _keep_local_numpy_for_the_codec()
         if self not in sys.meta_path:
@@ -100,22 +104,23 @@ class RemoteImports(importlib.abc.MetaPathFinder):
             sys.modules.setdefault("numpy", self._local_numpy)
             self._local_numpy = None
 
-    def __enter__(self) -> RemoteImports:
+    def __enter__(self) -> Self:
         return self.install()
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.uninstall()
 
 
-def _keep_local_numpy_for_the_codec() -> Optional[ModuleType]:
+def _keep_local_numpy_for_the_codec() -> ModuleType | None:
     """Arrays coming back by value need the real numpy: hand it to the codec, then let
     ``import numpy`` reach the finder (it answers from ``sys.modules`` otherwise)."""
-    current = sys.modules.get("numpy")
+    # `object`: sys.modules is typed as holding modules, but a remote proxy may stand there.
+    current: object = sys.modules.get("numpy")
     if current is not None and not isinstance(current, ModuleType):
         return None
     try:
@@ -129,11 +134,11 @@ def _keep_local_numpy_for_the_codec() -> Optional[ModuleType]:
 
 def remote_imports(
     names: Iterable[str],
-    server: Union[str, Splice],
-    token: Optional[str] = None,
-    deployments: Optional[Dict[str, str]] = None,
-    namespace: Optional[str] = None,
-    servers: Optional[Dict[str, Union[str, Splice]]] = None,
+    server: str | Splice,
+    token: str | None = None,
+    deployments: dict[str, str] | None = None,
+    namespace: str | None = None,
+    servers: dict[str, str | Splice] | None = None,
 ) -> RemoteImports:
     """Installs (and returns) a finder that imports ``names`` from ``server``.
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from jac_splice.importer import RemoteImports, remote_imports
 
-_installed: Optional[RemoteImports] = None
+_installed: RemoteImports | None = None
 
 
-def load_config(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if environ is None else environ
-    config: Dict[str, Any] = {}
+    config: dict[str, Any] = {}
     path = env.get("JAC_SPLICE_CONFIG")
     if path:
         with open(path, encoding="utf-8") as f:
@@ -45,13 +45,13 @@ def load_config(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     return config
 
 
-def install(environ: Optional[Dict[str, str]] = None) -> Optional[RemoteImports]:
+def install(environ: dict[str, str] | None = None) -> RemoteImports | None:
     """Installs the finder once, if a server and modules are configured."""
     global _installed
     if _installed is not None:
         return _installed
     config = load_config(environ)
-    modules: List[str] = config["modules"]
+    modules: list[str] = config["modules"]
     if not modules or not config.get("server"):
         return None
     _installed = remote_imports(

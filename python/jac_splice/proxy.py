@@ -10,7 +10,8 @@ garbage-collected its reference is queued and released in batches.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from jac_splice._native import Client, RemoteRef
 
@@ -30,12 +31,12 @@ def wrap(client: Client, value: Any) -> Any:
 class RemoteObject:
     """A proxy for one object held by a module server for this client's session."""
 
-    __slots__ = ("_jac_splice_client", "_jac_splice_ref", "__weakref__")
+    __slots__ = ("__weakref__", "_jac_splice_client", "_jac_splice_ref")
 
     _jac_splice_client: Client
-    _jac_splice_ref: Optional[RemoteRef]
+    _jac_splice_ref: RemoteRef | None
 
-    def __init__(self, client: Client, ref: Optional[RemoteRef]) -> None:
+    def __init__(self, client: Client, ref: RemoteRef | None) -> None:
         object.__setattr__(self, "_jac_splice_client", client)
         object.__setattr__(self, "_jac_splice_ref", ref)
         if ref is not None:
@@ -48,7 +49,7 @@ class RemoteObject:
         ref = self._jac_splice_ref
         return "" if ref is None else ref.id
 
-    def _jac_splice_call(self, path: List[str], *args: Any, **kwargs: Any) -> Any:
+    def _jac_splice_call(self, path: list[str], *args: Any, **kwargs: Any) -> Any:
         client = self._jac_splice_client
         return wrap(client, client.call(self._jac_splice_target, path, args, kwargs or None))
 
@@ -75,8 +76,8 @@ class RemoteObject:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._jac_splice_call([], *args, **kwargs)
 
-    def __dir__(self) -> List[str]:
-        names: List[str] = self._jac_splice_fn(BUILTINS, "dir", self)
+    def __dir__(self) -> list[str]:
+        names: list[str] = self._jac_splice_fn(BUILTINS, "dir", self)
         return names
 
     # -- protocols --------------------------------------------------------------------------
@@ -142,13 +143,13 @@ class RemoteObject:
     def __enter__(self) -> Any:
         return self._jac_splice_call(["__enter__"])
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: object) -> Any:
         return self._jac_splice_call(["__exit__"], None, None, None)
 
 
 def _binary(
     op: str,
-) -> Tuple[Callable[[RemoteObject, Any], Any], Callable[[RemoteObject, Any], Any]]:
+) -> tuple[Callable[[RemoteObject, Any], Any], Callable[[RemoteObject, Any], Any]]:
     def forward(self: RemoteObject, other: Any) -> Any:
         return self._jac_splice_fn(OPERATOR, op, self, other)
 
@@ -173,7 +174,7 @@ _BINARY = {
 _COMPARE = {"eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge"}
 _UNARY = {"neg": "neg", "pos": "pos", "abs": "abs", "invert": "invert"}
 
-_methods: Dict[str, Any] = {}
+_methods: dict[str, Any] = {}
 for _name, _op in _BINARY.items():
     _methods[f"__{_name}__"], _methods[f"__r{_name}__"] = _binary(_op)
     _methods[f"__i{_name}__"] = _binary("i" + _op.rstrip("_"))[0]
@@ -198,12 +199,12 @@ class RemoteModule(RemoteObject):
         {"__name__", "__spec__", "__loader__", "__package__", "__path__", "__file__", "__cached__"}
     )
 
-    def __init__(self, client: Client, ref: Optional[RemoteRef], name: str) -> None:
+    def __init__(self, client: Client, ref: RemoteRef | None, name: str) -> None:
         super().__init__(client, ref)
         object.__setattr__(self, "_jac_splice_local", {"__name__": name})
 
     def __getattr__(self, name: str) -> Any:
-        local: Dict[str, Any] = object.__getattribute__(self, "_jac_splice_local")
+        local: dict[str, Any] = object.__getattribute__(self, "_jac_splice_local")
         if name in local:
             return local[name]
         if name in RemoteModule._LOCAL and name != "__name__":

@@ -18,7 +18,6 @@ import signal
 import sys
 import traceback
 from types import FrameType
-from typing import List, Optional
 
 from jac_splice._native import ModuleServer
 
@@ -30,7 +29,7 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m jac_splice.server", description="Serve a Python module over gRPC."
     )
@@ -61,11 +60,11 @@ def import_served(name: str) -> object:
     return importlib.import_module(name.replace("-", "_"))
 
 
-def _stop(signum: int, frame: Optional[FrameType]) -> None:
+def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         module = import_served(args.module)

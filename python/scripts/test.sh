@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
-# Installs the test tools, builds and installs jac-splice from this folder, checks the stubs,
-# and runs the Python tests. Idempotent; exits non-zero on any failure.
+# Lints and unit-tests the native crate, builds and installs jac-splice from this folder, lints
+# and type-checks the package, checks the stubs, and runs the Python tests. Idempotent; exits
+# non-zero on any failure. Extra arguments go to pytest.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$HERE"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/jac-splice-orc/target-python}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
+step() { printf '\n==> python/: %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+
+step "test tools"
+# ruff is pinned exactly: its default rule set grows between releases.
 python3 -m pip install -q \
   "maturin==1.16.0" "pytest>=8" "pytest-timeout>=2.3" "numpy>=2" "rpyc>=6" \
   "grpcio>=1.70" "grpcio-tools>=1.70" "grpcio-health-checking>=1.70" "mypy>=1.15" \
-  "jaclang==0.10.2"
+  "ruff==0.17.6" "jaclang==0.10.2"
 
+step "native crate: cargo fmt --check"
+cargo fmt --check
+
+step "native crate: cargo clippy (deny warnings)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "native crate: cargo test"
+cargo test --locked
+
+step "build and install the wheel"
 bash scripts/build.sh
 
-# Hand-written stubs must match the native module.
+step "package: ruff format --check, ruff check, mypy --strict"
+python3 -m ruff format --check jac_splice tests
+python3 -m ruff check jac_splice tests
+# From python/, so mypy reads the package's source and its hand-written _native.pyi.
+python3 -m mypy
+
+step "stubs match the native module (mypy.stubtest)"
+# From elsewhere, so the installed package (with the compiled module) is what gets imported.
 (cd /tmp && python3 -m mypy.stubtest jac_splice._native --allowlist "$HERE/stubtest-allowlist.txt")
 
+step "pytest"
 # Run from python/ with `pytest` (not `python -m pytest`, which would put the unbuilt source
 # package first on sys.path).
 pytest -q "$@"

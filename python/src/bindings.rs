@@ -9,83 +9,37 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use tonic::Status;
 
-use crate::client::{Connection, Options, Route};
+use crate::client::{self, new_session_id, Connection, Options, Route};
 use crate::codec::{self, DecodeError};
-use crate::errors::{remote_to_pyerr, status_to_pyerr};
+use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr};
+use crate::host::{RunningServer, ServerConfig};
 use crate::proto::{
     value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
 };
-use crate::runtime::rt;
-use crate::server::{RunningServer, ServerConfig};
+use crate::runtime::{block_on_interruptible, rt, SLICE};
 
-const SLICE: Duration = Duration::from_millis(100);
-
-/// Runs `fut` on the shared runtime with the GIL released; Ctrl-C (a pending signal handler that
-/// raises) interrupts the wait.
-fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
-    py.detach(|| {
-        let mut fut = std::pin::pin!(fut);
-        loop {
-            match rt().block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
-                Ok(value) => return Ok(value),
-                Err(_) => Python::attach(|py| py.check_signals())?,
-            }
-        }
-    })
+/// Ctrl-C while detached: a pending signal handler that raises ends the wait.
+fn check_signals() -> PyResult<()> {
+    Python::attach(|py| py.check_signals())
 }
 
-/// Like `wait_for`, but on a lane of `connection` when one is free (the calling thread drives
-/// the request itself), else over the pooled channels. `make` gets the channel and whether it is
-/// a lane's.
+/// Runs `fut` on the shared runtime with the GIL released; Ctrl-C interrupts the wait.
+fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
+    py.detach(|| block_on_interruptible(rt(), fut, check_signals))
+}
+
+/// Runs one call with the GIL released, on a lane when one is free (see
+/// `Connection::block_on_call`); Ctrl-C interrupts it.
 fn wait_on_lane<T, F>(
     py: Python<'_>,
     connection: &Connection,
     make: impl FnOnce(tonic::transport::Channel, bool) -> F + Send,
-) -> PyResult<Result<T, Status>>
+) -> PyResult<Result<T, client::Error>>
 where
     T: Send,
     F: Future<Output = Result<T, Status>> + Send,
 {
-    py.detach(|| {
-        let lane = match connection.take_lane() {
-            Ok(Some(lane)) => lane,
-            Ok(None) => {
-                let mut fut = std::pin::pin!(make(connection.channel(), false));
-                loop {
-                    match rt().block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
-                        Ok(value) => return Ok(value),
-                        Err(_) => Python::attach(|py| py.check_signals())?,
-                    }
-                }
-            }
-            Err(status) => return Ok(Err(status)),
-        };
-        let result = (|| {
-            let mut fut = std::pin::pin!(make(lane.channel(), true));
-            loop {
-                match lane.block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
-                    Ok(value) => return Ok(value),
-                    Err(_) => Python::attach(|py| py.check_signals())?,
-                }
-            }
-        })();
-        connection.put_lane(lane);
-        result
-    })
-}
-
-fn new_session_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut parts = [0u64; 2];
-    for part in &mut parts {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        h.write_u32(std::process::id());
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-        *part = h.finish();
-    }
-    format!("{:016x}{:016x}", parts[0], parts[1])
+    py.detach(|| connection.block_on_call(make, check_signals))
 }
 
 /// A reference to an object held by a module server for one client session.
@@ -171,8 +125,8 @@ impl Client {
         Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
     }
 
-    fn decode_response(&self, py: Python<'_>, response: Result<ValueResponse, Status>) -> PyResult<Py<PyAny>> {
-        let response = response.map_err(|s| status_to_pyerr(py, &s))?;
+    fn decode_response(&self, py: Python<'_>, response: Result<ValueResponse, client::Error>) -> PyResult<Py<PyAny>> {
+        let response = response.map_err(|e| client_to_pyerr(py, &e))?;
         match response.result {
             Some(value_response::Result::Value(value)) => {
                 let session = self.route.session().to_owned();
@@ -194,6 +148,7 @@ impl Client {
     #[new]
     #[pyo3(signature = (target, *, token=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0))]
     fn new(
+        py: Python<'_>,
         target: String,
         token: Option<String>,
         heartbeat_seconds: Option<f64>,
@@ -214,7 +169,7 @@ impl Client {
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let connection = {
             let _guard = rt().enter();
-            Connection::new(&target, &options).map_err(|s| PyValueError::new_err(s.message().to_owned()))?
+            Connection::new(&target, &options).map_err(|e| client_to_pyerr(py, &e))?
         };
         let route = Route::new(connection.clone(), new_session_id(), None);
         let _guard = rt().enter();
@@ -226,6 +181,14 @@ impl Client {
     fn via_proxy(&self, deployment: String, namespace: String) -> Self {
         let _guard = rt().enter();
         self.with_route(Some(ProxyTarget { deployment, namespace }))
+    }
+
+    /// What serves the target, from its gRPC health service: "orchestrator" (jac-orc) or
+    /// "module-server"; anything else raises, naming the address.
+    fn server_kind(&self, py: Python<'_>) -> PyResult<&'static str> {
+        let connection = self.connection.clone();
+        let kind = wait_for(py, async move { connection.server_kind().await })?.map_err(|e| client_to_pyerr(py, &e))?;
+        Ok(kind.as_str())
     }
 
     #[getter]
@@ -368,7 +331,7 @@ impl ModuleServer {
         let lease = Duration::try_from_secs_f64(lease_seconds).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let config = ServerConfig { host: host.clone(), port, lease, max_message_bytes };
         let server = RunningServer::start(py, module, &config)?;
-        let port = server.addr.port();
+        let port = server.port();
         Ok(Self { inner: Mutex::new(server), host, port })
     }
 
@@ -388,7 +351,7 @@ impl ModuleServer {
         let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let finished = py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).wait(SLICE));
-            if finished.map_err(pyo3::exceptions::PyRuntimeError::new_err)? {
+            if finished.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(chain(&e)))? {
                 return Ok(true);
             }
             py.check_signals()?;

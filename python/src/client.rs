@@ -1,14 +1,20 @@
-//! The transport half of a client: pooled tonic channels, session metadata, batched releases and
-//! the session heartbeat. No Python types here.
+//! The transport half of a client: pooled tonic channels and lanes to one endpoint, telling a
+//! module server from jac-orc, session metadata, batched releases and the session heartbeat.
+//! No Python types here.
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::coalesce::Connector;
+use crate::lane::{self, Lanes};
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
@@ -17,18 +23,51 @@ use crate::proto::{
     ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest, ProxyReleaseRequest, ProxyTarget, ReleaseRequest,
     ReleaseResponse, ValueResponse,
 };
-use crate::server::LANE_HEADER;
-
-/// HTTP/2 flow-control windows and frame size, shared with the module server: a big array
-/// streams through without waiting for window updates, in few large frames.
-pub const STREAM_WINDOW: u32 = 128 << 20;
-pub const CONNECTION_WINDOW: u32 = 256 << 20;
-pub const MAX_FRAME: u32 = 4 << 20;
+use crate::runtime::{block_on_interruptible, rt};
+use crate::wire::{CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, ORCHESTRATOR_SERVICE, STREAM_WINDOW};
 
 /// Releases queued by garbage-collected proxies are sent in batches of at most this many ids.
 const RELEASE_BATCH: usize = 512;
 /// How often queued releases are flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// What can go wrong on the client's side of a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad target {target:?}")]
+    BadTarget {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the token is not valid header text")]
+    BadToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    #[error(transparent)]
+    Lane(#[from] lane::Error),
+    /// The server answered with an error status (or the call failed in transport).
+    #[error(transparent)]
+    Rpc(#[from] Status),
+    #[error("cannot reach {address}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: Status,
+    },
+    #[error("{address} is neither jac-orc nor a jac-splice module server (its gRPC health service knows neither {ORCHESTRATOR_SERVICE:?} nor {MODULE_SERVICE:?})")]
+    NotSplice {
+        address: String,
+        #[source]
+        source: Option<Status>,
+    },
+    #[error("{address} reports {status} for {service}")]
+    NotServing { address: String, service: &'static str, status: &'static str },
+    #[error("{address}: the health check failed")]
+    HealthCheck {
+        address: String,
+        #[source]
+        source: Status,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,66 +77,20 @@ pub struct Options {
     pub connect_timeout: Duration,
 }
 
-/// Idle lanes kept per endpoint.
-const MAX_IDLE_LANES: usize = MAX_BUSY_LANES;
-/// Calls in flight on lanes at once; further concurrent calls share the pooled channels, where
-/// HTTP/2 carries many calls per segment and the server runs them on its pool (see
-/// `Connection::take_lane`).
-const MAX_BUSY_LANES: usize = 2;
-/// A lane idle for longer first lets its connection notice a close (e.g. a restarted server),
-/// so the call redials instead of failing on the dead connection.
-const STALE_AFTER: Duration = Duration::from_millis(50);
-
-/// A connection driven by the thread that calls through it: its own single-threaded runtime and
-/// one HTTP/2 connection. A call writes, waits in `epoll` and reads on the calling thread, with
-/// no hand-off to runtime worker threads. One call at a time uses a lane; concurrent callers
-/// take further lanes (like one socket per thread), so they never queue behind each other.
-#[derive(Debug)]
-pub struct Lane {
-    channel: Channel,
-    runtime: Option<tokio::runtime::Runtime>,
-    idle_since: Instant,
+/// What serves an address: told by one health `Check` (see `wire::ORCHESTRATOR_SERVICE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// jac-orc: module calls go through its `ModuleProxy`.
+    Orchestrator,
+    /// A module server: `ModuleService` is called directly.
+    ModuleServer,
 }
 
-impl Lane {
-    fn new(endpoint: &Endpoint, connector: &Connector) -> Result<Self, Status> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Status::internal(format!("cannot build a client runtime: {e}")))?;
-        let channel = {
-            let _guard = runtime.enter();
-            endpoint.connect_with_connector_lazy(connector.clone())
-        };
-        Ok(Self { channel, runtime: Some(runtime), idle_since: Instant::now() })
-    }
-
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
-    }
-
-    /// Runs `fut` to completion on this thread (the caller must not be inside a runtime).
-    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
-        let runtime = self.runtime.as_ref().expect("a lane always has its runtime");
-        runtime.block_on(fut)
-    }
-
-    fn refresh_if_stale(&self) {
-        if self.idle_since.elapsed() > STALE_AFTER {
-            // Two scheduler turns: the connection task reads whatever arrived while idle.
-            self.block_on(async {
-                tokio::task::yield_now().await;
-                tokio::task::yield_now().await;
-            });
-        }
-    }
-}
-
-impl Drop for Lane {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            // Never blocks, so a lane may be dropped anywhere (even inside another runtime).
-            runtime.shutdown_background();
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "orchestrator",
+            Self::ModuleServer => "module-server",
         }
     }
 }
@@ -105,10 +98,8 @@ impl Drop for Lane {
 /// Channels to one endpoint (a module server or jac-orc), shared by every route through it.
 #[derive(Debug)]
 pub struct Connection {
-    endpoint: Endpoint,
-    busy_lanes: AtomicUsize,
-    connector: Connector,
-    lanes: Mutex<Vec<Lane>>,
+    address: String,
+    lanes: Lanes,
     channels: Vec<Channel>,
     next: AtomicUsize,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -125,13 +116,11 @@ pub fn endpoint_uri(target: &str) -> String {
 }
 
 impl Connection {
-    /// Prepares lazily connecting channels (the first request dials; a broken connection redials).
-    pub fn new(target: &str, options: &Options) -> Result<Arc<Self>, Status> {
-        // Lanes send no HTTP/2 pings: a module server runs a lane's call on the connection's
-        // thread and answers pings only between calls. A dead server still shows as a closed
-        // connection (and TCP keepalive covers a silent peer).
+    /// Prepares lazily connecting channels (the first request dials; a broken connection
+    /// redials). Must be called inside a runtime context (the channels' tasks spawn on it).
+    pub fn new(target: &str, options: &Options) -> Result<Arc<Self>, Error> {
         let endpoint = Endpoint::from_shared(endpoint_uri(target))
-            .map_err(|e| Status::invalid_argument(format!("bad target {target:?}: {e}")))?
+            .map_err(|source| Error::BadTarget { target: target.to_owned(), source })?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -145,18 +134,12 @@ impl Connection {
         let channels =
             (0..options.channels.max(1)).map(|_| pinging.connect_with_connector_lazy(connector.clone())).collect();
         let auth = match &options.token {
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| Status::invalid_argument("token is not valid header text"))?,
-            ),
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(Error::BadToken)?),
             None => None,
         };
         Ok(Arc::new(Self {
-            endpoint,
-            busy_lanes: AtomicUsize::new(0),
-            connector,
-            lanes: Mutex::new(Vec::new()),
+            address: target.to_owned(),
+            lanes: Lanes::new(endpoint, connector),
             channels,
             next: AtomicUsize::new(0),
             auth,
@@ -164,46 +147,36 @@ impl Connection {
         }))
     }
 
-    /// An idle lane (the most recently used one) or a new one; `None` when `MAX_BUSY_LANES`
-    /// calls already run on lanes. A lane is the fastest path for one call at a time; many
-    /// concurrent callers do better sharing the pooled channels (fewer segments, wake-ups and
-    /// server threads per call).
-    pub fn take_lane(&self) -> Result<Option<Lane>, Status> {
-        let busy = self.busy_lanes.fetch_add(1, Ordering::AcqRel);
-        if busy >= MAX_BUSY_LANES {
-            self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
-            return Ok(None);
-        }
-        let idle = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let lane = match idle {
-            Some(lane) => {
-                lane.refresh_if_stale();
-                Ok(lane)
-            }
-            None => Lane::new(&self.endpoint, &self.connector),
-        };
-        if lane.is_err() {
-            self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
-        }
-        lane.map(Some)
-    }
-
-    /// Returns a lane after a call.
-    pub fn put_lane(&self, mut lane: Lane) {
-        self.busy_lanes.fetch_sub(1, Ordering::AcqRel);
-        lane.idle_since = Instant::now();
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        if lanes.len() < MAX_IDLE_LANES {
-            lanes.push(lane);
-        } else {
-            drop(lanes);
-            drop(lane);
-        }
-    }
-
+    /// One of the pooled channels, in turn.
     pub fn channel(&self) -> Channel {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         self.channels[i].clone()
+    }
+
+    /// Runs one call to completion on this thread: on a free lane (this thread drives the
+    /// connection itself), else over a pooled channel on the shared runtime. `make` gets the
+    /// channel and whether it is a lane's. `interrupt` runs every `runtime::SLICE` while the
+    /// call is pending; its error abandons the call and is returned as the outer error.
+    pub fn block_on_call<T, E, F>(
+        &self,
+        make: impl FnOnce(Channel, bool) -> F,
+        interrupt: impl FnMut() -> Result<(), E>,
+    ) -> Result<Result<T, Error>, E>
+    where
+        F: Future<Output = Result<T, Status>>,
+    {
+        let lane = match self.lanes.take() {
+            Ok(lane) => lane,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let result = match &lane {
+            Some(lane) => block_on_interruptible(lane, make(lane.channel(), true), interrupt),
+            None => block_on_interruptible(rt(), make(self.channel(), false), interrupt),
+        };
+        if let Some(lane) = lane {
+            self.lanes.put(lane);
+        }
+        result.map(|r| r.map_err(Error::from))
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
@@ -249,6 +222,64 @@ impl Connection {
         let response = client.list_deployments(self.request(ListDeploymentsRequest { namespace, module })).await?;
         Ok(response.into_inner())
     }
+
+    async fn health(&self, service: &str) -> Result<ServingStatus, Status> {
+        let mut client = HealthClient::new(self.channel());
+        let request = self.request(HealthCheckRequest { service: service.to_owned() });
+        let response = client.check(request).await?.into_inner();
+        Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
+    }
+
+    /// Asks the server's gRPC health service what it is: jac-orc reports SERVING for
+    /// `ORCHESTRATOR_SERVICE`, a module server answers NOT_FOUND for that and SERVING for
+    /// `MODULE_SERVICE`. Anything else is an error naming the address.
+    pub async fn server_kind(&self) -> Result<ServerKind, Error> {
+        for (service, kind) in
+            [(ORCHESTRATOR_SERVICE, ServerKind::Orchestrator), (MODULE_SERVICE, ServerKind::ModuleServer)]
+        {
+            match self.health(service).await {
+                Ok(ServingStatus::Serving) => return Ok(kind),
+                Ok(status) => {
+                    return Err(Error::NotServing {
+                        address: self.address.clone(),
+                        service,
+                        status: status.as_str_name(),
+                    })
+                }
+                Err(status) if status.code() == Code::NotFound => continue,
+                Err(status) => return Err(self.health_check_failed(status)),
+            }
+        }
+        Err(Error::NotSplice { address: self.address.clone(), source: None })
+    }
+
+    fn health_check_failed(&self, status: Status) -> Error {
+        let address = self.address.clone();
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                Error::Unreachable { address, source: status }
+            }
+            // No health service at all, or a peer that does not speak gRPC.
+            Code::Unimplemented | Code::Unknown | Code::Internal => Error::NotSplice { address, source: Some(status) },
+            // The server answered (e.g. UNAUTHENTICATED): its answer stands.
+            _ => Error::HealthCheck { address, source: status },
+        }
+    }
+}
+
+/// A fresh session id: 32 hex digits, unique per process and call.
+pub fn new_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut parts = [0u64; 2];
+    for part in &mut parts {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        *part = h.finish();
+    }
+    format!("{:016x}{:016x}", parts[0], parts[1])
 }
 
 /// One session's view of one module server, directly or through jac-orc's `ModuleProxy`.
@@ -373,7 +404,7 @@ impl Route {
     /// `heartbeat`, until the route is dropped.
     pub fn spawn_background(self: &Arc<Self>, heartbeat: Option<Duration>) {
         let weak: Weak<Self> = Arc::downgrade(self);
-        crate::runtime::rt().spawn(async move {
+        rt().spawn(async move {
             let mut since_beat = Duration::ZERO;
             loop {
                 tokio::time::sleep(FLUSH_EVERY).await;
@@ -388,5 +419,197 @@ impl Route {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::ServingStatus as Report;
+
+    use super::*;
+    use crate::lane::MAX_BUSY_LANES;
+    use crate::proto::{value, value_response, Value};
+    use crate::testing::{connect, dead_address, never, Recorder, Stub, TestModuleServer, BOUND};
+
+    fn call(connection: &Connection, route: &Route) -> Result<ValueResponse, Error> {
+        connection
+            .block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never)
+            .unwrap_or_else(|never| match never {})
+    }
+
+    fn answer(response: ValueResponse) -> String {
+        match response.result {
+            Some(value_response::Result::Value(Value { kind: Some(value::Kind::StrValue(s)) })) => s,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    fn direct(connection: &Arc<Connection>) -> Arc<Route> {
+        Route::new(connection.clone(), new_session_id(), None)
+    }
+
+    #[test]
+    fn a_lone_caller_takes_a_lane_and_its_call_runs_on_the_connection_thread() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        assert_eq!(answer(call(&connection, &route).unwrap()), "jac-splice-conn");
+        let seen = recorder.seen();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].lane && seen[0].on_connection_thread(), "{seen:?}");
+    }
+
+    #[test]
+    fn with_every_lane_busy_a_call_goes_over_a_pooled_channel_to_the_blocking_pool() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        let held: Vec<_> = (0..MAX_BUSY_LANES).map(|_| connection.lanes.take().unwrap().unwrap()).collect();
+        assert_ne!(answer(call(&connection, &route).unwrap()), "jac-splice-conn");
+        let seen = recorder.seen();
+        assert!(!seen[0].lane && !seen[0].on_connection_thread(), "{seen:?}");
+        for lane in held {
+            connection.lanes.put(lane);
+        }
+        call(&connection, &route).unwrap();
+        assert!(recorder.seen()[1].lane, "a freed lane is used again");
+    }
+
+    #[test]
+    fn concurrent_callers_beyond_the_lanes_all_run_at_once() {
+        // Every call waits on the server until all have arrived: they finish only if none waits
+        // for another (a lane each, or the pooled channels and the server's blocking pool).
+        const CALLERS: usize = MAX_BUSY_LANES + 2;
+        let recorder = Recorder::meeting(CALLERS);
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        std::thread::scope(|s| {
+            let callers: Vec<_> = (0..CALLERS).map(|_| s.spawn(|| call(&connection, &route))).collect();
+            for caller in callers {
+                caller.join().unwrap().expect("every caller met the others");
+            }
+        });
+        let seen = recorder.seen();
+        let on_lanes: Vec<&crate::testing::Seen> = seen.iter().filter(|s| s.lane).collect();
+        assert_eq!(on_lanes.len(), MAX_BUSY_LANES, "{seen:?}");
+        assert!(on_lanes.iter().all(|s| s.on_connection_thread()));
+        assert_ne!(on_lanes[0].thread, on_lanes[1].thread, "each lane is its own connection and thread");
+        assert!(seen.iter().filter(|s| !s.lane).all(|s| !s.on_connection_thread()));
+    }
+
+    #[test]
+    fn calls_through_jac_orc_never_carry_the_lane_marker() {
+        // jac-orc's ModuleProxy forwards to a module server over its own pool: a lane marker
+        // from the client would make that server run the call on a shared connection's thread.
+        let recorder = Recorder::default();
+        let orchestrator = Stub::proxy(recorder.clone(), None);
+        let connection = connect(orchestrator.addr);
+        let via = ProxyTarget { deployment: "d".into(), namespace: "default".into() };
+        let route = Route::new(connection.clone(), new_session_id(), Some(via));
+        call(&connection, &route).unwrap();
+        assert!(!recorder.seen()[0].lane);
+    }
+
+    #[test]
+    fn queued_releases_go_out_in_batches() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        for i in 0..(2 * RELEASE_BATCH + 76) {
+            route.release_later(format!("r{i}"));
+        }
+        rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap().unwrap();
+        assert_eq!(*recorder.releases.lock().unwrap(), vec![RELEASE_BATCH, RELEASE_BATCH, 76]);
+        assert!(route.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn releases_that_cannot_be_sent_are_kept_for_the_next_flush() {
+        let connection = connect(dead_address());
+        let route = direct(&connection);
+        route.release_later("r1".into());
+        route.release_later("r2".into());
+        let sent = rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap();
+        assert_eq!(sent.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(*route.pending.lock().unwrap(), vec!["r1".to_owned(), "r2".to_owned()]);
+    }
+
+    fn kind(addr: std::net::SocketAddr) -> Result<ServerKind, Error> {
+        let connection = connect(addr);
+        rt().block_on(async { tokio::time::timeout(BOUND, connection.server_kind()).await }).unwrap()
+    }
+
+    #[test]
+    fn a_module_server_is_told_by_its_health_service() {
+        let server = TestModuleServer::start(Recorder::default());
+        assert_eq!(kind(server.addr()).unwrap(), ServerKind::ModuleServer);
+    }
+
+    #[test]
+    fn jac_orc_is_told_by_its_health_service_not_by_a_failing_call() {
+        // A stand-in that serves no ModuleService at all: only what its health service says
+        // makes it jac-orc.
+        let orchestrator =
+            Stub::proxy(Recorder::default(), Some(&[("", Report::Serving), (ORCHESTRATOR_SERVICE, Report::Serving)]));
+        assert_eq!(kind(orchestrator.addr).unwrap(), ServerKind::Orchestrator);
+    }
+
+    #[test]
+    fn a_server_whose_health_service_knows_neither_name_is_not_a_splice_server() {
+        let other = Stub::proxy(Recorder::default(), Some(&[("", Report::Serving)]));
+        let err = kind(other.addr).unwrap_err();
+        assert!(matches!(err, Error::NotSplice { .. }), "{err:?}");
+        assert!(err.to_string().contains(&other.addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_server_without_a_health_service_is_not_a_splice_server() {
+        let other = Stub::proxy(Recorder::default(), None);
+        let err = kind(other.addr).unwrap_err();
+        match &err {
+            Error::NotSplice { source: Some(status), .. } => assert_eq!(status.code(), Code::Unimplemented),
+            other => panic!("expected NotSplice with the UNIMPLEMENTED answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn jac_orc_that_is_not_serving_says_so() {
+        let orchestrator = Stub::proxy(Recorder::default(), Some(&[(ORCHESTRATOR_SERVICE, Report::NotServing)]));
+        let err = kind(orchestrator.addr).unwrap_err();
+        assert!(matches!(err, Error::NotServing { status: "NOT_SERVING", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_address_nobody_listens_on_is_unreachable() {
+        let addr = dead_address();
+        let err = kind(addr).unwrap_err();
+        assert!(matches!(&err, Error::Unreachable { source, .. } if source.code() == Code::Unavailable), "{err:?}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn bad_targets_and_tokens_are_refused_with_their_cause() {
+        let options = |token: Option<&str>| Options {
+            token: token.map(str::to_owned),
+            max_message_bytes: 1 << 20,
+            channels: 1,
+            connect_timeout: BOUND,
+        };
+        let _runtime = rt().enter();
+        let err = Connection::new("http://bad host:1", &options(None)).unwrap_err();
+        assert!(matches!(err, Error::BadTarget { .. }) && std::error::Error::source(&err).is_some(), "{err:?}");
+        let err = Connection::new("127.0.0.1:1", &options(Some("line\nbreak"))).unwrap_err();
+        assert!(matches!(err, Error::BadToken(_)) && std::error::Error::source(&err).is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn session_ids_are_32_hex_digits_and_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_session_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 }

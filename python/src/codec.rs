@@ -197,6 +197,7 @@ struct ArrayData {
     _array: Py<PyAny>,
 }
 
+#[allow(unsafe_code)] // the one view of numpy's memory; see the SAFETY note
 impl AsRef<[u8]> for ArrayData {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: `_array` is a contiguous u8 array of `len` elements at `ptr`; the reference
@@ -215,26 +216,23 @@ fn owned(data: Bytes) -> Vec<u8> {
 }
 
 /// Why a `Value` could not become a Python object.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    Python(PyErr),
+    #[error(transparent)]
+    Python(#[from] PyErr),
     /// A reference id the receiver does not hold.
+    #[error("unknown reference id {0:?}")]
     UnknownRef(String),
+    #[error("malformed value: {0}")]
     Malformed(&'static str),
-}
-
-impl From<PyErr> for DecodeError {
-    fn from(e: PyErr) -> Self {
-        Self::Python(e)
-    }
 }
 
 impl DecodeError {
     pub fn into_pyerr(self) -> PyErr {
         match self {
             Self::Python(e) => e,
-            Self::UnknownRef(id) => pyo3::exceptions::PyLookupError::new_err(format!("unknown reference id {id:?}")),
-            Self::Malformed(what) => pyo3::exceptions::PyValueError::new_err(format!("malformed value: {what}")),
+            Self::UnknownRef(_) => pyo3::exceptions::PyLookupError::new_err(self.to_string()),
+            Self::Malformed(_) => pyo3::exceptions::PyValueError::new_err(self.to_string()),
         }
     }
 }

@@ -1,12 +1,39 @@
 //! Errors at the edge: a Python exception raised by the served module becomes a `RemoteError`
-//! message, and a gRPC status or `RemoteError` received by a client becomes a Python exception
-//! from `jac_splice.exceptions` (the one place that defines the exception classes).
+//! message, and a client error (a gRPC status, a `RemoteError` received, a failed probe) becomes
+//! a Python exception from `jac_splice.exceptions` (the one place that defines the exception
+//! classes). Causes travel as `#[source]` chains and are spelled out once, here, by `chain`.
+use std::fmt::Write as _;
+
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 use tonic::{Code, Status};
 
+use crate::client;
 use crate::codec::qualified_name;
 use crate::proto::RemoteError;
+use crate::wire::is_oversize;
+
+/// `err` and its causes, outermost first, joined by ": " (a status as "CODE message").
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        match e.downcast_ref::<Status>() {
+            Some(status) => {
+                let _ = write!(out, "{} {}", code_name(status.code()), status.message());
+            }
+            None => {
+                let _ = write!(out, "{e}");
+            }
+        }
+        next = e.source();
+    }
+    out
+}
 
 /// Describes a Python exception for the wire: type, message, formatted traceback and the builtin
 /// exception classes in its MRO (most specific first, without `BaseException`/`object`).
@@ -61,17 +88,17 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// tonic reports a message over the size limit as OUT_OF_RANGE; gRPC's convention is RESOURCE_EXHAUSTED.
-pub fn is_oversize(status: &Status) -> bool {
-    status.code() == Code::OutOfRange && status.message().contains("message length too large")
-}
-
 fn exceptions(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import("jac_splice.exceptions")
 }
 
 /// A gRPC status as a `jac_splice.TransportError` (subclass chosen by code).
 pub fn status_to_pyerr(py: Python<'_>, status: &Status) -> PyErr {
+    status_in_context(py, status, None)
+}
+
+/// Like `status_to_pyerr`, the message after `context` if given.
+fn status_in_context(py: Python<'_>, status: &Status, context: Option<&str>) -> PyErr {
     let broken = status.code() == Code::Unknown && status.message().contains("transport error");
     let code = if is_oversize(status) {
         Code::ResourceExhausted
@@ -81,20 +108,47 @@ pub fn status_to_pyerr(py: Python<'_>, status: &Status) -> PyErr {
     } else {
         status.code()
     };
-    let mut message = if broken {
-        format!("connection to the server broke during the call: {}", status.message())
-    } else {
-        status.message().to_owned()
-    };
-    if code == Code::Unavailable || code == Code::Unknown {
-        let source = std::error::Error::source(status).map(|s| format!(" ({s})")).unwrap_or_default();
-        message.push_str(&source);
+    let mut message = context.map(|c| format!("{c}: ")).unwrap_or_default();
+    if broken {
+        message.push_str("connection to the server broke during the call: ");
     }
+    message.push_str(status.message());
+    if code == Code::Unavailable || code == Code::Unknown {
+        if let Some(source) = std::error::Error::source(status) {
+            let _ = write!(message, " ({})", chain(source));
+        }
+    }
+    transport_error(py, code, &message)
+}
+
+fn transport_error(py: Python<'_>, code: Code, message: &str) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let exc = exceptions(py)?.call_method1("_transport_error", (code_name(code), message.as_str()))?;
+        let exc = exceptions(py)?.call_method1("_transport_error", (code_name(code), message))?;
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|e| e)
+}
+
+/// The one conversion of a client error into a Python exception.
+pub fn client_to_pyerr(py: Python<'_>, err: &client::Error) -> PyErr {
+    use client::Error as E;
+    match err {
+        E::BadTarget { .. } | E::BadToken(_) => PyValueError::new_err(chain(err)),
+        E::Lane(_) => transport_error(py, Code::Internal, &chain(err)),
+        E::Rpc(status) => status_to_pyerr(py, status),
+        E::Unreachable { address, source } => status_in_context(py, source, Some(&format!("cannot reach {address}"))),
+        E::HealthCheck { address, source } => {
+            status_in_context(py, source, Some(&format!("{address}: the health check failed")))
+        }
+        E::NotServing { .. } => transport_error(py, Code::Unavailable, &chain(err)),
+        E::NotSplice { .. } => {
+            let build = || -> PyResult<PyErr> {
+                let exc = exceptions(py)?.getattr("NotASpliceServerError")?.call1((chain(err),))?;
+                Ok(PyErr::from_value(exc))
+            };
+            build().unwrap_or_else(|e| e)
+        }
+    }
 }
 
 /// A `RemoteError` message as a `jac_splice.RemoteError` that is also the matching builtin exception.
@@ -105,4 +159,23 @@ pub fn remote_to_pyerr(py: Python<'_>, err: RemoteError) -> PyErr {
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|e| e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_and_spells_statuses_as_code_and_message() {
+        let err = client::Error::Unreachable {
+            address: "127.0.0.1:9".into(),
+            source: Status::from_error(Box::new(std::io::Error::other("connection refused"))),
+        };
+        let text = chain(&err);
+        assert!(text.starts_with("cannot reach 127.0.0.1:9: UNKNOWN "), "{text}");
+        assert!(text.ends_with(": connection refused"), "{text}");
+        let plain =
+            client::Error::NotSplice { address: "h:1".into(), source: Some(Status::unimplemented("no health")) };
+        assert!(chain(&plain).ends_with(": UNIMPLEMENTED no health"), "{}", chain(&plain));
+    }
 }

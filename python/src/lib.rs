@@ -7,16 +7,21 @@ mod client;
 mod coalesce;
 mod codec;
 mod errors;
+mod host;
+mod lane;
 mod proto;
 mod refs;
 mod runtime;
 mod server;
+#[cfg(test)]
+mod testing;
+mod wire;
 
 use pyo3::prelude::*;
 
 #[cfg(target_os = "linux")]
 #[global_allocator]
-static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator::new();
 
 /// Uses `module` as numpy for encoding and decoding arrays (see `jac_splice.importer`).
 #[pyfunction]

@@ -1,155 +1,56 @@
-//! The module server: serves `ModuleService` and gRPC health for one imported Python module.
-//! Tonic runs on the server's own single-threaded runtime; each request's Python work runs in
-//! `spawn_blocking` under `Python::attach`, so the network thread never holds the GIL and calls
-//! run concurrently (as far as the served code releases the GIL).
+//! The module server's transport, with no Python in it: it binds, accepts connections and gives
+//! each its own thread (like a threaded server), reports gRPC health, and runs each request's
+//! blocking work either on that connection's thread (a lane's request: the connection carries
+//! nothing else meanwhile) or on the blocking pool (so a multiplexed connection keeps serving
+//! its other streams). `host.rs` puts the Python module behind it.
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
-use crate::client::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
-use crate::codec::{self, DecodeError};
-use crate::errors::{is_oversize, remote_error};
-use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
-use crate::proto::RemoteRef as WireRef;
-use crate::proto::{
-    value_response, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ReleaseRequest, ReleaseResponse,
-    Value, ValueResponse,
-};
-use crate::refs::RefTable;
+use crate::wire::{is_oversize, CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, STREAM_WINDOW};
 
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub host: String,
-    pub port: u16,
-    pub lease: Duration,
-    pub max_message_bytes: usize,
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the server runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen on {host}:{port}")]
+    Bind {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a server thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the server thread ended abruptly")]
+    ThreadEnded,
+    #[error("the connection's call was dropped")]
+    CallDropped,
+    #[error("request task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
-/// The served module and the objects handed out to sessions.
-struct Host {
-    module: Py<PyAny>,
-    name: String,
-    version: String,
-    table: RefTable<Py<PyAny>>,
-}
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl std::fmt::Debug for Host {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("name", &self.name).finish_non_exhaustive()
-    }
-}
+/// Wraps the whole life of a connection thread (the host attaches it to Python once, see
+/// `host.rs`); `|run| run()` when there is nothing to set up.
+pub type ThreadScope = fn(Box<dyn FnOnce() + Send + '_>);
 
-/// What a request's Python work produced: a value, or a protocol error for the status.
-type Outcome = Result<ValueResponse, Status>;
+/// Work that runs beside the server on its runtime until it stops (the host's lease reaper).
+pub type Background = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-impl Host {
-    fn resolve<'py>(&self, py: Python<'py>, session: &str, target: &str) -> Result<Bound<'py, PyAny>, Status> {
-        match target {
-            "" => return Ok(self.module.bind(py).clone()),
-            BUILTINS => return py.import("builtins").map(Bound::into_any).map_err(internal),
-            OPERATOR => return py.import("operator").map(Bound::into_any).map_err(internal),
-            _ => {}
-        }
-        self.table.get(session, target, |obj| obj.clone_ref(py).into_bound(py)).ok_or_else(|| unknown_ref(target))
-    }
-
-    /// Plain data by value, anything else as a reference stored for `session`.
-    fn encode_result(&self, session: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
-        if let Some(value) = codec::encode(obj, &mut |_| Ok(None))? {
-            return Ok(value);
-        }
-        let r = WireRef { type_name: codec::type_name(obj)?, callable: obj.is_callable(), id: String::new() };
-        let id = self.table.insert(session, obj.clone().unbind());
-        Ok(Value { kind: Some(crate::proto::value::Kind::Ref(WireRef { id, ..r })) })
-    }
-
-    fn finish(&self, py: Python<'_>, session: &str, result: PyResult<Bound<'_, PyAny>>) -> ValueResponse {
-        let result = result.and_then(|obj| self.encode_result(session, &obj));
-        ValueResponse {
-            result: Some(match result {
-                Ok(value) => value_response::Result::Value(value),
-                Err(err) => value_response::Result::Error(remote_error(py, &err)),
-            }),
-        }
-    }
-
-    fn get_attr(&self, py: Python<'_>, request: GetAttrRequest) -> Outcome {
-        let target = self.resolve(py, &request.session, &request.target)?;
-        let result = walk(target, &request.path);
-        Ok(self.finish(py, &request.session, result))
-    }
-
-    fn call(&self, py: Python<'_>, request: CallRequest) -> Outcome {
-        let session = request.session.as_str();
-        let target = self.resolve(py, session, &request.target)?;
-        let mut lookup = |r: WireRef| self.resolve(py, session, &r.id).map_err(|_| DecodeError::UnknownRef(r.id));
-        let mut args = Vec::with_capacity(request.args.len());
-        let kwargs = PyDict::new(py);
-        let decoded: Result<(), DecodeError> = (|| {
-            for arg in request.args {
-                args.push(codec::decode(py, arg, &mut lookup)?);
-            }
-            for kwarg in request.kwargs {
-                let value = kwarg.value.ok_or(DecodeError::Malformed("kwarg without a value"))?;
-                kwargs.set_item(kwarg.name, codec::decode(py, value, &mut lookup)?)?;
-            }
-            Ok(())
-        })();
-        match decoded {
-            Ok(()) => {}
-            Err(DecodeError::UnknownRef(id)) => return Err(unknown_ref(&id)),
-            Err(DecodeError::Malformed(what)) => return Err(Status::invalid_argument(what)),
-            Err(DecodeError::Python(err)) => return Ok(self.finish(py, session, Err(err))),
-        }
-        let result = walk(target, &request.path).and_then(|callee| {
-            let args = PyTuple::new(py, args)?;
-            callee.call(args, Some(&kwargs))
-        });
-        Ok(self.finish(py, session, result))
-    }
-}
-
-/// Targets naming the server's standard modules, used by proxies for protocols (`len`, `+`, ...).
-const BUILTINS: &str = "@builtins";
-const OPERATOR: &str = "@operator";
-
-fn internal(err: PyErr) -> Status {
-    Status::internal(err.to_string())
-}
-
-fn walk<'py>(mut obj: Bound<'py, PyAny>, path: &[String]) -> PyResult<Bound<'py, PyAny>> {
-    for name in path {
-        obj = obj.getattr(name.as_str())?;
-    }
-    Ok(obj)
-}
-
-fn unknown_ref(id: &str) -> Status {
-    Status::not_found(format!("unknown reference id {id:?} (released, expired, or from another session)"))
-}
-
-fn check_session(session: &str) -> Result<(), Status> {
-    if session.is_empty() {
-        Err(Status::invalid_argument("a session id is required"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Request metadata of a client lane: the connection carries one call at a time (see
-/// `client::Lane`), so the connection's own thread runs the call (no hand-off to a pool thread).
-pub const LANE_HEADER: &str = "jac-splice-lane";
-
-fn from_lane<T>(request: &Request<T>) -> bool {
+/// Whether a request came over a client lane (see `wire::LANE_HEADER`).
+pub fn from_lane<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(LANE_HEADER)
 }
 
-/// Python work handed from a request to its connection thread's loop.
+/// Blocking work handed from a request to its connection thread's loop.
 type Job = Box<dyn FnOnce() + Send>;
 
 std::thread_local! {
@@ -158,98 +59,26 @@ std::thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Runs Python work: for a lane's request on this connection's thread (it has nothing else to
-/// do meanwhile), else on the blocking pool so the connection keeps serving other streams.
+/// Runs blocking work: for a lane's request (`inline`) on this connection's thread, else on the
+/// blocking pool.
 ///
 /// On the connection thread the work runs *between* turns of its runtime, not inside one: served
 /// code may block on a runtime of its own (a jac-splice client, any tokio-based library), which
 /// is not allowed from within a runtime.
-async fn run_python<T: Send + 'static>(
-    inline: bool,
-    f: impl FnOnce(Python<'_>) -> T + Send + 'static,
-) -> Result<T, Status> {
+pub async fn run_blocking<T: Send + 'static>(inline: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let sender = if inline { INLINE.with(|c| c.borrow().clone()) } else { None };
     let Some(sender) = sender else {
-        return blocking(f).await;
+        return tokio::task::spawn_blocking(f).await.map_err(Error::Task);
     };
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(Python::attach(f));
+        let _ = tx.send(f());
     });
     if let Err(unsent) = sender.send(job) {
         // The loop is gone (shutting down): run it here rather than fail the call.
         (unsent.0)();
     }
-    rx.await.map_err(|_| Status::internal("the connection's call was dropped"))
-}
-
-/// Runs Python work off the network threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce(Python<'_>) -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(move || Python::attach(f))
-        .await
-        .map_err(|e| Status::internal(format!("request task failed: {e}")))
-}
-
-/// Drops Python objects with the GIL held, so their memory is freed now.
-async fn drop_objects(objects: Vec<Py<PyAny>>) {
-    if !objects.is_empty() {
-        let _ = blocking(move |_py| drop(objects)).await;
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Service {
-    host: Arc<Host>,
-}
-
-#[tonic::async_trait]
-impl ModuleService for Service {
-    async fn get_attr(&self, request: Request<GetAttrRequest>) -> Result<Response<ValueResponse>, Status> {
-        let inline = from_lane(&request);
-        let request = request.into_inner();
-        check_session(&request.session)?;
-        self.host.table.touch(&request.session);
-        let host = self.host.clone();
-        run_python(inline, move |py| host.get_attr(py, request)).await?.map(Response::new)
-    }
-
-    async fn call(&self, request: Request<CallRequest>) -> Result<Response<ValueResponse>, Status> {
-        let inline = from_lane(&request);
-        let request = request.into_inner();
-        check_session(&request.session)?;
-        self.host.table.touch(&request.session);
-        let host = self.host.clone();
-        run_python(inline, move |py| host.call(py, request)).await?.map(Response::new)
-    }
-
-    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
-        let request = request.into_inner();
-        check_session(&request.session)?;
-        self.host.table.touch(&request.session);
-        let (freed, remaining) = self.host.table.remove(&request.session, &request.ids);
-        let released = u32::try_from(freed.len()).unwrap_or(u32::MAX);
-        drop_objects(freed).await;
-        Ok(Response::new(ReleaseResponse { released, remaining }))
-    }
-
-    async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
-        let request = request.into_inner();
-        check_session(&request.session)?;
-        self.host.table.touch(&request.session);
-        let counts = self.host.table.counts(&request.session);
-        let python_version = Python::version_str().to_owned();
-        Ok(Response::new(DescribeResponse {
-            module: self.host.name.clone(),
-            module_version: self.host.version.clone(),
-            python_version,
-            pid: i64::from(std::process::id()),
-            server_version: env!("CARGO_PKG_VERSION").to_owned(),
-            session_refs: counts.session_refs,
-            total_refs: counts.total_refs,
-            sessions: counts.sessions,
-            lease_seconds: self.host.table.lease().as_secs_f64(),
-        }))
-    }
+    rx.await.map_err(|_| Error::CallDropped)
 }
 
 /// Rewrites tonic's OUT_OF_RANGE "message length too large" into gRPC's RESOURCE_EXHAUSTED.
@@ -272,68 +101,66 @@ fn percent_decode(text: &str) -> String {
     text.replace("%20", " ")
 }
 
-/// A running module server.
+/// A running server; `stop` ends it.
 #[derive(Debug)]
-pub struct RunningServer {
+pub struct ServerHandle {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<Result<(), String>>>,
-    host: Arc<Host>,
+    done: Option<oneshot::Receiver<Result<()>>>,
 }
 
-impl RunningServer {
-    /// Binds, then serves until `stop`: a thread accepts connections and gives each its own
-    /// thread (see `serve_connection`); leases are reaped on the accepting thread.
-    pub fn start(py: Python<'_>, module: Bound<'_, PyAny>, config: &ServerConfig) -> PyResult<Self> {
-        let name: String = module.getattr("__name__")?.extract()?;
-        let version = match module.getattr_opt("__version__")? {
-            Some(v) => v.str()?.to_string(),
-            None => String::new(),
-        };
-        let host = Arc::new(Host { module: module.unbind(), name, version, table: RefTable::new(config.lease) });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("jac-splice-call")
-            .build()
-            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
-        let bind_to = (config.host.clone(), config.port);
-        let listener = py.detach(|| rt.block_on(tokio::net::TcpListener::bind(bind_to))).map_err(|e| {
-            pyo3::exceptions::PyOSError::new_err(format!("cannot listen on {}:{}: {e}", config.host, config.port))
-        })?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = oneshot::channel::<()>();
-        let service = ModuleServiceServer::new(Service { host: host.clone() })
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
-        let lease_host = host.clone();
-        let routes = tonic::service::Routes::new(service);
-        let serve = async move {
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter.set_serving::<ModuleServiceServer<Service>>().await;
-            for name in ["", "ModuleService"] {
-                reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
-            }
-            let routes = routes.add_service(health);
-            let reaper = tokio::spawn(reap(lease_host));
-            let result = accept_loop(listener, routes, async {
-                let _ = rx.await;
-            })
-            .await;
-            reaper.abort();
-            result
-        };
-        let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new().name("jac-splice-server".into()).spawn(move || {
+/// Binds `host:port`, then serves `routes` (plus gRPC health: SERVING for "", "ModuleService"
+/// and `MODULE_SERVICE`) until `stop`: a thread accepts connections and gives each its own
+/// thread, wrapped in `scope`; `background` runs beside it on the accepting thread's runtime.
+pub fn start(
+    host: &str,
+    port: u16,
+    routes: tonic::service::Routes,
+    scope: ThreadScope,
+    background: Background,
+) -> Result<ServerHandle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("jac-splice-call")
+        .build()
+        .map_err(Error::Runtime)?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind((host, port))).map_err(|source| Error::Bind {
+        host: host.to_owned(),
+        port,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind { host: host.to_owned(), port, source })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let serve = async move {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in ["", "ModuleService", MODULE_SERVICE] {
+            reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
+        let routes = routes.add_service(health);
+        let background = tokio::spawn(background);
+        let result = accept_loop(listener, routes, scope, async {
+            let _ = rx.await;
+        })
+        .await;
+        background.abort();
+        result
+    };
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("jac-splice-server".into())
+        .spawn(move || {
             let result = rt.block_on(serve);
             // Calls still running in the blocking pool finish on their own.
             rt.shutdown_background();
             let _ = done_tx.send(result);
-        })?;
-        Ok(Self { addr, shutdown: Some(tx), done: Some(done), host })
-    }
+        })
+        .map_err(Error::Thread)?;
+    Ok(ServerHandle { addr, shutdown: Some(tx), done: Some(done) })
+}
 
+impl ServerHandle {
     /// Waits up to `timeout` for the server to end; `Ok(true)` once it has.
-    pub fn wait(&mut self, timeout: Duration) -> Result<bool, String> {
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
         let Some(done) = self.done.as_mut() else {
             return Ok(true);
         };
@@ -342,17 +169,16 @@ impl RunningServer {
             Err(_) => Ok(false),
             Ok(ended) => {
                 self.done = None;
-                ended.map_err(|_| "the server thread ended abruptly".to_owned())?.map(|()| true)
+                ended.map_err(|_| Error::ThreadEnded)?.map(|()| true)
             }
         }
     }
 
-    /// Asks the server to stop (in-flight requests finish) and frees every reference.
-    pub fn stop(&mut self) -> Vec<Py<PyAny>> {
+    /// Asks the server to stop: it stops accepting, in-flight calls finish, then it ends.
+    pub fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.host.table.clear()
     }
 }
 
@@ -366,8 +192,9 @@ type Routes = tower::util::MapResponse<
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+    scope: ThreadScope,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let routes: Routes = tower::util::MapResponse::new(routes, oversize_to_resource_exhausted);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -388,12 +215,10 @@ async fn accept_loop(
                     }
                 };
                 let (routes, stop, alive) = (routes.clone(), stop_rx.clone(), alive_tx.clone());
-                let spawned = std::thread::Builder::new()
+                std::thread::Builder::new()
                     .name("jac-splice-conn".into())
-                    .spawn(move || serve_connection(stream, routes, stop, alive));
-                if let Err(e) = spawned {
-                    return Err(format!("cannot start a connection thread: {e}"));
-                }
+                    .spawn(move || serve_connection(stream, routes, scope, stop, alive))
+                    .map_err(Error::Thread)?;
             }
         }
     }
@@ -404,34 +229,94 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Serves one connection on this thread (like a threaded server: a lane's calls run right here;
-/// calls from multiplexing clients go to the blocking pool of this thread's runtime).
+/// Serves one connection on this thread (a lane's calls run right here; calls from multiplexing
+/// clients go to the blocking pool of this thread's runtime).
 fn serve_connection(
     stream: std::net::TcpStream,
     routes: Routes,
+    scope: ThreadScope,
     mut stop: tokio::sync::watch::Receiver<()>,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
-    // Attach once and detach for the life of the connection: the thread keeps its Python thread
-    // state, so each call's `Python::attach` only takes the GIL (a thread state would otherwise
-    // be created and destroyed per call).
-    Python::attach(|py| py.detach(|| serve_on(&rt, stream, routes, &mut stop)));
+    scope(Box::new(|| serve_on(&rt, stream, routes, &mut stop)));
     // Calls still running in the blocking pool finish on their own.
     rt.shutdown_background();
 }
+
+/// How long a stopping connection with nothing in flight is still driven before it is closed.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// What ended one turn of a connection thread's runtime.
 enum Turn {
     Job(Job),
     Stop,
+    Idle,
     Done,
 }
 
-/// The connection thread's loop: drive the connection until a lane's request has Python work,
-/// run that work outside the runtime, resume.
+/// The requests a connection has in flight, from arrival to the end of the response body.
+///
+/// Stopping needs it: hyper's graceful shutdown of an HTTP/2 connection waits for the client to
+/// answer a PING, and an idle client lane answers nothing (its runtime runs only during a call),
+/// so a connection with nothing in flight is closed at once instead.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One request in flight; dropped with the response body (or the request, if it never got one).
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A response body that holds its request's place in `InFlight` until it is sent (or dropped).
+#[derive(Debug)]
+struct Guarded {
+    body: tonic::body::Body,
+    _guard: InFlightGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection thread's loop: drive the connection until a lane's request has blocking work,
+/// run that work outside the runtime, resume. Asked to stop, it stops taking new streams and ends
+/// once nothing is in flight.
 fn serve_on(
     rt: &tokio::runtime::Runtime,
     stream: std::net::TcpStream,
@@ -444,9 +329,19 @@ fn serve_on(
     };
     let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
     INLINE.with(|c| *c.borrow_mut() = Some(jobs_tx));
-    let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-        routes,
-        |request: http::Request<hyper::body::Incoming>| request.map(tonic::body::Body::new),
+    let in_flight = Arc::new(InFlight::default());
+    let counted = in_flight.clone();
+    let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let guard = InFlightGuard::new(&counted);
+            let call = tower::ServiceExt::oneshot(routes.clone(), request.map(tonic::body::Body::new));
+            async move {
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| tonic::body::Body::new(Guarded { body, _guard: guard })),
+                )
+            }
+        },
     ));
     let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -463,6 +358,7 @@ fn serve_on(
                 job = jobs.recv() => job.map_or(Turn::Done, Turn::Job),
                 _ = &mut connection => Turn::Done,
                 _ = stop.changed(), if !stopping => Turn::Stop,
+                () = in_flight.idle.notified(), if stopping => Turn::Idle,
             }
         });
         match turn {
@@ -471,7 +367,15 @@ fn serve_on(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
+            Turn::Idle => {}
             Turn::Done => break,
+        }
+        // The idle notification may be stale (from before the stop): only a real zero ends it.
+        if stopping && in_flight.count.load(Ordering::Acquire) == 0 {
+            // Let the last answers leave; a client in a call acks the shutdown and the
+            // connection ends sooner, an idle lane never does.
+            let _ = rt.block_on(tokio::time::timeout(CLOSE_GRACE, &mut connection));
+            break;
         }
     }
     INLINE.with(|c| c.borrow_mut().take());
@@ -481,11 +385,99 @@ fn serve_on(
     }
 }
 
-/// Frees the references of sessions whose lease ended.
-async fn reap(host: Arc<Host>) {
-    let every = (host.table.lease() / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    loop {
-        tokio::time::sleep(every).await;
-        drop_objects(host.table.expire(Instant::now())).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Error as ClientError, Route};
+    use crate::proto::CallRequest;
+    use crate::runtime::rt;
+    use crate::testing::{connect, never, Recorder, Rendezvous, TestModuleServer, BOUND};
+
+    fn grpc_error(code: &str, message: &str) -> http::Response<tonic::body::Body> {
+        let mut response = http::Response::new(tonic::body::Body::empty());
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_str(code).unwrap());
+        response.headers_mut().insert("grpc-message", http::HeaderValue::from_str(message).unwrap());
+        response
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> &str {
+        response.headers()["grpc-status"].to_str().unwrap()
+    }
+
+    #[test]
+    fn oversize_answers_become_resource_exhausted_and_others_stay() {
+        let oversize = grpc_error("11", "Error,%20message%20length%20too%20large:%20found%202097157%20bytes");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(oversize)), "8");
+        let other = grpc_error("11", "index%20out%20of%20range");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(other)), "11");
+        let not_found = grpc_error("5", "message%20length%20too%20large");
+        assert_eq!(status_of(&oversize_to_resource_exhausted(not_found)), "5");
+    }
+
+    #[test]
+    fn only_requests_with_the_lane_marker_are_from_a_lane() {
+        let mut request = Request::new(());
+        assert!(!from_lane(&request));
+        request.metadata_mut().insert(LANE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        assert!(from_lane(&request));
+    }
+
+    #[test]
+    fn inline_work_off_a_connection_thread_runs_on_the_blocking_pool() {
+        let caller = std::thread::current().id();
+        let ran_on = rt()
+            .block_on(async { tokio::time::timeout(BOUND, run_blocking(true, || std::thread::current().id())).await })
+            .unwrap()
+            .unwrap();
+        assert_ne!(ran_on, caller);
+    }
+
+    #[test]
+    fn a_busy_port_is_a_bind_error_naming_it() {
+        let server = TestModuleServer::start(Recorder::default());
+        let routes = tonic::service::Routes::new(crate::proto::module_service_server::ModuleServiceServer::new(
+            Recorder::default(),
+        ));
+        let port = server.addr().port();
+        let err = start("127.0.0.1", port, routes, |run| run(), Box::pin(std::future::pending())).unwrap_err();
+        assert!(matches!(err, Error::Bind { .. }), "{err:?}");
+        assert!(err.to_string().contains(&port.to_string()) && std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn stopping_does_not_wait_for_an_idle_client_lane() {
+        // A lane's connection is driven only during its calls, so it never acks the shutdown.
+        let mut server = TestModuleServer::start(Recorder::default());
+        let connection = connect(server.addr());
+        let route = Route::new(connection.clone(), crate::client::new_session_id(), None);
+        let answered =
+            connection.block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never);
+        answered.unwrap_or_else(|never| match never {}).unwrap();
+        server.handle.stop();
+        assert!(server.handle.wait(BOUND).unwrap(), "the server ended with the idle lane still connected");
+    }
+
+    #[test]
+    fn stopping_lets_the_call_in_flight_finish_then_refuses_new_connections() {
+        let recorder =
+            Recorder { meet: Some(Rendezvous::new(2)), then: Some(Rendezvous::new(2)), ..Recorder::default() };
+        let mut server = TestModuleServer::start(recorder.clone());
+        let addr = server.addr();
+        let connection = connect(addr);
+        let route = Route::new(connection.clone(), crate::client::new_session_id(), None);
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| {
+                connection.block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never)
+            });
+            assert!(recorder.meet.as_ref().unwrap().arrive(), "the call reached the server");
+            server.handle.stop();
+            assert!(recorder.then.as_ref().unwrap().arrive());
+            let answered: Result<_, ClientError> = caller.join().unwrap().unwrap_or_else(|never| match never {});
+            answered.expect("the call in flight was answered");
+        });
+        assert!(server.handle.wait(BOUND).unwrap(), "the server ended");
+        let late = connect(addr);
+        let refused = rt().block_on(async { tokio::time::timeout(BOUND, late.server_kind()).await }).unwrap();
+        assert!(matches!(refused, Err(ClientError::Unreachable { .. })), "{refused:?}");
     }
 }

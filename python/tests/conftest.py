@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable
 
 import pytest
 
@@ -46,8 +47,8 @@ class ModuleServerProcess:
                 stream.close()
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> Optional[str]:
-    box: List[str] = []
+def _read_line(proc: subprocess.Popen, timeout: float) -> str | None:
+    box: list[str] = []
     reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
@@ -73,7 +74,7 @@ def start_server(module: str, *args: str, port: int = 0) -> ModuleServerProcess:
 
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., ModuleServerProcess]]:
-    started: List[ModuleServerProcess] = []
+    started: list[ModuleServerProcess] = []
 
     def factory(module: str = "splice_testmod", *args: str, port: int = 0) -> ModuleServerProcess:
         server = start_server(module, *args, port=port)

@@ -7,12 +7,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 __version__ = "1.2.3"
 
 ANSWER = 42
-_live: "weakref.WeakSet[Thing]" = weakref.WeakSet()
+_live: weakref.WeakSet[Thing] = weakref.WeakSet()
 
 
 class CustomKeyError(KeyError):
@@ -32,7 +33,7 @@ class Thing:
 class Box:
     """A container exercising the forwarded protocols."""
 
-    def __init__(self, items: List[Any]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self.items = list(items)
 
     def __len__(self) -> int:
@@ -53,17 +54,35 @@ class Box:
     def __repr__(self) -> str:
         return f"Box({self.items!r})"
 
-    def __add__(self, other: Any) -> "Box":
+    def __add__(self, other: Any) -> Box:
         extra = other.items if isinstance(other, Box) else list(other)
         return Box(self.items + extra)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Box) and other.items == self.items
 
-    def __lt__(self, other: "Box") -> bool:
+    def __lt__(self, other: Box) -> bool:
         return len(self.items) < len(other.items)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class Gate:
+    """Holds a call until opened: lets a test know a call is in flight without timing it."""
+
+    def __init__(self) -> None:
+        self._entered = threading.Event()
+        self._open = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        self._entered.set()
+        return self._open.wait(timeout)
+
+    def entered(self, timeout: float) -> bool:
+        return self._entered.wait(timeout)
+
+    def open(self) -> None:
+        self._open.set()
 
 
 def identity(x: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from typing import Any, List
+from typing import Any
 
 import pytest
 
@@ -40,6 +40,7 @@ def test_module_that_fails_to_import_exits_with_the_error() -> None:
         [sys.executable, "-m", "jac_splice.server", "broken_mod", "--port", "0"],
         env=server_env(),
         cwd=str(TESTS),
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,
@@ -64,7 +65,7 @@ def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_fac
     server = server_factory()
     splice = jac_splice.connect(server.address)
     tm = splice.import_module("splice_testmod")
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def call() -> None:
         try:

@@ -17,9 +17,10 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def find_binary() -> Optional[str]:
+def find_binary() -> str | None:
     explicit = os.environ.get("JAC_ORC_BIN")
     if explicit:
         return explicit
@@ -62,13 +63,13 @@ class Orchestrator:
     proc: subprocess.Popen
     address: str
     drain: threading.Thread
-    log: List[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def rest(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+    def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path, data=data, method=method, headers={"content-type": "application/json"}
@@ -79,7 +80,7 @@ class Orchestrator:
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read()!r}") from None
 
-    def deploy_module(self, name: str, module: str) -> Dict[str, Any]:
+    def deploy_module(self, name: str, module: str) -> dict[str, Any]:
         body = {"module": "python-module", "config": {"name": name, "module": module}, "wait": True}
         return self.rest("POST", "/deployment", body)  # type: ignore[no-any-return]
 
@@ -108,8 +109,8 @@ def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
         stderr=subprocess.PIPE,
         text=True,
     )
-    log: List[str] = []
-    found: List[str] = []
+    log: list[str] = []
+    found: list[str] = []
     ready = threading.Event()
 
     def drain() -> None:
@@ -141,6 +142,11 @@ def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestra
         yield orc
     finally:
         orc.stop()
+
+
+def test_jac_orc_is_told_by_its_health_service(orchestrator: Orchestrator) -> None:
+    # Before any deployment exists: nothing but the health service is asked.
+    assert jac_splice.connect(orchestrator.url).is_orchestrator is True
 
 
 def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
@@ -187,7 +193,10 @@ def make_wheel(directory: Path, name: str, source: str) -> Path:
     }
 
     def digest(data: bytes) -> str:
-        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        return (
+            "sha256="
+            + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        )
 
     record = "".join(f"{path},{digest(data)},{len(data)}\n" for path, data in files.items())
     record += f"{dist}.dist-info/RECORD,,\n"
@@ -204,10 +213,16 @@ def test_packages_are_installed_into_the_deployments_virtualenv(
 ) -> None:
     # The module exists only in the wheel: the deployment can import it only if the local
     # backend installed `packages` into its virtualenv. --no-index keeps pip off the network.
-    wheel = make_wheel(tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n")
+    wheel = make_wheel(
+        tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n"
+    )
     body = {
         "module": "python-module",
-        "config": {"name": "pkgmod", "module": "splice_pkgmod", "packages": ["--no-index", str(wheel)]},
+        "config": {
+            "name": "pkgmod",
+            "module": "splice_pkgmod",
+            "packages": ["--no-index", str(wheel)],
+        },
     }
     deployed = orchestrator.rest("POST", "/deployment", body)
     assert deployed["deployment"]["status"] == "deployed", deployed

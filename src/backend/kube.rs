@@ -496,14 +496,13 @@ mod tests {
             section: Section::Modules,
             file: "f.yaml".into(),
         };
-        let template = crate::catalog::Catalog::builtin().load("redis", "latest").unwrap();
         Plan {
             id: DeploymentId { namespace: ns.into(), module: "redis".into(), name: "r".into() },
             version: "latest".into(),
             config: Default::default(),
             secret_keys: vec![],
             objects: vec![crate::plan::PlannedObject { object, manifest }],
-            template,
+            local: None,
         }
     }
 

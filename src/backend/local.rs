@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     now_rfc3339, Action, ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status,
 };
-use crate::catalog::LocalBuiltins;
-use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, Readiness, Section};
+use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, Readiness, Section, SlotValues};
 
 const STATE_FILE: &str = "local-state.json";
 /// How long a fresh workload may take to become ready when the caller did not ask to wait.
@@ -132,10 +131,10 @@ impl LocalBackend {
             };
             let id = entry.record.id.clone();
             if let Some(pid) = w.pid {
-                stop_stale(pid, &w.recipe.program);
+                stop_stale(pid, &w.recipe.command(&self.slots(&id, w.port)).program);
             }
             let port = if port_is_free(w.port) { w.port } else { free_port().unwrap_or(w.port) };
-            let recipe = if port == w.port { w.recipe.clone() } else { retarget(&w.recipe, w.port, port) };
+            let recipe = w.recipe.clone();
             match self.start_workload(&id, &recipe, port, DEFAULT_READY_TIMEOUT, &Progress::discard()).await {
                 Ok(pid) => {
                     let mut state = self.state.lock().await;
@@ -153,8 +152,8 @@ impl LocalBackend {
         }
     }
 
-    fn builtins(&self, id: &DeploymentId, port: u16) -> LocalBuiltins {
-        LocalBuiltins {
+    fn slots(&self, id: &DeploymentId, port: u16) -> SlotValues {
+        SlotValues {
             host: "127.0.0.1".into(),
             port,
             data_dir: self.deployment_dir(id).join("data").display().to_string(),
@@ -174,8 +173,9 @@ impl LocalBackend {
         let dir = self.deployment_dir(id);
         std::fs::create_dir_all(dir.join("data"))
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let command = recipe.command(&self.slots(id, port));
         let program = if recipe.packages.is_empty() {
-            recipe.program.clone()
+            command.program.clone()
         } else {
             progress
                 .send(
@@ -183,10 +183,9 @@ impl LocalBackend {
                         .with_message(format!("installing {}", recipe.packages.join(" "))),
                 )
                 .await;
-            prepare_venv(&dir, &recipe.program, &recipe.packages).await?
+            prepare_venv(&dir, &command.program, &recipe.packages).await?
         };
-        let launch =
-            Launch { program, args: recipe.args.clone(), env: recipe.env.clone(), log: dir.join("process.log") };
+        let launch = Launch { program, args: command.args, env: command.env, log: dir.join("process.log") };
         let mut child = launch.spawn()?;
         let pid = child.id().unwrap_or(0);
         let object = process_ref(id).kubectl_name();
@@ -225,15 +224,11 @@ impl Backend for LocalBackend {
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
-        let module = plan.template.module.clone();
-        if !plan.template.has_local_recipe() {
+        let module = plan.id.module.clone();
+        let Some(recipe) = &plan.local else {
             return Err(Error::NoLocalRecipe { module, version: plan.version.clone() });
-        }
-        let recipe = plan
-            .template
-            .render_local(&plan.config, &self.builtins(&plan.id, 0))
-            .map_err(|e| Error::Rejected { object: "local.yaml".into(), message: e.to_string() })?
-            .ok_or_else(|| Error::NoLocalRecipe { module: module.clone(), version: plan.version.clone() })?;
+        };
+        let recipe = recipe.command(&self.slots(&plan.id, 0));
         if find_program(&recipe.program).is_none() {
             return Err(Error::MissingProgram {
                 module,
@@ -294,9 +289,8 @@ impl Backend for LocalBackend {
             None => free_port()?,
         };
         let recipe = plan
-            .template
-            .render_local(&plan.config, &self.builtins(id, port))
-            .map_err(|e| Error::Rejected { object: "local.yaml".into(), message: e.to_string() })?
+            .local
+            .clone()
             .ok_or_else(|| Error::NoLocalRecipe { module: id.module.clone(), version: plan.version.clone() })?;
         let unchanged = prev_workload.as_ref().is_some_and(|w| w.recipe == recipe) && self.is_running(id);
         let mut record = DeploymentRecord {
@@ -410,23 +404,11 @@ fn same_object(a: &ObjectRef, b: &ObjectRef) -> bool {
     a.api_version == b.api_version && a.kind == b.kind && a.name == b.name && a.namespace == b.namespace
 }
 
-/// Replaces a port in rendered arguments when a restored workload must move.
-fn retarget(recipe: &LocalRecipe, old: u16, new: u16) -> LocalRecipe {
-    let mut r = recipe.clone();
-    let (old, new) = (old.to_string(), new.to_string());
-    for a in &mut r.args {
-        if *a == old {
-            a.clone_from(&new);
-        }
-    }
-    r
-}
-
 #[derive(Debug, Clone)]
 struct Launch {
     program: String,
     args: Vec<String>,
-    env: serde_json::Map<String, Value>,
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -440,9 +422,7 @@ impl Launch {
         let log2 = log.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2).kill_on_drop(true);
-        for (k, v) in &self.env {
-            cmd.env(k, v.as_str().unwrap_or_default());
-        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.spawn()
             .map_err(|e| Error::WorkloadFailed { object: self.program.clone(), reason: format!("cannot start: {e}") })
     }
@@ -646,18 +626,5 @@ mod tests {
     fn programs_are_found_on_path_and_missing_ones_are_not() {
         assert!(find_program("sh").is_some());
         assert!(find_program("definitely-not-a-program-jac-orc").is_none());
-    }
-
-    #[test]
-    fn retarget_moves_only_the_port_argument() {
-        let r = LocalRecipe {
-            program: "p".into(),
-            args: vec!["--port".into(), "1234".into(), "x1234".into()],
-            readiness: Readiness::Tcp,
-            protocol: "redis".into(),
-            packages: vec![],
-            env: Default::default(),
-        };
-        assert_eq!(retarget(&r, 1234, 99).args, ["--port", "99", "x1234"]);
     }
 }

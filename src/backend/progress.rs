@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::plan::ObjectRef;
 
@@ -66,20 +67,29 @@ impl ObjectEvent {
 }
 
 /// Sender side handed to backends. Sending never fails loudly: a receiver that went away means
-/// the client left, and the backend still finishes (and records) what it started.
+/// the client left, and the backend still finishes (and records) what it started. Whoever owns
+/// the run cancels [`Progress::caller_gone`] when the caller leaves, so waits stop early.
 #[derive(Debug, Clone)]
 pub struct Progress {
     tx: Option<mpsc::Sender<ObjectEvent>>,
+    gone: CancellationToken,
 }
 
 impl Progress {
     pub fn new(tx: mpsc::Sender<ObjectEvent>) -> Self {
-        Progress { tx: Some(tx) }
+        Progress { tx: Some(tx), gone: CancellationToken::new() }
     }
 
     /// A sink that drops every event (startup `MODULES` replay, tests).
     pub fn discard() -> Self {
-        Progress { tx: None }
+        Progress { tx: None, gone: CancellationToken::new() }
+    }
+
+    /// Ties this run to `token`: cancelling it means the caller has gone.
+    #[must_use]
+    pub fn with_caller(mut self, token: CancellationToken) -> Self {
+        self.gone = token;
+        self
     }
 
     pub async fn send(&self, event: ObjectEvent) {
@@ -89,8 +99,20 @@ impl Progress {
         }
     }
 
-    /// Whether a client is still listening (used to stop waiting on readiness early).
-    pub fn is_closed(&self) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
+    /// Whether the caller has gone (its stream was dropped, or nobody receives the events):
+    /// waiting on readiness for it is pointless.
+    pub fn is_caller_gone(&self) -> bool {
+        self.gone.is_cancelled() || self.tx.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+
+    /// Resolves when the caller has gone; pending forever for runs nobody can leave.
+    pub async fn caller_gone(&self) {
+        match &self.tx {
+            Some(tx) => tokio::select! {
+                () = self.gone.cancelled() => {}
+                () = tx.closed() => {}
+            },
+            None => self.gone.cancelled().await,
+        }
     }
 }

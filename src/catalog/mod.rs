@@ -13,7 +13,7 @@ mod version;
 
 pub use placeholders::{Report, Resolved, Spec, Type};
 pub use store::Catalog;
-pub use version::{Format, LocalBuiltins, Rendered, RenderedFile, TemplateVersion};
+pub use version::{Format, Rendered, RenderedFile, TemplateVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

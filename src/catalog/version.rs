@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::placeholders::{self, Resolved, Spec, Type};
 use super::render::Compiled;
 use super::{legacy, Error, Result};
-use crate::plan::{LocalRecipe, ObjectRef, PlannedObject, Readiness, Section};
+use crate::plan::{LocalRecipe, ObjectRef, PlannedObject, Readiness, RecipeText, Section, Segment, Slot};
 
 const PLACEHOLDERS_FILE: &str = "placeholders.yaml";
 const LOCAL_FILE: &str = "local.yaml";
@@ -54,15 +54,6 @@ pub struct LocalSpec {
     pub packages: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-}
-
-/// Values the local backend supplies to `local.yaml` as `{{local.port}}` etc.
-#[derive(Debug, Clone)]
-pub struct LocalBuiltins {
-    pub host: String,
-    pub port: u16,
-    pub data_dir: String,
-    pub python: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,26 +286,26 @@ impl TemplateVersion {
         Ok(out)
     }
 
-    /// Renders `local.yaml` for a deployment, if this version has one.
-    pub fn render_local(&self, values: &Map<String, Value>, builtins: &LocalBuiltins) -> Result<Option<LocalRecipe>> {
+    /// Renders `local.yaml` for a deployment, if this version has one. What only the local
+    /// backend knows (`{{local.port}}`, `{{local.host}}`, `{{local.data_dir}}`,
+    /// `{{local.python}}`) stays a [`Slot`] in the result, so the backend never renders.
+    pub fn render_local(&self, values: &Map<String, Value>) -> Result<Option<LocalRecipe>> {
         let Some(spec) = &self.local else {
             return Ok(None);
         };
         let origin = format!("{}/{}/{LOCAL_FILE}", self.module, self.version);
+        let markers = SlotMarkers::new();
         let mut ctx = values.clone();
-        ctx.insert(
-            "local".into(),
-            serde_json::json!({
-                "host": builtins.host, "port": builtins.port, "data_dir": builtins.data_dir, "python": builtins.python,
-            }),
-        );
+        ctx.insert("local".into(), markers.context());
         // argv has no shell and no YAML, so values go in as they are.
         let mut hb = Handlebars::new();
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
-        let r = |t: &str| -> Result<String> {
-            hb.render_template(t, &ctx)
-                .map_err(|e| Error::Render { file: origin.clone(), message: e.reason().to_string() })
+        let r = |t: &str| -> Result<RecipeText> {
+            let text = hb
+                .render_template(t, &ctx)
+                .map_err(|e| Error::Render { file: origin.clone(), message: e.reason().to_string() })?;
+            Ok(markers.split(&text))
         };
         let packages = match &spec.packages {
             Some(list) => values
@@ -324,9 +315,9 @@ impl TemplateVersion {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut env = Map::new();
+        let mut env = Vec::with_capacity(spec.env.len());
         for (k, v) in &spec.env {
-            env.insert(k.clone(), Value::String(r(v)?));
+            env.push((k.clone(), r(v)?));
         }
         Ok(Some(LocalRecipe {
             program: r(&spec.program)?,
@@ -336,6 +327,50 @@ impl TemplateVersion {
             packages,
             env,
         }))
+    }
+}
+
+/// Stand-ins rendered where a slot goes: a random nonce per render, so no value a caller sends
+/// can be mistaken for a slot.
+struct SlotMarkers {
+    nonce: String,
+}
+
+impl SlotMarkers {
+    const SLOTS: [(Slot, &'static str); 4] =
+        [(Slot::Host, "host"), (Slot::Port, "port"), (Slot::DataDir, "data_dir"), (Slot::Python, "python")];
+
+    fn new() -> Self {
+        SlotMarkers { nonce: format!("{:016x}", rand::random::<u64>()) }
+    }
+
+    fn marker(&self, name: &str) -> String {
+        format!("\u{1}{}:{name}\u{1}", self.nonce)
+    }
+
+    fn context(&self) -> Value {
+        Value::Object(Self::SLOTS.iter().map(|(_, n)| ((*n).to_string(), Value::String(self.marker(n)))).collect())
+    }
+
+    fn split(&self, text: &str) -> RecipeText {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = Self::SLOTS
+                .iter()
+                .filter_map(|(slot, n)| rest.find(&self.marker(n)).map(|at| (at, *slot, self.marker(n).len())))
+                .min_by_key(|(at, _, _)| *at);
+            let Some((at, slot, len)) = next else { break };
+            if at > 0 {
+                segments.push(Segment::Text(rest[..at].to_string()));
+            }
+            segments.push(Segment::Slot(slot));
+            rest = &rest[at + len..];
+        }
+        if !rest.is_empty() || segments.is_empty() {
+            segments.push(Segment::Text(rest.to_string()));
+        }
+        RecipeText(segments)
     }
 }
 
@@ -375,4 +410,46 @@ fn parse_file(section: Section, file: &RenderedFile) -> Result<Vec<PlannedObject
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::SlotValues;
+
+    #[test]
+    fn local_recipes_leave_backend_values_as_slots() {
+        let catalog = crate::catalog::Catalog::builtin();
+        let redis = catalog.load("redis", "latest").unwrap();
+        let values = redis.resolve(&Map::new(), None).unwrap().values;
+        let recipe = redis.render_local(&values).unwrap().expect("redis has a local recipe");
+        assert!(recipe.args.iter().any(|a| a.uses(Slot::Port)), "{recipe:?}");
+        let slots = SlotValues { host: "127.0.0.1".into(), port: 7001, data_dir: "/d".into(), python: "py".into() };
+        let cmd = recipe.command(&slots);
+        assert_eq!(cmd.program, "redis-server");
+        let at = cmd.args.iter().position(|a| a == "--port").unwrap();
+        assert_eq!(cmd.args[at + 1], "7001");
+        assert!(cmd.args.contains(&"/d".to_string()) && cmd.args.contains(&"1000mb".to_string()), "{cmd:?}");
+    }
+
+    #[test]
+    fn values_that_look_like_slots_stay_text() {
+        let catalog = crate::catalog::Catalog::builtin();
+        let module = catalog.load("python-module", "latest").unwrap();
+        let mut config = Map::new();
+        config.insert("name".into(), "m".into());
+        config.insert("module".into(), "json".into());
+        let mut values = module.resolve(&config, None).unwrap().values;
+        // Not a valid module name, but render_local must never turn a value into a slot.
+        values.insert("module".into(), Value::String("{{local.port}}\u{1}x:port\u{1}".into()));
+        let recipe = module.render_local(&values).unwrap().unwrap();
+        let arg = recipe.args.iter().find(|a| a.fill_test().contains("local.port")).expect("module arg");
+        assert!(!arg.uses(Slot::Port), "{arg:?}");
+    }
+
+    impl RecipeText {
+        fn fill_test(&self) -> String {
+            self.fill(&SlotValues { host: "h".into(), port: 1, data_dir: "d".into(), python: "p".into() })
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod deploy;
 mod dry_run;
 mod grpc_web;
 mod kube;
+mod legacy_store;
 mod proxy;
 mod reflection;
 mod rest;

@@ -79,7 +79,7 @@ pub(crate) async fn wait(
         objects.iter().filter(|o| is_target(o)).map(|o| (o.clone(), None)).collect();
     let max_rounds = timeout.as_millis() / POLL.as_millis() + 2;
     for _ in 0..max_rounds {
-        if progress.is_closed() {
+        if progress.is_caller_gone() {
             return Ok(Outcome::Abandoned);
         }
         let mut still = Vec::with_capacity(pending.len());
