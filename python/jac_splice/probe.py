@@ -20,7 +20,6 @@ import socket
 import struct
 import sys
 import time
-from typing import List, Optional, Tuple
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
@@ -55,7 +54,12 @@ def _header(name: str, value: str) -> bytes:
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
 
 
 def _varint(value: int) -> bytes:
@@ -84,7 +88,9 @@ def request(host: str, port: int, service: str) -> bytes:
         )
     )
     name = service.encode("utf-8")
-    message = (b"\x0a" + _varint(len(name)) + name) if name else b""  # HealthCheckRequest.service = 1
+    message = (
+        (b"\x0a" + _varint(len(name)) + name) if name else b""
+    )  # HealthCheckRequest.service = 1
     body = b"\x00" + struct.pack(">I", len(message)) + message
     return (
         PREFACE
@@ -94,7 +100,7 @@ def request(host: str, port: int, service: str) -> bytes:
     )
 
 
-def _read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while pos < len(data):
         byte = data[pos]
@@ -173,14 +179,17 @@ def check(host: str, port: int, service: str, timeout: float) -> int:
             raise ProbeError(f"no complete answer within {MAX_FRAMES} frames")
     if len(data) < 5:
         # A trailers-only answer: the service is unknown to the server, or the call failed.
-        raise ProbeError(f"no health status for service {service!r} (unknown service or failed call)")
+        raise ProbeError(
+            f"no health status for service {service!r} (unknown service or failed call)"
+        )
     size = struct.unpack(">I", data[1:5])[0]
     return status_of(data[5 : 5 + size])
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m jac_splice.probe", description="Exit 0 if a gRPC server's health is SERVING."
+        prog="python -m jac_splice.probe",
+        description="Exit 0 if a gRPC server's health is SERVING.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
@@ -189,7 +198,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     where = f"{args.host}:{args.port}"
     try:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import jac_splice
 from jac_splice._native import Client
 
 
-def numpy(target: str) -> Dict[str, Any]:
+def numpy(target: str) -> dict[str, Any]:
     started = time.monotonic()
     splice = jac_splice.connect(target)
     np = splice.import_module("numpy")
@@ -34,13 +34,13 @@ def numpy(target: str) -> Dict[str, Any]:
     }
 
 
-def calls(target: str, deployment: str, namespace: str, seconds: float) -> Dict[str, Any]:
+def calls(target: str, deployment: str, namespace: str, seconds: float) -> dict[str, Any]:
     """Calls returning plain values (no object references, so any replica may answer each one)."""
     client = Client(target).via_proxy(deployment, namespace)
     deadline = time.monotonic() + seconds
     done = retried = failed = 0
-    hosts: Dict[str, int] = {}
-    errors: List[str] = []
+    hosts: dict[str, int] = {}
+    errors: list[str] = []
     while time.monotonic() < deadline and done < 100_000:
         for attempt in range(5):
             try:
@@ -59,10 +59,16 @@ def calls(target: str, deployment: str, namespace: str, seconds: float) -> Dict[
                     retried += 1
                     time.sleep(0.2)
         time.sleep(0.05)
-    return {"calls": done, "retried": retried, "failed": failed, "hosts": hosts, "errors": errors[:5]}
+    return {
+        "calls": done,
+        "retried": retried,
+        "failed": failed,
+        "hosts": hosts,
+        "errors": errors[:5],
+    }
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     if argv[:1] == ["numpy"] and len(argv) == 2:
         result = numpy(argv[1])
     elif argv[:1] == ["calls"] and len(argv) == 5:

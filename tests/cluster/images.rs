@@ -106,12 +106,14 @@ fn the_jac_orc_dockerfile_builds_what_the_offline_definition_describes() {
     assert_eq!(def["entrypoint"][0], def["binary"]);
     assert_eq!(one(&stage, "EXPOSE"), def["expose"][0].to_string());
     let (user, home, name) = useradd(&runs(&stage));
-    assert_eq!((user.as_str(), home.as_str(), name.as_str()), (
-        def["user"].as_str().unwrap(),
-        def["home"].as_str().unwrap(),
-        def["user_name"].as_str().unwrap()
-    ));
-    assert!(def["user"].as_str().unwrap().split(':').all(|n| n.parse::<u32>().is_ok_and(|n| n > 0)), "numeric, non-root");
+    assert_eq!(
+        (user.as_str(), home.as_str(), name.as_str()),
+        (def["user"].as_str().unwrap(), def["home"].as_str().unwrap(), def["user_name"].as_str().unwrap())
+    );
+    assert!(
+        def["user"].as_str().unwrap().split(':').all(|n| n.parse::<u32>().is_ok_and(|n| n > 0)),
+        "numeric, non-root"
+    );
 }
 
 #[test]
@@ -127,11 +129,10 @@ fn the_module_dockerfile_builds_what_the_offline_definition_describes() {
     assert_eq!(user, def["user"].as_str().unwrap(), "numeric USER, so runAsNonRoot pods can start");
     assert!(user.split(':').all(|n| n.parse::<u32>().is_ok_and(|n| n > 0)));
     let (uid, home, name) = useradd(&run);
-    assert_eq!((uid.as_str(), home.as_str(), name.as_str()), (
-        def["user"].as_str().unwrap(),
-        def["home"].as_str().unwrap(),
-        def["user_name"].as_str().unwrap()
-    ));
+    assert_eq!(
+        (uid.as_str(), home.as_str(), name.as_str()),
+        (def["user"].as_str().unwrap(), def["home"].as_str().unwrap(), def["user_name"].as_str().unwrap())
+    );
     assert_eq!(one(&stage, "WORKDIR"), def["workdir"].as_str().unwrap());
     assert_eq!(json_of(&one(&stage, "ENTRYPOINT")), def["entrypoint"]);
     assert_eq!(json_of(&one(&stage, "CMD")), def["cmd"]);
@@ -156,7 +157,8 @@ fn manifests_templates_and_the_test_cluster_name_the_defined_images() {
         let probe = format!("exec: {{command: [{}, probe,", defs["jac-orc"]["binary"].as_str().unwrap());
         assert!(text.contains(&probe), "{file}: the exec probe runs the image's binary ({probe})");
     }
-    let placeholders: Value = serde_norway::from_str(&read("templates/python-module/latest/placeholders.yaml")).unwrap();
+    let placeholders: Value =
+        serde_norway::from_str(&read("templates/python-module/latest/placeholders.yaml")).unwrap();
     let default_image = placeholders["placeholders"]["image"]["default"].as_str().unwrap();
     assert_eq!(normalized(default_image), name("jac-splice-module"));
     let module = read("templates/python-module/latest/python-module.yaml");

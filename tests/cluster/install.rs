@@ -44,7 +44,10 @@ async fn kubectl_apply_gives_an_orchestrator_ready_through_its_own_probe_with_it
     assert_eq!(probe.command.as_deref().unwrap()[..2], ["/usr/local/bin/jac-orc".to_string(), "probe".to_string()]);
     node.kubectl(&["exec", "-n", &ns, orc.pod_name(), "--", "/usr/local/bin/jac-orc", "probe", "--port", "8000"]).await;
     let (ok, _, err) = node
-        .kubectl_status(&["exec", "-n", &ns, orc.pod_name(), "--", "/usr/local/bin/jac-orc", "probe", "--port", "1"], None)
+        .kubectl_status(
+            &["exec", "-n", &ns, orc.pod_name(), "--", "/usr/local/bin/jac-orc", "probe", "--port", "1"],
+            None,
+        )
         .await;
     assert!(!ok, "the probe must fail where nothing listens: {err}");
 
@@ -56,7 +59,9 @@ async fn kubectl_apply_gives_an_orchestrator_ready_through_its_own_probe_with_it
     let sa = format!("system:serviceaccount:{ns}:jac-orc");
     assert!(allowed(&node.client, &sa, "create", "apps", "deployments", &ns).await);
     assert!(allowed(&node.client, &sa, "patch", "", "services", &ns).await);
-    for (verb, group, resource) in [("list", "", "nodes"), ("create", "", "namespaces"), ("create", "apps", "deployments")] {
+    for (verb, group, resource) in
+        [("list", "", "nodes"), ("create", "", "namespaces"), ("create", "apps", "deployments")]
+    {
         let scope = if resource == "deployments" { "kube-system" } else { "" };
         assert!(!allowed(&node.client, &sa, verb, group, resource, scope).await, "must not {verb} {resource} {scope}");
     }

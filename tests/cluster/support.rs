@@ -275,7 +275,9 @@ pub async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, not: Opt
             });
             if let Some(w) = &waiting {
                 assert!(
-                    !["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "ErrImageNeverPull"].iter().any(|r| w.starts_with(r)),
+                    !["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "ErrImageNeverPull"]
+                        .iter()
+                        .any(|r| w.starts_with(r)),
                     "pod {:?} in {ns} will not become Ready: {w}",
                     p.metadata.name
                 );

@@ -27,11 +27,10 @@ async fn versions(client: &kube::Client, ns: &str) -> Vec<Option<String>> {
     let svc = timed(Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns).get("cache")).await;
     let cm = timed(Api::<ConfigMap>::namespaced(client.clone(), ns).get("cache")).await;
     let dep = timed(Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns).get("cache")).await;
-    let records = timed(
-        Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default().labels("jac-orc/record=true")),
-    )
-    .await
-    .unwrap();
+    let records =
+        timed(Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default().labels("jac-orc/record=true")))
+            .await
+            .unwrap();
     let mut out = vec![rv(&svc.unwrap().metadata), rv(&cm.unwrap().metadata), rv(&dep.unwrap().metadata)];
     out.extend(records.items.iter().map(|s| rv(&s.metadata)));
     out
@@ -81,8 +80,10 @@ async fn numpy_computes_in_its_pod_for_a_python_client_on_this_machine() {
     let ns = orc.namespace.clone();
     let started = Instant::now();
     let (status, body) = orc
-        .deploy(json!({"module": "python-module", "config": small(json!({"name": "np", "module": "numpy", "packages": []})),
-            "wait": true, "wait_timeout_seconds": 120}))
+        .deploy(
+            json!({"module": "python-module", "config": small(json!({"name": "np", "module": "numpy", "packages": []})),
+            "wait": true, "wait_timeout_seconds": 120}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let deploy_to_ready = started.elapsed();
@@ -90,10 +91,7 @@ async fn numpy_computes_in_its_pod_for_a_python_client_on_this_machine() {
     let pod = ready_pod(&node.client, &ns, "jac-orc/module-server=np", None).await;
     let result = drive(&["numpy", &orc.target()]).await;
     timing("numpy: deploy → first call answered (incl. Python start)", started.elapsed());
-    timing(
-        "numpy: first call, connect included",
-        Duration::from_secs_f64(result["first_call_s"].as_f64().unwrap()),
-    );
+    timing("numpy: first call, connect included", Duration::from_secs_f64(result["first_call_s"].as_f64().unwrap()));
     assert_eq!(result["orchestrator"], true, "{result}");
     assert_eq!(result["sum"], 10, "{result}");
     assert_eq!(result["mean"], 4.5, "{result}");
@@ -114,7 +112,7 @@ async fn two_replicas_serve_and_plain_calls_survive_deleting_one_of_them() {
         .await;
     assert_eq!(status, 200, "{body}");
     let selector = "jac-orc/module-server=np2";
-    let pods_now: Vec<Pod> = pods(&node.client, &ns, selector).await.into_iter().filter(|p| is_ready(p)).collect();
+    let pods_now: Vec<Pod> = pods(&node.client, &ns, selector).await.into_iter().filter(is_ready).collect();
     assert_eq!(pods_now.len(), 2, "two Ready pods");
     let mut pod_ips: Vec<String> = pods_now.iter().map(|p| pod_ip(p).to_string()).collect();
     pod_ips.sort();

@@ -210,7 +210,10 @@ async fn dry_run_rejections_carry_the_server_message() {
         .await
         .expect("dry run hung")
         .unwrap_err();
-    assert!(matches!(&err, Error::Rejected { object, message } if object == "configmap/cm" && message == msg), "{err:?}");
+    assert!(
+        matches!(&err, Error::Rejected { object, message } if object == "configmap/cm" && message == msg),
+        "{err:?}"
+    );
     server.await.unwrap();
 }
 

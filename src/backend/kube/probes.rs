@@ -43,7 +43,7 @@ pub(crate) fn grpc_probes_supported(major: &str, minor: &str) -> bool {
 }
 
 /// The pod template (`metadata` + `spec`) of a workload manifest, if it has one.
-fn pod_template_mut<'a>(manifest: &'a mut Value) -> Option<&'a mut Value> {
+fn pod_template_mut(manifest: &mut Value) -> Option<&mut Value> {
     let kind = manifest.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     match kind.as_str() {
         "Pod" => Some(manifest),
@@ -61,7 +61,8 @@ pub(crate) fn adapt(manifest: &mut Value, supported: bool, object: &str, server:
     let Some(template) = pod_template_mut(manifest) else {
         return Ok(());
     };
-    let declared = template.pointer(&format!("/metadata/annotations/{}", ANNOTATION_GRPC_PROBE_EXEC.replace('/', "~1")));
+    let declared =
+        template.pointer(&format!("/metadata/annotations/{}", ANNOTATION_GRPC_PROBE_EXEC.replace('/', "~1")));
     let fallback = match declared {
         None => Fallback::None,
         Some(v) => Fallback::parse(v).map_err(|message| Error::Rejected {
@@ -140,9 +141,11 @@ impl Fallback {
         };
         match &parsed {
             Value::Array(_) => Ok(Fallback::All(argv(&parsed)?)),
-            Value::Object(map) => {
-                map.iter().map(|(k, v)| Ok((k.clone(), argv(v)?))).collect::<Result<_, String>>().map(Fallback::PerContainer)
-            }
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), argv(v)?)))
+                .collect::<Result<_, String>>()
+                .map(Fallback::PerContainer),
             _ => Err("must be a JSON list (every container) or an object of container name to list".into()),
         }
     }
@@ -231,10 +234,7 @@ mod tests {
     fn per_container_fallbacks_and_bad_declarations() {
         let mut d = deployment(Some(r#"{"module-server": ["/probe"]}"#));
         adapt(&mut d, false, "x", "v1.20.2").unwrap();
-        assert_eq!(
-            d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"][0],
-            "/probe"
-        );
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"][0], "/probe");
         let mut other = deployment(Some(r#"{"sidecar": ["/probe"]}"#));
         assert!(adapt(&mut other, false, "x", "v1.20.2").is_err(), "no fallback for module-server");
         for bad in ["not json", "[]", "[1]", r#"{"module-server": "python"}"#, "7"] {
@@ -253,6 +253,9 @@ mod tests {
         let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": {ANNOTATION_GRPC_PROBE_EXEC: "[\"/p\"]"}},
             "spec": {"containers": [{"name": "c", "readinessProbe": {"grpc": {"port": 9}}}]}});
         adapt(&mut pod, false, "pod/p", "v1.20.2").unwrap();
-        assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["exec"]["command"], json!(["/p", "--port", "9", "--timeout", "1"]));
+        assert_eq!(
+            pod["spec"]["containers"][0]["readinessProbe"]["exec"]["command"],
+            json!(["/p", "--port", "9", "--timeout", "1"])
+        );
     }
 }

@@ -296,7 +296,9 @@ pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
                 if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
                     let said = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
                     match said {
-                        Some(m) => out.push_str(&format!("; last exit code {}: {}", t.exit_code, tail(m, LAST_MESSAGE))),
+                        Some(m) => {
+                            out.push_str(&format!("; last exit code {}: {}", t.exit_code, tail(m, LAST_MESSAGE)))
+                        }
                         None => out.push_str(&format!(
                             "; last exit code {} ({})",
                             t.exit_code,
@@ -386,11 +388,13 @@ mod tests {
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
         assert_eq!(pod_state(&creating), State::Waiting("Pending".into()));
-        let crashing = pod(json!({"phase": "Running", "containerStatuses": [{"name": "module-server", "image": "i", "imageID": "",
+        let crashing = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "module-server", "image": "i", "imageID": "",
             "ready": false, "restartCount": 2,
             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
             "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
-                "message": "jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")\n"}}}]}));
+                "message": "jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")\n"}}}]}),
+        );
         assert_eq!(
             pod_failure(&crashing).as_deref(),
             Some("CrashLoopBackOff (container module-server): back-off 20s restarting failed container; last exit code 1: \

@@ -138,7 +138,6 @@ async fn mongodb_crd_operator_and_custom_resource_deploy_and_shared_objects_are_
     assert!(exists(&deployments, "jac-orc-mongodb-operator").await);
 }
 
-
 #[tokio::test]
 async fn undeploy_removes_one_deployment_and_leaves_another_alone() {
     let Some(mut c) = Cluster::connect().await else {
@@ -230,7 +229,6 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
     assert_eq!(names, (0..20).map(|i| format!("r{i}")).collect());
 }
 
-
 /// A plan whose Deployment the API server refuses (replicas must be >= 0).
 async fn rejected_plan(svc: &Service, ns: &str) -> Plan {
     let mut p = plan(svc, "redis", ns, "cache", json!({})).await;
@@ -313,7 +311,8 @@ async fn a_rejected_deploy_into_a_new_namespace_removes_the_namespace_it_created
     assert_rejected_deployment(&err);
     assert_eq!(lines(&drain(rx)), ["deployment.apps/cache failed"], "no `namespace created` event either");
     let namespaces = Api::<Namespace>::all(c.client.clone());
-    let gone = timed(namespaces.get_opt(&target)).await.unwrap().is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    let gone =
+        timed(namespaces.get_opt(&target)).await.unwrap().is_none_or(|n| n.metadata.deletion_timestamp.is_some());
     assert!(gone, "namespace {target} was created by the rejected deploy and must be deleted");
 }
 

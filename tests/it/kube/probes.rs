@@ -28,11 +28,9 @@ fn python_has_jac_splice() -> bool {
 
 /// Runs a probe command to completion (bounded) and returns (success, stderr).
 async fn run_probe(program: &str, args: &[&str]) -> (bool, String) {
-    let out = timed(
-        tokio::process::Command::new(program).args(args).stdin(Stdio::null()).kill_on_drop(true).output(),
-    )
-    .await
-    .expect("probe runs");
+    let out = timed(tokio::process::Command::new(program).args(args).stdin(Stdio::null()).kill_on_drop(true).output())
+        .await
+        .expect("probe runs");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
