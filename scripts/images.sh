@@ -16,7 +16,8 @@
 #
 # Inputs: the jac-orc binary ($JAC_ORC_BIN, else `cargo build --release --bin jac-orc` is run so it is
 # never stale), the jac-splice wheel ($JAC_SPLICE_WHEEL, else the newest in
-# $JAC_ORC_CACHE/target-python/wheels, built by python/scripts/build.sh), the pause binary of
+# $JAC_ORC_PYTHON_TARGET_DIR/wheels (default $JAC_ORC_CACHE/target-python), built by
+# python/scripts/build.sh), the pause binary of
 # `k8s-test-cluster.sh build --node`, numpy (pip-downloaded on the host once: pip inside the chroot
 # cannot verify TLS here). Base rootfs tarballs are cached by a hash of (mirror, suite, packages,
 # debootstrap version), images by a hash of their inputs (binary, wheel, definitions, these scripts),
@@ -27,6 +28,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE_ROOT=${JAC_ORC_CACHE:-/var/cache/jac-splice-orc}
 IMAGES=${JAC_ORC_IMAGES:-$CACHE_ROOT/images}
 K8S_CACHE=${JAC_ORC_K8S_CACHE:-$CACHE_ROOT/k8s}
+WHEELS=${JAC_ORC_PYTHON_TARGET_DIR:-$CACHE_ROOT/target-python}/wheels
 DEFS=$ROOT/images/images.json
 SUITE=bookworm
 APT_LOCK=(-o DPkg::Lock::Timeout=600)
@@ -142,9 +144,9 @@ splice_wheel() {
     echo "$JAC_SPLICE_WHEEL"; return
   fi
   local w
-  w=$(find "$CACHE_ROOT/target-python/wheels" -maxdepth 1 -name 'jac_splice-*.whl' -printf '%T@ %p\n' 2>/dev/null |
+  w=$(find "$WHEELS" -maxdepth 1 -name 'jac_splice-*.whl' -printf '%T@ %p\n' 2>/dev/null |
     sort -n | tail -1 | cut -d' ' -f2- || true)
-  [ -n "$w" ] || die "no jac-splice wheel in $CACHE_ROOT/target-python/wheels: run python/scripts/build.sh (or set JAC_SPLICE_WHEEL)"
+  [ -n "$w" ] || die "no jac-splice wheel in $WHEELS: run python/scripts/build.sh (or set JAC_SPLICE_WHEEL)"
   echo "$w"
 }
 

@@ -351,7 +351,11 @@ remove_guards() {
       # shellcheck disable=SC2086
       set -- $line
       local tool=$1 table=$2 chain=$3; shift 3
-      while "$tool" -w 5 -t "$table" -C "$chain" "$@" 2>/dev/null; do "$tool" -w 5 -t "$table" -D "$chain" "$@"; done
+      local i
+      for ((i = 0; i < 10; i++)); do     # a rule inserted twice by two crashed runs goes too
+        "$tool" -w 5 -t "$table" -C "$chain" "$@" 2>/dev/null || break
+        "$tool" -w 5 -t "$table" -D "$chain" "$@"
+      done
     done < "$NODE_RUN/guards"
     rm -f "$NODE_RUN/guards"
   fi

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 CACHE=${JAC_ORC_CACHE:-/var/cache/jac-splice-orc}
 export JAC_ORC_CACHE=$CACHE
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+# The Python package's own cargo target (its wheel lands in wheels/, where scripts/images.sh looks).
+export JAC_ORC_PYTHON_TARGET_DIR=${JAC_ORC_PYTHON_TARGET_DIR:-$CACHE/target-python}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 mkdir -p "$CACHE"
 STARTED=$SECONDS
@@ -48,7 +50,7 @@ step "Python: jac-splice build (installed into python3), stubs and pytest"
 # The orchestrator tests in pytest drive the debug jac-orc binary.
 cargo build --locked --bin jac-orc
 debug_bin=$CARGO_TARGET_DIR/debug/jac-orc
-JAC_ORC_BIN=$debug_bin JAC_ORC_REQUIRE_BIN=1 CARGO_TARGET_DIR=$CACHE/target-python bash python/scripts/test.sh
+JAC_ORC_BIN=$debug_bin JAC_ORC_REQUIRE_BIN=1 CARGO_TARGET_DIR=$JAC_ORC_PYTHON_TARGET_DIR bash python/scripts/test.sh
 
 step "cargo test (unit, integration, and against the test Kubernetes API server)"
 # `run` starts etcd + kube-apiserver + kube-controller-manager on free loopback ports, exports
