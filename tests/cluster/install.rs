@@ -1,6 +1,7 @@
 //! Installing the orchestrator with its manifest: Ready through its own probe, its own
 //! ServiceAccount and RBAC, the Service on ports 80 and 8000, deployments that survive a replaced
-//! pod, `MODULES` replayed at start, and the namespaced install's limits.
+//! pod, `MODULES` replayed at start, the namespaced install's limits, and templates from a
+//! ConfigMap volume.
 
 use std::time::{Duration, Instant};
 
@@ -158,4 +159,54 @@ async fn a_namespaced_install_may_not_deploy_into_another_namespace() {
     assert!(pods(&node.client, &other, "pod=escape").await.is_empty());
     let listed: Value = orc.get("/deployment").await.1;
     assert!(!listed.to_string().contains("escape"), "no record of a refused deploy: {listed}");
+}
+
+/// `--manifests-path` on a ConfigMap volume, as a cluster admin would ship custom templates: the
+/// kubelet mounts every file (and, with nested `items[].path`, every folder) as a link into a
+/// hidden `..data/` directory.
+#[tokio::test]
+async fn templates_from_a_config_map_volume_load() {
+    let Some(mut node) = Node::connect().await else {
+        return;
+    };
+    let orc = node.install("configmap", None).await;
+    let ns = orc.namespace.clone();
+    let builtin = |f: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/redis/latest").join(f))
+            .unwrap()
+    };
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "jac-orc-templates"},
+        "data": {"placeholders": builtin("placeholders.yaml"), "redis": builtin("redis.yaml")}
+    }))
+    .unwrap();
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(node.client.clone(), &ns);
+    timed(cms.create(&PostParams::default(), &cm)).await.unwrap();
+    // Lists merge by name (volumes, containers, env) and mountPath (volumeMounts).
+    let patch = json!({"spec": {"template": {"spec": {
+        "volumes": [{"name": "templates", "configMap": {"name": "jac-orc-templates", "items": [
+            {"key": "placeholders", "path": "redis/from-configmap/placeholders.yaml"},
+            {"key": "redis", "path": "redis/from-configmap/redis.yaml"}]}}],
+        "containers": [{"name": "jac-orc",
+            "volumeMounts": [{"name": "templates", "mountPath": "/templates", "readOnly": true}],
+            "env": [{"name": "MANIFESTS_PATH", "value": "/templates"}]}]}}}});
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(node.client.clone(), &ns);
+    timed(deployments.patch("jac-orc", &PatchParams::default(), &Patch::Strategic(&patch))).await.unwrap();
+    let pod = ready_pod(&node.client, &ns, "app=jac-orc", Some(orc.pod_name())).await;
+    let orc = Orchestrator::new(ns.clone(), pod);
+    let (status, templates) = orc.get("/templates").await;
+    assert_eq!(status, 200, "{templates}");
+    assert!(templates.to_string().contains("from-configmap"), "{templates}");
+    let (status, body) = orc
+        .post(
+            "/deployment/dry_run",
+            json!({"module": "redis", "version": "from-configmap", "config": {"name": "fromcm"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("fromcm") && text.contains("maxmemory"),
+        "rendered with the ConfigMap's placeholders: {text}"
+    );
 }

@@ -205,6 +205,12 @@ impl Orchestrator {
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = timed(self.http.post(self.url(path)).json(&body).send()).await.expect("answered");
+        let status = r.status().as_u16();
+        (status, timed(r.json()).await.expect("JSON body"))
+    }
+
     pub async fn undeploy(&self, ns: &str, module: &str, name: &str) -> (u16, Value) {
         let r = timed(self.http.delete(self.url(&format!("/deployment/{ns}/{module}/{name}"))).send())
             .await
