@@ -55,6 +55,19 @@ PY
 words() { python3 -c 'import json, sys; [print(w) for w in json.loads(sys.argv[1])]' "$1"; }
 
 sha() { sha256sum "$@" | awk '{print $1}' | sha256sum | cut -c1-16; }
+# A wheel's identity by content (member names and bytes), not by its zip's bytes: maturin writes
+# fresh timestamps on every build, which must not rebuild the image.
+wheel_sha() {
+  python3 - "$@" <<'PY' | cut -c1-16
+import hashlib, sys, zipfile
+h = hashlib.sha256()
+for path in sys.argv[1:]:
+    with zipfile.ZipFile(path) as z:
+        for name in sorted(z.namelist()):
+            h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
+print(h.hexdigest())
+PY
+}
 sha_text() { printf '%s' "$*" | sha256sum | cut -c1-16; }
 
 mirror() {
@@ -195,7 +208,7 @@ build_module() {
   mapfile -t pkgs < <(words "$(def jac-splice-module base.packages)")
   base=$(base_rootfs "${pkgs[@]}")
   user=$(def jac-splice-module user)
-  key=$(sha_text "$(builder_key) $(basename "$base") $(sha "$wheel" "$wheels"/*.whl)")
+  key=$(sha_text "$(builder_key) $(basename "$base") $(wheel_sha "$wheel" "$wheels"/*.whl)")
   out=$(archive jac-splice-module "$key")
   if [ -f "$out" ]; then echo "$out"; return; fi
   r=$IMAGES/work/jac-splice-module; fresh_rootfs "$base" "$r"
