@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::backend;
+use crate::backend::{self, local};
 use crate::catalog;
 use crate::proxy;
 use crate::service::Error;
@@ -65,12 +65,7 @@ pub fn classify(e: &Error) -> Class {
 fn classify_backend(b: &backend::Error) -> Class {
     use StatusCode as H;
     match b {
-        backend::Error::MissingProgram { .. } => {
-            class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "PROGRAM_MISSING")
-        }
-        backend::Error::NoLocalRecipe { .. } => {
-            class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_LOCAL_RECIPE")
-        }
+        backend::Error::Local(l) => classify_local(l),
         backend::Error::Rejected { .. } => class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED"),
         backend::Error::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
         backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
@@ -81,6 +76,29 @@ fn classify_backend(b: &backend::Error) -> Class {
         backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
         backend::Error::Unavailable(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+fn classify_local(l: &local::Error) -> Class {
+    use local::Error as L;
+    use StatusCode as H;
+    match l {
+        L::MissingProgram { .. } => class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "PROGRAM_MISSING"),
+        L::NoLocalRecipe { .. } => class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_LOCAL_RECIPE"),
+        L::Spawn { .. } | L::Exited { .. } | L::Venv { .. } => {
+            class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
+        }
+        L::NotReady { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
+        L::Locked { .. } => class(Code::FailedPrecondition, H::CONFLICT, "DATA_DIR_LOCKED"),
+        L::ShuttingDown => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        L::NoFreePort(_) => class(Code::ResourceExhausted, H::SERVICE_UNAVAILABLE, "NO_FREE_PORT"),
+        L::Lock { .. }
+        | L::Io { .. }
+        | L::CorruptState { .. }
+        | L::StateFormat { .. }
+        | L::MissingSecret { .. }
+        | L::Encode(_)
+        | L::Blocking(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
     }
 }
 

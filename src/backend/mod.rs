@@ -22,12 +22,9 @@ pub const REDACTED: &str = "<redacted>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The local machine cannot run this template version (e.g. `mongod` is not installed).
-    #[error("{module} cannot run on the local backend: program `{program}` was not found on PATH{hint}")]
-    MissingProgram { module: String, program: String, hint: String },
-    /// The template version has no local recipe at all.
-    #[error("{module} {version} has no local recipe (local.yaml), so the local backend cannot run it; deploy it to a Kubernetes cluster instead")]
-    NoLocalRecipe { module: String, version: String },
+    /// What only the local backend can fail at (a missing program, its data dir, its processes).
+    #[error(transparent)]
+    Local(#[from] local::Error),
     /// The API server (or the local backend's validation) rejected an object.
     #[error("{object} was rejected: {message}")]
     Rejected { object: String, message: String },

@@ -90,10 +90,11 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // Child processes are spawned with kill_on_drop; sending shutdown here covers tests
-        // that panic before calling stop().
+        // Workloads outlive a dropped backend (as they outlive a crash): a test that panics
+        // before calling stop() kills them here.
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+            self.backend.kill_all_now();
         }
     }
 }
