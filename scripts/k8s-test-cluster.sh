@@ -491,7 +491,8 @@ import_images() {
     digest=${name#* }; name=${name% *}
     have=$(node_ctr images ls -q "name==$name" 2>/dev/null | head -1)
     if [ -n "$have" ] && node_ctr images ls "name==$name" | grep -q "$digest"; then continue; fi
-    node_ctr images import --all-platforms "$tar" >/dev/null
+    # Hundreds of MB on a loaded machine: a generous bound of its own.
+    timeout 600 ctr --address "$NODE_RUN/containerd.sock" -n k8s.io images import --all-platforms "$tar" >/dev/null
     n=$((n + 1))
   done
   log "images: imported $n, the rest were present ($(since "$t0") s)"
@@ -549,7 +550,7 @@ cmd_start_node() {
     --nodeport-addresses=$NODE_CIDR --healthz-bind-address=127.0.0.1:10256 --metrics-bind-address=127.0.0.1:10249 \
     --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
   wait_for "node registered" 120 node_kc get node $NODE_NAME
-  wait_for "node Ready" 180 bash -c "kubectl --kubeconfig='$NODE_STATE/admin.kubeconfig' get node $NODE_NAME \
+  wait_for "node Ready" 180 bash -c "kubectl --kubeconfig='$NODE_STATE/admin.kubeconfig' --request-timeout=5s get node $NODE_NAME \
     -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
   wait_for "default ServiceAccount" 60 node_kc get serviceaccount default
   local up
