@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// `PING` in the inline protocol; the answer line.
-fn redis_ping(ip: &str) -> String {
+/// One command in redis's inline protocol; the raw answer.
+fn redis(ip: &str, command: &str) -> String {
     let mut s = std::net::TcpStream::connect((ip, 6379)).expect("redis accepts connections");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"PING\r\n").unwrap();
-    let mut buf = [0u8; 64];
+    s.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap();
     String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
 }
@@ -51,8 +51,11 @@ async fn redis_through_the_in_cluster_orchestrator_answers_ping_redeploys_unchan
     assert_eq!(body["deployment"]["status"], "deployed", "{body}");
     timing("redis: deploy with wait → pod Ready", started.elapsed());
     let pod = ready_pod(&node.client, &ns, "pod=cache", None).await;
-    assert_eq!(redis_ping(pod_ip(&pod)), "+PONG");
+    assert_eq!(redis(pod_ip(&pod), "PING"), "+PONG");
     timing("redis: deploy → first PONG", started.elapsed());
+    // The template's command line and ConfigMap are what the server runs with.
+    let maxmemory = redis(pod_ip(&pod), "CONFIG GET maxmemory");
+    assert!(maxmemory.ends_with(&(64u64 << 20).to_string()), "maxmemory 64mb from the ConfigMap: {maxmemory:?}");
 
     let before = versions(&node.client, &ns).await;
     let (status, body) = orc.deploy(request).await;
