@@ -56,14 +56,16 @@ words() { python3 -c 'import json, sys; [print(w) for w in json.loads(sys.argv[1
 
 sha() { sha256sum "$@" | awk '{print $1}' | sha256sum | cut -c1-16; }
 # A wheel's identity by content (member names and bytes), not by its zip's bytes: maturin writes
-# fresh timestamps on every build, which must not rebuild the image.
+# fresh timestamps on every build, and a fresh SBOM (serial number, time) with the RECORD that
+# lists its hash; none of that may rebuild the image.
 wheel_sha() {
   python3 - "$@" <<'PY' | cut -c1-16
-import hashlib, sys, zipfile
+import hashlib, re, sys, zipfile
+volatile = re.compile(r"\.dist-info/(RECORD|sboms/.*)$")
 h = hashlib.sha256()
 for path in sys.argv[1:]:
     with zipfile.ZipFile(path) as z:
-        for name in sorted(z.namelist()):
+        for name in sorted(n for n in z.namelist() if not volatile.search(n)):
             h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
 print(h.hexdigest())
 PY
