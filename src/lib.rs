@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod pb;
 pub mod plan;
+pub mod probe;
 pub mod proxy;
 pub mod server;
 pub mod service;

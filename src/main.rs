@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             Command::Get(a) => commands::get(a).await,
             Command::List(a) => commands::list(a).await,
             Command::Templates(a) => commands::templates(a).await,
+            Command::Probe(a) => jac_splice_orc::probe::run(&a).await.map_err(Into::into),
         }
     });
     match result {
