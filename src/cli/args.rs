@@ -39,6 +39,8 @@ pub enum Command {
     List(ListArgs),
     /// List template modules and versions.
     Templates(TemplatesArgs),
+    /// Check a running jac-orc's gRPC health (the exec form of its readiness probe).
+    Probe(super::probe::ProbeArgs),
 }
 
 #[derive(Debug, Args)]

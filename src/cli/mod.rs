@@ -1,11 +1,12 @@
 //! The `jac-orc` command line. [`args`] holds the clap types; [`run`] starts the runtime and
-//! runs one command: `serve` (the server's wiring, in `serve`) or a client command (in
-//! `client`), which talks to a running orchestrator over gRPC and prints the service's views
-//! through `output`.
+//! runs one command: `serve` (the server's wiring, in `serve`), a client command (in `client`),
+//! which talks to a running orchestrator over gRPC and prints the service's views through
+//! `output`, or [`probe`], the exec form of the orchestrator's readiness probe.
 
 pub mod args;
 mod client;
 mod output;
+pub mod probe;
 mod serve;
 
 use std::io::ErrorKind;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Get(a) => client::get(a).await,
             Command::List(a) => client::list(a).await,
             Command::Templates(a) => client::templates(a).await,
+            Command::Probe(a) => Ok(probe::run(&a).await?),
         }
     })
 }

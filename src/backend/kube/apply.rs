@@ -1,5 +1,7 @@
 //! Server-side apply of one planned object, and what it did: `created` (absent before),
-//! `unchanged` (the resourceVersion did not move, so nothing was written) or `configured`.
+//! `unchanged` (the resourceVersion did not move, so nothing was written) or `configured`; and the
+//! same apply as a server-side dry run (`dryRun=All`), which validates an object (schema,
+//! admission, field-manager conflicts) without persisting anything.
 
 use std::time::Duration;
 
@@ -11,7 +13,8 @@ use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use serde_json::{Map, Value};
 
 use super::discovery::{gvk_of, no_match, Resolver};
-use super::errors::{api_error, apply_error};
+use super::errors::{api_error, apply_error, is_not_found};
+use super::probes;
 use crate::backend::{Action, Error, Result};
 use crate::plan::{
     DeploymentId, ObjectRef, PlannedObject, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODULE,
@@ -166,15 +169,77 @@ pub(crate) fn api_for(
     }
 }
 
+/// What the API server supports, learnt once from `/version`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerFeatures {
+    /// e.g. `v1.20.2`, for messages.
+    pub(crate) version: String,
+    /// Native gRPC probes (1.24+); otherwise they are rewritten into exec probes ([`probes`]).
+    pub(crate) grpc_probes: bool,
+}
+
 pub(crate) struct Applier<'a> {
     pub(crate) client: &'a kube::Client,
     pub(crate) resolver: &'a Resolver,
     pub(crate) field_manager: &'a str,
     pub(crate) force: bool,
     pub(crate) crd_timeout: Duration,
+    pub(crate) server: &'a ServerFeatures,
+}
+
+/// An object ready to send: its API, exact reference and final manifest.
+struct Prepared {
+    api: Api<DynamicObject>,
+    object: ObjectRef,
+    manifest: Value,
+    label: String,
 }
 
 impl Applier<'_> {
+    /// The manifest as it will be applied (labels, quantities, probes for this server) and its API.
+    /// `Ok(None)` when the kind is not served (yet).
+    async fn prepare(&self, planned: &PlannedObject, id: &DeploymentId, version: &str) -> Result<Option<Prepared>> {
+        let label = planned.object.kubectl_name();
+        let Some(resolved) = self.resolver.resolve(&gvk_of(&planned.object)).await.map_err(|e| api_error(&label, e))?
+        else {
+            return Ok(None);
+        };
+        let mut manifest = planned.manifest.clone();
+        ensure_labels(&mut manifest, id, version);
+        normalize_quantities(&mut manifest);
+        probes::adapt(&mut manifest, self.server.grpc_probes, &label, &self.server.version)?;
+        let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
+        let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
+        Ok(Some(Prepared { api, object, manifest, label }))
+    }
+
+    fn params(&self, dry_run: bool) -> PatchParams {
+        let mut params = PatchParams::apply(self.field_manager);
+        if self.force {
+            params = params.force();
+        }
+        params.dry_run = dry_run;
+        params
+    }
+
+    /// Validates one object with a server-side dry run of the apply. `Ok(false)`: it could not
+    /// be checked before the plan runs: its kind is not served yet (a custom resource whose CRD
+    /// the same plan applies), or the server answered 404 because something it refers to does not
+    /// exist yet (a RoleBinding's Role, its Namespace), which the plan creates before it.
+    pub(crate) async fn dry_run(&self, planned: &PlannedObject, id: &DeploymentId, version: &str) -> Result<bool> {
+        let Some(p) = self.prepare(planned, id, version).await? else {
+            return Ok(false);
+        };
+        match p.api.patch(&p.object.name, &self.params(true), &Patch::Apply(&p.manifest)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => {
+                tracing::debug!(object = %p.label, error = %e, "dry run cannot check this object before the plan runs");
+                Ok(false)
+            }
+            Err(e) => Err(apply_error(&p.label, e)),
+        }
+    }
+
     /// Applies one object; returns its exact reference (namespace per discovery) and the action.
     pub(crate) async fn apply(
         &self,
@@ -182,26 +247,13 @@ impl Applier<'_> {
         id: &DeploymentId,
         version: &str,
     ) -> Result<(ObjectRef, Action)> {
-        let label = planned.object.kubectl_name();
-        let resolved = self
-            .resolver
-            .resolve(&gvk_of(&planned.object))
-            .await
-            .map_err(|e| api_error(&label, e))?
-            .ok_or_else(|| no_match(&planned.object))?;
-        let mut manifest = planned.manifest.clone();
-        ensure_labels(&mut manifest, id, version);
-        normalize_quantities(&mut manifest);
-        let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
-        let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
-
+        let Prepared { api, object, manifest, label } =
+            self.prepare(planned, id, version).await?.ok_or_else(|| no_match(&planned.object))?;
         let before = api.get_opt(&object.name).await.map_err(|e| api_error(&label, e))?;
-        let mut params = PatchParams::apply(self.field_manager);
-        if self.force {
-            params = params.force();
-        }
-        let after =
-            api.patch(&object.name, &params, &Patch::Apply(&manifest)).await.map_err(|e| apply_error(&label, e))?;
+        let after = api
+            .patch(&object.name, &self.params(false), &Patch::Apply(&manifest))
+            .await
+            .map_err(|e| apply_error(&label, e))?;
         let action = classify(before.as_ref(), &after);
         tracing::debug!(object = %label, action = action.as_str(), "applied");
 

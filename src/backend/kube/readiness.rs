@@ -262,6 +262,21 @@ pub(crate) fn pod_state(p: &Pod) -> State {
     }
 }
 
+/// How much of a container's last termination message a failure quotes.
+const LAST_MESSAGE: usize = 1500;
+
+/// The last `max` bytes of `text`, on a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Why a pod will not become ready by itself, if it will not.
 pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
     let status = p.status.as_ref()?;
@@ -270,11 +285,28 @@ pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             if let Some(reason) = w.reason.as_deref().filter(|r| FATAL_WAITING.contains(r)) {
                 let msg = w.message.as_deref().unwrap_or_default();
-                return Some(if msg.is_empty() {
+                let mut out = if msg.is_empty() {
                     format!("{reason} (container {})", c.name)
                 } else {
                     format!("{reason} (container {}): {msg}", c.name)
-                });
+                };
+                // Why the last run ended: the termination message, which with
+                // `terminationMessagePolicy: FallbackToLogsOnError` is the tail of the log (a
+                // module server's import error).
+                if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                    let said = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+                    match said {
+                        Some(m) => {
+                            out.push_str(&format!("; last exit code {}: {}", t.exit_code, tail(m, LAST_MESSAGE)))
+                        }
+                        None => out.push_str(&format!(
+                            "; last exit code {} ({})",
+                            t.exit_code,
+                            t.reason.as_deref().unwrap_or("no reason given")
+                        )),
+                    }
+                }
+                return Some(out);
             }
         }
     }
@@ -356,6 +388,26 @@ mod tests {
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
         assert_eq!(pod_state(&creating), State::Waiting("Pending".into()));
+        let crashing = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "module-server", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 2,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")\n"}}}]}),
+        );
+        assert_eq!(
+            pod_failure(&crashing).as_deref(),
+            Some("CrashLoopBackOff (container module-server): back-off 20s restarting failed container; last exit code 1: \
+                  jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")")
+        );
+        let silent = pod(json!({"phase": "Running", "containerStatuses": [{"name": "c", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}));
+        assert_eq!(
+            pod_failure(&silent).as_deref(),
+            Some("CrashLoopBackOff (container c); last exit code 137 (OOMKilled)")
+        );
+        assert_eq!(tail("aéb", 2), "b", "cut on a character boundary");
         let unschedulable = pod(
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
         );
