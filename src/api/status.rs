@@ -9,6 +9,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use utoipa::{ToResponse, ToSchema};
 
+use crate::backend::kube::KubeError;
 use crate::backend::{self, local};
 use crate::catalog;
 use crate::identity;
@@ -111,16 +112,27 @@ fn classify_backend(b: &backend::Error) -> Class {
     use StatusCode as H;
     match b {
         backend::Error::Local(l) => classify_local(l),
+        backend::Error::Kube(k) => classify_kube(k),
         backend::Error::Rejected { .. } => class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED"),
-        backend::Error::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+        backend::Error::Restricted { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
-        backend::Error::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
         backend::Error::WorkloadFailed { .. } => {
             class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
         }
         backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
-        backend::Error::Unavailable(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+fn classify_kube(k: &KubeError) -> Class {
+    use KubeError as K;
+    use StatusCode as H;
+    match k {
+        K::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+        K::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
+        K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_) => {
+            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        }
+        K::BadRecord { .. } | K::RecordWithoutKey { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
     }
 }
 
@@ -301,5 +313,48 @@ mod tests {
         let s = proxy_status(proxy::Error::Upstream(Box::new(upstream)));
         assert_eq!((s.code(), s.message()), (Code::NotFound, "no such reference"));
         assert_eq!(s.details(), b"d");
+    }
+
+    #[test]
+    fn kube_errors_map_to_conflict_forbidden_unavailable_and_keep_their_source() {
+        use crate::backend::kube::KubeError;
+        let api =
+            |code: u16| Box::new(kube::Error::Api(Box::new(kube::core::Status::failure("m", "R").with_code(code))));
+        let cases = [
+            (
+                KubeError::Conflict {
+                    object: "o".into(),
+                    manager: "helm".into(),
+                    message: "m".into(),
+                    source: api(409),
+                },
+                Code::FailedPrecondition,
+                StatusCode::CONFLICT,
+                "FIELD_MANAGER_CONFLICT",
+            ),
+            (
+                KubeError::Forbidden { object: "o".into(), message: "m".into(), source: api(403) },
+                Code::PermissionDenied,
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+            ),
+            (
+                KubeError::Server { object: "o".into(), code: 503, message: "m".into(), source: api(503) },
+                Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+            ),
+        ];
+        for (k, code, http, reason) in cases {
+            let e = Error::Backend(backend::Error::Kube(k));
+            assert!(std::error::Error::source(&e).is_some(), "{e:?} keeps its cause");
+            let c = classify(&e);
+            assert_eq!((c.code, c.http, c.reason), (code, http, reason), "{e}");
+        }
+        let restricted = Error::Backend(backend::Error::Restricted {
+            object: "deployment x".into(),
+            source: identity::Error::RestrictedNamespace { requested: "a".into(), allowed: "b".into() },
+        });
+        assert_eq!(classify(&restricted).reason, "RESTRICTED_NAMESPACE");
     }
 }

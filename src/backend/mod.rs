@@ -25,17 +25,20 @@ pub enum Error {
     /// What only the local backend can fail at (a missing program, its data dir, its processes).
     #[error(transparent)]
     Local(#[from] local::Error),
+    /// What only the Kubernetes backend can fail at (conflicts, RBAC, an unreachable API).
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// The API server (or the local backend's validation) rejected an object.
     #[error("{object} was rejected: {message}")]
     Rejected { object: String, message: String },
-    /// Another field manager owns fields this apply would change.
-    #[error(
-        "{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)"
-    )]
-    Conflict { object: String, manager: String, message: String },
-    /// The orchestrator's own credentials may not do this (RBAC).
-    #[error("{object}: the orchestrator is not allowed to do this: {message}")]
-    Forbidden { object: String, message: String },
+    /// A plan outside the orchestrator's namespace in restricted mode (the service layer's
+    /// rule, checked again by the backend).
+    #[error("{object}: {source}")]
+    Restricted {
+        object: String,
+        #[source]
+        source: crate::identity::Error,
+    },
     #[error("deployment {0} not found")]
     NotFound(DeploymentId),
     /// A workload failed to become ready (ImagePullBackOff, process exited, ...).
@@ -43,10 +46,6 @@ pub enum Error {
     WorkloadFailed { object: String, reason: String },
     #[error("timed out after {}s waiting for readiness; still not ready: {}", .timeout.as_secs(), .not_ready.join(", "))]
     Timeout { timeout: Duration, not_ready: Vec<String> },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -109,7 +109,7 @@ mod tests {
             Ok(())
         }
         async fn apply(&self, _: &Plan, _: &ApplyOptions, _: &Progress) -> backend::Result<DeploymentRecord> {
-            Err(backend::Error::Internal("not used".into()))
+            Err(backend::Error::Rejected { object: "apply".into(), message: "not used by these tests".into() })
         }
         async fn delete(&self, _: &DeploymentId, _: &Progress) -> backend::Result<()> {
             Ok(())

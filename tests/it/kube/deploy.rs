@@ -333,7 +333,7 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
 
     let err = timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap_err();
     match &err {
-        Error::Conflict { object, manager, .. } => {
+        Error::Kube(jac_splice_orc::backend::kube::KubeError::Conflict { object, manager, .. }) => {
             assert_eq!(object, "configmap/cache");
             assert_eq!(manager, "someone-else");
         }
