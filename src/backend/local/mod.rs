@@ -13,6 +13,7 @@
 
 mod deploy;
 mod error;
+mod fs;
 mod lock;
 mod process;
 mod readiness;
