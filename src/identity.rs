@@ -136,10 +136,6 @@ impl NamespaceRule {
         &self.home
     }
 
-    pub fn is_restricted(&self) -> bool {
-        self.restricted
-    }
-
     /// The namespace a deployment goes to: the one asked for (checked), else the home.
     pub fn target(&self, requested: Option<&str>) -> Result<String> {
         match requested.filter(|ns| !ns.is_empty()) {
