@@ -34,10 +34,12 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
 
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
-use crate::plan::{DeploymentId, ObjectRef, Plan, Section};
+use crate::identity::NamespaceRule;
+use crate::plan::{DeploymentId, Kind, ObjectRef, Plan, Section};
 use apply::ServerFeatures;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
+pub use errors::Error as KubeError;
 pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
 
 /// Field manager of every server-side apply this backend makes.
@@ -109,14 +111,6 @@ impl KubeBackend {
         KubeBackend { client, options, resolver, server: Default::default() }
     }
 
-    /// A backend on kube's default client (KUBECONFIG, `~/.kube/config`, or in-cluster config).
-    pub async fn try_default(options: KubeOptions) -> Result<Self> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot configure a Kubernetes client: {e}")))?;
-        Ok(Self::new(client, options))
-    }
-
     pub fn options(&self) -> &KubeOptions {
         &self.options
     }
@@ -159,12 +153,8 @@ impl KubeBackend {
     /// the index of the first object that failed.
     async fn validate(&self, plan: &Plan, applier: &apply::Applier<'_>) -> Result<(), (usize, Error)> {
         let defined = crd_defined_kinds(plan);
-        let plan_namespaces: BTreeSet<&str> = plan
-            .objects
-            .iter()
-            .filter(|o| o.object.kind == "Namespace" && o.object.api_version == "v1")
-            .map(|o| o.object.name.as_str())
-            .collect();
+        let plan_namespaces: BTreeSet<&str> =
+            plan.objects.iter().filter(|o| o.object.is_namespace()).map(|o| o.object.name.as_str()).collect();
         // Plain loops, not iterator closures: async_trait's futures must be `Send` for any lifetime.
         let mut checks = Vec::new();
         for (i, o) in plan.objects.iter().enumerate() {
@@ -216,26 +206,14 @@ impl KubeBackend {
         }
     }
 
+    /// The service layer's namespace rule again, over the plan and every object's namespace.
     fn check_namespace_rule(&self, plan: &Plan) -> Result<()> {
-        if !self.options.restricted_namespace {
-            return Ok(());
-        }
-        let own = &self.options.orchestrator_namespace;
-        let escapes = |ns: &str| ns != own;
-        if escapes(&plan.id.namespace) {
-            return Err(Error::Rejected {
-                object: format!("deployment {}", plan.id),
-                message: format!("restricted namespace mode: deployments must target namespace `{own}`"),
-            });
-        }
+        let rule = NamespaceRule::new(&self.options.orchestrator_namespace, self.options.restricted_namespace);
+        let restricted = |object: String| move |source| Error::Restricted { object, source };
+        rule.check(&plan.id.namespace).map_err(restricted(format!("deployment {}", plan.id)))?;
         for o in &plan.objects {
             if let Some(ns) = o.manifest.pointer("/metadata/namespace").and_then(Value::as_str) {
-                if escapes(ns) {
-                    return Err(Error::Rejected {
-                        object: o.object.kubectl_name(),
-                        message: format!("restricted namespace mode: namespace `{ns}` is outside `{own}`"),
-                    });
-                }
+                rule.check(ns).map_err(restricted(o.object.kubectl_name()))?;
             }
         }
         Ok(())
@@ -270,7 +248,7 @@ fn crd_defined_kinds(plan: &Plan) -> BTreeSet<(String, String)> {
 fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for (o, planned) in objects.iter().zip(&plan.objects) {
-        if o.kind != "Service" || o.api_version != "v1" {
+        if !o.is(Kind::SERVICE) {
             continue;
         }
         let ns = o.namespace.as_deref().unwrap_or(&plan.id.namespace);
@@ -286,8 +264,8 @@ fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
 
 #[async_trait]
 impl Backend for KubeBackend {
-    fn name(&self) -> &'static str {
-        "kubernetes"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Kubernetes
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
@@ -355,7 +333,7 @@ impl Backend for KubeBackend {
                 .iter()
                 .map(|o| apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace))
                 .collect(),
-            backend: self.name().to_string(),
+            backend: self.kind(),
             updated_at: super::now_rfc3339(),
         };
         // A first deploy leaves a trace before touching anything, so a crash mid-apply can still
@@ -420,7 +398,7 @@ impl Backend for KubeBackend {
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
         let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut out = Vec::new();
-        for o in record.objects.iter().filter(|o| o.kind == "Service" && o.api_version == "v1") {
+        for o in record.objects.iter().filter(|o| o.is(Kind::SERVICE)) {
             let ns = o.namespace.as_deref().unwrap_or(&id.namespace);
             let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
             let name = format!("endpoints/{}", o.name);
@@ -518,7 +496,7 @@ mod tests {
         assert!(restricted.check_namespace_rule(&plan_in("orc", None)).is_ok());
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("orc"))).is_ok());
         let err = restricted.check_namespace_rule(&plan_in("other", None)).unwrap_err();
-        assert!(err.to_string().contains("restricted namespace mode"), "{err}");
+        assert!(err.to_string().contains("restricted-namespace mode"), "{err}");
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("kube-system"))).is_err());
         let open = KubeBackend::new(client, KubeOptions::default().orchestrator_namespace("orc"));
         assert!(open.check_namespace_rule(&plan_in("other", Some("kube-system"))).is_ok());
