@@ -13,10 +13,15 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from jac_splice._native import Client, RemoteRef
+from jac_splice._native import PROTOCOL_ATTRIBUTES, Client, RemoteRef
 
 BUILTINS = "@builtins"
 OPERATOR = "@operator"
+
+# The dunder names module servers serve; any other is refused there (PERMISSION_DENIED), so a
+# proxy answers AttributeError for it at once: hasattr(proxy, "__array_interface__") and the
+# like, which local libraries ask of any object, stay False and cost no round trip.
+_REMOTE_DUNDERS = frozenset(PROTOCOL_ATTRIBUTES)
 
 _OWN = frozenset({"_jac_splice_client", "_jac_splice_ref", "__weakref__"})
 
@@ -59,7 +64,7 @@ class RemoteObject:
 
     # -- attributes and calls ---------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if name in _OWN:
+        if name in _OWN or (_is_dunder(name) and name not in _REMOTE_DUNDERS):
             raise AttributeError(name)
         client = self._jac_splice_client
         return wrap(client, client.get_attr(self._jac_splice_target, [name]))
@@ -145,6 +150,10 @@ class RemoteObject:
 
     def __exit__(self, *exc: object) -> Any:
         return self._jac_splice_call(["__exit__"], None, None, None)
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 def _binary(

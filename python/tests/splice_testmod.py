@@ -8,7 +8,10 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self
+    from typing_extensions import Self
 
 __version__ = "1.2.3"
 
@@ -63,6 +66,12 @@ class Box:
 
     def __lt__(self, other: Box) -> bool:
         return len(self.items) < len(other.items)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.items.append("exited")
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -125,6 +134,11 @@ def fail_custom(key: str) -> None:
 
 def big_bytes(n: int) -> bytes:
     return b"x" * n
+
+
+def count_up(n: int) -> Iterator[int]:
+    """A generator: iterable through the proxy; its frame (and globals) stay out of reach."""
+    yield from range(n)
 
 
 def kwargs_echo(*args: Any, **kwargs: Any) -> Any:
