@@ -2,6 +2,7 @@
 //! and turns Python modules into microservices. This file only declares modules.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
@@ -13,3 +14,4 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod startup;
+pub mod tls;

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Each test starts the real server on a
 //! loopback port and talks to it with real gRPC, grpc-web and HTTP clients.
 
+mod auth;
 mod cli;
 mod deploy;
 mod dry_run;
