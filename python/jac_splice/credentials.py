@@ -69,7 +69,9 @@ def host_port(target: str) -> tuple[str, int | None]:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """``localhost`` (and ``*.localhost``), 127.0.0.0/8 or ``::1``, as jac-orc's CLI decides."""
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
