@@ -2,7 +2,7 @@
 
 Attribute reads go to the server (plain data comes back by value, anything else as another
 proxy); calls send their arguments by value, or by reference for proxies; Python's protocols
-(``len``, ``repr``, ``in``, ``[]``, operators, ``bool``, ``dir``, iteration) are forwarded by
+(``len``, ``repr``, ``in``, ``[]``, operators, conversions, ``dir``, iteration) are forwarded by
 calling the server's ``builtins``/``operator`` functions on the remote object. When a proxy is
 garbage-collected its reference is queued and released in batches.
 """
@@ -116,6 +116,14 @@ class RemoteObject:
     def __float__(self) -> float:
         f: float = self._jac_splice_fn(BUILTINS, "float", self)
         return f
+
+    def __bytes__(self) -> bytes:
+        data: bytes = self._jac_splice_fn(BUILTINS, "bytes", self)
+        return data
+
+    def __complex__(self) -> complex:
+        z: complex = self._jac_splice_fn(BUILTINS, "complex", self)
+        return z
 
     def __index__(self) -> int:
         n: int = self._jac_splice_fn(OPERATOR, "index", self)

@@ -11,7 +11,8 @@ Every call but health must carry ``authorization: Bearer <call token>``. The tok
 neither, the server makes one, prints it to stderr once and writes it to a 0600 file for its
 port, where clients of the same user on this machine find it (see
 :mod:`jac_splice.credentials`); the file is removed when the server stops. ``--no-auth`` serves
-anyone who reaches the port (trusted test rigs only) and says so loudly.
+anyone who reaches the port (trusted test rigs only) and says so loudly. ``--tls-cert`` and
+``--tls-key`` (PEM) make it serve TLS only (clients use an ``https://`` URL).
 
 If MODULE cannot be imported it prints the error to stderr and exits with status 1.
 """

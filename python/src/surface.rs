@@ -12,11 +12,14 @@ use crate::proto::{value, CallRequest, Value};
 use crate::wire::{BUILTINS, OPERATOR};
 
 /// `builtins` functions the proxies call (`jac_splice/proxy.py`): attribute writes, `dir`, the
-/// conversions and `format`, `len`, `hash`, iteration. Not `getattr` (proxies read attributes
-/// with `GetAttr`, whose path is checked), nor anything that compiles, imports, opens or
-/// introspects (`__import__`, `eval`, `exec`, `compile`, `open`, `globals`, `vars`, `type`, ...).
-pub const BUILTIN_HELPERS: &[&str] =
-    &["bool", "delattr", "dir", "float", "format", "hash", "int", "iter", "len", "next", "repr", "setattr", "str"];
+/// conversions (`bool`, `bytes`, `complex`, `float`, `int`, `str`) and `format`, `repr`, `len`,
+/// `hash`, iteration. Not `getattr` (proxies read attributes with `GetAttr`, whose path is
+/// checked), nor anything that compiles, imports, opens or introspects (`__import__`, `eval`,
+/// `exec`, `compile`, `open`, `globals`, `vars`, `type`, ...).
+pub const BUILTIN_HELPERS: &[&str] = &[
+    "bool", "bytes", "complex", "delattr", "dir", "float", "format", "hash", "int", "iter", "len", "next", "repr",
+    "setattr", "str",
+];
 
 /// `operator` functions the proxies call: items, `in`, `index`, the arithmetic, bitwise and
 /// comparison operators with their in-place forms, and the unary ones. Not `attrgetter`,

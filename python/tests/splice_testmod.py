@@ -32,6 +32,12 @@ class Thing:
         self.value += by
         return self.value
 
+    def __bytes__(self) -> bytes:
+        return str(self.value).encode()
+
+    def __complex__(self) -> complex:
+        return complex(self.value, 1)
+
 
 class Box:
     """A container exercising the forwarded protocols."""

@@ -8,7 +8,9 @@ reached through the served one's attributes, a generator's frame. Health stays o
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -20,7 +22,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jac_splice
-from jac_splice import AuthenticationError, PermissionDeniedError
+from jac_splice import AuthenticationError, PermissionDeniedError, proxy
+from jac_splice._native import BUILTIN_HELPERS, OPERATOR_HELPERS
 from jac_splice.credentials import find_token, server_token_path
 
 from conftest import TESTS, ModuleServerProcess, server_env
@@ -156,6 +159,17 @@ def test_contradictory_security_settings_stop_the_server(
 
 
 # -- what a caller with the token may reach -------------------------------------------------
+
+
+def test_the_proxies_ask_for_no_helper_the_servers_refuse() -> None:
+    source = inspect.getsource(proxy)
+    builtins_used = set(re.findall(r'_jac_splice_fn\(BUILTINS, "(\w+)"', source))
+    operators_used = set(re.findall(r'_jac_splice_fn\(OPERATOR, "(\w+)"', source))
+    operators_used |= {*proxy._BINARY.values(), *proxy._COMPARE.values(), *proxy._UNARY.values()}
+    operators_used |= {"i" + op.rstrip("_") for op in proxy._BINARY.values()}
+    assert {"len", "repr", "iter", "next", "setattr"} <= builtins_used
+    assert builtins_used <= set(BUILTIN_HELPERS), builtins_used - set(BUILTIN_HELPERS)
+    assert operators_used <= set(OPERATOR_HELPERS), operators_used - set(OPERATOR_HELPERS)
 
 
 @pytest.mark.parametrize(
