@@ -17,7 +17,6 @@ use tokio_rustls::rustls;
 use tonic::{Request, Status};
 
 use crate::access::Access;
-
 use crate::wire::{is_oversize, CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, STREAM_WINDOW};
 
 #[derive(Debug, thiserror::Error)]

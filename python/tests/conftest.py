@@ -29,15 +29,18 @@ TOKEN_VARIABLES = ("JAC_SPLICE_TOKEN", "JAC_ORC_TOKEN", "JAC_SPLICE_CALL_TOKEN",
 def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A runtime dir of the session's own, and no tokens from the environment."""
     saved = {name: os.environ.pop(name) for name in TOKEN_VARIABLES if name in os.environ}
-    saved_dir = os.environ.get("JAC_SPLICE_RUNTIME_DIR")
     path = tmp_path_factory.mktemp("runtime")
-    os.environ["JAC_SPLICE_RUNTIME_DIR"] = str(path)
+    folders = {
+        "JAC_SPLICE_RUNTIME_DIR": str(path),
+        # Empty: a jac-orc on loopback gets this user's admin token only where a test puts one.
+        "JAC_ORC_DATA_DIR": str(tmp_path_factory.mktemp("jac-orc-data")),
+    }
+    saved.update({name: os.environ[name] for name in folders if name in os.environ})
+    os.environ.update(folders)
     yield path
+    for name in folders:
+        os.environ.pop(name, None)
     os.environ.update(saved)
-    if saved_dir is None:
-        os.environ.pop("JAC_SPLICE_RUNTIME_DIR", None)
-    else:
-        os.environ["JAC_SPLICE_RUNTIME_DIR"] = saved_dir
 
 
 def server_env(**extra: str) -> dict:
