@@ -3,6 +3,11 @@ jac-orc's ModuleProxy (and its ListDeployments, which finds the deployment of a 
 
 The jac-orc binary comes from JAC_ORC_BIN (else `jac-orc` on PATH, else cargo's debug build
 under CARGO_TARGET_DIR or ./target). Without one the tests skip, unless JAC_ORC_REQUIRE_BIN=1.
+
+Module servers refuse calls without their deployment's call token. Until jac-orc generates one
+per deployment (and ModuleProxy swaps it in for the caller's authorization), the module servers
+it starts inherit CALL_TOKEN from its environment, and clients send CALL_TOKEN, which
+ModuleProxy forwards unchanged.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from typing import Any
 import pytest
 
 import jac_splice
-from jac_splice.exceptions import DeploymentLookupError
+from jac_splice.exceptions import AuthenticationError, DeploymentLookupError, PermissionDeniedError
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CALL_TOKEN = "orchestrated-call-token-0123456789"
 
 
 def find_binary() -> str | None:
@@ -100,6 +106,8 @@ class Orchestrator:
 
 def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
     env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
+    # The local backend's children inherit this (see the module docstring).
+    env["JAC_SPLICE_CALL_TOKEN"] = CALL_TOKEN
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
         env=env,
@@ -152,7 +160,7 @@ def test_jac_orc_is_told_by_its_health_service(orchestrator: Orchestrator) -> No
 def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
     deployed = orchestrator.deploy_module("numpy", "numpy")
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
     np = splice.import_module("numpy")
     assert np.array([1, 2, 3, 4]).sum() == 10
     # The call ran in the module server jac-orc started, not here.
@@ -169,7 +177,7 @@ def test_two_deployments_of_one_module_are_listed_as_candidates(
 ) -> None:
     orchestrator.deploy_module("calc-a", "math")
     orchestrator.deploy_module("calc-b", "math")
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
     with pytest.raises(DeploymentLookupError) as info:
         splice.import_module("math")
     message = str(info.value)
@@ -226,10 +234,59 @@ def test_packages_are_installed_into_the_deployments_virtualenv(
     }
     deployed = orchestrator.rest("POST", "/deployment", body)
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
     remote = splice.import_module("splice_pkgmod")
     prefix = remote.prefix()
     assert prefix != sys.prefix and prefix.endswith("venv"), prefix
     with pytest.raises(ModuleNotFoundError):
         __import__("splice_pkgmod")  # not installed here
     orchestrator.rest("DELETE", "/deployment/default/python-module/pkgmod")
+
+
+def test_module_servers_behind_jac_orc_refuse_callers_without_the_call_token(
+    orchestrator: Orchestrator,
+) -> None:
+    orchestrator.deploy_module("guarded-json", "json")
+    with pytest.raises(AuthenticationError, match=re.escape(orchestrator.url)):
+        jac_splice.connect(orchestrator.url).import_module("json", deployment="guarded-json")
+    with pytest.raises(AuthenticationError, match="refused the token"):
+        jac_splice.connect(orchestrator.url, "wrong").import_module(
+            "json", deployment="guarded-json"
+        )
+    remote = jac_splice.connect(orchestrator.url, CALL_TOKEN).import_module(
+        "json", deployment="guarded-json"
+    )
+    assert remote.loads("[1, 2]") == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def remote_json(orchestrator: Orchestrator) -> Any:
+    """json, deployed once, reached through ModuleProxy with the call token."""
+    orchestrator.deploy_module("escape-json", "json")
+    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
+    return splice.import_module("json", deployment="escape-json")
+
+
+@pytest.mark.parametrize(
+    "target, path, args, said",
+    [
+        ("@builtins", ["__import__"], ("os",), "@builtins.__import__ is not served"),
+        ("@builtins", ["eval"], ("__import__('os').getpid()",), "@builtins.eval is not served"),
+        ("@builtins", ["exec"], ("import os",), "@builtins.exec is not served"),
+        ("", ["loads", "__globals__"], None, '"__globals__" is not served'),
+        ("", ["JSONDecoder", "__init__", "__globals__"], None, '"__init__" is not served'),
+        ("", ["codecs", "sys"], None, '"codecs" is the module "codecs"'),
+    ],
+    ids=["import", "eval", "exec", "globals", "init-globals", "foreign-module"],
+)
+def test_escapes_are_refused_through_the_proxy(
+    remote_json: Any, target: str, path: list[str], args: tuple[Any, ...] | None, said: str
+) -> None:
+    client = remote_json._jac_splice_client
+    with pytest.raises(PermissionDeniedError, match=re.escape(said)):
+        if args is None:
+            client.get_attr(target, path)
+        else:
+            client.call(target, path, args)
+    # The module itself is still served.
+    assert remote_json.dumps({"a": 1}) == '{"a": 1}'
