@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::auth::layer::ReflectionAccess;
+use crate::server::Limits;
+
 /// Which backend runs deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -26,6 +29,39 @@ pub struct ServeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Largest message `ModuleProxy` forwards.
     pub max_message_bytes: usize,
+    pub security: SecurityConfig,
+}
+
+/// Authentication, TLS and connection limits of `serve`.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    pub token_file: Option<PathBuf>,
+    /// Audiences TokenReviews ask for (empty: the API server's).
+    pub token_audiences: Vec<String>,
+    pub metrics_auth: bool,
+    /// `None`: open on a loopback listener, else authenticated.
+    pub reflection: Option<ReflectionAccess>,
+    /// `None`: plaintext.
+    pub tls: Option<TlsChoice>,
+    pub limits: Limits,
+}
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsChoice {
+    /// `--tls-cert` / `--tls-key`.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `--tls-self-signed` (with `--tls-name`s), generated into the data dir.
+    SelfSigned { names: Vec<String> },
+    /// `--tls-dir`: `tls.crt` and `tls.key` there when present, else plaintext.
+    Dir(PathBuf),
+}
+
+impl TlsChoice {
+    /// The certificate files of a `--tls-dir` (a `kubernetes.io/tls` Secret's keys).
+    pub fn dir_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        (dir.join("tls.crt"), dir.join("tls.key"))
+    }
 }
 
 /// Default state directory: `$XDG_STATE_HOME/jac-orc`, `~/.local/state/jac-orc`, or `./.jac-orc`.

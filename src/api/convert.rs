@@ -10,7 +10,8 @@ use crate::catalog::{Format, Type};
 use crate::pb;
 use crate::plan::{ObjectRef, Section};
 use crate::service::views::{
-    Counts, DeploymentView, DryRunView, PlaceholderView, Summary, TemplateVersionView, TemplateView,
+    Counts, DeploymentSecretsView, DeploymentView, DryRunView, PlaceholderView, Summary, TemplateVersionView,
+    TemplateView,
 };
 
 /// A message the CLI cannot turn into a view.
@@ -179,6 +180,15 @@ pub fn deployment(v: &DeploymentView) -> pb::Deployment {
     }
 }
 
+pub fn secrets(v: &DeploymentSecretsView) -> pb::DeploymentSecrets {
+    pb::DeploymentSecrets {
+        namespace: v.namespace.clone(),
+        module: v.module.clone(),
+        name: v.name.clone(),
+        secrets: Some(to_struct(&v.secrets)),
+    }
+}
+
 pub fn summary(s: &Summary) -> pb::DeploySummary {
     pb::DeploySummary {
         deployment: Some(deployment(&s.deployment)),
@@ -272,6 +282,17 @@ impl TryFrom<&pb::Deployment> for DeploymentView {
             backend: pb::Backend::decode(d.backend)?,
             updated_at: d.updated_at.clone(),
         })
+    }
+}
+
+impl From<&pb::DeploymentSecrets> for DeploymentSecretsView {
+    fn from(d: &pb::DeploymentSecrets) -> Self {
+        DeploymentSecretsView {
+            namespace: d.namespace.clone(),
+            module: d.module.clone(),
+            name: d.name.clone(),
+            secrets: d.secrets.as_ref().map(from_struct).unwrap_or_default(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use utoipa::{ToResponse, ToSchema};
 
+use crate::auth::authorize;
 use crate::backend::kube::KubeError;
 use crate::backend::{self, local};
 use crate::catalog;
@@ -56,6 +57,7 @@ fn classify(e: &Error) -> Class {
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        Error::Authorization(a) => classify_authorization(a),
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
@@ -70,7 +72,25 @@ fn classify(e: &Error) -> Class {
             proxy::Error::BadEndpoint { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
             proxy::Error::Backend(b) => classify_backend(b),
             proxy::Error::Upstream(s) => class(s.code(), http_of(s.code()), "MODULE_SERVER_ERROR"),
+            proxy::Error::Authorization(a) => classify_authorization(a),
+            proxy::Error::NoCallToken(_) => class(Code::FailedPrecondition, H::BAD_REQUEST, "NO_CALL_TOKEN"),
+            proxy::Error::CallTokenRefused { .. } => {
+                class(Code::FailedPrecondition, H::BAD_REQUEST, "CALL_TOKEN_REFUSED")
+            }
         },
+    }
+}
+
+/// The caller may not (403), has no identity (401), or the API server could not decide (503; the
+/// review's cause is logged, see [`public_message`]).
+fn classify_authorization(a: &authorize::Error) -> Class {
+    use StatusCode as H;
+    match a {
+        authorize::Error::Denied(_) => class(Code::PermissionDenied, H::FORBIDDEN, "PERMISSION_DENIED"),
+        authorize::Error::Unauthenticated { .. } => class(Code::Unauthenticated, H::UNAUTHORIZED, "UNAUTHENTICATED"),
+        authorize::Error::Review { .. } => {
+            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "AUTHORIZATION_UNAVAILABLE")
+        }
     }
 }
 
@@ -187,14 +207,24 @@ pub fn proxy_status(e: proxy::Error) -> tonic::Status {
     }
 }
 
-/// The text users see: internal errors are logged and replaced by a generic message.
+/// The text users see: internal errors are logged and replaced by a generic message; an
+/// authorization that could not be decided is logged with its cause.
 fn public_message(e: &Error, class: Class) -> String {
     if class.code == Code::Internal {
         tracing::error!(error = %e, "internal error");
-        "internal error (see the orchestrator's log)".into()
-    } else {
-        e.to_string()
+        return "internal error (see the orchestrator's log)".into();
     }
+    if class.reason == "AUTHORIZATION_UNAVAILABLE" {
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        tracing::warn!(error = %chain, "authorization could not be decided");
+        return "cannot decide authorization right now (the Kubernetes API server did not answer); try again".into();
+    }
+    e.to_string()
 }
 
 pub fn to_status(e: &Error) -> tonic::Status {
@@ -356,5 +386,38 @@ mod tests {
             source: identity::Error::RestrictedNamespace { requested: "a".into(), allowed: "b".into() },
         });
         assert_eq!(classify(&restricted).reason, "RESTRICTED_NAMESPACE");
+    }
+
+    #[test]
+    fn authorization_errors_are_403_401_and_503_naming_what_was_refused() {
+        use crate::auth::{Denied, Resource, Verb};
+        let denied = Denied {
+            user: "alice".into(),
+            verb: Verb::Create,
+            resource: Resource::JacDeployments,
+            namespace: Some("prod".into()),
+            name: Some("db".into()),
+            reason: None,
+        };
+        let e = Error::Authorization(authorize::Error::Denied(Box::new(denied.clone())));
+        let s = to_status(&e);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "user alice may not create jacdeployments \"db\" in namespace prod");
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "PERMISSION_DENIED");
+        let rest = ApiError::from(Error::Authorization(authorize::Error::Denied(Box::new(denied.clone()))));
+        assert_eq!((rest.status, rest.body.reason), (StatusCode::FORBIDDEN, "PERMISSION_DENIED"));
+        let via_proxy = proxy_status(proxy::Error::Authorization(authorize::Error::Denied(Box::new(denied))));
+        assert_eq!(via_proxy.code(), Code::PermissionDenied);
+
+        let anonymous = authorize::Error::Unauthenticated { verb: Verb::List, resource: Resource::Templates };
+        let rest = ApiError::from(Error::Authorization(anonymous));
+        assert_eq!((rest.status, rest.body.reason), (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"));
+
+        let unreachable = kube::Error::Api(Box::new(kube::core::Status::failure("down", "ServiceUnavailable")));
+        let review = authorize::Error::Review { source: Box::new(unreachable) };
+        let s = to_status(&Error::Authorization(review));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "AUTHORIZATION_UNAVAILABLE");
+        assert!(!s.message().contains("down"), "the cause is logged, not sent: {s:?}");
     }
 }

@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, BackendChoice, ServeConfig};
+use crate::auth::layer::ReflectionAccess;
+use crate::config::{self, BackendChoice, SecurityConfig, ServeConfig, TlsChoice};
 use crate::identity::LATEST;
+use crate::server::Limits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +37,7 @@ pub enum Command {
     /// Remove a deployment and everything it created.
     Undeploy(IdArgs),
     /// Show one deployment.
-    Get(IdArgs),
+    Get(GetArgs),
     /// List deployments.
     List(ListArgs),
     /// List template modules and versions.
@@ -74,6 +77,91 @@ pub struct ServeArgs {
     /// Largest request or response ModuleProxy forwards, in bytes (default 1 GiB).
     #[arg(long, env = "JAC_ORC_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may call `serve`, over what, and for how long.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// Static bearer tokens, one `token,user,groups` per line (kube-apiserver's format). Without
+    /// it the local backend generates an admin token into <data-dir>/token.
+    #[arg(long, env = "JAC_ORC_TOKEN_FILE", help_heading = "Security")]
+    pub token_file: Option<PathBuf>,
+    /// Audience a TokenReview must accept (kube backend; repeatable). Default: the API server's.
+    #[arg(long = "token-audience", env = "JAC_ORC_TOKEN_AUDIENCES", value_delimiter = ',', help_heading = "Security")]
+    pub token_audiences: Vec<String>,
+    /// Whether /metrics needs a token from peers that are not loopback.
+    #[arg(long, env = "JAC_ORC_METRICS_AUTH", default_value_t = true, action = ArgAction::Set, help_heading = "Security")]
+    pub metrics_auth: bool,
+    /// Who may use gRPC reflection (default: open on a loopback listener, else authenticated).
+    #[arg(long, value_enum, env = "JAC_ORC_REFLECTION", help_heading = "Security")]
+    pub reflection: Option<ReflectionAccess>,
+    /// TLS certificate chain (PEM), with --tls-key.
+    #[arg(long, env = "JAC_ORC_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), with --tls-cert.
+    #[arg(long, env = "JAC_ORC_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate once into <data-dir>/tls/ and serve TLS with it.
+    #[arg(long, env = "JAC_ORC_TLS_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_dir"], help_heading = "Security")]
+    pub tls_self_signed: bool,
+    /// Extra name of the self-signed certificate (repeatable; localhost and loopback always).
+    #[arg(
+        long = "tls-name",
+        env = "JAC_ORC_TLS_NAMES",
+        value_delimiter = ',',
+        requires = "tls_self_signed",
+        help_heading = "Security"
+    )]
+    pub tls_names: Vec<String>,
+    /// Serve TLS with DIR/tls.crt and DIR/tls.key when they exist (a mounted kubernetes.io/tls
+    /// Secret, e.g. cert-manager's), else plaintext with a warning.
+    #[arg(long, env = "JAC_ORC_TLS_DIR", conflicts_with = "tls_cert", help_heading = "Security")]
+    pub tls_dir: Option<PathBuf>,
+    /// Seconds for a TLS handshake and for an HTTP/1 request's headers.
+    #[arg(long, env = "JAC_ORC_HEADER_READ_TIMEOUT", value_parser = seconds, default_value = "30", help_heading = "Limits")]
+    pub header_read_timeout: Duration,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "JAC_ORC_IDLE_TIMEOUT", value_parser = seconds, default_value = "300", help_heading = "Limits")]
+    pub idle_timeout: Duration,
+    /// Connections served at once (also kept within the open-file limit); more wait.
+    #[arg(long, env = "JAC_ORC_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections, help_heading = "Limits")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "JAC_ORC_MAX_STREAMS", default_value_t = Limits::default().max_streams, help_heading = "Limits")]
+    pub max_streams: u32,
+}
+
+/// A positive number of seconds (`30`, `0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+impl SecurityArgs {
+    fn into_config(self) -> SecurityConfig {
+        let tls = match (self.tls_cert, self.tls_key, self.tls_self_signed, self.tls_dir) {
+            (Some(cert), Some(key), _, _) => Some(TlsChoice::Files { cert, key }),
+            (_, _, true, _) => Some(TlsChoice::SelfSigned { names: self.tls_names }),
+            (_, _, _, Some(dir)) => Some(TlsChoice::Dir(dir)),
+            _ => None,
+        };
+        SecurityConfig {
+            token_file: self.token_file,
+            token_audiences: self.token_audiences.into_iter().filter(|a| !a.trim().is_empty()).collect(),
+            metrics_auth: self.metrics_auth,
+            reflection: self.reflection,
+            tls,
+            limits: Limits::default()
+                .header_read_timeout(self.header_read_timeout)
+                .idle_timeout(self.idle_timeout)
+                .max_connections(self.max_connections)
+                .max_streams(self.max_streams),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -94,15 +182,26 @@ impl ServeArgs {
             backend: self.backend,
             kubeconfig: self.kubeconfig,
             max_message_bytes: self.max_message_bytes,
+            security: self.security.into_config(),
         }
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Orchestrator address.
+    /// Orchestrator address (`https://` for TLS).
     #[arg(long, env = "JAC_ORC_SERVER", default_value = "http://127.0.0.1:8000")]
     pub server: String,
+    /// Bearer token. Default: for a loopback server, the token `jac-orc serve` generated in the
+    /// data dir.
+    #[arg(long, env = "JAC_ORC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir whose generated token to send to a loopback server (default: serve's default).
+    #[arg(long, env = "JAC_ORC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to trust for an https:// server, instead of the system's roots.
+    #[arg(long, env = "JAC_ORC_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,6 +272,15 @@ pub struct IdArgs {
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub id: IdArgs,
+    /// Show the values of secret placeholders (needs `get` on `jacdeployments/secrets`).
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Args)]

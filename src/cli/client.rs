@@ -1,6 +1,10 @@
 //! The client commands: each calls a running orchestrator over gRPC, converts the answer into
 //! the service's views ([`crate::api::convert`]) and prints them ([`super::output`]), so
 //! `-o json` prints exactly what REST returns for the same view.
+//!
+//! Every call carries a bearer token ([`admin_token::client_token`]: `--token` /
+//! `JAC_ORC_TOKEN`, else the generated token of a loopback server's data dir) and, for
+//! `https://` servers, speaks TLS trusting `--ca-file` (else the system's roots).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -8,22 +12,55 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_stream::StreamExt;
 
-use super::args::{ClientArgs, DeployArgs, IdArgs, ListArgs, Output, RenderArgs, TemplatesArgs};
+use super::args::{ClientArgs, DeployArgs, GetArgs, IdArgs, ListArgs, Output, RenderArgs, TemplatesArgs};
 use super::output;
 use crate::api::convert::to_struct;
+use crate::auth::admin_token;
 use crate::backend::ObjectEvent;
 use crate::identity::DeploymentId;
 use crate::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
-use crate::service::views::{Applied, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, Summary, TemplateView};
+use crate::service::views::{
+    Applied, DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, Summary, TemplateView,
+};
+use tonic::service::interceptor::InterceptedService;
 
-type Client = OrchestratorClient<tonic::transport::Channel>;
+type Client = OrchestratorClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` (marked sensitive) to every call, when there is a token.
+#[derive(Debug, Clone)]
+struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 async fn connect(args: &ClientArgs) -> Result<Client> {
+    let token = admin_token::client_token(args.token.as_deref(), args.data_dir.as_deref(), &args.server)?;
+    let bearer = match token {
+        Some(t) => {
+            let mut value: tonic::metadata::AsciiMetadataValue =
+                format!("Bearer {}", t.secret()).parse().context("the token cannot be sent as a header")?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid --server {}", args.server))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach jac-orc at {}", args.server))?;
-    Ok(OrchestratorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    let reach = || format!("cannot reach jac-orc at {}", args.server);
+    let channel = if args.server.starts_with("https://") {
+        let config = crate::tls::client_config(args.ca_file.as_deref()).context("TLS (--ca-file)")?;
+        endpoint.connect_with_connector(crate::tls::TlsConnector::new(config)).await.with_context(reach)?
+    } else {
+        endpoint.connect().await.with_context(reach)?
+    };
+    Ok(OrchestratorClient::with_interceptor(channel, Bearer(bearer)).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -116,11 +153,18 @@ async fn follow(mut stream: tonic::Streaming<pb::DeployEvent>, output: Output, w
     anyhow::bail!("the server ended the {what} stream without a summary")
 }
 
-pub(crate) async fn get(a: IdArgs) -> Result<()> {
-    let id = id_of(&a)?;
+pub(crate) async fn get(g: GetArgs) -> Result<()> {
+    let a = &g.id;
+    let id = id_of(a)?;
     let req = pb::GetDeploymentRequest { namespace: id.namespace, module: id.module, name: id.name };
-    let d = connect(&a.client).await?.get_deployment(req).await.map_err(status_error)?.into_inner();
-    output::view(a.output, &DeploymentView::try_from(&d)?)
+    let mut client = connect(&a.client).await?;
+    let d = client.get_deployment(req.clone()).await.map_err(status_error)?.into_inner();
+    let mut view = DeploymentView::try_from(&d)?;
+    if g.show_secrets {
+        let s = client.get_deployment_secrets(req).await.map_err(status_error)?.into_inner();
+        view.config.extend(DeploymentSecretsView::from(&s).secrets);
+    }
+    output::view(a.output, &view)
 }
 
 pub(crate) async fn list(a: ListArgs) -> Result<()> {

@@ -7,6 +7,7 @@ pub mod args;
 mod client;
 mod output;
 pub mod probe;
+mod security;
 mod serve;
 
 use std::io::ErrorKind;

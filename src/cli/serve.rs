@@ -1,5 +1,6 @@
-//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), the
-//! service layer and the server, replays startup `MODULES`, and stops the workloads on SIGTERM.
+//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), its
+//! security (`security`), the service layer and the server, replays startup `MODULES`, and
+//! stops the workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +21,14 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
         None => Catalog::builtin(),
     });
-    let (backend, local) = choose_backend(&cfg).await?;
+    let (backend, local, kube_client) = choose_backend(&cfg).await?;
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
         proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
     };
-    let service = Arc::new(Service::new(catalog, backend.clone(), settings));
+    let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
+    let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -57,14 +59,15 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         });
     }
-    server::serve(listener, service, shutdown).await?;
+    server::serve(listener, service, security.options, shutdown).await?;
     tracing::info!("stopping workloads");
     backend.shutdown().await;
     Ok(())
 }
 
-/// The backend to serve with, and the local backend when that is the one (it restores workloads).
-type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>);
+/// The backend to serve with, the local backend when that is the one (it restores workloads),
+/// and the Kubernetes client when it is the kube backend (it reviews tokens and access).
+type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>, Option<kube::Client>);
 
 /// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
 /// log line says which and why.
@@ -72,7 +75,7 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
         let l =
             Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
-        Ok((l.clone(), Some(l)))
+        Ok((l.clone(), Some(l), None))
     };
     if cfg.backend == BackendChoice::Local {
         tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
@@ -100,7 +103,7 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
             let options = KubeOptions::default()
                 .orchestrator_namespace(&cfg.namespace)
                 .restricted_namespace(cfg.restricted_namespace);
-            Ok((Arc::new(KubeBackend::new(client, options)), None))
+            Ok((Arc::new(KubeBackend::new(client.clone(), options)), None, Some(client)))
         }
         Err(e) if cfg.backend == BackendChoice::Auto => {
             tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");

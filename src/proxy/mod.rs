@@ -4,8 +4,15 @@
 //! A `Proxy*Request` carries the module server's request unchanged in field 2; [`codec::split`]
 //! cuts it out as bytes, and those bytes go to `/jac.splice.v1.ModuleService/<Method>` over a
 //! pooled HTTP/2 channel ([`pool`]) to an endpoint chosen by [`resolve`]. The response bytes come
-//! back unchanged. The caller's `grpc-timeout` ([`deadline`]) and `authorization` are forwarded,
-//! and dropping the caller's call (cancellation) drops the forwarded one.
+//! back unchanged. The caller's `grpc-timeout` ([`deadline`]) is forwarded, and dropping the
+//! caller's call (cancellation) drops the forwarded one.
+//!
+//! Who may call: once the target is known, the caller must be allowed `call` on `modules` named
+//! by the deployment ([`Authorizer::permit`]). The caller's own `authorization` never travels on
+//! (the auth layer has already removed it); the forwarded call carries the deployment's call
+//! token instead (`authorization: Bearer <call-token>`, the [`CALL_TOKEN`] placeholder its
+//! module servers were started with), so module servers answer only through jac-orc or callers
+//! holding that token.
 //!
 //! The gRPC edge that serves this is [`crate::api::module_proxy`].
 
@@ -18,11 +25,16 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend};
 use crate::plan::DeploymentId;
 
 /// The template whose deployments the proxy reaches.
 pub const PYTHON_MODULE: &str = "python-module";
+
+/// The secret placeholder holding a python-module deployment's call token; its module servers
+/// get it as `JAC_SPLICE_CALL_TOKEN`.
+pub const CALL_TOKEN: &str = "call-token";
 
 /// Default limit on one proxied request or response: numpy arrays of hundreds of MiB are
 /// ordinary payloads here, and the module server's own default is the same 1 GiB.
@@ -49,6 +61,17 @@ pub enum Error {
     /// The module server answered with an error status: passed to the caller unchanged.
     #[error("{}", .0.message())]
     Upstream(Box<tonic::Status>),
+    /// The caller may not call this deployment (or it could not be decided).
+    #[error(transparent)]
+    Authorization(auth::authorize::Error),
+    /// The record holds no usable call token (deployed before module servers had one).
+    #[error("deployment {0} has no call token for its module servers; deploy it again to give it one")]
+    NoCallToken(DeploymentId),
+    /// The module server refused the deployment's call token (it was started with another).
+    #[error(
+        "module server {endpoint} of deployment {deployment} refused the deployment's call token; deploy it again"
+    )]
+    CallTokenRefused { endpoint: String, deployment: DeploymentId },
 }
 
 fn known_suffix(known: &[String]) -> String {
@@ -161,15 +184,22 @@ pub struct ModuleProxy {
     default_namespace: String,
     resolver: resolve::Resolver,
     pool: pool::Pool,
+    authorizer: Arc<Authorizer>,
 }
 
 impl ModuleProxy {
-    pub fn new(backend: Arc<dyn Backend>, default_namespace: String, config: ProxyConfig) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        default_namespace: String,
+        config: ProxyConfig,
+        authorizer: Arc<Authorizer>,
+    ) -> Self {
         ModuleProxy {
             resolver: resolve::Resolver::new(backend, config.resolve_ttl),
             pool: pool::Pool::new(config.clone()),
             default_namespace,
             config,
+            authorizer,
         }
     }
 
@@ -187,9 +217,10 @@ impl ModuleProxy {
         to_status: fn(Error) -> tonic::Status,
     ) -> http::Response<tonic::body::Body> {
         let started = Instant::now();
+        let caller = Caller::from_extensions(request.extensions());
         let (parts, body) = request.into_parts();
         let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
-        let forward = self.clone().forward_streaming(method, parts.headers, body, timeout, started, to_status);
+        let forward = self.clone().forward_streaming(method, caller, body, timeout, started, to_status);
         let result = match timeout {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
@@ -203,7 +234,7 @@ impl ModuleProxy {
     async fn forward_streaming(
         self: Arc<Self>,
         method: Method,
-        headers: http::HeaderMap,
+        caller: Caller,
         mut body: tonic::body::Body,
         timeout: Option<Duration>,
         started: Instant,
@@ -250,7 +281,11 @@ impl ModuleProxy {
             }
         };
         let id = self.deployment_id(target).map_err(to_status)?;
-        let endpoint = self.resolver.pick(&id).await.map_err(to_status)?;
+        self.authorizer
+            .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
+            .await
+            .map_err(|e| to_status(Error::Authorization(e)))?;
+        let resolve::Pick { endpoint, call_token } = self.resolver.pick(&id).await.map_err(to_status)?;
         let mut sender = match self.pool.get(&endpoint).await {
             Ok(s) => s,
             Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
@@ -267,9 +302,7 @@ impl ModuleProxy {
         let h = request.headers_mut();
         h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
-            h.insert(http::header::AUTHORIZATION, auth.clone());
-        }
+        h.insert(http::header::AUTHORIZATION, call_token);
         if let Some(t) = timeout {
             // What is left after resolution, so the module server gives up when the caller does.
             h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
@@ -283,6 +316,12 @@ impl ModuleProxy {
             Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
         };
         let (parts, body) = response.into_parts();
+        if parts.headers.get("grpc-status").is_some_and(|s| s == "16") {
+            // Trailers-only UNAUTHENTICATED: the module server refused our call token, which says
+            // nothing about the caller (already authorized), so it is not passed on as such.
+            tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
+            return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
+        }
         let proxy = self.clone();
         let on_error = move |status: tonic::Status| {
             let status = match TransportFailure::from_status(&status) {

@@ -1,6 +1,6 @@
 //! From a request to a rendered plan: the template it names, the namespace rule, the identity,
-//! the resolved values (secrets generated under the deployment's lock) and the backend's
-//! preflight. Nothing here changes a deployment.
+//! the caller's permission, the resolved values (secrets generated under the deployment's lock)
+//! and the backend's preflight. Nothing here changes a deployment.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::locks::Held;
 use super::views::DryRunView;
 use super::{DeploymentRequest, Result, Service};
+use crate::auth::{Caller, Resource, Verb};
 use crate::catalog::{self, placeholders::kind_of, Resolved, TemplateVersion};
 use crate::identity::{self, DeploymentId};
 use crate::plan::Plan;
@@ -34,9 +35,10 @@ struct Resolution {
 }
 
 impl Service {
-    /// Renders without touching anything.
-    pub fn dry_run(&self, req: &DeploymentRequest) -> Result<DryRunView> {
+    /// Renders without touching anything. The caller needs what the deploy would need.
+    pub async fn dry_run(&self, caller: &Caller, req: &DeploymentRequest) -> Result<DryRunView> {
         let r = self.resolve(req)?;
+        self.permit_apply(caller, &r.id).await?;
         let rendered = r.template.render(&r.resolved.values)?;
         let mut objects = r.template.objects(&rendered)?;
         Plan::order_objects(&mut objects);
@@ -46,9 +48,10 @@ impl Service {
 
     /// Validates, renders and plans a deployment, and checks the backend can run it. Nothing is
     /// applied yet, so any error here leaves every deployment as it was.
-    pub async fn prepare(&self, req: &DeploymentRequest) -> Result<Prepared> {
+    pub async fn prepare(&self, caller: &Caller, req: &DeploymentRequest) -> Result<Prepared> {
         let started = Instant::now();
         let Resolution { template, config, mut resolved, id } = self.resolve(req)?;
+        self.permit_apply(caller, &id).await?;
         let lock = self.locks.hold(&id).await;
         // Secrets are generated here, under the lock: a concurrent first deploy waits, then
         // finds this one's record and keeps its secrets (a new password would break clients).
@@ -75,6 +78,15 @@ impl Service {
         Ok(Prepared { plan, started, lock })
     }
 
+    /// `create` on a new deployment, `update` on one that exists.
+    async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
+        let verb = match caller {
+            Caller::User(_) if self.backend.get(id).await?.is_some() => Verb::Update,
+            _ => Verb::Create,
+        };
+        self.permit(caller, verb, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await
+    }
+
     fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
         let template = self.catalog.load(&req.module, req.version())?;
         let config = self.with_namespace(&template, &req.config)?;
@@ -84,9 +96,17 @@ impl Service {
     }
 
     /// Applies the namespace rule to a template that takes a namespace: the one asked for
-    /// (checked), else the orchestrator's.
+    /// (checked), else the orchestrator's. A template declaring [`ORCHESTRATOR_NAMESPACE`]
+    /// (python-module's NetworkPolicy lets the orchestrator's pods in) gets the orchestrator's
+    /// namespace there unless the request names one.
     fn with_namespace(&self, template: &TemplateVersion, config: &Map<String, Value>) -> Result<Map<String, Value>> {
         let mut config = config.clone();
+        if template.declares(ORCHESTRATOR_NAMESPACE) {
+            let given = config.get(ORCHESTRATOR_NAMESPACE).is_some_and(|v| v.as_str() != Some(""));
+            if !given {
+                config.insert(ORCHESTRATOR_NAMESPACE.into(), Value::String(self.rule.home().to_string()));
+            }
+        }
         if !template.declares("namespace") {
             return Ok(config);
         }
@@ -116,6 +136,9 @@ impl Service {
     }
 }
 
+/// The placeholder the service fills with its own namespace (see `with_namespace`).
+pub const ORCHESTRATOR_NAMESPACE: &str = "orchestrator-namespace";
+
 fn wrong_type(name: &str, got: &Value) -> catalog::Error {
     catalog::Error::WrongType { name: name.into(), expected: "string", got: kind_of(got) }
 }
@@ -139,7 +162,7 @@ mod tests {
             config: json!({"name": "db"}).as_object().cloned().unwrap(),
         };
         let run = |service: Arc<Service>, req: DeploymentRequest| async move {
-            service.deploy(&req, ApplyOptions::default()).await.unwrap().finish().await.unwrap()
+            service.deploy(&Caller::Operator, &req, ApplyOptions::default()).await.unwrap().finish().await.unwrap()
         };
         let runs: Vec<_> = (0..4).map(|_| tokio::spawn(run(service.clone(), req.clone()))).collect();
         for r in runs {

@@ -179,6 +179,30 @@ impl From<&DeploymentRecord> for DeploymentView {
     }
 }
 
+/// The values of a deployment's secret placeholders, for callers allowed
+/// `jacdeployments/secrets` (`GetDeploymentSecrets`, `GET /deployment/{ns}/{module}/{name}/secrets`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DeploymentSecretsView {
+    pub namespace: String,
+    pub module: String,
+    pub name: String,
+    /// Secret placeholder → its value, e.g. `{"password": "…"}`.
+    #[schema(value_type = Object)]
+    pub secrets: Map<String, Value>,
+}
+
+impl From<&DeploymentRecord> for DeploymentSecretsView {
+    fn from(r: &DeploymentRecord) -> Self {
+        let secrets = r.config.iter().filter(|(k, _)| r.secret_keys.contains(k)).map(|(k, v)| (k.clone(), v.clone()));
+        DeploymentSecretsView {
+            namespace: r.id.namespace.clone(),
+            module: r.id.module.clone(),
+            name: r.id.name.clone(),
+            secrets: secrets.collect(),
+        }
+    }
+}
+
 /// How many objects a run created, configured, left unchanged, deleted or kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Counts {

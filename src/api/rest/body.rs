@@ -1,9 +1,10 @@
-//! What REST requests carry: the JSON body extractor (size limit, JSON errors naming the
-//! offending field by its serde path) and the bodies and query strings of the routes.
+//! What REST requests carry: who sends them ([`Caller`], as the auth layer found), the JSON body
+//! extractor (size limit, JSON errors naming the offending field by its serde path) and the
+//! bodies and query strings of the routes.
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -11,12 +12,23 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::status::{ApiError, RequestError};
+use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::identity::DeploymentId;
 use crate::service::{self, DeploymentRequest, DEFAULT_WAIT};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The request's [`Caller`]; without an identity it is [`Caller::Anonymous`], which the service
+/// layer refuses.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller::from_extensions(&parts.extensions))
+    }
+}
 
 /// JSON body extractor with a size limit and JSON error responses (axum's own rejections are
 /// plain text).

@@ -1,7 +1,8 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
-//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, `GET /templates` and
-//! `GET /openapi.json`. Each handler turns JSON into a request, calls the service layer and
-//! returns its view; errors go through the one table in [`super::status`].
+//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
+//! `GET /templates` and `GET /openapi.json`. Each handler turns JSON into a request, calls the
+//! service layer as the request's [`Caller`] and returns its view; errors go through the one
+//! table in [`super::status`].
 //!
 //! Routes and the OpenAPI document come from the same registration (`utoipa_axum::routes!`),
 //! so the document cannot drift from the routes.
@@ -25,7 +26,10 @@ pub use body::MAX_BODY;
 use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery};
 use stream::{StreamLine, NDJSON};
 
-use crate::service::views::{DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView};
+use crate::auth::Caller;
+use crate::service::views::{
+    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView,
+};
 use crate::service::Service;
 
 type AppState = Arc<Service>;
@@ -39,6 +43,7 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(list, deploy))
         .routes(routes!(dry_run))
         .routes(routes!(get_one, undeploy))
+        .routes(routes!(secrets))
         .split_for_parts()
 }
 
@@ -70,22 +75,25 @@ async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> 
 /// Template modules and their versions.
 #[utoipa::path(get, path = "/templates", operation_id = "listTemplates", tag = TAG_TEMPLATES,
     responses((status = OK, description = "Every module with its versions", body = Vec<TemplateView>),
+              (status = UNAUTHORIZED, response = inline(ErrorBody)), (status = FORBIDDEN, response = inline(ErrorBody)),
               (status = INTERNAL_SERVER_ERROR, response = inline(ErrorBody))))]
-async fn templates(State(service): State<AppState>) -> Result<Json<Vec<TemplateView>>, ApiError> {
-    Ok(Json(service.templates()?))
+async fn templates(State(service): State<AppState>, caller: Caller) -> Result<Json<Vec<TemplateView>>, ApiError> {
+    Ok(Json(service.templates(&caller).await?))
 }
 
 /// Renders a template version with the given values, touching nothing.
 #[utoipa::path(post, path = "/deployment/dry_run", operation_id = "dryRun", tag = TAG_DEPLOYMENTS,
     request_body = DeploymentBody,
     responses((status = OK, description = "Every placeholder and rendered file", body = DryRunView),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
 async fn dry_run(
     State(service): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Json<DryRunView>, ApiError> {
-    Ok(Json(service.dry_run(&body.request()?)?))
+    Ok(Json(service.dry_run(&caller, &body.request()?).await?))
 }
 
 fn wants_ndjson(headers: &HeaderMap) -> bool {
@@ -98,18 +106,20 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     params(DeployQuery), request_body = DeploymentBody,
     responses((status = OK, description = "Applied (and ready, with wait)", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = CONFLICT, response = inline(ErrorBody)), (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
               (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
 async fn deploy(
     State(service): State<AppState>,
+    caller: Caller,
     Query(q): Query<DeployQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Response, ApiError> {
     // Bad input is answered here with its own status, before anything is applied.
-    let stream = service.deploy(&body.request()?, body.options(&q)).await?;
+    let stream = service.deploy(&caller, &body.request()?, body.options(&q)).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }
@@ -120,9 +130,14 @@ async fn deploy(
 #[utoipa::path(get, path = "/deployment", operation_id = "listDeployments", tag = TAG_DEPLOYMENTS,
     params(ListQuery),
     responses((status = OK, description = "Deployments", body = DeploymentTree),
+              (status = UNAUTHORIZED, response = inline(ErrorBody)), (status = FORBIDDEN, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
-async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<DeploymentTree>, ApiError> {
-    let views = service.list(q.namespace.as_deref(), q.module.as_deref()).await?;
+async fn list(
+    State(service): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<DeploymentTree>, ApiError> {
+    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
     Ok(Json(views.into_iter().collect()))
 }
 
@@ -130,12 +145,28 @@ async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Re
 #[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}", operation_id = "getDeployment",
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "The deployment", body = DeploymentView),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
 async fn get_one(
     State(service): State<AppState>,
+    caller: Caller,
     Path(path): Path<DeploymentPath>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    Ok(Json(service.get(&path.id()?).await?))
+    Ok(Json(service.get(&caller, &path.id()?).await?))
+}
+
+/// The values of a deployment's secret placeholders (`get` on `jacdeployments/secrets`).
+#[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}/secrets", operation_id = "getDeploymentSecrets",
+    tag = TAG_DEPLOYMENTS, params(DeploymentPath),
+    responses((status = OK, description = "Secret placeholder values", body = DeploymentSecretsView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
+async fn secrets(
+    State(service): State<AppState>,
+    caller: Caller,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Json<DeploymentSecretsView>, ApiError> {
+    Ok(Json(service.secrets(&caller, &path.id()?).await?))
 }
 
 /// Removes everything a deployment created (NDJSON streaming as for deploy).
@@ -143,14 +174,16 @@ async fn get_one(
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "Removed", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
 async fn undeploy(
     State(service): State<AppState>,
+    caller: Caller,
     Path(path): Path<DeploymentPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stream = service.undeploy(&path.id()?).await?;
+    let stream = service.undeploy(&caller, &path.id()?).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }
