@@ -10,6 +10,7 @@ fn jac_orc(server: &TestServer, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jac-orc"))
         .args(args)
         .env("JAC_ORC_SERVER", server.url())
+        .env("JAC_ORC_TOKEN", crate::support::ADMIN)
         .output()
         .expect("run jac-orc");
     (

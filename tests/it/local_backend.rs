@@ -19,8 +19,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use crate::support::redis_auth;
 use crate::support::{redis_available, redis_ping};
-use lab::{answers, eventually, grpc_deploy, mode, module_serving, redis_auth, workloads, Lab, Reaper, BOUND};
+use lab::{answers, eventually, grpc_deploy, mode, module_serving, workloads, Lab, Reaper, BOUND};
 
 #[tokio::test]
 async fn kill_9_leaves_redis_running_and_the_next_serve_adopts_it_with_the_same_pid_and_port() {

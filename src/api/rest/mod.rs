@@ -58,7 +58,7 @@ pub async fn not_found(req: Request) -> ApiError {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER,
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER, security(()),
     responses((status = OK, description = "The server is up", body = String, content_type = "application/json",
         example = json!("OK"))))]
 async fn healthz() -> Json<&'static str> {
@@ -66,7 +66,7 @@ async fn healthz() -> Json<&'static str> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = TAG_SERVER,
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = TAG_SERVER, security(()),
     responses((status = OK, description = "The OpenAPI 3.1 document of these routes", body = Object)))]
 async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> {
     Json(OpenApi::clone(&doc))

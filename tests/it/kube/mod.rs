@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jac_splice_orc::auth::Caller;
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
 use jac_splice_orc::catalog::Catalog;
@@ -153,7 +154,10 @@ fn request(module: &str, ns: &str, name: &str, overrides: Value) -> DeploymentRe
 }
 
 async fn plan(svc: &Service, module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
-    timed(svc.prepare(&request(module, ns, name, overrides))).await.expect("renders and passes preflight").plan
+    timed(svc.prepare(&Caller::Operator, &request(module, ns, name, overrides)))
+        .await
+        .expect("renders and passes preflight")
+        .plan
 }
 
 fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
@@ -223,12 +227,13 @@ fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str, plura
 
 // === processes ===
 
-/// `python3 -m jac_splice.server MODULE` on `host`, and the port it printed.
-async fn module_server(module: &str, host: &str) -> (tokio::process::Child, u16) {
+/// `python3 -m jac_splice.server MODULE` on `host`, requiring `call_token`, and the port it printed.
+async fn module_server(module: &str, host: &str, call_token: &str) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt;
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = tokio::process::Command::new(python)
         .args(["-m", "jac_splice.server", module, "--host", host, "--port", "0"])
+        .env("JAC_SPLICE_CALL_TOKEN", call_token)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

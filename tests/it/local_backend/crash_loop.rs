@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb::{self, deploy_event::Event};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
@@ -136,7 +136,8 @@ async fn kill_9_at_20_random_points_across_deploys_leaves_every_deployment_answe
                 };
                 let mut endpoint = None;
                 // The kill may come before the connection: that is an interrupted deploy too.
-                let client = tokio::time::timeout(BOUND, OrchestratorClient::connect(serve.url.clone())).await;
+                let client =
+                    tokio::time::timeout(BOUND, crate::support::try_grpc_client(&serve.url, Some(&serve.token))).await;
                 let stream = match client {
                     Ok(Ok(mut client)) => tokio::time::timeout(BOUND, client.deploy(req)).await.ok(),
                     _ => None,

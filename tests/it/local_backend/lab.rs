@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb::{self, deploy_event::Event};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -34,6 +34,8 @@ pub(super) struct Serve {
     pub(super) child: tokio::process::Child,
     pub(super) pid: u32,
     pub(super) url: String,
+    /// The admin token serve generated in the data dir (what the CLI on this host sends).
+    pub(super) token: String,
 }
 
 impl Lab {
@@ -82,7 +84,8 @@ impl Lab {
         for _ in 0..rounds() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(addr) = text.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()) {
-                return Serve { child, pid, url: format!("http://{addr}") };
+                let token = std::fs::read_to_string(self.data.join("token")).expect("serve generated its admin token");
+                return Serve { child, pid, url: format!("http://{addr}"), token: token.trim().to_string() };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("jac-orc serve exited with {status}:\n{text}");
@@ -158,13 +161,14 @@ pub(super) fn rounds() -> u128 {
 }
 
 impl Serve {
-    pub(super) async fn grpc(&self) -> OrchestratorClient<tonic::transport::Channel> {
-        let c = tokio::time::timeout(BOUND, OrchestratorClient::connect(self.url.clone())).await;
-        c.expect("connect in time").expect("connect")
+    /// A gRPC client sending the generated admin token.
+    pub(super) async fn grpc(&self) -> crate::support::Grpc {
+        crate::support::grpc_client(&self.url, Some(&self.token)).await
     }
 
+    /// An HTTP client sending the generated admin token.
     pub(super) fn http(&self) -> reqwest::Client {
-        reqwest::Client::builder().timeout(BOUND).build().expect("http client")
+        crate::support::http_client(Some(&self.token))
     }
 
     /// Every record, by name, as the REST gateway shows it.
@@ -289,16 +293,6 @@ pub(super) async fn grpc_deploy(serve: &Serve, module: &str, config: Value) -> R
         }
     }
     Ok(endpoint.expect("a summary with an endpoint"))
-}
-
-/// Sends `AUTH password` to a Redis server; the first reply line.
-pub(super) async fn redis_auth(addr: &str, password: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("AUTH {password}\r\n").as_bytes()).await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
-    String::from_utf8_lossy(&buf[..n]).trim().to_string()
 }
 
 pub(super) fn mode(p: &Path) -> u32 {
