@@ -9,6 +9,7 @@
 //! stand in for it by patching status. Plans come from the built-in catalog through the service
 //! layer, as in production.
 
+mod access;
 mod deploy;
 mod install;
 mod probes;
