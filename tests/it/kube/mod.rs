@@ -104,10 +104,10 @@ impl Drop for Cluster {
                 let bindings = Api::<ClusterRoleBinding>::all(client);
                 for ns in namespaces {
                     let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
-                    // The install tests bind a ClusterRole per namespace.
-                    let _ =
-                        tokio::time::timeout(STEP, bindings.delete(&format!("jac-orc-{ns}"), &DeleteParams::default()))
-                            .await;
+                    // The install tests bind ClusterRoles per namespace.
+                    for name in [format!("jac-orc-{ns}"), format!("jac-orc-{ns}-auth")] {
+                        let _ = tokio::time::timeout(STEP, bindings.delete(&name, &DeleteParams::default())).await;
+                    }
                 }
             });
         });
