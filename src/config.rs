@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-
-use crate::auth::layer::ReflectionAccess;
-use crate::server::Limits;
+use std::time::Duration;
 
 /// Which backend runs deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,7 +41,20 @@ pub struct SecurityConfig {
     pub reflection: Option<ReflectionAccess>,
     /// `None`: plaintext.
     pub tls: Option<TlsChoice>,
-    pub limits: Limits,
+    /// Connection limits (`crate::server::Limits`).
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_streams: u32,
+}
+
+/// Who may use gRPC reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReflectionAccess {
+    /// Anyone who reaches the port.
+    Open,
+    /// Authenticated callers only.
+    Auth,
 }
 
 /// Where the server's certificate comes from.

@@ -43,14 +43,7 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
 }
 
-/// Who may use gRPC reflection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReflectionAccess {
-    /// Anyone who reaches the port.
-    Open,
-    /// Authenticated callers only.
-    Auth,
-}
+pub use crate::config::ReflectionAccess;
 
 /// Settings of [`Auth`].
 #[derive(Debug, Clone)]

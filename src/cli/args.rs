@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::layer::ReflectionAccess;
-use crate::config::{self, BackendChoice, SecurityConfig, ServeConfig, TlsChoice};
+use crate::config::{self, BackendChoice, ReflectionAccess, SecurityConfig, ServeConfig, TlsChoice};
 use crate::identity::LATEST;
 use crate::server::Limits;
 
@@ -155,11 +154,10 @@ impl SecurityArgs {
             metrics_auth: self.metrics_auth,
             reflection: self.reflection,
             tls,
-            limits: Limits::default()
-                .header_read_timeout(self.header_read_timeout)
-                .idle_timeout(self.idle_timeout)
-                .max_connections(self.max_connections)
-                .max_streams(self.max_streams),
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
         }
     }
 }

@@ -82,7 +82,12 @@ pub(super) fn setup(
         ),
         None => {}
     }
-    let options = server::Options::new(AuthLayer::new(authn, auth)).tls(tls).limits(cfg.limits);
+    let limits = server::Limits::default()
+        .header_read_timeout(cfg.header_read_timeout)
+        .idle_timeout(cfg.idle_timeout)
+        .max_connections(cfg.max_connections)
+        .max_streams(cfg.max_streams);
+    let options = server::Options::new(AuthLayer::new(authn, auth)).tls(tls).limits(limits);
     Ok(Security { authorizer: Arc::new(authorizer), options })
 }
 
