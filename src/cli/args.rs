@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the orchestrator: gRPC, grpc-web and REST on one address.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Render a template version and show every placeholder and manifest, touching nothing.
     DryRun(RenderArgs),
     /// Deploy a template version, showing progress per object.

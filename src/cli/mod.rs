@@ -21,7 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
     init_tracing(&cli.log);
     runtime()?.block_on(async move {
         match cli.command {
-            Command::Serve(a) => serve::serve(a.into_config()).await,
+            Command::Serve(a) => serve::serve((*a).into_config()).await,
             Command::DryRun(a) => client::dry_run(a).await,
             Command::Deploy(a) => client::deploy(a).await,
             Command::Undeploy(a) => client::undeploy(a).await,
