@@ -282,3 +282,36 @@ async fn a_generated_password_is_redacted_except_through_the_secrets_api_and_get
     assert!(err.contains("may not get jacdeployments/secrets") && err.contains("PermissionDenied"), "{err}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_generates_its_admin_token_once_logs_where_never_what_and_the_cli_on_this_host_uses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let served = crate::served::Served::start(&[], &[]).await;
+    let token = served.admin_token();
+    let path = served.data_dir().join("token");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let log = served.log_text();
+    assert!(log.contains(&path.display().to_string()), "the log says where: {log}");
+    assert!(!log.contains(&token), "the log never holds the token");
+
+    let cli = |data_dir: &str, addr: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jac-orc"))
+            .args(["templates", "--server", &format!("http://{addr}"), "--data-dir", data_dir])
+            .env_remove("JAC_ORC_TOKEN")
+            .output()
+            .expect("jac-orc runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let data = served.data_dir().display().to_string();
+    let (ok, err) = tokio::task::block_in_place(|| cli(&data, &served.addr));
+    assert!(ok, "the CLI reads the data dir's token for a loopback server: {err}");
+    let (ok, err) = tokio::task::block_in_place(|| cli("/nonexistent-data-dir", &served.addr));
+    assert!(!ok);
+    assert!(err.contains("authentication required") && err.contains(&path.display().to_string()), "{err}");
+
+    // A restart on the same data dir keeps the token.
+    let served = served.restart().await;
+    assert_eq!(served.admin_token(), token);
+    assert!(served.log_text().contains("created=false"), "{}", served.log_text());
+    served.stop().await;
+}

@@ -13,6 +13,8 @@ pub(crate) struct Served {
     /// `host:port` it listens on.
     pub(crate) addr: String,
     pub(crate) data: tempfile::TempDir,
+    prefix: Vec<String>,
+    args: Vec<String>,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -21,18 +23,30 @@ impl Served {
     /// Runs `prefix... jac-orc serve --backend local --listen 127.0.0.1:0 --data-dir D args...`
     /// (`prefix` e.g. `prlimit --nofile=256:256 --`) and waits until it announces its address.
     pub(crate) async fn start(prefix: &[&str], args: &[&str]) -> Served {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Self::start_in(tempfile::tempdir().expect("tempdir"), owned(prefix), owned(args)).await
+    }
+
+    /// Stops it (SIGTERM, a clean exit) and starts it again on the same data dir.
+    pub(crate) async fn restart(mut self) -> Served {
+        self.terminate();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"));
+        let (prefix, args) = (std::mem::take(&mut self.prefix), std::mem::take(&mut self.args));
+        Self::start_in(data, prefix, args).await
+    }
+
+    async fn start_in(data: tempfile::TempDir, prefix: Vec<String>, args: Vec<String>) -> Served {
         use std::io::BufRead;
-        let data = tempfile::tempdir().expect("tempdir");
         let bin = env!("CARGO_BIN_EXE_jac-orc");
-        let (program, rest) = match prefix.split_first() {
-            Some((p, rest)) => (p.to_string(), rest.iter().map(|s| s.to_string()).chain([bin.to_string()]).collect()),
+        let (program, rest): (String, Vec<String>) = match prefix.split_first() {
+            Some((p, rest)) => (p.clone(), rest.iter().cloned().chain([bin.to_string()]).collect()),
             None => (bin.to_string(), Vec::new()),
         };
         let mut child = Command::new(program)
             .args(rest)
             .args(["serve", "--backend", "local", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
-            .args(args)
+            .args(&args)
             .env("JAC_ORC_LOG", "info,jac_splice_orc::server=debug")
             .env("NO_COLOR", "1")
             .env_remove("MODULES")
@@ -47,7 +61,7 @@ impl Served {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (lines, sink) = (std::io::BufReader::new(child.stderr.take().unwrap()).lines(), log.clone());
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
-        let mut served = Served { addr: String::new(), data, child, log };
+        let mut served = Served { addr: String::new(), data, prefix, args, child, log };
         let line = served.wait_for_log("jac-orc listening on ").await;
         served.addr = line.split("jac-orc listening on ").nth(1).and_then(|r| r.split(' ').next()).unwrap().into();
         served
@@ -100,6 +114,10 @@ impl Served {
 
     /// SIGTERM, and waits for a clean exit.
     pub(crate) async fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let status = tokio::task::block_in_place(|| self.child.wait()).expect("serve exits");
