@@ -87,7 +87,10 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
 
+    let edge = crate::api::layers::EdgeLayer::new(&service.settings().edge);
+    let local = listener.local_addr()?;
     let (app, module_proxy) = app_parts(service).await?;
+    let (app, module_proxy) = (tower::Layer::layer(&edge, app), tower::Layer::layer(&edge, module_proxy));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http2()
@@ -115,7 +118,8 @@ pub async fn serve(
         let (app, module_proxy) = (app.clone(), module_proxy.clone());
         // ModuleProxy calls (the hot path) go straight to their service; everything else
         // (REST, the other gRPC services, grpc-web) through the router.
-        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(crate::auth::ConnectionInfo { peer, local });
             let response: BoxFuture = if is_module_proxy_call(&req) {
                 let mut proxy = module_proxy.clone();
                 let call = tower::Service::call(&mut proxy, req.map(tonic::body::Body::new));

@@ -10,7 +10,7 @@ mod deploy;
 mod locks;
 mod prepare;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod views;
 
 use std::sync::Arc;
@@ -92,6 +92,8 @@ pub struct Settings {
     pub restricted_namespace: bool,
     /// `ModuleProxy` limits and tuning.
     pub proxy: crate::proxy::ProxyConfig,
+    /// The HTTP edge's browser and request-head rules (CORS allowlist, URI limit).
+    pub edge: crate::config::EdgeConfig,
 }
 
 impl Settings {
@@ -106,6 +108,7 @@ impl Default for Settings {
             namespace: "default".into(),
             restricted_namespace: false,
             proxy: crate::proxy::ProxyConfig::default(),
+            edge: crate::config::EdgeConfig::default(),
         }
     }
 }
