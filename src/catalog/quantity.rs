@@ -55,9 +55,8 @@ pub fn parse(s: &str) -> Result<f64> {
     let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, suffix) = s.split_at(digits_end);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let well_formed = !fraction.contains('.')
-        && !(whole.is_empty() && fraction.is_empty())
-        && whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit());
+    let has_digits = !(whole.is_empty() && fraction.is_empty());
+    let well_formed = has_digits && whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit());
     if !well_formed {
         return Err(Error::Syntax);
     }

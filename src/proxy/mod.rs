@@ -313,6 +313,9 @@ impl ModuleProxy {
             Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
         };
         let (parts, body) = response.into_parts();
+        if let Some(message) = undecodable(&parts.headers) {
+            return Err(to_status(Error::Undecodable(message)));
+        }
         let proxy = self.clone();
         let on_error = move |status: tonic::Status| {
             let status = match TransportFailure::from_status(&status) {
@@ -359,13 +362,6 @@ impl ModuleProxy {
             None if status.code() == tonic::Code::Unavailable => {
                 self.unreachable(id, endpoint, status.message().to_string())
             }
-            // tonic's decoder answers a message it cannot parse with INTERNAL and this text;
-            // the message was the caller's, so it is the caller's error.
-            None if status.code() == tonic::Code::Internal
-                && status.message().starts_with("failed to decode Protobuf message") =>
-            {
-                Error::Undecodable(status.message().to_string())
-            }
             None => Error::Upstream(Box::new(status)),
         }
     }
@@ -391,6 +387,15 @@ impl ModuleProxy {
         tracing::warn!(deployment = %id, endpoint, %reason, "module server unreachable");
         Error::Unreachable { endpoint: endpoint.to_string(), deployment: id.clone(), reason }
     }
+}
+
+/// The message of a trailers-only INTERNAL status with which tonic's decoder answers a request
+/// it cannot parse ("failed to decode Protobuf message: ..."): the request was the caller's, so
+/// the proxy answers InvalidArgument instead.
+fn undecodable(headers: &http::HeaderMap) -> Option<String> {
+    let status = tonic::Status::from_header_map(headers)?;
+    let decode = status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf");
+    decode.then(|| status.message().to_string())
 }
 
 fn too_large(len: usize, limit: usize) -> tonic::Status {

@@ -100,7 +100,7 @@ impl<S> Cors<S> {
     fn verdict<B>(&self, req: &Request<B>) -> Verdict {
         let Some(origin) = req.headers().get(header::ORIGIN) else { return Verdict::Pass };
         let text = origin.to_str().unwrap_or_default().to_ascii_lowercase();
-        let listed = self.allowed.iter().any(|a| *a == text);
+        let listed = self.allowed.contains(&text);
         let preflight =
             req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         match (listed, preflight) {
