@@ -195,3 +195,22 @@ async fn a_list_element_of_the_wrong_type_is_400_naming_the_element_not_422() {
     assert_eq!((status, body["field"].as_str()), (400, Some("config.packages")), "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn module_pods_read_the_package_index_from_the_operators_secret_and_packages_only_as_requirement_lines() {
+    let server = TestServer::start().await;
+    let config = json!({"name": "np", "module": "numpy", "packages": ["numpy==2.1.3", "scipy>=1.13; python_version >= \"3.10\""]});
+    let (status, body) = dry_run(&server, "python-module", config).await;
+    assert_eq!(status, 200, "{body}");
+    let docs = crate::support::yaml_docs(body["modules"]["python-module.yaml"].as_str().unwrap());
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    let index = env.iter().find(|e| e["name"] == "PIP_INDEX_URL").expect("PIP_INDEX_URL");
+    assert_eq!(
+        index["valueFrom"]["secretKeyRef"],
+        json!({"name": "jac-orc-pip", "key": "index-url", "optional": true})
+    );
+    let packages = env.iter().find(|e| e["name"] == "JAC_SPLICE_PACKAGES").unwrap();
+    assert_eq!(packages["value"], "numpy==2.1.3\nscipy>=1.13; python_version >= \"3.10\"\n");
+    server.stop().await;
+}
