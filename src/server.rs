@@ -88,7 +88,7 @@ pub async fn serve(
     use hyper_util::server::conn::auto::Builder;
 
     let edge = crate::api::layers::EdgeLayer::new(&service.settings().edge);
-    let local = listener.local_addr()?;
+    let listening = listener.local_addr()?;
     let (app, module_proxy) = app_parts(service).await?;
     let (app, module_proxy) = (tower::Layer::layer(&edge, app), tower::Layer::layer(&edge, module_proxy));
     let mut builder = Builder::new(TokioExecutor::new());
@@ -115,6 +115,7 @@ pub async fn serve(
         };
         // Small gRPC messages would otherwise wait on Nagle + delayed ACK (~40 ms per call).
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(listening);
         let (app, module_proxy) = (app.clone(), module_proxy.clone());
         // ModuleProxy calls (the hot path) go straight to their service; everything else
         // (REST, the other gRPC services, grpc-web) through the router.

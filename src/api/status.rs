@@ -463,4 +463,43 @@ mod tests {
         });
         assert_eq!(classify(&restricted).reason, "RESTRICTED_NAMESPACE");
     }
+
+    #[test]
+    fn edge_refusals_have_their_status_reason_and_field_and_speak_grpc_to_grpc() {
+        let cases = [
+            (RequestError::UnsupportedMediaType { found: Some("text/plain".into()) }, 415, "UNSUPPORTED_MEDIA_TYPE"),
+            (
+                RequestError::MethodNotAllowed { method: Method::PUT, path: "/deployment".into() },
+                405,
+                "METHOD_NOT_ALLOWED",
+            ),
+            (RequestError::UriTooLong { len: 9000, limit: 8192 }, 414, "URI_TOO_LONG"),
+            (RequestError::ForeignHost { host: "evil.example".into() }, 421, "HOST_NOT_ALLOWED"),
+            (RequestError::OriginNotAllowed { origin: "https://evil.example".into() }, 403, "ORIGIN_NOT_ALLOWED"),
+            (RequestError::BadQuery { reason: "x".into() }, 400, "BAD_QUERY"),
+            (RequestError::Http { status: StatusCode::IM_A_TEAPOT, detail: "teapot".into() }, 418, "HTTP_ERROR"),
+        ];
+        for (e, http, reason) in cases {
+            assert_eq!(e.class().http.as_u16(), http, "{e}");
+            let status = e.status();
+            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason, "{e}");
+            let grpc = e.respond(Some(&http::HeaderValue::from_static("application/grpc-web+proto")));
+            assert_eq!(grpc.status(), StatusCode::OK, "gRPC errors are trailers-only 200s");
+            assert_eq!(grpc.headers()["content-type"], "application/grpc-web+proto");
+            assert!(grpc.headers().contains_key("grpc-status"));
+        }
+        let json = RequestError::ForeignHost { host: "evil.example".into() }.respond(None);
+        assert_eq!(json.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(json.headers()["content-type"], "application/json");
+        assert_eq!(RequestError::quoted(b"a\nb"), "a?b");
+        assert!(RequestError::quoted(&[b'x'; 300]).ends_with("..."));
+    }
+
+    #[test]
+    fn the_proxy_buffer_limit_is_resource_exhausted() {
+        let s = proxy_status(proxy::Error::BufferLimit { needed: 300 << 20, limit: 8 << 20 });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "PROXY_BUFFER_LIMIT");
+        assert_eq!(proxy_status(proxy::Error::Undecodable("failed to decode".into())).code(), Code::InvalidArgument);
+    }
 }

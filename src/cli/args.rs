@@ -279,4 +279,33 @@ mod tests {
         );
         assert!(parse_sets(&["novalue".into()], &[]).is_err());
     }
+
+    #[test]
+    fn serve_flags_for_pip_and_cors_are_checked_when_parsed() {
+        let serve = |args: &[&str]| {
+            let argv = ["jac-orc", "serve"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(a) => a.into_config(),
+                other => panic!("{other:?}"),
+            })
+        };
+        let dir = std::env::temp_dir();
+        let cfg = serve(&["--cors-origin", "https://App.example/", "--cors-origin", "http://localhost:3000"]).unwrap();
+        assert_eq!(cfg.edge.cors_origins, ["https://app.example", "http://localhost:3000"]);
+        for bad in [
+            &["--cors-origin", "*"][..],
+            &["--cors-origin", "app.example"],
+            &["--pip-index-url", "ftp://x/simple"],
+            &["--pip-index-url", "not a url"],
+            &["--pip-find-links", "/no/such/folder"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+        let cfg =
+            serve(&["--pip-index-url", "https://u:p@idx.example/simple", "--pip-find-links", dir.to_str().unwrap()])
+                .unwrap();
+        assert_eq!(cfg.pip.index_url.as_deref(), Some("https://u:p@idx.example/simple"));
+        assert!(cfg.pip.find_links.unwrap().is_absolute());
+        assert_eq!(serve(&[]).unwrap().max_buffered_bytes, crate::proxy::DEFAULT_MAX_BUFFERED_BYTES);
+    }
 }
