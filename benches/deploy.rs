@@ -94,8 +94,14 @@ async fn sum(client: &mut OrchestratorClient<tonic::transport::Channel>, n: u64,
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let local =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: tmp.path().into(), python: "python3".into() }).unwrap());
+    let local = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: tmp.path().into(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     bench_backend(c, "local", &rt, local.clone(), "default");
     rt.block_on(local.shutdown());
 

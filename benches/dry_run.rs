@@ -12,8 +12,14 @@ use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
 use serde_json::json;
 
 fn service(dir: &std::path::Path) -> Arc<Service> {
-    let backend =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    let backend = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: dir.to_path_buf(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Arc::new(Service::new(Arc::new(Catalog::builtin()), backend, Settings::default()))
 }
 
@@ -53,7 +59,12 @@ fn in_process(c: &mut Criterion) {
         let legacy = Arc::new(Service::new(
             Arc::new(Catalog::directory_only(&store).unwrap()),
             Arc::new(
-                LocalBackend::open(LocalOptions { data_dir: tmp.path().join("l"), python: "python3".into() }).unwrap(),
+                LocalBackend::open(LocalOptions {
+                    data_dir: tmp.path().join("l"),
+                    python: "python3".into(),
+                    ..Default::default()
+                })
+                .unwrap(),
             ),
             Settings::default(),
         ));

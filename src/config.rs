@@ -28,6 +28,11 @@ pub struct ServeConfig {
     /// Largest message `ModuleProxy` forwards.
     pub max_message_bytes: usize,
     pub security: SecurityConfig,
+    /// Largest out-of-order `ModuleProxy` request buffered before forwarding.
+    pub max_buffered_bytes: usize,
+    /// Where pip finds python-module packages on the local backend.
+    pub pip: crate::backend::local::PipSource,
+    pub edge: EdgeConfig,
 }
 
 /// Authentication, TLS and connection limits of `serve`.
@@ -72,6 +77,33 @@ impl TlsChoice {
     /// The certificate files of a `--tls-dir` (a `kubernetes.io/tls` Secret's keys).
     pub fn dir_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
         (dir.join("tls.crt"), dir.join("tls.key"))
+    }
+}
+
+/// The HTTP edge's browser and request-head rules (`crate::api::layers`).
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Origins allowed to call cross-origin (REST, grpc-web), as `parse_origin` returns them.
+    pub cors_origins: Vec<String>,
+    /// Longest request URI (path and query) accepted.
+    pub max_uri_bytes: usize,
+}
+
+/// Default of [`EdgeConfig::max_uri_bytes`].
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig { cors_origins: Vec::new(), max_uri_bytes: DEFAULT_MAX_URI_BYTES }
+    }
+}
+
+impl EdgeConfig {
+    /// Adds an origin allowed to call cross-origin (`parse_origin`'s form).
+    #[must_use]
+    pub fn cors_origin(mut self, origin: impl Into<String>) -> Self {
+        self.cors_origins.push(origin.into());
+        self
     }
 }
 

@@ -104,10 +104,10 @@ class Orchestrator:
             self.proc.stderr.close()
 
 
-def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
+def start_orchestrator(binary: str, data_dir: Path, *args: str) -> Orchestrator:
     env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args],
         env=env,
         cwd=str(data_dir),
         stdin=subprocess.DEVNULL,
@@ -142,9 +142,15 @@ def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
 
 
 @pytest.fixture(scope="module")
-def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder jac-orc installs python-module packages from (`--pip-find-links`, no index)."""
+    return tmp_path_factory.mktemp("wheels")
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Orchestrator]:
     binary = require_binary()
-    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"))
+    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"), "--pip-find-links", str(wheels))
     try:
         yield orc
     finally:
@@ -216,19 +222,18 @@ def make_wheel(directory: Path, name: str, source: str) -> Path:
 
 
 def test_packages_are_installed_into_the_deployments_virtualenv(
-    orchestrator: Orchestrator, tmp_path: Path
+    orchestrator: Orchestrator, wheels: Path
 ) -> None:
     # The module exists only in the wheel: the deployment can import it only if the local
-    # backend installed `packages` into its virtualenv. --no-index keeps pip off the network.
-    wheel = make_wheel(
-        tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n"
-    )
+    # backend installed `packages` into its virtualenv. Packages are requirements; where they
+    # come from is jac-orc's --pip-find-links folder, which keeps pip off the network.
+    make_wheel(wheels, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n")
     body = {
         "module": "python-module",
         "config": {
             "name": "pkgmod",
             "module": "splice_pkgmod",
-            "packages": ["--no-index", str(wheel)],
+            "packages": ["splice_pkgmod==0.1"],
         },
     }
     deployed = orchestrator.rest("POST", "/deployment", body)

@@ -59,8 +59,11 @@ fn classify(e: &Error) -> Class {
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
         Error::Proxy(p) => match p {
-            proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
+            proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
+            }
+            proxy::Error::BufferLimit { .. } => {
+                class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "PROXY_BUFFER_LIMIT")
             }
             proxy::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
             proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => {
@@ -94,7 +97,8 @@ fn classify_authorization(a: &authorize::Error) -> Class {
     }
 }
 
-/// What only the REST edge meets: its request bodies and its paths.
+/// What the HTTP edge meets before the service: request bodies, paths, query strings, methods,
+/// content types and the head checks of [`super::layers`] (URI length, `Host`, `Origin`).
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error("request body is larger than {limit} bytes")]
@@ -106,6 +110,28 @@ pub enum RequestError {
     BadJson { field: Option<String>, source: serde_path_to_error::Error<serde_json::Error> },
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
+    /// A body that is not `application/json` (a browser's no-preflight `text/plain` POST).
+    #[error("unsupported content type `{}`: send the body as `application/json`", .found.as_deref().unwrap_or("(none)"))]
+    UnsupportedMediaType { found: Option<String> },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+    #[error("invalid query string: {reason}")]
+    BadQuery { reason: String },
+    #[error("invalid path: {reason}")]
+    BadPath { reason: String },
+    #[error("the request URI is {len} bytes long; the limit is {limit}")]
+    UriTooLong { len: usize, limit: usize },
+    /// A loopback listener asked for a name that is not loopback (DNS rebinding).
+    #[error("host `{host}` is not a loopback name: this server listens on loopback and answers only requests for localhost, 127.0.0.1 or [::1]")]
+    ForeignHost { host: String },
+    #[error("cross-origin requests from `{origin}` are not allowed (the server allows the origins given with --cors-origin)")]
+    OriginNotAllowed { origin: String },
+    /// A protobuf message that does not decode (a gRPC request; see `api/codec.rs`).
+    #[error("the request message is not valid protobuf: {0}")]
+    Undecodable(#[source] prost::DecodeError),
+    /// An error status the framework answered without a body of ours (kept, given a JSON body).
+    #[error("{detail}")]
+    Http { status: StatusCode, detail: String },
 }
 
 impl RequestError {
@@ -117,6 +143,17 @@ impl RequestError {
         RequestError::BadJson { field, source }
     }
 
+    /// Header text quoted in a message: bounded, visible ASCII only.
+    pub fn quoted(value: &[u8]) -> String {
+        let text: String =
+            value.iter().take(100).map(|b| if b.is_ascii_graphic() { *b as char } else { '?' }).collect();
+        if value.len() > 100 {
+            format!("{text}...")
+        } else {
+            text
+        }
+    }
+
     fn class(&self) -> Class {
         use StatusCode as H;
         match self {
@@ -124,7 +161,62 @@ impl RequestError {
             RequestError::BodyUnreadable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_BODY"),
             RequestError::BadJson { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_JSON"),
             RequestError::NoRoute { .. } => class(Code::Unimplemented, H::NOT_FOUND, "NO_ROUTE"),
+            RequestError::UnsupportedMediaType { .. } => {
+                class(Code::InvalidArgument, H::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            RequestError::MethodNotAllowed { .. } => {
+                class(Code::Unimplemented, H::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+            }
+            RequestError::BadQuery { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_QUERY"),
+            RequestError::BadPath { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_PATH"),
+            RequestError::UriTooLong { .. } => class(Code::InvalidArgument, H::URI_TOO_LONG, "URI_TOO_LONG"),
+            RequestError::ForeignHost { .. } => {
+                class(Code::PermissionDenied, H::MISDIRECTED_REQUEST, "HOST_NOT_ALLOWED")
+            }
+            RequestError::OriginNotAllowed { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            RequestError::Undecodable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_PROTOBUF"),
+            RequestError::Http { status, .. } => Class { code: code_of(*status), http: *status, reason: "HTTP_ERROR" },
         }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            RequestError::BadJson { field, .. } => field.clone(),
+            RequestError::UnsupportedMediaType { .. } => Some("content-type".into()),
+            RequestError::BadQuery { .. } => Some("query".into()),
+            RequestError::BadPath { .. } => Some("path".into()),
+            RequestError::ForeignHost { .. } => Some("host".into()),
+            RequestError::OriginNotAllowed { .. } => Some("origin".into()),
+            _ => None,
+        }
+    }
+
+    /// The answer to a request refused before any route ran: a gRPC status (trailers-only, with
+    /// the request's grpc-web content type) when the request is gRPC, else the JSON body.
+    pub fn respond(self, request_content_type: Option<&http::HeaderValue>) -> Response {
+        let content_type = request_content_type.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !content_type.starts_with("application/grpc") {
+            return ApiError::from(self).into_response();
+        }
+        let mut response = self.status().into_http::<axum::body::Body>();
+        if content_type.starts_with("application/grpc-web") {
+            if let Ok(v) = http::HeaderValue::from_str(content_type) {
+                response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+        response
+    }
+
+    /// The gRPC status of this error, with its reason and field.
+    pub fn status(&self) -> tonic::Status {
+        let c = self.class();
+        let message = self.to_string();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(c.reason, "jac-orc", std::collections::HashMap::new());
+        if let (Some(field), Code::InvalidArgument) = (self.field(), c.code) {
+            details.add_bad_request_violation(field, message.clone());
+        }
+        tonic::Status::with_error_details(c.code, message, details)
     }
 }
 
@@ -195,6 +287,24 @@ fn http_of(code: Code) -> StatusCode {
         Code::Unimplemented => H::NOT_IMPLEMENTED,
         Code::Unavailable => H::SERVICE_UNAVAILABLE,
         Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// gRPC code of an HTTP status (the inverse of [`http_of`], for statuses the framework answered).
+fn code_of(status: StatusCode) -> Code {
+    use StatusCode as H;
+    match status {
+        H::BAD_REQUEST | H::UNSUPPORTED_MEDIA_TYPE | H::URI_TOO_LONG => Code::InvalidArgument,
+        H::UNAUTHORIZED => Code::Unauthenticated,
+        H::FORBIDDEN | H::MISDIRECTED_REQUEST => Code::PermissionDenied,
+        H::NOT_FOUND => Code::NotFound,
+        H::CONFLICT => Code::Aborted,
+        H::METHOD_NOT_ALLOWED | H::NOT_IMPLEMENTED => Code::Unimplemented,
+        H::PAYLOAD_TOO_LARGE | H::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        H::SERVICE_UNAVAILABLE => Code::Unavailable,
+        H::GATEWAY_TIMEOUT | H::REQUEST_TIMEOUT => Code::DeadlineExceeded,
+        s if s.is_client_error() => Code::FailedPrecondition,
+        _ => Code::Internal,
     }
 }
 
@@ -282,11 +392,7 @@ impl From<Error> for ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        let field = match &e {
-            RequestError::BadJson { field, .. } => field.clone(),
-            _ => None,
-        };
-        ApiError::of(e.class(), e.to_string(), field)
+        ApiError::of(e.class(), e.to_string(), e.field())
     }
 }
 
@@ -419,5 +525,44 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "AUTHORIZATION_UNAVAILABLE");
         assert!(!s.message().contains("down"), "the cause is logged, not sent: {s:?}");
+    }
+
+    #[test]
+    fn edge_refusals_have_their_status_reason_and_field_and_speak_grpc_to_grpc() {
+        let cases = [
+            (RequestError::UnsupportedMediaType { found: Some("text/plain".into()) }, 415, "UNSUPPORTED_MEDIA_TYPE"),
+            (
+                RequestError::MethodNotAllowed { method: Method::PUT, path: "/deployment".into() },
+                405,
+                "METHOD_NOT_ALLOWED",
+            ),
+            (RequestError::UriTooLong { len: 9000, limit: 8192 }, 414, "URI_TOO_LONG"),
+            (RequestError::ForeignHost { host: "evil.example".into() }, 421, "HOST_NOT_ALLOWED"),
+            (RequestError::OriginNotAllowed { origin: "https://evil.example".into() }, 403, "ORIGIN_NOT_ALLOWED"),
+            (RequestError::BadQuery { reason: "x".into() }, 400, "BAD_QUERY"),
+            (RequestError::Http { status: StatusCode::IM_A_TEAPOT, detail: "teapot".into() }, 418, "HTTP_ERROR"),
+        ];
+        for (e, http, reason) in cases {
+            assert_eq!(e.class().http.as_u16(), http, "{e}");
+            let status = e.status();
+            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason, "{e}");
+            let grpc = e.respond(Some(&http::HeaderValue::from_static("application/grpc-web+proto")));
+            assert_eq!(grpc.status(), StatusCode::OK, "gRPC errors are trailers-only 200s");
+            assert_eq!(grpc.headers()["content-type"], "application/grpc-web+proto");
+            assert!(grpc.headers().contains_key("grpc-status"));
+        }
+        let json = RequestError::ForeignHost { host: "evil.example".into() }.respond(None);
+        assert_eq!(json.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(json.headers()["content-type"], "application/json");
+        assert_eq!(RequestError::quoted(b"a\nb"), "a?b");
+        assert!(RequestError::quoted(&[b'x'; 300]).ends_with("..."));
+    }
+
+    #[test]
+    fn the_proxy_buffer_limit_is_resource_exhausted() {
+        let s = proxy_status(proxy::Error::BufferLimit { needed: 300 << 20, limit: 8 << 20 });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "PROXY_BUFFER_LIMIT");
+        assert_eq!(proxy_status(proxy::Error::Undecodable("failed to decode".into())).code(), Code::InvalidArgument);
     }
 }

@@ -76,6 +76,24 @@ pub struct ServeArgs {
     /// Largest request or response ModuleProxy forwards, in bytes (default 1 GiB).
     #[arg(long, env = "JAC_ORC_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// Most bytes of one ModuleProxy request held before its target is known (requests whose
+    /// fields come out of order); larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "JAC_ORC_PROXY_MAX_BUFFERED_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_BUFFERED_BYTES)]
+    pub proxy_max_buffered_bytes: usize,
+    /// Package index pip installs python-module packages from on the local backend (it may
+    /// hold credentials: prefer the environment variable). Module pods on the kube backend read
+    /// theirs from the Secret `jac-orc-pip` (key `index-url`) in their namespace.
+    #[arg(long, env = "JAC_ORC_PIP_INDEX_URL", value_parser = parse_index_url, hide_env_values = true)]
+    pub pip_index_url: Option<String>,
+    /// A folder of wheels and source archives pip installs from on the local backend; without
+    /// --pip-index-url pip looks nowhere else.
+    #[arg(long, env = "JAC_ORC_PIP_FIND_LINKS", value_parser = parse_dir)]
+    pub pip_find_links: Option<PathBuf>,
+    /// A browser origin allowed to call REST and grpc-web cross-origin, as scheme://host[:port]
+    /// (repeatable; default: none, so only same-origin pages and non-browser clients get in).
+    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "JAC_ORC_CORS_ORIGINS", value_delimiter = ',',
+        value_parser = crate::api::layers::parse_origin)]
+    pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -162,6 +180,25 @@ impl SecurityArgs {
     }
 }
 
+/// `--pip-index-url`: an http(s) URL (shown only as "invalid", never echoed: it may hold a password).
+fn parse_index_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text.parse().map_err(|_| "not a URL".to_string())?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(text.to_string()),
+        _ => Err("expected an http:// or https:// URL of a package index".into()),
+    }
+}
+
+/// `--pip-find-links`: an existing folder, made absolute (pip runs in the deployment's folder).
+fn parse_dir(text: &str) -> Result<PathBuf, String> {
+    let path = std::fs::canonicalize(text).map_err(|e| format!("{text}: {e}"))?;
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(format!("{text} is not a folder"))
+    }
+}
+
 impl ServeArgs {
     pub fn into_config(self) -> ServeConfig {
         // The original's variable restricts when "true", despite its name.
@@ -181,6 +218,9 @@ impl ServeArgs {
             kubeconfig: self.kubeconfig,
             max_message_bytes: self.max_message_bytes,
             security: self.security.into_config(),
+            max_buffered_bytes: self.proxy_max_buffered_bytes,
+            pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
+            edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
         }
     }
 }
@@ -344,5 +384,34 @@ mod tests {
             json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})
         );
         assert!(parse_sets(&["novalue".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn serve_flags_for_pip_and_cors_are_checked_when_parsed() {
+        let serve = |args: &[&str]| {
+            let argv = ["jac-orc", "serve"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(a) => a.into_config(),
+                other => panic!("{other:?}"),
+            })
+        };
+        let dir = std::env::temp_dir();
+        let cfg = serve(&["--cors-origin", "https://App.example/", "--cors-origin", "http://localhost:3000"]).unwrap();
+        assert_eq!(cfg.edge.cors_origins, ["https://app.example", "http://localhost:3000"]);
+        for bad in [
+            &["--cors-origin", "*"][..],
+            &["--cors-origin", "app.example"],
+            &["--pip-index-url", "ftp://x/simple"],
+            &["--pip-index-url", "not a url"],
+            &["--pip-find-links", "/no/such/folder"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+        let cfg =
+            serve(&["--pip-index-url", "https://u:p@idx.example/simple", "--pip-find-links", dir.to_str().unwrap()])
+                .unwrap();
+        assert_eq!(cfg.pip.index_url.as_deref(), Some("https://u:p@idx.example/simple"));
+        assert!(cfg.pip.find_links.unwrap().is_absolute());
+        assert_eq!(serve(&[]).unwrap().max_buffered_bytes, crate::proxy::DEFAULT_MAX_BUFFERED_BYTES);
     }
 }

@@ -25,7 +25,10 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
-        proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
+        proxy: ProxyConfig::default()
+            .max_message_bytes(cfg.max_message_bytes)
+            .max_buffered_bytes(cfg.max_buffered_bytes),
+        edge: cfg.edge.clone(),
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
     let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));
@@ -73,8 +76,8 @@ type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>, Option<kube::Client>
 /// log line says which and why.
 async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
-        let l =
-            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
+        let options = LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone(), pip: cfg.pip.clone() };
+        let l = Arc::new(LocalBackend::open(options)?);
         Ok((l.clone(), Some(l), None))
     };
     if cfg.backend == BackendChoice::Local {
@@ -100,6 +103,9 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     match kube_backend::probe(&client, Duration::from_secs(5)).await {
         Ok(version) => {
             tracing::info!(reason = %found.reason, %version, "backend: kubernetes");
+            if cfg.pip.index_url.is_some() || cfg.pip.find_links.is_some() {
+                tracing::warn!("--pip-index-url and --pip-find-links apply to the local backend; module pods read the index from the Secret jac-orc-pip (key index-url) in their namespace");
+            }
             let options = KubeOptions::default()
                 .orchestrator_namespace(&cfg.namespace)
                 .restricted_namespace(cfg.restricted_namespace);

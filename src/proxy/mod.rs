@@ -40,12 +40,23 @@ pub const CALL_TOKEN: &str = "call-token";
 /// ordinary payloads here, and the module server's own default is the same 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 
+/// Default limit on what the proxy buffers of one request before it knows the target: requests
+/// in the usual field order stream, so only an out-of-order one (field 2 before field 1, a
+/// repeated field 2, fields after it) is held whole, and never more than this.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Malformed(#[from] codec::MalformedRequest),
     #[error("the proxy target names no deployment (set ProxyTarget.deployment)")]
     NoDeployment,
+    /// An out-of-order request larger than what the proxy buffers to find its target.
+    #[error("the request needs {needed} bytes buffered before its target is known (fields out of order); the limit is {limit} bytes: send the target (field 1) before the request (field 2)")]
+    BufferLimit { needed: usize, limit: usize },
+    /// The module server could not decode the forwarded request: the caller sent bad protobuf.
+    #[error("{0}")]
+    Undecodable(String),
     #[error("python-module deployment {0} not found")]
     NotFound(DeploymentId),
     #[error("deployment {deployment} has no ready module server{}", known_suffix(.known))]
@@ -92,6 +103,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub max_message_bytes: usize,
+    /// Most bytes of one request held before its target is known ([`DEFAULT_MAX_BUFFERED_BYTES`]).
+    pub max_buffered_bytes: usize,
     /// How long a resolved endpoint list is reused before asking the backend again.
     pub resolve_ttl: Duration,
     pub connect_timeout: Duration,
@@ -107,6 +120,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
@@ -121,6 +135,12 @@ impl ProxyConfig {
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    #[must_use]
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
         self
     }
 
@@ -242,9 +262,15 @@ impl ModuleProxy {
     ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
         use http_body_util::BodyExt;
         let limit = self.config.max_message_bytes;
+        let buffer_limit = self.config.max_buffered_bytes;
+        let over_buffer = |needed: usize| to_status(Error::BufferLimit { needed, limit: buffer_limit });
         let mut head = bytes::BytesMut::new();
         let (target, upstream_body) = loop {
             match stream::plan(&head).map_err(|e| to_status(e.into()))? {
+                stream::Plan::NeedMore if head.len() > buffer_limit => {
+                    // A huge field before field 2 (or an unfinished field 1).
+                    return Err(over_buffer(head.len()));
+                }
                 stream::Plan::NeedMore => {}
                 stream::Plan::Stream { target, prefix, inner_len } => {
                     if inner_len > limit {
@@ -261,6 +287,10 @@ impl ModuleProxy {
                 stream::Plan::Whole { len } => {
                     if len > limit {
                         return Err(too_large(len, limit));
+                    }
+                    if len > buffer_limit {
+                        // Refused before reading it: the body is dropped, not buffered.
+                        return Err(over_buffer(len));
                     }
                     if head.len() >= stream::FRAME_HEADER + len {
                         let message = head.freeze().slice(stream::FRAME_HEADER..stream::FRAME_HEADER + len);
@@ -321,6 +351,9 @@ impl ModuleProxy {
             // nothing about the caller (already authorized), so it is not passed on as such.
             tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
             return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
+        }
+        if let Some(message) = undecodable(&parts.headers) {
+            return Err(to_status(Error::Undecodable(message)));
         }
         let proxy = self.clone();
         let on_error = move |status: tonic::Status| {
@@ -393,6 +426,15 @@ impl ModuleProxy {
         tracing::warn!(deployment = %id, endpoint, %reason, "module server unreachable");
         Error::Unreachable { endpoint: endpoint.to_string(), deployment: id.clone(), reason }
     }
+}
+
+/// The message of a trailers-only INTERNAL status with which tonic's decoder answers a request
+/// it cannot parse ("failed to decode Protobuf message: ..."): the request was the caller's, so
+/// the proxy answers InvalidArgument instead.
+fn undecodable(headers: &http::HeaderMap) -> Option<String> {
+    let status = tonic::Status::from_header_map(headers)?;
+    let decode = status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf");
+    decode.then(|| status.message().to_string())
 }
 
 fn too_large(len: usize, limit: usize) -> tonic::Status {

@@ -5,8 +5,10 @@
 //! 1. [`ConnectionInfo`] (peer and listener address) into the request's extensions;
 //! 2. [`Track`]: the request counts as in flight until its response body is done, which is what
 //!    the idle timeout watches ([`Activity`]);
-//! 3. [`crate::auth::AuthLayer`]: authentication for every surface;
-//! 4. the [`App`]: `ModuleProxy` calls straight to their service (the hot path), everything else
+//! 3. [`crate::api::layers::EdgeLayer`]: the request head (URI length, `Host` on loopback) and
+//!    the browser rules (CORS), before credentials are looked at (preflights carry none);
+//! 4. [`crate::auth::AuthLayer`]: authentication for every surface;
+//! 5. the [`App`]: `ModuleProxy` calls straight to their service (the hot path), everything else
 //!    (REST, the other gRPC services, grpc-web) through the router.
 //!
 //! The task ends the connection when the server stops (graceful first: in-flight requests
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::Limits;
+use crate::api::layers::EdgeLayer;
 use crate::api::module_proxy::ModuleProxyServer;
 use crate::auth::{AuthLayer, ConnectionInfo};
 
@@ -45,6 +48,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 pub(super) struct Shared {
     pub(super) router: Router,
     pub(super) module_proxy: ModuleProxyServer,
+    pub(super) edge: EdgeLayer,
     pub(super) auth: AuthLayer,
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(super) builder: Builder<TokioExecutor>,
@@ -88,6 +92,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             req
         })
         .layer_fn(|inner| Track { inner, activity: activity.clone() })
+        .layer(shared.edge.clone())
         .layer(shared.auth.clone())
         .service(app);
     let conn = shared

@@ -129,6 +129,7 @@ pub async fn serve(
     use hyper_util::server::conn::auto::Builder;
     use tokio_util::sync::CancellationToken;
 
+    let edge = crate::api::layers::EdgeLayer::new(&service.settings().edge);
     let (router, module_proxy) = app_parts(service).await?;
     let limits = options.limits.fitted(limits::open_file_limit());
     let mut builder = Builder::new(TokioExecutor::new());
@@ -145,6 +146,7 @@ pub async fn serve(
     let shared = Arc::new(connection::Shared {
         router,
         module_proxy,
+        edge,
         auth: options.auth,
         tls: options.tls.map(|t| t.acceptor),
         builder,

@@ -23,7 +23,7 @@ mod deploy;
 mod locks;
 mod prepare;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod views;
 
 use std::sync::Arc;
@@ -109,6 +109,8 @@ pub struct Settings {
     pub restricted_namespace: bool,
     /// `ModuleProxy` limits and tuning.
     pub proxy: crate::proxy::ProxyConfig,
+    /// The HTTP edge's browser and request-head rules (CORS allowlist, URI limit).
+    pub edge: crate::config::EdgeConfig,
 }
 
 impl Settings {
@@ -123,6 +125,7 @@ impl Default for Settings {
             namespace: "default".into(),
             restricted_namespace: false,
             proxy: crate::proxy::ProxyConfig::default(),
+            edge: crate::config::EdgeConfig::default(),
         }
     }
 }

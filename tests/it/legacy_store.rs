@@ -25,8 +25,14 @@ fn fixtures() -> PathBuf {
 
 /// A service over `catalog` with a local backend it never uses (dry runs touch nothing).
 fn service(catalog: Catalog, dir: &Path) -> Service {
-    let backend =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    let backend = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: dir.to_path_buf(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Service::new(Arc::new(catalog), backend, Settings::default())
 }
 

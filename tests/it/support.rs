@@ -129,8 +129,10 @@ impl TestServer {
             }
         };
         let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
-        let backend =
-            Arc::new(LocalBackend::open(LocalOptions { data_dir: data_dir.clone(), python }).expect("backend"));
+        let backend = Arc::new(
+            LocalBackend::open(LocalOptions { data_dir: data_dir.clone(), python, ..Default::default() })
+                .expect("backend"),
+        );
         backend.restore().await;
         let catalog = Arc::new(opts.catalog.unwrap_or_else(Catalog::builtin));
         let service = Arc::new(Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings));

@@ -21,8 +21,14 @@ use crate::support::{upstream_store, yaml_docs};
 const EVIL: &str = "x\n---\napiVersion: v1\nkind: Secret";
 
 fn service(catalog: Catalog, dir: &std::path::Path) -> Service {
-    let backend =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    let backend = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: dir.to_path_buf(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Service::new(Arc::new(catalog), backend, Settings::default())
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -49,6 +50,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         };
         let json = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(json).map(JsonBody).map_err(|e| RequestError::bad_json(e).into())
+    }
+}
+
+/// Query string extractor whose rejection is a JSON [`RequestError::BadQuery`].
+#[derive(Debug)]
+pub(super) struct QueryParams<T>(pub(super) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(q)) => Ok(QueryParams(q)),
+            Err(e) => Err(RequestError::BadQuery { reason: e.body_text() }.into()),
+        }
+    }
+}
+
+/// Path parameters extractor whose rejection is a JSON [`RequestError::BadPath`].
+#[derive(Debug)]
+pub(super) struct PathParams<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(p)) => Ok(PathParams(p)),
+            Err(e) => Err(RequestError::BadPath { reason: e.body_text() }.into()),
+        }
     }
 }
 

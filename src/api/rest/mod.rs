@@ -8,11 +8,12 @@
 //! so the document cannot drift from the routes.
 
 mod body;
+mod checks;
 mod stream;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
@@ -23,7 +24,7 @@ use utoipa_axum::routes;
 use super::openapi::{self, TAG_DEPLOYMENTS, TAG_SERVER, TAG_TEMPLATES};
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
-use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery};
+use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery, PathParams, QueryParams};
 use stream::{StreamLine, NDJSON};
 
 use crate::auth::Caller;
@@ -47,9 +48,15 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .split_for_parts()
 }
 
+/// The REST routes; bodies must be JSON ([`checks::require_json`]) and every error the
+/// framework answers itself gets the JSON error body ([`checks::json_errors`]).
 pub fn router(service: Arc<Service>) -> Router {
     let (router, doc) = routes();
-    router.layer(Extension(Arc::new(doc))).with_state(service)
+    router
+        .route_layer(axum::middleware::from_fn(checks::require_json))
+        .layer(axum::middleware::from_fn(checks::json_errors))
+        .layer(Extension(Arc::new(doc)))
+        .with_state(service)
 }
 
 /// JSON 404 for paths no route knows.
@@ -87,7 +94,8 @@ async fn templates(State(service): State<AppState>, caller: Caller) -> Result<Js
     responses((status = OK, description = "Every placeholder and rendered file", body = DryRunView),
               (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
               (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
-              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)),
+              (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
 async fn dry_run(
     State(service): State<AppState>,
     caller: Caller,
@@ -109,12 +117,12 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
               (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
               (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = CONFLICT, response = inline(ErrorBody)), (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
-              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
-              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)),
+              (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)), (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
 async fn deploy(
     State(service): State<AppState>,
     caller: Caller,
-    Query(q): Query<DeployQuery>,
+    QueryParams(q): QueryParams<DeployQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Response, ApiError> {
@@ -135,7 +143,7 @@ async fn deploy(
 async fn list(
     State(service): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<DeploymentTree>, ApiError> {
     let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
     Ok(Json(views.into_iter().collect()))
@@ -150,7 +158,7 @@ async fn list(
 async fn get_one(
     State(service): State<AppState>,
     caller: Caller,
-    Path(path): Path<DeploymentPath>,
+    PathParams(path): PathParams<DeploymentPath>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     Ok(Json(service.get(&caller, &path.id()?).await?))
 }
@@ -164,7 +172,7 @@ async fn get_one(
 async fn secrets(
     State(service): State<AppState>,
     caller: Caller,
-    Path(path): Path<DeploymentPath>,
+    PathParams(path): PathParams<DeploymentPath>,
 ) -> Result<Json<DeploymentSecretsView>, ApiError> {
     Ok(Json(service.secrets(&caller, &path.id()?).await?))
 }
@@ -180,7 +188,7 @@ async fn secrets(
 async fn undeploy(
     State(service): State<AppState>,
     caller: Caller,
-    Path(path): Path<DeploymentPath>,
+    PathParams(path): PathParams<DeploymentPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let stream = service.undeploy(&caller, &path.id()?).await?;

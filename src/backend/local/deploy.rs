@@ -226,7 +226,7 @@ impl Inner {
         progress.send(ObjectEvent::new(process_ref(id), Action::Waiting).with_message(message)).await;
         let python = recipe.command(&self.slots(id, port)).program;
         let object = process_ref(id).kubectl_name();
-        Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &object).await?.display().to_string()))
+        Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &self.pip, &object).await?.display().to_string()))
     }
 
     /// Spawns the workload, records its identity, and hands it to a supervisor (in probation

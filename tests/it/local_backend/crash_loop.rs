@@ -66,7 +66,7 @@ async fn kill_9_at_20_random_points_across_deploys_leaves_every_deployment_answe
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let wheels = tempfile::tempdir().unwrap();
     build_wheel(wheels.path());
-    let mut lab = Lab::new().env("PIP_NO_INDEX", "1").env("PIP_FIND_LINKS", wheels.path().display().to_string());
+    let mut lab = Lab::new().arg("--pip-find-links").arg(wheels.path().display().to_string());
     let targets = targets();
     let total_weight: u32 = targets.iter().map(|t| t.weight).sum();
     // First endpoint seen per deployment: it must never change.
