@@ -310,10 +310,66 @@ pub(crate) async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, n
             }
             last = format!("{:?}: {:?} {waiting:?}", p.metadata.name, p.status.as_ref().and_then(|s| s.phase.clone()));
         }
-        assert!(started.elapsed() < STEP, "no Ready pod for {selector} in {ns} after {STEP:?}; last seen {last}");
+        if started.elapsed() >= STEP {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no Ready pod for {selector} in {ns}; last seen {last}");
+    let why = diagnose(client, ns, selector).await;
+    panic!("no Ready pod for {selector} in {ns} after {:?}; last seen {last}\n{why}", started.elapsed());
+}
+
+/// What a pod that does not become Ready is waiting on: its conditions (an unscheduled pod says
+/// why in PodScheduled), the namespace's latest events, and the node's pressure and taints.
+pub(crate) async fn diagnose(client: &kube::Client, ns: &str, selector: &str) -> String {
+    use k8s_openapi::api::core::v1::{Event, Node};
+    let mut out = String::new();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, pods.list(&ListParams::default().labels(selector))).await {
+        for p in list.items {
+            let conditions = p.status.iter().flat_map(|s| s.conditions.iter().flatten()).map(|c| {
+                format!(
+                    "{}={} {} {}",
+                    c.type_,
+                    c.status,
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                )
+            });
+            out += &format!("pod {:?}: {}\n", p.metadata.name, conditions.collect::<Vec<_>>().join("; "));
+        }
+    }
+    let events = Api::<Event>::namespaced(client.clone(), ns);
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, events.list(&ListParams::default())).await {
+        for e in list.items.iter().rev().take(15) {
+            out += &format!(
+                "event {} {:?}: {} {}\n",
+                e.type_.clone().unwrap_or_default(),
+                e.involved_object.name,
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            );
+        }
+    }
+    let nodes = Api::<Node>::all(client.clone());
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, nodes.list(&ListParams::default())).await {
+        for n in list.items {
+            let spec = n.spec.unwrap_or_default();
+            let taints: Vec<String> = spec.taints.iter().flatten().map(|t| format!("{}:{}", t.key, t.effect)).collect();
+            let conditions = n
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .map(|c| format!("{}={}", c.type_, c.status));
+            out += &format!(
+                "node {:?}: {}; taints [{}]\n",
+                n.metadata.name,
+                conditions.collect::<Vec<_>>().join(" "),
+                taints.join(", ")
+            );
+        }
+    }
+    out
 }
 
 /// Waits (bounded) until no pod matches `selector`.

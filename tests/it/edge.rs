@@ -157,17 +157,21 @@ async fn cors_is_off_by_default_so_other_origins_get_no_preflight_and_no_answer(
 async fn allowed_origins_get_preflights_and_cors_headers_for_rest_and_grpc_web() {
     let settings = Settings { edge: EdgeConfig::default().cors_origin("https://app.example"), ..Settings::default() };
     let server = TestServer::start_with(Options { settings, ..Options::default() }).await;
-    let http = reqwest::Client::builder().http1_only().build().unwrap();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", crate::support::ADMIN).parse().unwrap());
+    // Preflights carry no credentials (browsers send none); the requests after them do.
+    let bare = reqwest::Client::builder().http1_only().build().unwrap();
+    let http = reqwest::Client::builder().http1_only().default_headers(auth).build().unwrap();
     for path in ["deployment", "jac.splice.v1.Orchestrator/ListTemplates"] {
         let r =
-            within(preflight(&http, format!("{}/{path}", server.url()), "https://app.example").send()).await.unwrap();
+            within(preflight(&bare, format!("{}/{path}", server.url()), "https://app.example").send()).await.unwrap();
         assert_eq!(r.status(), 204, "{path}");
         let h = r.headers();
         assert_eq!(h["access-control-allow-origin"], "https://app.example");
         assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
         assert!(h["access-control-allow-headers"].to_str().unwrap().contains("x-grpc-web"));
         let r =
-            within(preflight(&http, format!("{}/{path}", server.url()), "https://evil.example").send()).await.unwrap();
+            within(preflight(&bare, format!("{}/{path}", server.url()), "https://evil.example").send()).await.unwrap();
         assert_eq!(r.status(), 403, "{path}");
     }
     let r = within(http.get(format!("{}/templates", server.url())).header("origin", "https://app.example").send())
@@ -250,7 +254,8 @@ async fn every_error_status_has_a_json_body() {
 /// A unary gRPC call with `message` as the request bytes, whatever they are.
 async fn raw_call(server: &TestServer, path: &'static str, message: Bytes) -> tonic::Status {
     let channel = within(tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect()).await.unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let bearer = crate::support::Bearer::new(Some(crate::support::ADMIN));
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(channel, bearer));
     within(grpc.ready()).await.unwrap();
     let path = http::uri::PathAndQuery::from_static(path);
     let codec = jac_splice_orc::proxy::codec::RawCodec;
@@ -313,7 +318,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// Sends one `ModuleProxy/Call` whose message is `prefix`, then `chunks` MiB of zeros, then
 /// `suffix`, generated as it is sent (the client never holds it); returns the call's status.
-async fn streamed_call(url: &str, prefix: Vec<u8>, chunks: usize, suffix: Vec<u8>) -> tonic::Status {
+async fn streamed_call(url: &str, token: &str, prefix: Vec<u8>, chunks: usize, suffix: Vec<u8>) -> tonic::Status {
     use http_body_util::BodyExt;
     let total = prefix.len() + (chunks << 20) + suffix.len();
     let mut head = vec![0u8];
@@ -330,6 +335,7 @@ async fn streamed_call(url: &str, prefix: Vec<u8>, chunks: usize, suffix: Vec<u8
     let request = http::Request::post(format!("{url}/jac.splice.v1.ModuleProxy/Call"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
         .body(body)
         .unwrap();
     let response = within(client.request(request)).await.expect("an answer");
@@ -356,13 +362,13 @@ async fn an_out_of_order_300_mib_proxy_request_is_resource_exhausted_and_the_orc
     target_field.extend(&target);
     const MIB: usize = 300;
     // Field 2 (the request) first, the target after it.
-    let status = streamed_call(&serve.url, field(2, MIB << 20), MIB, target_field.clone()).await;
+    let status = streamed_call(&serve.url, &serve.token, field(2, MIB << 20), MIB, target_field.clone()).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.get_error_details().error_info().unwrap().reason, "PROXY_BUFFER_LIMIT");
     // An unknown field of 300 MiB before the target and the request.
     let mut suffix = target_field;
     suffix.extend(field(2, 0));
-    let status = streamed_call(&serve.url, field(9, MIB << 20), MIB, suffix).await;
+    let status = streamed_call(&serve.url, &serve.token, field(9, MIB << 20), MIB, suffix).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let grown = peak_rss_kib(serve.pid).saturating_sub(before);
     assert!(grown < 100 * 1024, "the orchestrator's peak memory grew by {} MiB", grown / 1024);

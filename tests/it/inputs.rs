@@ -21,7 +21,7 @@ fn passwd_lines() -> Vec<String> {
 
 /// The REST and gRPC answers to deploying python-module with `packages`, and the REST dry run's.
 async fn refusals(serve: &Serve, packages: &Value) -> (Value, Value, String) {
-    let http = reqwest::Client::new();
+    let http = serve.http();
     let config = json!({"name": "inj", "module": "json", "packages": packages});
     let mut bodies = Vec::new();
     for path in ["deployment", "deployment/dry_run"] {
