@@ -72,6 +72,7 @@ impl Orchestrator for OrchestratorApi {
                 s => Duration::from_secs(u64::from(s)),
             }),
             force_conflicts: r.force_conflicts,
+            dry_run: r.dry_run,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
         let stream = self.service.deploy(&request_of(r.module, r.version, r.config), opts).await.map_err(status)?;

@@ -23,7 +23,7 @@ use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
 use locks::Locks;
-pub use prepare::Prepared;
+pub use prepare::{render_offline, Offline, Prepared};
 pub use views::{DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
