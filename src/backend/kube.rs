@@ -38,14 +38,14 @@ use serde_json::Value;
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
 use crate::identity::NamespaceRule;
 use crate::plan::{DeploymentId, Kind, ObjectRef, Plan, Section};
+/// Numeric resource quantities as strings, as this backend applies them (`jac-orc template`
+/// prints manifests the same way, so `kubectl apply --server-side` accepts them too).
+pub(crate) use apply::normalize_quantities;
 use apply::ServerFeatures;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
 pub use errors::Error as KubeError;
 pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
-/// Numeric resource quantities as strings, as this backend applies them (`jac-orc template`
-/// prints manifests the same way, so `kubectl apply --server-side` accepts them too).
-pub(crate) use apply::normalize_quantities;
 
 /// Field manager of every server-side apply this backend makes.
 pub const FIELD_MANAGER: &str = "jac-orc";

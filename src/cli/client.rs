@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use tokio_stream::StreamExt;
 use tonic_types::StatusExt;
 
-use super::args::{ClientArgs, DeployArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace};
 use super::args::TemplatesArgs;
+use super::args::{ClientArgs, DeployArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace};
 use super::output::{self, Deployments, StatusOf, Templates};
 use super::values::{Source, Values};
 use crate::api::convert::to_struct;

@@ -276,7 +276,11 @@ impl Tabular for Templates {
                     traits.push("dependencies");
                 }
                 let mut head = Table::fields();
-                head.row([format!("{}/{}", t.module, v.version), format!("({})", traits.join(", ")), v.description.clone()]);
+                head.row([
+                    format!("{}/{}", t.module, v.version),
+                    format!("({})", traits.join(", ")),
+                    v.description.clone(),
+                ]);
                 head.write(out)?;
                 let mut specs = Table::new(&["PLACEHOLDER", "TYPE", "DEFAULT", "DESCRIPTION"]).indented(2);
                 for p in &v.placeholder_specs {

@@ -105,7 +105,13 @@ impl Values {
             if given.as_str() != Some(value) {
                 let given_by = self.origins.get(key).and_then(|o| o.last()).cloned().unwrap_or(Source::Set);
                 let given = given.as_str().map_or_else(|| given.to_string(), str::to_string);
-                return Err(Error::Conflict { key: key.into(), given, given_by, pinned: value.into(), pinned_by: source });
+                return Err(Error::Conflict {
+                    key: key.into(),
+                    given,
+                    given_by,
+                    pinned: value.into(),
+                    pinned_by: source,
+                });
             }
         }
         self.put(key.to_string(), Value::String(value.to_string()), source);
@@ -226,7 +232,10 @@ mod tests {
             &["password=12345678".into()],
         )
         .unwrap();
-        assert_eq!(Value::Object(v.map().clone()), json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"}));
+        assert_eq!(
+            Value::Object(v.map().clone()),
+            json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})
+        );
         assert!(matches!(Values::from_parts(&[], &["novalue".into()], &[]), Err(Error::NotKeyValue(_))));
     }
 
@@ -239,8 +248,14 @@ mod tests {
             Value::Object(v.map().clone()),
             json!({"memory": "256mb", "labels": {"team": "b", "tier": "db"}, "list": [3], "cpu": 0.5, "tier": "3"})
         );
-        assert_eq!(v.explain("config.memory").unwrap(), "config.memory was set by values file a.yaml, then values file b.json, then --set");
-        assert_eq!(v.explain("config.labels.team").unwrap(), "config.labels was set by values file a.yaml, then values file b.json");
+        assert_eq!(
+            v.explain("config.memory").unwrap(),
+            "config.memory was set by values file a.yaml, then values file b.json, then --set"
+        );
+        assert_eq!(
+            v.explain("config.labels.team").unwrap(),
+            "config.labels was set by values file a.yaml, then values file b.json"
+        );
         assert_eq!(v.explain("module"), None);
     }
 
@@ -252,7 +267,10 @@ mod tests {
         let err = Values::from_parts(&[file("bad.json", r#"{"a": {"b": [1, }}"#)], &[], &[]).unwrap_err();
         assert!(err.to_string().starts_with("values file bad.json"), "{err}");
         let err = Values::from_parts(&[file("list.yaml", "- a\n- b\n")], &[], &[]).unwrap_err();
-        assert_eq!(err.to_string(), "values file list.yaml: the top level must be a map of placeholder names to values, not list");
+        assert_eq!(
+            err.to_string(),
+            "values file list.yaml: the top level must be a map of placeholder names to values, not list"
+        );
         assert!(Values::from_parts(&[file("empty.yaml", "")], &[], &[]).unwrap().map().is_empty());
     }
 

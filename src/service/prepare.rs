@@ -54,7 +54,11 @@ pub fn render_offline(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentR
 }
 
 /// The rendered objects, labelled with the deployment's identity, in apply order.
-fn planned_objects(template: &TemplateVersion, values: &Map<String, Value>, id: &DeploymentId) -> Result<Vec<PlannedObject>> {
+fn planned_objects(
+    template: &TemplateVersion,
+    values: &Map<String, Value>,
+    id: &DeploymentId,
+) -> Result<Vec<PlannedObject>> {
     let rendered = template.render(values)?;
     let mut objects = template.objects(&rendered)?;
     for o in &mut objects {

@@ -112,13 +112,15 @@ impl Inner {
                 let same = w.run && w.recipe.unseal(&p.record.config).ok().as_ref() == Some(recipe);
                 let runs = self.running(&plan.id).is_some() || w.process.as_ref().is_some_and(Identity::is_alive);
                 let at = endpoint(w.port);
+                // As a deploy reports it: `unchanged` when kept, `started` (not an object
+                // count) when it would be (re)started.
                 match (same && runs, runs) {
-                    (true, _) => (Action::Unchanged, format!("running on {at}; {NOTE}"), vec![at]),
-                    (false, true) => (Action::Configured, format!("would restart on {at}; {NOTE}"), vec![at]),
-                    (false, false) => (Action::Started, format!("would start on {at}; {NOTE}"), vec![at]),
+                    (true, _) => (Action::Unchanged, format!("{NOTE}; running on {at}"), vec![at]),
+                    (false, true) => (Action::Started, format!("{NOTE}; would restart on {at}"), vec![at]),
+                    (false, false) => (Action::Started, format!("{NOTE}; would start on {at}"), vec![at]),
                 }
             }
-            None => (Action::Created, format!("would start on a free port; {NOTE}"), vec![]),
+            None => (Action::Started, format!("{NOTE}; would start on a free port"), vec![]),
         };
         progress.send(ObjectEvent::new(process_ref(&plan.id), action).with_message(message)).await;
         DeploymentRecord {
