@@ -150,7 +150,9 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def orchestrator(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Orchestrator]:
     binary = require_binary()
-    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"), "--pip-find-links", str(wheels))
+    orc = start_orchestrator(
+        binary, tmp_path_factory.mktemp("jac-orc"), "--pip-find-links", str(wheels)
+    )
     try:
         yield orc
     finally:

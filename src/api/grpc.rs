@@ -76,6 +76,7 @@ impl Orchestrator for OrchestratorApi {
                 s => Duration::from_secs(u64::from(s)),
             }),
             force_conflicts: r.force_conflicts,
+            dry_run: r.dry_run,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
         let req = request_of(r.module, r.version, r.config);

@@ -1,5 +1,7 @@
-//! Command-line arguments (clap): the raw flags, and their validation into settings
-//! (`ServeArgs` → [`ServeConfig`]).
+//! Command-line arguments (clap): the raw flags, one `…Args` per command, and where they are
+//! validated into settings (`ServeArgs` → [`ServeConfig`]; [`ValuesArgs`] and the positional
+//! NAME and `-n` → [`super::values::Values`]). Help and the completion scripts
+//! (`jac-orc completion SHELL`) are generated from these definitions.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,18 +31,24 @@ pub struct Cli {
 pub enum Command {
     /// Run the orchestrator: gRPC, grpc-web and REST on one address.
     Serve(Box<ServeArgs>),
-    /// Render a template version and show every placeholder and manifest, touching nothing.
+    /// Render a template version on the server and show every placeholder and manifest, touching nothing.
     DryRun(RenderArgs),
-    /// Deploy a template version, showing progress per object.
+    /// Render a template version offline, with no server, as a YAML stream for `kubectl apply -f -`.
+    Template(TemplateArgs),
+    /// Deploy a template version as NAME, showing progress per object.
     Deploy(DeployArgs),
     /// Remove a deployment and everything it created.
     Undeploy(IdArgs),
-    /// Show one deployment.
+    /// Show one deployment: its status, values, endpoints and objects.
     Get(GetArgs),
+    /// Show how one deployment stands: status, message, endpoints, objects, last update.
+    Status(IdArgs),
     /// List deployments.
     List(ListArgs),
-    /// List template modules and versions.
+    /// List template modules and versions, with each placeholder's type, default and description.
     Templates(TemplatesArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
     /// Check a running jac-orc's gRPC health (the exec form of its readiness probe).
     Probe(super::probe::ProbeArgs),
 }
@@ -242,20 +250,23 @@ pub struct ClientArgs {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How a client command prints: a table for people, or the view exactly as REST returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    Text,
+    /// Aligned columns and lines (`text` is accepted too); never JSON.
+    #[value(alias = "text")]
+    Table,
     Json,
     Yaml,
 }
 
-/// The template and values a dry run or deploy names.
-#[derive(Debug, Args)]
-pub struct TemplateArgs {
-    /// Template module, e.g. redis.
-    pub module: String,
-    #[arg(long, default_value = LATEST)]
-    pub version: String,
+/// Placeholder values: `-f` files first (deep-merged in order), then `--set`, then `--set-string`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ValuesArgs {
+    /// Values file, YAML or JSON (`-` reads stdin); repeatable, merged in order (maps deeply),
+    /// before --set.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
     /// Placeholder value; VALUE is read as JSON when it parses (3, true, ["a"]), else as a string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -264,17 +275,34 @@ pub struct TemplateArgs {
     pub set_string: Vec<String>,
 }
 
-impl TemplateArgs {
-    /// The placeholder values `--set` and `--set-string` give.
-    pub fn config(&self) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
-        parse_sets(&self.set, &self.set_string)
-    }
+/// The template a command renders and the values it renders with.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Template module, e.g. redis.
+    pub module: String,
+    /// Template version folder.
+    #[arg(long, default_value = LATEST)]
+    pub version: String,
+    #[command(flatten)]
+    pub values: ValuesArgs,
+}
+
+/// `-n/--namespace` where it may be left to the server (its own namespace).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetNamespace {
+    /// Target namespace (default: the orchestrator's own; `default` offline).
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     #[command(flatten)]
-    pub template: TemplateArgs,
+    pub source: SourceArgs,
+    /// Deployment name (default: the template's default name).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
     #[arg(short, long, value_enum, default_value = "yaml")]
     pub output: Output,
     #[command(flatten)]
@@ -282,9 +310,29 @@ pub struct RenderArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TemplateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Deployment name (default: the template's default name).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
+    /// Template directory overriding the built-in catalog (<module>/<version>/...).
+    #[arg(long, env = "MANIFESTS_PATH")]
+    pub manifests_path: Option<PathBuf>,
+    /// `yaml`: the manifests as a YAML stream; `json`: a v1 List of them; `table`: what would be applied.
+    #[arg(short, long, value_enum, default_value = "yaml")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct DeployArgs {
     #[command(flatten)]
-    pub template: TemplateArgs,
+    pub source: SourceArgs,
+    /// Deployment name (`--set name=` is accepted when it agrees).
+    pub name: String,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
     /// Wait until every workload is ready.
     #[arg(long)]
     pub wait: bool,
@@ -294,19 +342,24 @@ pub struct DeployArgs {
     /// Take over fields owned by other field managers.
     #[arg(long)]
     pub force_conflicts: bool,
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// Show what the deploy would change and change nothing (on Kubernetes: a server-side dry
+    /// run of every object); nothing is recorded.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
+/// One existing deployment.
 #[derive(Debug, Args)]
 pub struct IdArgs {
     pub module: String,
     pub name: String,
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    #[arg(short, long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -323,11 +376,12 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    #[arg(short, long)]
+    /// Only deployments in this namespace (default: every namespace).
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE")]
     pub namespace: Option<String>,
     #[arg(short, long)]
     pub module: Option<String>,
-    #[arg(short, long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -335,55 +389,44 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct TemplatesArgs {
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// Only this module.
+    pub module: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// A `--set` or `--set-string` argument without a key.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not KEY=VALUE")]
-pub struct NotKeyValue(String);
-
-/// Builds the config map from `--set` (JSON when it parses) and `--set-string`.
-pub fn parse_sets(
-    set: &[String],
-    set_string: &[String],
-) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
-    let mut out = serde_json::Map::new();
-    let split = |s: &str| -> Result<(String, String), NotKeyValue> {
-        s.split_once('=')
-            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| NotKeyValue(s.to_string()))
-    };
-    for s in set {
-        let (k, v) = split(s)?;
-        let value = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
-        out.insert(k, value);
-    }
-    for s in set_string {
-        let (k, v) = split(s)?;
-        out.insert(k, serde_json::Value::String(v));
-    }
-    Ok(out)
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use clap::CommandFactory;
 
     #[test]
-    fn sets_infer_json_and_set_string_forces_strings() {
-        let m = parse_sets(&["replicas=3".into(), "name=db".into(), "l=[\"a\"]".into()], &["password=12345678".into()])
-            .unwrap();
-        assert_eq!(
-            serde_json::Value::Object(m),
-            json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})
-        );
-        assert!(parse_sets(&["novalue".into()], &[]).is_err());
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_takes_module_then_a_required_name() {
+        let cli = Cli::try_parse_from(["jac-orc", "deploy", "redis", "cache", "-f", "a.yaml", "--set", "x=1"]).unwrap();
+        let Command::Deploy(d) = cli.command else { panic!("not deploy") };
+        assert_eq!((d.source.module.as_str(), d.name.as_str()), ("redis", "cache"));
+        assert_eq!(d.source.values.values, [PathBuf::from("a.yaml")]);
+        let err = Cli::try_parse_from(["jac-orc", "deploy", "redis"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn text_output_is_still_accepted_as_table() {
+        let cli = Cli::try_parse_from(["jac-orc", "list", "-o", "text"]).unwrap();
+        let Command::List(l) = cli.command else { panic!("not list") };
+        assert_eq!(l.output, Output::Table);
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl Service {
         let Prepared { plan, started, lock } = prepared;
         let backend = self.backend.clone();
         let id = plan.id.clone();
-        tracing::info!(deployment = %id, version = %plan.version, "deploying");
+        let what = if opts.dry_run { "dry run of a deploy" } else { "deploying" };
+        tracing::info!(deployment = %id, version = %plan.version, "{what}");
         DeployStream::spawn("deploy", id, started, lock, move |progress| async move {
             let record = backend.apply(&plan, &opts, &progress).await?;
             Ok(DeploymentView::from(&record))
@@ -245,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_ends_the_wait_and_the_run_is_still_recorded() {
         let (service, backend) = Recording::service();
-        let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false };
+        let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), ..ApplyOptions::default() };
         let mut stream = service.deploy(&Caller::Operator, &redis("left"), opts).await.unwrap();
         loop {
             if let Event::Object(ev) = within(stream.next()).await.expect("events") {

@@ -37,7 +37,7 @@ use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
 use locks::Locks;
-pub use prepare::{Prepared, ORCHESTRATOR_NAMESPACE};
+pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
 pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
 
 /// Default `--wait` timeout.

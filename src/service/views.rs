@@ -111,6 +111,37 @@ pub struct TemplateVersionView {
     pub local_recipe: bool,
     /// Placeholder names, in the template's order.
     pub placeholders: Vec<String>,
+    /// The same placeholders with their type, default and description.
+    pub placeholder_specs: Vec<PlaceholderSpecView>,
+}
+
+/// A placeholder as a template version declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PlaceholderSpecView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: catalog::Type,
+    /// `null` for secrets and required placeholders without one.
+    pub default: Value,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+impl From<&catalog::Spec> for PlaceholderSpecView {
+    fn from(s: &catalog::Spec) -> Self {
+        PlaceholderSpecView {
+            name: s.name.clone(),
+            ty: s.ty,
+            default: s.default.clone(),
+            description: s.description.clone(),
+            secret: s.secret,
+            required: s.required,
+        }
+    }
 }
 
 impl From<&ModuleInfo> for TemplateView {
@@ -129,6 +160,7 @@ impl From<&TemplateVersion> for TemplateVersionView {
             has_dependencies: v.has_dependencies(),
             local_recipe: v.has_local_recipe(),
             placeholders: v.specs.iter().map(|s| s.name.clone()).collect(),
+            placeholder_specs: v.specs.iter().map(PlaceholderSpecView::from).collect(),
         }
     }
 }

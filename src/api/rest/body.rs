@@ -107,6 +107,9 @@ pub(super) struct DeploymentBody {
     /// Take over fields owned by other field managers (also `?force=`).
     #[serde(default)]
     force_conflicts: Option<bool>,
+    /// Report what the deploy would change and change nothing (deploy only; also `?dry_run=`).
+    #[serde(default)]
+    dry_run: Option<bool>,
 }
 
 impl DeploymentBody {
@@ -125,6 +128,7 @@ impl DeploymentBody {
         ApplyOptions {
             wait: wait.then_some(timeout),
             force_conflicts: q.force.or(self.force_conflicts).unwrap_or(false),
+            dry_run: q.dry_run.or(self.dry_run).unwrap_or(false),
         }
     }
 }
@@ -138,6 +142,8 @@ pub(super) struct DeployQuery {
     timeout: Option<u64>,
     /// Take over fields owned by other field managers.
     force: Option<bool>,
+    /// Report what the deploy would change (server-side dry run on Kubernetes) and change nothing.
+    dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -195,6 +201,16 @@ mod tests {
     fn syntax_errors_name_no_field() {
         assert_eq!(field(&bad(r#"{"module": "#)), None);
         assert_eq!(field(&bad("not json")), None);
+    }
+
+    #[test]
+    fn dry_run_comes_from_the_query_then_the_body_and_defaults_to_false() {
+        let body: DeploymentBody = serde_json::from_str(r#"{"module": "redis", "dry_run": true}"#).unwrap();
+        assert!(body.options(&DeployQuery::default()).dry_run);
+        assert!(!body.options(&DeployQuery { dry_run: Some(false), ..Default::default() }).dry_run);
+        let body: DeploymentBody = serde_json::from_str(r#"{"module": "redis"}"#).unwrap();
+        assert!(!body.options(&DeployQuery::default()).dry_run);
+        assert!(body.options(&DeployQuery { dry_run: Some(true), ..Default::default() }).dry_run);
     }
 
     #[test]

@@ -339,7 +339,7 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let opts = ApplyOptions { wait: None, force_conflicts: true };
+    let opts = ApplyOptions { wait: None, force_conflicts: true, dry_run: false };
     let (tx, rx) = progress();
     timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     drop(tx);
