@@ -8,9 +8,11 @@
 from jac_splice._native import __version__
 from jac_splice.client import Splice, connect
 from jac_splice.exceptions import (
+    AuthenticationError,
     DeploymentLookupError,
     NotASpliceServerError,
     NotFoundError,
+    PermissionDeniedError,
     RemoteError,
     ResourceExhaustedError,
     SpliceError,
@@ -21,9 +23,11 @@ from jac_splice.importer import RemoteImports, remote_imports
 from jac_splice.proxy import RemoteModule, RemoteObject
 
 __all__ = [
+    "AuthenticationError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RemoteError",
     "RemoteImports",
     "RemoteModule",

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Any
+from typing import Any, Union
 
 from jac_splice._native import Client, RemoteRef
+from jac_splice.credentials import find_token
 from jac_splice.exceptions import DeploymentLookupError, SpliceError
 from jac_splice.proxy import RemoteModule
 
 PYTHON_MODULE = "python-module"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+CA = Union[str, "os.PathLike[str]", bytes]
+"""A CA to trust for https:// targets: a PEM file's path, or the PEM itself as bytes."""
+
+
+def _read_ca(ca: CA | None) -> bytes | None:
+    if ca is None or isinstance(ca, bytes):
+        return ca
+    with open(ca, "rb") as f:
+        return f.read()
 
 
 class Splice:
@@ -21,6 +33,7 @@ class Splice:
         target: str,
         token: str | None = None,
         *,
+        ca: CA | None = None,
         heartbeat_seconds: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channels: int = 2,
@@ -29,6 +42,7 @@ class Splice:
         self._client = Client(
             target,
             token=token,
+            ca=_read_ca(ca),
             heartbeat_seconds=heartbeat_seconds,
             max_message_bytes=max_message_bytes,
             channels=channels,
@@ -40,13 +54,22 @@ class Splice:
 
     @property
     def client(self) -> Client:
-        """The native client of the direct route (a module server target)."""
+        """The native client of the direct route (a module server target), with its token."""
+        self._probe()
         return self._client
 
     def _probe(self) -> bool:
-        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``)."""
+        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``).
+
+        The answer also tells which token applies when none was given (see
+        :mod:`jac_splice.credentials`); the health service needs none.
+        """
         if self._is_orchestrator is None:
             kind = self._client.server_kind()
+            if not self._client.has_token:
+                token = find_token(self.target, kind)
+                if token is not None:
+                    self._client.set_token(token)
             if kind == "module-server":
                 self._served = str(self._client.describe()["module"])
             self._is_orchestrator = kind == "orchestrator"
@@ -99,6 +122,7 @@ class Splice:
         return _module_proxy(self._client, self._served, name)
 
     def _route(self, deployment: str, namespace: str) -> Client:
+        self._probe()  # routes share the connection, and so the token found for it
         with self._lock:
             key = (deployment, namespace)
             if key not in self._routes:
@@ -107,6 +131,7 @@ class Splice:
 
     def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
         """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+        self._probe()
         deployments: list[dict[str, Any]] = self._client.list_deployments(
             namespace or "", PYTHON_MODULE
         )
@@ -152,18 +177,24 @@ def connect(
     target: str,
     token: str | None = None,
     *,
+    ca: CA | None = None,
     heartbeat_seconds: float | None = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     channels: int = 2,
 ) -> Splice:
     """Connects to a module server ("127.0.0.1:50051") or to jac-orc ("http://jac-orc:8000").
 
-    Nothing is dialled until the first request. ``heartbeat_seconds`` (None: off) keeps the
-    session's references alive on the server; keep it below the server's lease.
+    Nothing is dialled until the first request. Every call carries ``authorization: Bearer
+    <token>``: ``token``, else one found for the target (environment, or this user's token file
+    of a server on loopback; see :mod:`jac_splice.credentials`). ``https://`` targets use TLS,
+    trusting ``ca`` (a PEM file path, or PEM bytes) if given, else the system's roots.
+    ``heartbeat_seconds`` (None: off) keeps the session's references alive on the server; keep
+    it below the server's lease.
     """
     return Splice(
         target,
         token,
+        ca=ca,
         heartbeat_seconds=heartbeat_seconds,
         max_message_bytes=max_message_bytes,
         channels=channels,

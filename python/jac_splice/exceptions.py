@@ -4,7 +4,9 @@ A Python exception raised in the module server arrives as a :class:`RemoteError`
 also an instance of the matching builtin exception, so ``except ValueError`` catches a remote
 ``ValueError`` and ``hasattr`` sees a remote ``AttributeError``. Its ``remote_traceback`` holds the
 server-side traceback (also attached as a note). Transport failures raise :class:`TransportError`
-subclasses named after the gRPC status code.
+subclasses named after the gRPC status code; a refused call raises :class:`AuthenticationError`
+(no token, or a wrong one) or :class:`PermissionDeniedError` (not served to this caller), each
+naming the address and what to do.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class ResourceExhaustedError(TransportError):
     """A message was larger than the receiver's limit (``--max-message-mb``)."""
 
 
+class AuthenticationError(TransportError):
+    """The server refused the call's credentials (``UNAUTHENTICATED``): no token was sent, or
+    the wrong one. Pass ``connect(url, token=...)`` or set ``JAC_SPLICE_TOKEN``/``JAC_ORC_TOKEN``."""
+
+
+class PermissionDeniedError(TransportError, PermissionError):
+    """The server does not serve this request (``PERMISSION_DENIED``): a builtin or attribute
+    outside what module servers offer, or, at jac-orc, an action this caller is not allowed."""
+
+
 class NotASpliceServerError(SpliceError):
     """The address answers, but neither as jac-orc nor as a jac-splice module server."""
 
@@ -60,6 +72,8 @@ _TRANSPORT_CLASSES: dict[str, type[TransportError]] = {
     "UNAVAILABLE": UnavailableError,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": PermissionDeniedError,
 }
 
 _remote_classes: dict[str, type[RemoteError]] = {}
@@ -114,9 +128,11 @@ def _remote_error(
 
 
 __all__ = [
+    "AuthenticationError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RemoteError",
     "ResourceExhaustedError",
     "SpliceError",

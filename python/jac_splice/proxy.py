@@ -2,7 +2,7 @@
 
 Attribute reads go to the server (plain data comes back by value, anything else as another
 proxy); calls send their arguments by value, or by reference for proxies; Python's protocols
-(``len``, ``repr``, ``in``, ``[]``, operators, ``bool``, ``dir``, iteration) are forwarded by
+(``len``, ``repr``, ``in``, ``[]``, operators, conversions, ``dir``, iteration) are forwarded by
 calling the server's ``builtins``/``operator`` functions on the remote object. When a proxy is
 garbage-collected its reference is queued and released in batches.
 """
@@ -13,10 +13,15 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from jac_splice._native import Client, RemoteRef
+from jac_splice._native import PROTOCOL_ATTRIBUTES, Client, RemoteRef
 
 BUILTINS = "@builtins"
 OPERATOR = "@operator"
+
+# The dunder names module servers serve; any other is refused there (PERMISSION_DENIED), so a
+# proxy answers AttributeError for it at once: hasattr(proxy, "__array_interface__") and the
+# like, which local libraries ask of any object, stay False and cost no round trip.
+_REMOTE_DUNDERS = frozenset(PROTOCOL_ATTRIBUTES)
 
 _OWN = frozenset({"_jac_splice_client", "_jac_splice_ref", "__weakref__"})
 
@@ -59,7 +64,7 @@ class RemoteObject:
 
     # -- attributes and calls ---------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if name in _OWN:
+        if name in _OWN or (_is_dunder(name) and name not in _REMOTE_DUNDERS):
             raise AttributeError(name)
         client = self._jac_splice_client
         return wrap(client, client.get_attr(self._jac_splice_target, [name]))
@@ -112,6 +117,14 @@ class RemoteObject:
         f: float = self._jac_splice_fn(BUILTINS, "float", self)
         return f
 
+    def __bytes__(self) -> bytes:
+        data: bytes = self._jac_splice_fn(BUILTINS, "bytes", self)
+        return data
+
+    def __complex__(self) -> complex:
+        z: complex = self._jac_splice_fn(BUILTINS, "complex", self)
+        return z
+
     def __index__(self) -> int:
         n: int = self._jac_splice_fn(OPERATOR, "index", self)
         return n
@@ -145,6 +158,10 @@ class RemoteObject:
 
     def __exit__(self, *exc: object) -> Any:
         return self._jac_splice_call(["__exit__"], None, None, None)
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 def _binary(

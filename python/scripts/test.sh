@@ -10,6 +10,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 step() { printf '\n==> python/: %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 
+if ! command -v openssl >/dev/null; then
+  step "installing openssl (the TLS tests make their certificates with it)"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq openssl >/dev/null
+fi
+
 step "test tools"
 # ruff is pinned exactly: its default rule set grows between releases.
 python3 -m pip install -q \

@@ -3,11 +3,11 @@
 //! No Python types here.
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -42,6 +42,14 @@ pub enum Error {
     },
     #[error("the token is not valid header text")]
     BadToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    #[error("{target:?} is not an https:// URL: a CA is only used for TLS")]
+    CaWithoutTls { target: String },
+    #[error("cannot set up TLS for {target:?}")]
+    Tls {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error(transparent)]
     Lane(#[from] lane::Error),
     /// The server answered with an error status (or the call failed in transport).
@@ -72,6 +80,8 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub token: Option<String>,
+    /// PEM certificates to trust for an https:// target instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
     pub max_message_bytes: usize,
     pub channels: usize,
     pub connect_timeout: Duration,
@@ -102,7 +112,9 @@ pub struct Connection {
     lanes: Lanes,
     channels: Vec<Channel>,
     next: AtomicUsize,
-    auth: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// `Bearer <token>`: set at creation, or later once the server's kind tells which token
+    /// applies (`jac_splice.connect` finds it then).
+    auth: RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>,
     max_message_bytes: usize,
 }
 
@@ -119,8 +131,21 @@ impl Connection {
     /// Prepares lazily connecting channels (the first request dials; a broken connection
     /// redials). Must be called inside a runtime context (the channels' tasks spawn on it).
     pub fn new(target: &str, options: &Options) -> Result<Arc<Self>, Error> {
-        let endpoint = Endpoint::from_shared(endpoint_uri(target))
-            .map_err(|source| Error::BadTarget { target: target.to_owned(), source })?
+        let mut endpoint = Endpoint::from_shared(endpoint_uri(target))
+            .map_err(|source| Error::BadTarget { target: target.to_owned(), source })?;
+        let tls = endpoint.uri().scheme_str() == Some("https");
+        if tls {
+            // The server's name is the URL's host (tonic's default); a CA replaces the system roots.
+            let config = match &options.ca {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint =
+                endpoint.tls_config(config).map_err(|source| Error::Tls { target: target.to_owned(), source })?;
+        } else if options.ca.is_some() {
+            return Err(Error::CaWithoutTls { target: target.to_owned() });
+        }
+        let endpoint = endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -133,18 +158,32 @@ impl Connection {
         let connector = Connector::new(options.connect_timeout);
         let channels =
             (0..options.channels.max(1)).map(|_| pinging.connect_with_connector_lazy(connector.clone())).collect();
-        let auth = match &options.token {
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(Error::BadToken)?),
-            None => None,
-        };
+        let auth = options.token.as_deref().map(bearer).transpose()?;
         Ok(Arc::new(Self {
             address: target.to_owned(),
             lanes: Lanes::new(endpoint, connector),
             channels,
             next: AtomicUsize::new(0),
-            auth,
+            auth: RwLock::new(auth),
             max_message_bytes: options.max_message_bytes,
         }))
+    }
+
+    /// The target as given ("127.0.0.1:50051", "https://jac-orc.example").
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends `token` with every request from now on.
+    pub fn set_token(&self, token: &str) -> Result<(), Error> {
+        let auth = bearer(token)?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Some(auth);
+        Ok(())
+    }
+
+    /// Whether requests carry a token (errors say which of "none sent" and "refused" it was).
+    pub fn has_token(&self) -> bool {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// One of the pooled channels, in turn.
@@ -181,7 +220,7 @@ impl Connection {
 
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        if let Some(auth) = &self.auth {
+        if let Some(auth) = &*self.auth.read().unwrap_or_else(|e| e.into_inner()) {
             request.metadata_mut().insert("authorization", auth.clone());
         }
         request
@@ -265,6 +304,10 @@ impl Connection {
             _ => Error::HealthCheck { address, source: status },
         }
     }
+}
+
+fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Error> {
+    format!("Bearer {token}").parse().map_err(Error::BadToken)
 }
 
 /// A fresh session id: 32 hex digits, unique per process and call.
@@ -595,6 +638,7 @@ mod tests {
     fn bad_targets_and_tokens_are_refused_with_their_cause() {
         let options = |token: Option<&str>| Options {
             token: token.map(str::to_owned),
+            ca: None,
             max_message_bytes: 1 << 20,
             channels: 1,
             connect_timeout: BOUND,

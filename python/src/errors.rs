@@ -92,13 +92,41 @@ fn exceptions(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import("jac_splice.exceptions")
 }
 
+/// Where a refused call went, for an error that says what to do about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub address: &'a str,
+    pub token_sent: bool,
+}
+
 /// A gRPC status as a `jac_splice.TransportError` (subclass chosen by code).
-pub fn status_to_pyerr(py: Python<'_>, status: &Status) -> PyErr {
-    status_in_context(py, status, None)
+pub fn status_to_pyerr(py: Python<'_>, status: &Status, peer: Peer<'_>) -> PyErr {
+    status_in_context(py, status, None, peer)
+}
+
+/// What a refused call's exception says: who refused, why, and what to do.
+fn refused_message(status: &Status, peer: Peer<'_>) -> String {
+    let Peer { address, token_sent } = peer;
+    let reason = status.message();
+    match (status.code(), token_sent) {
+        (Code::Unauthenticated, false) => format!(
+            "{address} refused the call: {reason}. No token was sent: pass jac_splice.connect(url, token=...) or set \
+             JAC_SPLICE_TOKEN (a module server's call token) or JAC_ORC_TOKEN (jac-orc's); a module server started by \
+             hand prints its token and the file holding it when it starts"
+        ),
+        (Code::Unauthenticated, true) => format!(
+            "{address} refused the token: {reason}. A module server started by hand makes a new token each start (it \
+             prints where); a jac-orc deployment's call token comes from jac-orc, jac-orc's own from its data dir"
+        ),
+        _ => format!("{address} refused the call: {reason}"),
+    }
 }
 
 /// Like `status_to_pyerr`, the message after `context` if given.
-fn status_in_context(py: Python<'_>, status: &Status, context: Option<&str>) -> PyErr {
+fn status_in_context(py: Python<'_>, status: &Status, context: Option<&str>, peer: Peer<'_>) -> PyErr {
+    if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) {
+        return transport_error(py, status.code(), &refused_message(status, peer));
+    }
     let broken = status.code() == Code::Unknown && status.message().contains("transport error");
     let code = if is_oversize(status) {
         Code::ResourceExhausted
@@ -130,15 +158,23 @@ fn transport_error(py: Python<'_>, code: Code, message: &str) -> PyErr {
 }
 
 /// The one conversion of a client error into a Python exception.
-pub fn client_to_pyerr(py: Python<'_>, err: &client::Error) -> PyErr {
+pub fn client_to_pyerr(py: Python<'_>, err: &client::Error, peer: Peer<'_>) -> PyErr {
     use client::Error as E;
     match err {
-        E::BadTarget { .. } | E::BadToken(_) => PyValueError::new_err(chain(err)),
+        E::BadTarget { .. } | E::BadToken(_) | E::CaWithoutTls { .. } | E::Tls { .. } => {
+            PyValueError::new_err(chain(err))
+        }
         E::Lane(_) => transport_error(py, Code::Internal, &chain(err)),
-        E::Rpc(status) => status_to_pyerr(py, status),
-        E::Unreachable { address, source } => status_in_context(py, source, Some(&format!("cannot reach {address}"))),
+        E::Rpc(status) => status_to_pyerr(py, status, peer),
+        E::Unreachable { address, source } => {
+            let mut context = format!("cannot reach {address}");
+            if address.starts_with("https://") && chain(source).contains("certificate") {
+                context.push_str(" (TLS: is the server's certificate signed by a CA you trust? pass ca= its PEM)");
+            }
+            status_in_context(py, source, Some(&context), peer)
+        }
         E::HealthCheck { address, source } => {
-            status_in_context(py, source, Some(&format!("{address}: the health check failed")))
+            status_in_context(py, source, Some(&format!("{address}: the health check failed")), peer)
         }
         E::NotServing { .. } => transport_error(py, Code::Unavailable, &chain(err)),
         E::NotSplice { .. } => {

@@ -1,5 +1,6 @@
 //! `jac_splice._native`: the transport and value codec behind the `jac_splice` package.
 //! This module only exports names; the logic lives in the modules below.
+mod access;
 #[cfg(target_os = "linux")]
 mod alloc;
 mod bindings;
@@ -13,6 +14,7 @@ mod proto;
 mod refs;
 mod runtime;
 mod server;
+mod surface;
 #[cfg(test)]
 mod testing;
 mod wire;
@@ -32,6 +34,10 @@ fn use_numpy(module: &Bound<'_, PyAny>) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What module servers serve beyond the module (`surface.rs`); the proxies ask for no more.
+    m.add("BUILTIN_HELPERS", surface::BUILTIN_HELPERS.to_vec())?;
+    m.add("OPERATOR_HELPERS", surface::OPERATOR_HELPERS.to_vec())?;
+    m.add("PROTOCOL_ATTRIBUTES", surface::PROTOCOL_ATTRIBUTES.to_vec())?;
     m.add_class::<bindings::Client>()?;
     m.add_class::<bindings::RemoteRef>()?;
     m.add_class::<bindings::ModuleServer>()?;

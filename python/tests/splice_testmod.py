@@ -8,7 +8,10 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self
+    from typing_extensions import Self
 
 __version__ = "1.2.3"
 
@@ -28,6 +31,12 @@ class Thing:
     def bump(self, by: int = 1) -> int:
         self.value += by
         return self.value
+
+    def __bytes__(self) -> bytes:
+        return str(self.value).encode()
+
+    def __complex__(self) -> complex:
+        return complex(self.value, 1)
 
 
 class Box:
@@ -63,6 +72,12 @@ class Box:
 
     def __lt__(self, other: Box) -> bool:
         return len(self.items) < len(other.items)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.items.append("exited")
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -125,6 +140,11 @@ def fail_custom(key: str) -> None:
 
 def big_bytes(n: int) -> bytes:
     return b"x" * n
+
+
+def count_up(n: int) -> Iterator[int]:
+    """A generator: iterable through the proxy; its frame (and globals) stay out of reach."""
+    yield from range(n)
 
 
 def kwargs_echo(*args: Any, **kwargs: Any) -> Any:

@@ -62,8 +62,10 @@ def test_oversize_messages_are_resource_exhausted_and_the_server_keeps_serving(
 
 
 def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_factory: Any) -> None:
-    server = server_factory()
-    splice = jac_splice.connect(server.address)
+    # A deployment's token outlives its server (a hand-started server makes a new one each start).
+    token = {"JAC_SPLICE_CALL_TOKEN": "restart-call-token"}
+    server = server_factory(env=token)
+    splice = jac_splice.connect(server.address, "restart-call-token")
     tm = splice.import_module("splice_testmod")
     errors: list[BaseException] = []
 
@@ -80,5 +82,5 @@ def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_fac
     caller.join(15)
     assert not caller.is_alive()
     assert errors and isinstance(errors[0], UnavailableError), errors
-    restarted = server_factory(port=server.port)
+    restarted = server_factory(port=server.port, env=token)
     assert tm.pid() == restarted.proc.pid
