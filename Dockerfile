@@ -1,24 +1,23 @@
-# jac-orc image: a statically linked (musl) binary on distroless/static, running as non-root.
+# jac-orc image: the release binary on Debian bookworm, running as a numeric non-root user.
 #
 #   docker build -t jac-orc:0.1.0 .
 #
-# protoc comes from the protoc-bin-vendored crate and TLS from rustls, so the build needs no
-# system packages beyond musl-tools, and the runtime image needs no libc, shell or CA bundle
-# (the in-cluster API server CA is mounted with the service-account token).
+# scripts/images.sh builds the same image offline for the test cluster (images/images.json, "jac-orc"):
+# the same distribution, binary path, user 65532:65532 (nonroot), entrypoint and command. The test
+# tests/cluster/images.rs checks that the two agree. TLS comes from rustls and protoc from the
+# protoc-bin-vendored crate, so neither stage needs extra packages; the in-cluster API server CA is
+# mounted with the service-account token.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY . .
-RUN target="$(uname -m)-unknown-linux-musl" \
- && cargo build --release --target "$target" --bin jac-orc \
- && cp "target/$target/release/jac-orc" /jac-orc
+RUN cargo build --release --locked --bin jac-orc \
+ && cp target/release/jac-orc /jac-orc
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM debian:bookworm-slim
 COPY --from=build /jac-orc /usr/local/bin/jac-orc
-# distroless's "nonroot" user, numeric so runAsNonRoot can verify it.
+# Numeric, so runAsNonRoot can verify it (distroless's "nonroot" uid).
+RUN groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --home-dir /home/nonroot --create-home --shell /usr/sbin/nologin nonroot
 USER 65532:65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/jac-orc"]

@@ -3,15 +3,21 @@
 //! the record's objects plus the deployment's labels.
 //!
 //! The submodules each own one concern: [`discovery`] resolves kinds, [`apply`] applies one
-//! object and classifies the result, [`readiness`] waits for workloads, [`records`] stores
-//! [`DeploymentRecord`]s, [`delete`] undeploys, [`errors`] maps API failures, and [`detect`]
-//! decides whether a cluster is reachable from this process at all.
+//! object and classifies the result, [`probes`] adapts gRPC probes to the server's version,
+//! [`readiness`] waits for workloads, [`records`] stores [`DeploymentRecord`]s, [`delete`]
+//! undeploys, [`errors`] maps API failures, and [`detect`] decides whether a cluster is
+//! reachable from this process at all.
+//!
+//! A deploy validates every object with a server-side dry run before it applies the first one,
+//! so an object the API server rejects leaves nothing behind: no earlier objects, no record, and
+//! no target namespace this deploy would have created.
 
 mod apply;
 mod delete;
 mod detect;
 mod discovery;
 mod errors;
+mod probes;
 mod readiness;
 mod records;
 
@@ -22,20 +28,28 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
 
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
-use crate::plan::{DeploymentId, ObjectRef, Plan, Section};
+use crate::identity::NamespaceRule;
+use crate::plan::{DeploymentId, Kind, ObjectRef, Plan, Section};
+use apply::ServerFeatures;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
+pub use errors::Error as KubeError;
+pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
 
 /// Field manager of every server-side apply this backend makes.
 pub const FIELD_MANAGER: &str = "jac-orc";
 
 /// How long a CustomResourceDefinition may take to become Established before apply gives up.
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Server-side dry runs in flight at once while validating a plan.
+const DRY_RUN_CONCURRENCY: usize = 8;
 
 /// Settings of a [`KubeBackend`].
 #[derive(Debug, Clone)]
@@ -80,6 +94,9 @@ pub struct KubeBackend {
     client: kube::Client,
     options: KubeOptions,
     resolver: Resolver,
+    /// Learnt from `/version` on first use (a server is not upgraded under a running orchestrator
+    /// often enough to ask on every deploy).
+    server: std::sync::Arc<tokio::sync::OnceCell<ServerFeatures>>,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -91,15 +108,7 @@ impl std::fmt::Debug for KubeBackend {
 impl KubeBackend {
     pub fn new(client: kube::Client, options: KubeOptions) -> Self {
         let resolver = Resolver::new(client.clone());
-        KubeBackend { client, options, resolver }
-    }
-
-    /// A backend on kube's default client (KUBECONFIG, `~/.kube/config`, or in-cluster config).
-    pub async fn try_default(options: KubeOptions) -> Result<Self> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot configure a Kubernetes client: {e}")))?;
-        Ok(Self::new(client, options))
+        KubeBackend { client, options, resolver, server: Default::default() }
     }
 
     pub fn options(&self) -> &KubeOptions {
@@ -112,6 +121,66 @@ impl KubeBackend {
 
     fn records(&self) -> records::Records {
         records::Records::new(self.client.clone(), &self.options.orchestrator_namespace, &self.options.field_manager)
+    }
+
+    async fn server_features(&self) -> Result<ServerFeatures> {
+        self.server
+            .get_or_try_init(|| async {
+                let info = self.client.apiserver_version().await.map_err(|e| errors::api_error("/version", e))?;
+                Ok(ServerFeatures {
+                    grpc_probes: probes::grpc_probes_supported(&info.major, &info.minor),
+                    version: info.git_version,
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    fn applier<'a>(&'a self, opts: &ApplyOptions, server: &'a ServerFeatures) -> apply::Applier<'a> {
+        apply::Applier {
+            client: &self.client,
+            resolver: &self.resolver,
+            field_manager: &self.options.field_manager,
+            force: opts.force_conflicts,
+            crd_timeout: CRD_ESTABLISH_TIMEOUT,
+            server,
+        }
+    }
+
+    /// Server-side dry runs of every object the API server can check now, in plan order, a few
+    /// at a time. Skipped: custom resources whose CRD the plan itself applies, and objects in a
+    /// Namespace the plan itself creates (neither exists until the plan runs). The error names
+    /// the index of the first object that failed.
+    async fn validate(&self, plan: &Plan, applier: &apply::Applier<'_>) -> Result<(), (usize, Error)> {
+        let defined = crd_defined_kinds(plan);
+        let plan_namespaces: BTreeSet<&str> =
+            plan.objects.iter().filter(|o| o.object.is_namespace()).map(|o| o.object.name.as_str()).collect();
+        // Plain loops, not iterator closures: async_trait's futures must be `Send` for any lifetime.
+        let mut checks = Vec::new();
+        for (i, o) in plan.objects.iter().enumerate() {
+            let own_kind = defined.contains(&(o.object.group().to_string(), o.object.kind.clone()));
+            let ns = apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace).namespace;
+            let in_new_namespace = ns.as_deref().is_some_and(|ns| plan_namespaces.contains(ns));
+            if own_kind || in_new_namespace {
+                continue;
+            }
+            checks.push(async move { applier.dry_run(o, &plan.id, &plan.version).await.map_err(|e| (i, e)) });
+        }
+        let results: Vec<Result<bool, (usize, Error)>> =
+            futures::stream::iter(checks).buffered(DRY_RUN_CONCURRENCY).collect().await;
+        match results.into_iter().find_map(Result::err) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes a namespace this deploy created before it was rejected. Best effort: the error is
+    /// the rejection, not the cleanup.
+    async fn remove_created_namespace(&self, namespace: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        if let Err(e) = api.delete(namespace, &DeleteParams::background()).await {
+            tracing::warn!(namespace, error = %e, "could not delete the namespace of a rejected deploy");
+        }
     }
 
     /// Creates the deployment's target namespace when it is missing (as the original did before
@@ -137,26 +206,14 @@ impl KubeBackend {
         }
     }
 
+    /// The service layer's namespace rule again, over the plan and every object's namespace.
     fn check_namespace_rule(&self, plan: &Plan) -> Result<()> {
-        if !self.options.restricted_namespace {
-            return Ok(());
-        }
-        let own = &self.options.orchestrator_namespace;
-        let escapes = |ns: &str| ns != own;
-        if escapes(&plan.id.namespace) {
-            return Err(Error::Rejected {
-                object: format!("deployment {}", plan.id),
-                message: format!("restricted namespace mode: deployments must target namespace `{own}`"),
-            });
-        }
+        let rule = NamespaceRule::new(&self.options.orchestrator_namespace, self.options.restricted_namespace);
+        let restricted = |object: String| move |source| Error::Restricted { object, source };
+        rule.check(&plan.id.namespace).map_err(restricted(format!("deployment {}", plan.id)))?;
         for o in &plan.objects {
             if let Some(ns) = o.manifest.pointer("/metadata/namespace").and_then(Value::as_str) {
-                if escapes(ns) {
-                    return Err(Error::Rejected {
-                        object: o.object.kubectl_name(),
-                        message: format!("restricted namespace mode: namespace `{ns}` is outside `{own}`"),
-                    });
-                }
+                rule.check(ns).map_err(restricted(o.object.kubectl_name()))?;
             }
         }
         Ok(())
@@ -174,11 +231,24 @@ impl KubeBackend {
     }
 }
 
+/// (group, kind) of the custom resources the plan's own CRDs define.
+fn crd_defined_kinds(plan: &Plan) -> BTreeSet<(String, String)> {
+    plan.objects
+        .iter()
+        .filter(|o| o.object.is_crd())
+        .filter_map(|o| {
+            let group = o.manifest.pointer("/spec/group")?.as_str()?;
+            let kind = o.manifest.pointer("/spec/names/kind")?.as_str()?;
+            Some((group.to_string(), kind.to_string()))
+        })
+        .collect()
+}
+
 /// `name.namespace.svc:port` addresses of the plan's Services (what consumers connect to).
 fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for (o, planned) in objects.iter().zip(&plan.objects) {
-        if o.kind != "Service" || o.api_version != "v1" {
+        if !o.is(Kind::SERVICE) {
             continue;
         }
         let ns = o.namespace.as_deref().unwrap_or(&plan.id.namespace);
@@ -194,24 +264,15 @@ fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
 
 #[async_trait]
 impl Backend for KubeBackend {
-    fn name(&self) -> &'static str {
-        "kubernetes"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Kubernetes
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
         self.check_namespace_rule(plan)?;
         // Every kind must be known now, except those the plan's own CRDs define: an unknown kind
         // found halfway through would leave the deployment half-applied.
-        let defined: BTreeSet<(String, String)> = plan
-            .objects
-            .iter()
-            .filter(|o| o.object.is_crd())
-            .filter_map(|o| {
-                let group = o.manifest.pointer("/spec/group")?.as_str()?;
-                let kind = o.manifest.pointer("/spec/names/kind")?.as_str()?;
-                Some((group.to_string(), kind.to_string()))
-            })
-            .collect();
+        let defined = crd_defined_kinds(plan);
         for o in &plan.objects {
             if defined.contains(&(o.object.group().to_string(), o.object.kind.clone())) {
                 continue;
@@ -227,8 +288,36 @@ impl Backend for KubeBackend {
 
     async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
         self.check_namespace_rule(plan)?;
+        let server = self.server_features().await?;
+        let applier = self.applier(opts, &server);
         let records = self.records();
         let previous = records.get(&plan.id).await?;
+        // The orchestrator's own namespace exists (we run there), and a namespaced install may
+        // not even read Namespace objects. Created first: namespaced objects can be validated
+        // only inside an existing namespace.
+        let own = plan.id.namespace == self.options.orchestrator_namespace;
+        let created_namespace = !own && self.ensure_namespace(&plan.id.namespace).await?;
+        if let Err((i, e)) = self.validate(plan, &applier).await {
+            let o = &plan.objects[i];
+            let object = apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace);
+            progress.send(ObjectEvent::new(object, super::Action::Failed).with_message(e.to_string())).await;
+            if created_namespace {
+                self.remove_created_namespace(&plan.id.namespace).await;
+            }
+            tracing::info!(deployment = %plan.id, error = %e, "rejected by the server-side dry run; nothing applied");
+            return Err(e);
+        }
+        if created_namespace {
+            let ns = ObjectRef {
+                api_version: "v1".into(),
+                kind: "Namespace".into(),
+                name: plan.id.namespace.clone(),
+                namespace: None,
+                section: Section::Dependencies,
+                file: String::new(),
+            };
+            progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
+        }
         let mut record = DeploymentRecord {
             id: plan.id.clone(),
             version: plan.version.clone(),
@@ -244,7 +333,7 @@ impl Backend for KubeBackend {
                 .iter()
                 .map(|o| apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace))
                 .collect(),
-            backend: self.name().to_string(),
+            backend: self.kind(),
             updated_at: super::now_rfc3339(),
         };
         // A first deploy leaves a trace before touching anything, so a crash mid-apply can still
@@ -253,7 +342,7 @@ impl Backend for KubeBackend {
             records.put(&record).await?;
         }
 
-        let result = self.apply_objects(plan, opts, progress, &mut record).await;
+        let result = self.apply_objects(plan, &applier, progress, &mut record).await;
         let readiness = match result {
             Ok(()) => match opts.wait {
                 Some(timeout) => {
@@ -309,7 +398,7 @@ impl Backend for KubeBackend {
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
         let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut out = Vec::new();
-        for o in record.objects.iter().filter(|o| o.kind == "Service" && o.api_version == "v1") {
+        for o in record.objects.iter().filter(|o| o.is(Kind::SERVICE)) {
             let ns = o.namespace.as_deref().unwrap_or(&id.namespace);
             let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
             let name = format!("endpoints/{}", o.name);
@@ -325,31 +414,10 @@ impl KubeBackend {
     async fn apply_objects(
         &self,
         plan: &Plan,
-        opts: &ApplyOptions,
+        applier: &apply::Applier<'_>,
         progress: &Progress,
         record: &mut DeploymentRecord,
     ) -> Result<()> {
-        // The orchestrator's own namespace exists (we run there), and a namespaced install may
-        // not even read Namespace objects.
-        let own = plan.id.namespace == self.options.orchestrator_namespace;
-        if !own && self.ensure_namespace(&plan.id.namespace).await? {
-            let ns = ObjectRef {
-                api_version: "v1".into(),
-                kind: "Namespace".into(),
-                name: plan.id.namespace.clone(),
-                namespace: None,
-                section: Section::Dependencies,
-                file: String::new(),
-            };
-            progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
-        }
-        let applier = apply::Applier {
-            client: &self.client,
-            resolver: &self.resolver,
-            field_manager: &self.options.field_manager,
-            force: opts.force_conflicts,
-            crd_timeout: CRD_ESTABLISH_TIMEOUT,
-        };
         for (i, planned) in plan.objects.iter().enumerate() {
             match applier.apply(planned, &plan.id, &plan.version).await {
                 Ok((object, action)) => {
@@ -428,7 +496,7 @@ mod tests {
         assert!(restricted.check_namespace_rule(&plan_in("orc", None)).is_ok());
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("orc"))).is_ok());
         let err = restricted.check_namespace_rule(&plan_in("other", None)).unwrap_err();
-        assert!(err.to_string().contains("restricted namespace mode"), "{err}");
+        assert!(err.to_string().contains("restricted-namespace mode"), "{err}");
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("kube-system"))).is_err());
         let open = KubeBackend::new(client, KubeOptions::default().orchestrator_namespace("orc"));
         assert!(open.check_namespace_rule(&plan_in("other", Some("kube-system"))).is_ok());

@@ -1,6 +1,11 @@
 //! Where template versions come from: the built-in catalog embedded at build time, and an
 //! optional override directory (`--manifests-path` / `MANIFESTS_PATH`) whose module/version
 //! folders take precedence over built-in ones with the same names.
+//!
+//! Symbolic links are followed, so a ConfigMap volume works as an override directory: there every
+//! file (and, with `items[].path`, every folder) is a link into a hidden `..data/` directory that
+//! the kubelet swaps atomically on update. Hidden entries (`..data`, `..2024_…`) are never modules,
+//! versions or template files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,7 +29,8 @@ pub struct ModuleInfo {
     pub versions: Vec<Arc<TemplateVersion>>,
 }
 
-type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+/// Per file: its path, where it resolves to (a ConfigMap update swaps `..data`), mtime and size.
+type Fingerprint = Vec<(PathBuf, Option<PathBuf>, Option<SystemTime>, u64)>;
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -168,16 +174,34 @@ fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Valid-named subdirectories, sorted.
+/// Hidden entries: a ConfigMap volume's `..data` link and its timestamped `..2024_…` directories.
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Whether `p` is a directory (`true`) or a regular file (`false`) once symbolic links are
+/// followed; `None` for anything else, including a dangling link.
+fn resolved_kind(p: &Path) -> Option<bool> {
+    let meta = std::fs::metadata(p).ok()?;
+    if meta.is_dir() {
+        Some(true)
+    } else if meta.is_file() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Valid-named subdirectories (links to directories included), sorted.
 fn subdirs(p: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(p) else {
         return Vec::new();
     };
     let mut v: Vec<String> = rd
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter(|e| resolved_kind(&e.path()) == Some(true))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| validate_name("module", n).is_ok())
+        .filter(|n| !is_hidden(n) && validate_name("module", n).is_ok())
         .collect();
     v.sort();
     v
@@ -188,8 +212,8 @@ fn yaml_files(p: &Path) -> Result<Vec<(String, String)>> {
     let rd = std::fs::read_dir(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+        let is_file = resolved_kind(&e.path()) == Some(false);
+        if is_file && !is_hidden(&name) && (name.ends_with(".yaml") || name.ends_with(".yml")) {
             let text =
                 std::fs::read_to_string(e.path()).map_err(|err| Error::Io(format!("{}: {err}", e.path().display())))?;
             out.push((name, text));
@@ -217,10 +241,104 @@ fn fingerprint(p: &Path) -> Fingerprint {
             continue;
         };
         for e in rd.filter_map(|e| e.ok()) {
-            let meta = e.metadata().ok();
-            out.push((e.path(), meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
+            let path = e.path();
+            // Followed links: a swapped `..data` changes where the files resolve to.
+            let meta = std::fs::metadata(&path).ok();
+            let target = std::fs::canonicalize(&path).ok();
+            out.push((path, target, meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
         }
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// Copies the built-in redis `latest` files into `dir`.
+    fn write_redis(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/redis/latest");
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+
+    fn names(catalog: &Catalog) -> Vec<(String, Vec<String>)> {
+        catalog.index().into_iter().map(|(m, v)| (m, v.into_iter().collect())).collect()
+    }
+
+    /// A ConfigMap mounted at `<root>/<module>/<version>`: each key is a link `KEY -> ..data/KEY`
+    /// and `..data` links to a timestamped directory.
+    #[test]
+    fn a_version_folder_of_symlinked_files_loads_like_regular_files() {
+        let root = tempfile::tempdir().unwrap();
+        let version = root.path().join("redis/latest");
+        let stamp = version.join("..2026_12_01_00_00_00.000000001");
+        write_redis(&stamp);
+        symlink("..2026_12_01_00_00_00.000000001", version.join("..data")).unwrap();
+        for name in ["placeholders.yaml", "redis.yaml", "local.yaml"] {
+            symlink(format!("..data/{name}"), version.join(name)).unwrap();
+        }
+        let catalog = Catalog::directory_only(root.path()).unwrap();
+        assert_eq!(names(&catalog), [("redis".to_string(), vec!["latest".to_string()])]);
+        let loaded = catalog.load("redis", "latest").unwrap();
+        assert!(loaded.declares("name") && loaded.declares("memory"), "placeholders.yaml was read");
+        assert!(loaded.has_local_recipe(), "local.yaml was read");
+        assert_eq!(loaded.source, version.display().to_string());
+    }
+
+    /// A ConfigMap whose `items[].path` nest the store (`redis/latest/redis.yaml`): the module
+    /// folder itself is a link into `..data/`, and the hidden entries are not modules.
+    #[test]
+    fn a_store_whose_folders_are_symlinks_loads_and_hides_the_data_links() {
+        let root = tempfile::tempdir().unwrap();
+        let stamp = root.path().join("..2026_12_01_00_00_00.000000001");
+        write_redis(&stamp.join("redis/latest"));
+        symlink("..2026_12_01_00_00_00.000000001", root.path().join("..data")).unwrap();
+        symlink("..data/redis", root.path().join("redis")).unwrap();
+        let catalog = Catalog::directory_only(root.path()).unwrap();
+        assert_eq!(names(&catalog), [("redis".to_string(), vec!["latest".to_string()])]);
+        assert!(catalog.load("redis", "latest").unwrap().declares("name"));
+        assert!(catalog.load("..data", "latest").is_err());
+    }
+
+    /// The kubelet updates a ConfigMap volume by swapping `..data` to a new directory: the next
+    /// load sees the new files.
+    #[test]
+    fn swapping_the_data_link_is_picked_up_on_the_next_load() {
+        let root = tempfile::tempdir().unwrap();
+        let version = root.path().join("redis/latest");
+        let (old, new) = ("..2026_12_01_00_00_00.1", "..2026_12_01_00_00_01.2");
+        write_redis(&version.join(old));
+        write_redis(&version.join(new));
+        let text = std::fs::read_to_string(version.join(new).join("placeholders.yaml")).unwrap();
+        let changed = text.replacen("description: ", "description: Changed. ", 1);
+        std::fs::write(version.join(new).join("placeholders.yaml"), changed).unwrap();
+        symlink(old, version.join("..data")).unwrap();
+        for name in ["placeholders.yaml", "redis.yaml"] {
+            symlink(format!("..data/{name}"), version.join(name)).unwrap();
+        }
+        let catalog = Catalog::directory_only(root.path()).unwrap();
+        assert!(!catalog.load("redis", "latest").unwrap().description.starts_with("Changed."));
+        // The kubelet's atomic swap: a new link renamed over the old one.
+        symlink(new, version.join("..data_tmp")).unwrap();
+        std::fs::rename(version.join("..data_tmp"), version.join("..data")).unwrap();
+        assert!(catalog.load("redis", "latest").unwrap().description.starts_with("Changed."));
+    }
+
+    #[test]
+    fn dangling_links_and_hidden_files_are_ignored() {
+        let root = tempfile::tempdir().unwrap();
+        let version = root.path().join("redis/latest");
+        write_redis(&version);
+        symlink("nowhere.yaml", version.join("gone.yaml")).unwrap();
+        std::fs::write(version.join(".hidden.yaml"), "not: a template").unwrap();
+        let catalog = Catalog::directory_only(root.path()).unwrap();
+        assert!(catalog.load("redis", "latest").unwrap().declares("name"));
+    }
 }

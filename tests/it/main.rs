@@ -8,6 +8,7 @@ mod dry_run;
 mod grpc_web;
 mod kube;
 mod legacy_store;
+mod local_backend;
 mod proxy;
 mod reflection;
 mod rest;

@@ -11,7 +11,7 @@ use kube::discovery::{ApiCapabilities, Scope};
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
-use super::apply::Applier;
+use super::apply::{Applier, ServerFeatures};
 use super::discovery::Resolver;
 use crate::backend::{Action, Error};
 use crate::plan::{DeploymentId, ObjectRef, PlannedObject, Section};
@@ -92,12 +92,14 @@ async fn run(
 ) -> (Result<(ObjectRef, Action), Error>, String) {
     let (client, resolver, handle) = setup();
     let server = tokio::spawn(serve(handle, existing, respond));
+    let features = ServerFeatures { version: "v1.33.0".into(), grpc_probes: true };
     let applier = Applier {
         client: &client,
         resolver: &resolver,
         field_manager: "jac-orc",
         force,
         crd_timeout: Duration::from_secs(1),
+        server: &features,
     };
     let result = tokio::time::timeout(Duration::from_secs(5), applier.apply(&planned(), &id(), "latest"))
         .await
@@ -135,7 +137,7 @@ async fn a_409_becomes_a_conflict_naming_the_other_manager() {
     let msg = r#"Apply failed with 1 conflict: conflict with "helm" using v1: .data.a"#;
     let (result, _) = run(false, json_response(200, &object("7")), status(409, "Conflict", msg)).await;
     match result.unwrap_err() {
-        Error::Conflict { object, manager, message } => {
+        Error::Kube(super::KubeError::Conflict { object, manager, message, .. }) => {
             assert_eq!(object, "configmap/cm");
             assert_eq!(manager, "helm");
             assert_eq!(message, msg);
@@ -155,4 +157,87 @@ async fn a_422_becomes_a_rejection_with_the_server_message() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn dry_run_is_one_apply_patch_with_dry_run_all_and_nothing_else() {
+    let (client, resolver, mut handle) = setup();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("PATCH expected");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.headers()["content-type"], "application/apply-patch+yaml");
+        let query = req.uri().query().unwrap_or_default().to_string();
+        send.send_response(json_response(200, &object("7")));
+        // Nothing else is asked: the mock ends when the handle drops.
+        query
+    });
+    let features = ServerFeatures { version: "v1.20.2".into(), grpc_probes: false };
+    let applier = Applier {
+        client: &client,
+        resolver: &resolver,
+        field_manager: "jac-orc",
+        force: false,
+        crd_timeout: Duration::from_secs(1),
+        server: &features,
+    };
+    let checked = tokio::time::timeout(Duration::from_secs(5), applier.dry_run(&planned(), &id(), "latest"))
+        .await
+        .expect("dry run hung")
+        .unwrap();
+    assert!(checked);
+    let query = tokio::time::timeout(Duration::from_secs(5), server).await.expect("mock hung").expect("mock panicked");
+    assert!(query.contains("dryRun=All") && query.contains("fieldManager=jac-orc"), "{query}");
+}
+
+#[tokio::test]
+async fn dry_run_rejections_carry_the_server_message() {
+    let (client, resolver, mut handle) = setup();
+    let msg = "ConfigMap \"cm\" is invalid: data: Invalid value";
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("PATCH expected");
+        send.send_response(status(422, "Invalid", msg));
+    });
+    let features = ServerFeatures { version: "v1.20.2".into(), grpc_probes: false };
+    let applier = Applier {
+        client: &client,
+        resolver: &resolver,
+        field_manager: "jac-orc",
+        force: false,
+        crd_timeout: Duration::from_secs(1),
+        server: &features,
+    };
+    let err = tokio::time::timeout(Duration::from_secs(5), applier.dry_run(&planned(), &id(), "latest"))
+        .await
+        .expect("dry run hung")
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Rejected { object, message } if object == "configmap/cm" && message == msg),
+        "{err:?}"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dry_run_answered_404_is_not_checked_rather_than_rejected() {
+    // e.g. a RoleBinding whose Role the same plan creates first: `roles "x" not found`.
+    let (client, resolver, mut handle) = setup();
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("PATCH expected");
+        send.send_response(status(404, "NotFound", "roles.rbac.authorization.k8s.io \"x\" not found"));
+    });
+    let features = ServerFeatures { version: "v1.20.2".into(), grpc_probes: false };
+    let applier = Applier {
+        client: &client,
+        resolver: &resolver,
+        field_manager: "jac-orc",
+        force: false,
+        crd_timeout: Duration::from_secs(1),
+        server: &features,
+    };
+    let checked = tokio::time::timeout(Duration::from_secs(5), applier.dry_run(&planned(), &id(), "latest"))
+        .await
+        .expect("dry run hung")
+        .unwrap();
+    assert!(!checked);
+    server.await.unwrap();
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::discovery::{gvk_of, Resolver};
 use crate::backend::{Action, Error, ObjectEvent, Progress, Result};
-use crate::plan::ObjectRef;
+use crate::plan::{Kind, ObjectRef};
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -58,8 +58,7 @@ pub(crate) enum State {
 
 /// Whether an object's readiness is worth waiting for, and how.
 fn is_target(o: &ObjectRef) -> bool {
-    matches!((o.group(), o.kind.as_str()), ("apps", "Deployment" | "StatefulSet") | ("", "Pod"))
-        || o.is_crd()
+    [Kind::DEPLOYMENT, Kind::STATEFUL_SET, Kind::POD, Kind::CRD].into_iter().any(|k| o.is(k))
         || !is_builtin_group(o.group())
 }
 
@@ -124,28 +123,28 @@ async fn check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Sta
 async fn try_check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Result<State, kube::Error> {
     let ns = o.namespace.as_deref().unwrap_or("default");
     let missing = || State::Waiting("not found".into());
-    match (o.group(), o.kind.as_str()) {
-        ("apps", "Deployment") => {
+    match o.gvk() {
+        gvk if gvk.is(Kind::DEPLOYMENT) => {
             let Some(d) = Api::<Deployment>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = deployment_state(&d);
             pods_or(client, ns, d.spec.as_ref().map(|s| &s.selector), state).await
         }
-        ("apps", "StatefulSet") => {
+        gvk if gvk.is(Kind::STATEFUL_SET) => {
             let Some(s) = Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = statefulset_state(&s);
             pods_or(client, ns, s.spec.as_ref().map(|s| &s.selector), state).await
         }
-        ("", "Pod") => {
+        gvk if gvk.is(Kind::POD) => {
             let Some(p) = Api::<Pod>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             Ok(pod_state(&p))
         }
-        _ if o.is_crd() => {
+        gvk if gvk.is(Kind::CRD) => {
             let Some(c) = Api::<CustomResourceDefinition>::all(client.clone()).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
@@ -262,6 +261,21 @@ pub(crate) fn pod_state(p: &Pod) -> State {
     }
 }
 
+/// How much of a container's last termination message a failure quotes.
+const LAST_MESSAGE: usize = 1500;
+
+/// The last `max` bytes of `text`, on a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Why a pod will not become ready by itself, if it will not.
 pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
     let status = p.status.as_ref()?;
@@ -270,11 +284,28 @@ pub(crate) fn pod_failure(p: &Pod) -> Option<String> {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             if let Some(reason) = w.reason.as_deref().filter(|r| FATAL_WAITING.contains(r)) {
                 let msg = w.message.as_deref().unwrap_or_default();
-                return Some(if msg.is_empty() {
+                let mut out = if msg.is_empty() {
                     format!("{reason} (container {})", c.name)
                 } else {
                     format!("{reason} (container {}): {msg}", c.name)
-                });
+                };
+                // Why the last run ended: the termination message, which with
+                // `terminationMessagePolicy: FallbackToLogsOnError` is the tail of the log (a
+                // module server's import error).
+                if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                    let said = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+                    match said {
+                        Some(m) => {
+                            out.push_str(&format!("; last exit code {}: {}", t.exit_code, tail(m, LAST_MESSAGE)))
+                        }
+                        None => out.push_str(&format!(
+                            "; last exit code {} ({})",
+                            t.exit_code,
+                            t.reason.as_deref().unwrap_or("no reason given")
+                        )),
+                    }
+                }
+                return Some(out);
             }
         }
     }
@@ -356,6 +387,26 @@ mod tests {
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
         assert_eq!(pod_state(&creating), State::Waiting("Pending".into()));
+        let crashing = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "module-server", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 2,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")\n"}}}]}),
+        );
+        assert_eq!(
+            pod_failure(&crashing).as_deref(),
+            Some("CrashLoopBackOff (container module-server): back-off 20s restarting failed container; last exit code 1: \
+                  jac-splice: cannot import module 'nope': ModuleNotFoundError(\"No module named 'nope'\")")
+        );
+        let silent = pod(json!({"phase": "Running", "containerStatuses": [{"name": "c", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}));
+        assert_eq!(
+            pod_failure(&silent).as_deref(),
+            Some("CrashLoopBackOff (container c); last exit code 137 (OOMKilled)")
+        );
+        assert_eq!(tail("aéb", 2), "b", "cut on a character boundary");
         let unschedulable = pod(
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
         );

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 
-use super::errors::{api_error, is_not_found, status_code};
-use crate::backend::{DeploymentRecord, Error, Result};
+use super::errors::{api_error, is_not_found, status_code, Error as KubeError};
+use crate::backend::{DeploymentRecord, Result};
 use crate::plan::{DeploymentId, LABEL_MANAGED_BY, MANAGED_BY};
 
 pub(crate) const LABEL_RECORD: &str = "jac-orc/record";
@@ -88,7 +88,8 @@ impl Records {
 
     pub(crate) async fn put(&self, record: &DeploymentRecord) -> Result<()> {
         let name = secret_name(&record.id);
-        let json = serde_json::to_vec(record).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
+        let bad = |source| KubeError::BadRecord { secret: format!("secret/{name}"), source };
+        let json = serde_json::to_vec(record).map_err(bad)?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -106,7 +107,7 @@ impl Records {
         };
         // The record is ours alone: force takes over fields anyone else may have touched.
         let params = PatchParams::apply(&self.field_manager).force();
-        let mut value = serde_json::to_value(&secret).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut value = serde_json::to_value(&secret).map_err(bad)?;
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
         match self.api.patch(&name, &params, &Patch::Apply(&value)).await {
@@ -152,8 +153,9 @@ fn decode(secret: &Secret) -> Result<DeploymentRecord> {
         .data
         .as_ref()
         .and_then(|d| d.get(KEY))
-        .ok_or_else(|| Error::Internal(format!("secret/{name} has no {KEY}")))?;
-    serde_json::from_slice(&bytes.0).map_err(|e| Error::Internal(format!("secret/{name}: bad deployment record: {e}")))
+        .ok_or_else(|| KubeError::RecordWithoutKey { secret: format!("secret/{name}"), key: KEY })?;
+    Ok(serde_json::from_slice(&bytes.0)
+        .map_err(|source| KubeError::BadRecord { secret: format!("secret/{name}"), source })?)
 }
 
 #[cfg(test)]

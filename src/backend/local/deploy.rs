@@ -1,0 +1,389 @@
+//! Apply and delete, one deployment at a time (per-deployment lock).
+//!
+//! Apply: objects are compared with the stored digests; an unchanged workload that runs (or
+//! can be adopted) is left alone. Otherwise the virtualenv is prepared first (a failure there
+//! leaves a running redeploy untouched), then the record is written as `deploying` with its
+//! port, the old process stopped, the new one spawned and its identity recorded, and readiness
+//! awaited (stopping early when the caller has gone). A failed first deploy removes everything
+//! it created (record, directory, virtualenv); a failed redeploy keeps its record (failed) and
+//! data.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::error::{Error, Result};
+use super::process::{Identity, Launch};
+use super::readiness::{self, Outcome, Target};
+use super::state::{self, digest, secret_values, Entry, SealedRecipe, StoredObject, Workload};
+use super::supervisor::{Life, Start, Supervisor};
+use super::{endpoint, key, process_ref, venv, Inner, DEFAULT_READY_TIMEOUT, HOST};
+use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
+use crate::plan::{DeploymentId, LocalRecipe, Plan};
+
+/// A port handed out to a first deploy, held until the record names it.
+struct Reserved {
+    port: u16,
+    set: Arc<Mutex<std::collections::HashSet<u16>>>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.set.lock().expect("reserved ports").remove(&self.port);
+    }
+}
+
+/// One apply's facts, for the failure paths.
+struct Attempt {
+    prev: Option<Entry>,
+    /// No successful deploy before: a failure removes everything.
+    fresh: bool,
+    record: DeploymentRecord,
+    objects: Vec<StoredObject>,
+    recipe: SealedRecipe,
+    port: u16,
+}
+
+impl Inner {
+    pub(super) async fn apply(
+        self: &Arc<Self>,
+        plan: &Plan,
+        opts: &ApplyOptions,
+        progress: &Progress,
+    ) -> Result<DeploymentRecord> {
+        self.recover().await;
+        let id = &plan.id;
+        let recipe = plan
+            .local
+            .clone()
+            .ok_or_else(|| Error::NoLocalRecipe { module: id.module.clone(), version: plan.version.clone() })?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        self.check_open()?;
+        let prev = self.entry(id).await;
+        let objects = self.report_objects(plan, prev.as_ref(), progress).await;
+        let (port, reservation) = match prev.as_ref().and_then(|p| p.workload.as_ref()) {
+            Some(w) => (w.port, None),
+            None => {
+                let r = self.reserve_port().await?;
+                (r.port, Some(r))
+            }
+        };
+        let record = DeploymentRecord {
+            id: id.clone(),
+            version: plan.version.clone(),
+            config: plan.config.clone(),
+            secret_keys: plan.secret_keys.clone(),
+            endpoints: vec![endpoint(port)],
+            status: Status::Deployed,
+            message: String::new(),
+            objects: objects.iter().map(|s| s.object.clone()).collect(),
+            backend: crate::backend::Kind::Local,
+            updated_at: now_rfc3339(),
+        };
+        let sealed = SealedRecipe::seal(&recipe, &secret_values(&plan.config, &plan.secret_keys));
+        let fresh = prev.as_ref().is_none_or(|p| p.fresh);
+        let attempt = Attempt { prev, fresh, record, objects, recipe: sealed, port };
+        if let Some(record) = self.keep_if_unchanged(&attempt, &recipe, progress).await? {
+            return Ok(record);
+        }
+        self.start(attempt, &recipe, reservation, opts, progress).await
+    }
+
+    /// Reports created/configured/unchanged per object (and deleted for dropped ones).
+    async fn report_objects(&self, plan: &Plan, prev: Option<&Entry>, progress: &Progress) -> Vec<StoredObject> {
+        let mut stored = Vec::with_capacity(plan.objects.len());
+        for o in &plan.objects {
+            let now = StoredObject { object: o.object.clone(), digest: digest(&o.manifest) };
+            let before = prev.and_then(|p| p.objects.iter().find(|s| same_object(&s.object, &o.object)));
+            let action = match before {
+                None => Action::Created,
+                Some(b) if b.digest == now.digest => Action::Unchanged,
+                Some(_) => Action::Configured,
+            };
+            progress.send(ObjectEvent::new(o.object.clone(), action)).await;
+            stored.push(now);
+        }
+        for old in prev.iter().flat_map(|p| &p.objects) {
+            if !plan.objects.iter().any(|o| same_object(&o.object, &old.object)) {
+                let ev =
+                    ObjectEvent::new(old.object.clone(), Action::Deleted).with_message("no longer in the template");
+                progress.send(ev).await;
+            }
+        }
+        stored
+    }
+
+    /// A port no record or pending deploy uses.
+    async fn reserve_port(&self) -> Result<Reserved> {
+        let used: std::collections::HashSet<u16> = self
+            .state
+            .lock()
+            .await
+            .file
+            .deployments
+            .values()
+            .filter_map(|e| e.workload.as_ref().map(|w| w.port))
+            .collect();
+        for _ in 0..64 {
+            let port = std::net::TcpListener::bind((HOST, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(Error::NoFreePort)?;
+            let mut reserved = self.reserved.lock().expect("reserved ports");
+            if !used.contains(&port) && reserved.insert(port) {
+                return Ok(Reserved { port, set: self.reserved.clone() });
+            }
+        }
+        Err(Error::NoFreePort(std::io::Error::other("every port offered was already taken by a deployment")))
+    }
+
+    /// The same recipe, still running (or adoptable): record the new settings, touch nothing.
+    async fn keep_if_unchanged(
+        self: &Arc<Self>,
+        a: &Attempt,
+        recipe: &LocalRecipe,
+        progress: &Progress,
+    ) -> Result<Option<DeploymentRecord>> {
+        let Some(prev) = &a.prev else { return Ok(None) };
+        let Some(w) = prev.workload.as_ref().filter(|w| w.run) else { return Ok(None) };
+        if w.recipe.unseal(&prev.record.config).ok().as_ref() != Some(recipe)
+            || !self.ensure_supervised(&a.record.id, prev).await
+        {
+            return Ok(None);
+        }
+        let id = &a.record.id;
+        let message = format!("running on {}", endpoint(a.port));
+        progress.send(ObjectEvent::new(process_ref(id), Action::Unchanged).with_message(message)).await;
+        let mut record = a.record.clone();
+        let p = &prev.record;
+        if p.status == Status::Deployed
+            && p.version == record.version
+            && p.config == record.config
+            && prev.objects == a.objects
+        {
+            record.updated_at = p.updated_at.clone();
+        }
+        let process = self.running(id);
+        let workload = Workload { recipe: a.recipe.clone(), port: a.port, process, run: true, legacy_pid: None };
+        let entry =
+            Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: false };
+        self.update(|s| s.deployments.insert(key(id), entry)).await?;
+        Ok(Some(record))
+    }
+
+    /// Whether the recorded workload runs under a supervisor, adopting it if it runs without one.
+    async fn ensure_supervised(self: &Arc<Self>, id: &DeploymentId, entry: &Entry) -> bool {
+        let confirmed =
+            self.supervisors.lock().expect("supervisors").get(id).map(|s| s.running().is_some() && s.confirm());
+        if let Some(ok) = confirmed {
+            return ok;
+        }
+        let Some(identity) = entry.workload.as_ref().and_then(|w| w.process.clone()).filter(|i| i.is_alive()) else {
+            return false;
+        };
+        let Ok(recipe) = entry.workload.as_ref().map(|w| w.recipe.unseal(&entry.record.config)).transpose() else {
+            return false;
+        };
+        let Some(launch) = recipe.map(|r| self.launch(id, &r, entry.workload.as_ref().map_or(0, |w| w.port), None))
+        else {
+            return false;
+        };
+        tracing::info!(deployment = %id, pid = identity.pid, "adopting a running workload");
+        let s = Supervisor::start(id.clone(), launch, Start::Adopted(identity), true, self.journal());
+        self.register(id, s).await.is_ok()
+    }
+
+    /// How to start this deployment's workload (`program`: the virtualenv's interpreter).
+    pub(super) fn launch(&self, id: &DeploymentId, recipe: &LocalRecipe, port: u16, program: Option<String>) -> Launch {
+        let command = recipe.command(&self.slots(id, port));
+        let dir = self.deployment_dir(id);
+        Launch {
+            object: process_ref(id).kubectl_name(),
+            program: program.unwrap_or(command.program),
+            args: command.args,
+            env: command.env,
+            cwd: dir.join("data"),
+            dir,
+        }
+    }
+
+    /// The interpreter to run with: the virtualenv's when the recipe installs packages.
+    pub(super) async fn prepare(
+        &self,
+        id: &DeploymentId,
+        recipe: &LocalRecipe,
+        port: u16,
+        progress: &Progress,
+    ) -> Result<Option<String>> {
+        let dir = self.deployment_dir(id);
+        let data = dir.join("data");
+        state::blocking(move || state::create_private_dir(&data)).await?;
+        if recipe.packages.is_empty() {
+            return Ok(None);
+        }
+        let message = format!("installing {}", recipe.packages.join(" "));
+        progress.send(ObjectEvent::new(process_ref(id), Action::Waiting).with_message(message)).await;
+        let python = recipe.command(&self.slots(id, port)).program;
+        let object = process_ref(id).kubectl_name();
+        Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &object).await?.display().to_string()))
+    }
+
+    /// Spawns the workload, records its identity, and hands it to a supervisor (in probation
+    /// unless `confirmed`). A spawn that cannot be registered (shutting down) is stopped.
+    pub(super) async fn spawn_supervised(
+        self: &Arc<Self>,
+        id: &DeploymentId,
+        launch: Launch,
+        confirmed: bool,
+    ) -> Result<(Identity, watch::Receiver<Life>)> {
+        let (child, identity) = launch.spawn().await?;
+        let recorded = identity.clone();
+        let saved = self
+            .update(|s| {
+                if let Some(w) = s.deployments.get_mut(&key(id)).and_then(|e| e.workload.as_mut()) {
+                    w.process = Some(recorded);
+                }
+            })
+            .await;
+        let supervisor =
+            Supervisor::start(id.clone(), launch, Start::Owned(child, identity.clone()), confirmed, self.journal());
+        let life = supervisor.life();
+        self.register(id, supervisor).await?;
+        if let Err(e) = saved {
+            self.stop_workload(id, None).await;
+            return Err(e);
+        }
+        Ok((identity, life))
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        a: Attempt,
+        recipe: &LocalRecipe,
+        reservation: Option<Reserved>,
+        opts: &ApplyOptions,
+        progress: &Progress,
+    ) -> Result<DeploymentRecord> {
+        let id = a.record.id.clone();
+        let program = match self.prepare(&id, recipe, a.port, progress).await {
+            Ok(p) => p,
+            Err(e) => return self.fail(a, false, e, progress).await,
+        };
+        // The intent, with its port, before anything starts.
+        let mut record = a.record.clone();
+        record.status = Status::Deploying;
+        let workload = Workload { recipe: a.recipe.clone(), port: a.port, process: None, run: true, legacy_pid: None };
+        let entry =
+            Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: a.fresh };
+        self.update(|s| s.deployments.insert(key(&id), entry)).await?;
+        drop(reservation);
+
+        let old = a.prev.as_ref().and_then(|p| p.workload.as_ref()).and_then(|w| w.process.clone());
+        if self.stop_workload(&id, old.as_ref()).await {
+            let ev =
+                ObjectEvent::new(process_ref(&id), Action::Stopped).with_message("restarting with the new settings");
+            progress.send(ev).await;
+        }
+        let launch = self.launch(&id, recipe, a.port, program);
+        let object = launch.object.clone();
+        let (identity, mut life) = match self.spawn_supervised(&id, launch, false).await {
+            Ok(started) => started,
+            Err(e) => return self.fail(a, true, e, progress).await,
+        };
+        let pid = identity.pid;
+        let target = Target { port: a.port, readiness: &recipe.readiness, object: &object };
+        let timeout = opts.wait.unwrap_or(DEFAULT_READY_TIMEOUT);
+        let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
+        let confirmed = self.supervisors.lock().expect("supervisors").get(&id).is_some_and(Supervisor::confirm);
+        let outcome = match waited {
+            Ok(_) if !confirmed => {
+                Err(Error::Exited { object: object.clone(), reason: "exited as it became ready".into() })
+            }
+            other => other,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.stop_workload(&id, None).await;
+                return self.fail(a, true, e, progress).await;
+            }
+        };
+        let mut message = format!("{} ready on {} (pid {pid})", recipe.protocol, endpoint(a.port));
+        if outcome == Outcome::Abandoned {
+            message = format!("{} started on {} (pid {pid}); {}", recipe.protocol, endpoint(a.port), outcome.message());
+            tracing::info!(deployment = %id, "{}", outcome.message());
+        }
+        progress.send(ObjectEvent::new(process_ref(&id), Action::Started).with_message(message)).await;
+        record.status = Status::Deployed;
+        record.message = outcome.message().into();
+        let done = record.clone();
+        self.update(|s| {
+            if let Some(e) = s.deployments.get_mut(&key(&id)) {
+                e.record = done;
+                e.fresh = false;
+            }
+        })
+        .await?;
+        Ok(record)
+    }
+
+    /// Records a failed apply and returns its error. `stopped_old`: the previous workload (if
+    /// any) was already stopped. A first deploy leaves nothing behind; a redeploy keeps its data.
+    async fn fail(&self, a: Attempt, stopped_old: bool, e: Error, progress: &Progress) -> Result<DeploymentRecord> {
+        let id = a.record.id.clone();
+        progress.send(ObjectEvent::new(process_ref(&id), Action::Failed).with_message(e.reason())).await;
+        if self.check_open().is_err() {
+            // An orderly shutdown stopped it: the record stays as it is (a `deploying` one is
+            // finished by the next start), so a deploy is never undone by a stop.
+            return Err(e);
+        }
+        if a.fresh {
+            self.update(|s| s.deployments.remove(&key(&id))).await?;
+            self.remove_dir(&id).await;
+            return Err(e);
+        }
+        let entry = match (a.prev, stopped_old) {
+            (Some(mut prev), false) => {
+                prev.record.status = Status::Failed;
+                prev.record.message = match self.running(&id) {
+                    Some(_) => format!("{e}; the previous workload keeps running"),
+                    None => e.to_string(),
+                };
+                prev.record.updated_at = now_rfc3339();
+                prev
+            }
+            _ => {
+                let mut record = a.record;
+                record.status = Status::Failed;
+                record.message = e.to_string();
+                let workload = Workload { recipe: a.recipe, port: a.port, process: None, run: false, legacy_pid: None };
+                Entry { record, objects: a.objects, workload: Some(workload), fresh: false }
+            }
+        };
+        self.update(|s| s.deployments.insert(key(&id), entry)).await?;
+        Err(e)
+    }
+
+    pub(super) async fn delete(self: &Arc<Self>, id: &DeploymentId, progress: &Progress) -> crate::backend::Result<()> {
+        self.recover().await;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        self.check_open()?;
+        let entry = self.entry(id).await.ok_or_else(|| crate::backend::Error::NotFound(id.clone()))?;
+        let recorded = entry.workload.as_ref().and_then(|w| w.process.clone());
+        if self.stop_workload(id, recorded.as_ref()).await || entry.workload.is_some() {
+            progress.send(ObjectEvent::new(process_ref(id), Action::Stopped)).await;
+        }
+        for o in entry.objects.iter().rev() {
+            progress.send(ObjectEvent::new(o.object.clone(), Action::Deleted)).await;
+        }
+        self.update(|s| s.deployments.remove(&key(id))).await?;
+        self.remove_dir(id).await;
+        Ok(())
+    }
+}
+
+fn same_object(a: &crate::plan::ObjectRef, b: &crate::plan::ObjectRef) -> bool {
+    a.api_version == b.api_version && a.kind == b.kind && a.name == b.name && a.namespace == b.namespace
+}
