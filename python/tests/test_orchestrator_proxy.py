@@ -4,10 +4,11 @@ jac-orc's ModuleProxy (and its ListDeployments, which finds the deployment of a 
 The jac-orc binary comes from JAC_ORC_BIN (else `jac-orc` on PATH, else cargo's debug build
 under CARGO_TARGET_DIR or ./target). Without one the tests skip, unless JAC_ORC_REQUIRE_BIN=1.
 
-Module servers refuse calls without their deployment's call token. Until jac-orc generates one
-per deployment (and ModuleProxy swaps it in for the caller's authorization), the module servers
-it starts inherit CALL_TOKEN from its environment, and clients send CALL_TOKEN, which
-ModuleProxy forwards unchanged.
+jac-orc authenticates every call: the tests send the admin token `jac-orc serve` generates in
+its data dir (the session's own JAC_ORC_DATA_DIR is empty, so nothing is found by accident). Each
+python-module deployment gets a call token of its own, which its module servers require and
+ModuleProxy adds for callers allowed to call it; a direct client reads it from the deployment's
+secrets.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from jac_splice.exceptions import (
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CALL_TOKEN = "orchestrated-call-token-0123456789"
 
 
 def find_binary() -> str | None:
@@ -74,6 +74,7 @@ class Orchestrator:
     proc: subprocess.Popen
     address: str
     drain: threading.Thread
+    token: str = ""
     log: list[str] = field(default_factory=list)
 
     @property
@@ -82,9 +83,8 @@ class Orchestrator:
 
     def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"content-type": "application/json"}
-        )
+        headers = {"content-type": "application/json", "authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return json.loads(response.read() or b"null")
@@ -109,12 +109,10 @@ class Orchestrator:
             self.proc.stderr.close()
 
 
-def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
+def start_orchestrator(binary: str, data_dir: Path, *args: str) -> Orchestrator:
     env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
-    # The local backend's children inherit this (see the module docstring).
-    env["JAC_SPLICE_CALL_TOKEN"] = CALL_TOKEN
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args],
         env=env,
         cwd=str(data_dir),
         stdin=subprocess.DEVNULL,
@@ -140,17 +138,26 @@ def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     ready.wait(30)
-    orc = Orchestrator(proc, found[0] if found else "", reader, log)
+    orc = Orchestrator(proc, found[0] if found else "", reader, log=log)
     if not found:
         orc.stop()
         raise RuntimeError("jac-orc did not start:\n" + "".join(log))
+    orc.token = (data_dir / "token").read_text().strip()
     return orc
 
 
 @pytest.fixture(scope="module")
-def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder jac-orc installs python-module packages from (`--pip-find-links`, no index)."""
+    return tmp_path_factory.mktemp("wheels")
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Orchestrator]:
     binary = require_binary()
-    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"))
+    orc = start_orchestrator(
+        binary, tmp_path_factory.mktemp("jac-orc"), "--pip-find-links", str(wheels)
+    )
     try:
         yield orc
     finally:
@@ -165,7 +172,7 @@ def test_jac_orc_is_told_by_its_health_service(orchestrator: Orchestrator) -> No
 def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
     deployed = orchestrator.deploy_module("numpy", "numpy")
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     np = splice.import_module("numpy")
     assert np.array([1, 2, 3, 4]).sum() == 10
     # The call ran in the module server jac-orc started, not here.
@@ -182,7 +189,7 @@ def test_two_deployments_of_one_module_are_listed_as_candidates(
 ) -> None:
     orchestrator.deploy_module("calc-a", "math")
     orchestrator.deploy_module("calc-b", "math")
-    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     with pytest.raises(DeploymentLookupError) as info:
         splice.import_module("math")
     message = str(info.value)
@@ -222,24 +229,23 @@ def make_wheel(directory: Path, name: str, source: str) -> Path:
 
 
 def test_packages_are_installed_into_the_deployments_virtualenv(
-    orchestrator: Orchestrator, tmp_path: Path
+    orchestrator: Orchestrator, wheels: Path
 ) -> None:
     # The module exists only in the wheel: the deployment can import it only if the local
-    # backend installed `packages` into its virtualenv. --no-index keeps pip off the network.
-    wheel = make_wheel(
-        tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n"
-    )
+    # backend installed `packages` into its virtualenv. Packages are requirements; where they
+    # come from is jac-orc's --pip-find-links folder, which keeps pip off the network.
+    make_wheel(wheels, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n")
     body = {
         "module": "python-module",
         "config": {
             "name": "pkgmod",
             "module": "splice_pkgmod",
-            "packages": ["--no-index", str(wheel)],
+            "packages": ["splice_pkgmod==0.1"],
         },
     }
     deployed = orchestrator.rest("POST", "/deployment", body)
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     remote = splice.import_module("splice_pkgmod")
     prefix = remote.prefix()
     assert prefix != sys.prefix and prefix.endswith("venv"), prefix
@@ -248,27 +254,35 @@ def test_packages_are_installed_into_the_deployments_virtualenv(
     orchestrator.rest("DELETE", "/deployment/default/python-module/pkgmod")
 
 
-def test_module_servers_behind_jac_orc_refuse_callers_without_the_call_token(
+def test_jac_orc_and_its_module_servers_refuse_callers_without_their_tokens(
     orchestrator: Orchestrator,
 ) -> None:
-    orchestrator.deploy_module("guarded-json", "json")
+    deployed = orchestrator.deploy_module("guarded-json", "json")
+    endpoint = deployed["deployment"]["endpoints"][0]
     with pytest.raises(AuthenticationError, match=re.escape(orchestrator.url)):
         jac_splice.connect(orchestrator.url).import_module("json", deployment="guarded-json")
     with pytest.raises(AuthenticationError, match="refused the token"):
         jac_splice.connect(orchestrator.url, "wrong").import_module(
             "json", deployment="guarded-json"
         )
-    remote = jac_splice.connect(orchestrator.url, CALL_TOKEN).import_module(
+    remote = jac_splice.connect(orchestrator.url, orchestrator.token).import_module(
         "json", deployment="guarded-json"
     )
     assert remote.loads("[1, 2]") == [1, 2]
+    # The module server itself: jac-orc's token is not its call token.
+    with pytest.raises(AuthenticationError):
+        jac_splice.connect(endpoint, orchestrator.token).import_module("json")
+    secrets = orchestrator.rest("GET", "/deployment/default/python-module/guarded-json/secrets")
+    call_token = secrets["secrets"]["call-token"]
+    direct = jac_splice.connect(endpoint, call_token).import_module("json")
+    assert direct.dumps([1]) == "[1]"
 
 
 @pytest.fixture(scope="module")
 def remote_json(orchestrator: Orchestrator) -> Any:
     """json, deployed once, reached through ModuleProxy with the call token."""
     orchestrator.deploy_module("escape-json", "json")
-    splice = jac_splice.connect(orchestrator.url, CALL_TOKEN)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     return splice.import_module("json", deployment="escape-json")
 
 
@@ -302,7 +316,7 @@ def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Pa
     orc = start_orchestrator(require_binary(), tmp_path)
     try:
         orc.deploy_module("down-json", "json")
-        splice = jac_splice.connect(orc.url, CALL_TOKEN)
+        splice = jac_splice.connect(orc.url, orc.token)
         # Found by ListDeployments, so its namespace is known; named without one, it is not.
         remote = splice.import_module("json")
         assert remote.loads("[1]") == [1]

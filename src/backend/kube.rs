@@ -10,12 +10,14 @@
 //!
 //! A deploy validates every object with a server-side dry run before it applies the first one,
 //! so an object the API server rejects leaves nothing behind: no earlier objects, no record, and
-//! no target namespace this deploy would have created.
+//! no target namespace this deploy would have created. A deploy with `dry_run` ([`dry_run`])
+//! stops at such dry runs, one per object, and reports what each apply would do.
 
 mod apply;
 mod delete;
 mod detect;
 mod discovery;
+mod dry_run;
 mod errors;
 mod probes;
 mod readiness;
@@ -36,6 +38,9 @@ use serde_json::Value;
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
 use crate::identity::NamespaceRule;
 use crate::plan::{DeploymentId, Kind, ObjectRef, Plan, Section};
+/// Numeric resource quantities as strings, as this backend applies them (`jac-orc template`
+/// prints manifests the same way, so `kubectl apply --server-side` accepts them too).
+pub(crate) use apply::normalize_quantities;
 use apply::ServerFeatures;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
@@ -290,6 +295,9 @@ impl Backend for KubeBackend {
         self.check_namespace_rule(plan)?;
         let server = self.server_features().await?;
         let applier = self.applier(opts, &server);
+        if opts.dry_run {
+            return self.dry_run(plan, &applier, progress).await;
+        }
         let records = self.records();
         let previous = records.get(&plan.id).await?;
         // The orchestrator's own namespace exists (we run there), and a namespaced install may

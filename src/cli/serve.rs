@@ -1,5 +1,6 @@
-//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), the
-//! service layer and the server, replays startup `MODULES`, and stops the workloads on SIGTERM.
+//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), its
+//! security (`security`), the service layer and the server, replays startup `MODULES`, and
+//! stops the workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +21,17 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
         None => Catalog::builtin(),
     });
-    let (backend, local) = choose_backend(&cfg).await?;
+    let (backend, local, kube_client) = choose_backend(&cfg).await?;
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
-        proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
+        proxy: ProxyConfig::default()
+            .max_message_bytes(cfg.max_message_bytes)
+            .max_buffered_bytes(cfg.max_buffered_bytes),
+        edge: cfg.edge.clone(),
     };
-    let service = Arc::new(Service::new(catalog, backend.clone(), settings));
+    let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
+    let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -57,22 +62,23 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         });
     }
-    server::serve(listener, service, shutdown).await?;
+    server::serve(listener, service, security.options, shutdown).await?;
     tracing::info!("stopping workloads");
     backend.shutdown().await;
     Ok(())
 }
 
-/// The backend to serve with, and the local backend when that is the one (it restores workloads).
-type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>);
+/// The backend to serve with, the local backend when that is the one (it restores workloads),
+/// and the Kubernetes client when it is the kube backend (it reviews tokens and access).
+type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>, Option<kube::Client>);
 
 /// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
 /// log line says which and why.
 async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
-        let l =
-            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
-        Ok((l.clone(), Some(l)))
+        let options = LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone(), pip: cfg.pip.clone() };
+        let l = Arc::new(LocalBackend::open(options)?);
+        Ok((l.clone(), Some(l), None))
     };
     if cfg.backend == BackendChoice::Local {
         tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
@@ -97,10 +103,13 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     match kube_backend::probe(&client, Duration::from_secs(5)).await {
         Ok(version) => {
             tracing::info!(reason = %found.reason, %version, "backend: kubernetes");
+            if cfg.pip.index_url.is_some() || cfg.pip.find_links.is_some() {
+                tracing::warn!("--pip-index-url and --pip-find-links apply to the local backend; module pods read the index from the Secret jac-orc-pip (key index-url) in their namespace");
+            }
             let options = KubeOptions::default()
                 .orchestrator_namespace(&cfg.namespace)
                 .restricted_namespace(cfg.restricted_namespace);
-            Ok((Arc::new(KubeBackend::new(client, options)), None))
+            Ok((Arc::new(KubeBackend::new(client.clone(), options)), None, Some(client)))
         }
         Err(e) if cfg.backend == BackendChoice::Auto => {
             tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");

@@ -212,7 +212,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             let req = request("redis", &ns, &format!("r{i}"), json!({}));
-            svc.deploy(&req, ApplyOptions::default()).await?.finish().await
+            svc.deploy(&Caller::Operator, &req, ApplyOptions::default()).await?.finish().await
         }));
     }
     for t in tasks {
@@ -339,7 +339,7 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let opts = ApplyOptions { wait: None, force_conflicts: true };
+    let opts = ApplyOptions { wait: None, force_conflicts: true, dry_run: false };
     let (tx, rx) = progress();
     timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     drop(tx);

@@ -9,6 +9,7 @@
 //! stand in for it by patching status. Plans come from the built-in catalog through the service
 //! layer, as in production.
 
+mod access;
 mod deploy;
 mod install;
 mod probes;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jac_splice_orc::auth::Caller;
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
 use jac_splice_orc::catalog::Catalog;
@@ -102,10 +104,10 @@ impl Drop for Cluster {
                 let bindings = Api::<ClusterRoleBinding>::all(client);
                 for ns in namespaces {
                     let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
-                    // The install tests bind a ClusterRole per namespace.
-                    let _ =
-                        tokio::time::timeout(STEP, bindings.delete(&format!("jac-orc-{ns}"), &DeleteParams::default()))
-                            .await;
+                    // The install tests bind ClusterRoles per namespace.
+                    for name in [format!("jac-orc-{ns}"), format!("jac-orc-{ns}-auth")] {
+                        let _ = tokio::time::timeout(STEP, bindings.delete(&name, &DeleteParams::default())).await;
+                    }
                 }
             });
         });
@@ -153,7 +155,10 @@ fn request(module: &str, ns: &str, name: &str, overrides: Value) -> DeploymentRe
 }
 
 async fn plan(svc: &Service, module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
-    timed(svc.prepare(&request(module, ns, name, overrides))).await.expect("renders and passes preflight").plan
+    timed(svc.prepare(&Caller::Operator, &request(module, ns, name, overrides)))
+        .await
+        .expect("renders and passes preflight")
+        .plan
 }
 
 fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
@@ -223,12 +228,13 @@ fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str, plura
 
 // === processes ===
 
-/// `python3 -m jac_splice.server MODULE` on `host`, and the port it printed.
-async fn module_server(module: &str, host: &str) -> (tokio::process::Child, u16) {
+/// `python3 -m jac_splice.server MODULE` on `host`, requiring `call_token`, and the port it printed.
+async fn module_server(module: &str, host: &str, call_token: &str) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt;
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = tokio::process::Command::new(python)
         .args(["-m", "jac_splice.server", module, "--host", host, "--port", "0"])
+        .env("JAC_SPLICE_CALL_TOKEN", call_token)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
