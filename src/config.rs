@@ -16,6 +16,8 @@ pub enum BackendChoice {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// A second listener serving only `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub manifests_path: Option<PathBuf>,
     pub namespace: String,

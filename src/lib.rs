@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod pb;
 pub mod plan;
 pub mod proxy;

@@ -58,6 +58,7 @@ fn classify(e: &Error) -> Class {
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
+        Error::NotReady(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "NOT_READY"),
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")

@@ -354,7 +354,11 @@ impl Backend for KubeBackend {
         let readiness = match result {
             Ok(()) => match opts.wait {
                 Some(timeout) => {
-                    readiness::wait(&self.client, &self.resolver, &record.objects, timeout, progress).await
+                    let waiting = std::time::Instant::now();
+                    let waited =
+                        readiness::wait(&self.client, &self.resolver, &record.objects, timeout, progress).await;
+                    crate::metrics::global().readiness_wait(&plan.id.module, waited.is_ok(), waiting.elapsed());
+                    waited
                 }
                 None => Ok(readiness::Outcome::NotRequested),
             },

@@ -1,6 +1,6 @@
 //! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), its
-//! security (`security`), the service layer and the server, replays startup `MODULES`, and
-//! stops the workloads on SIGTERM.
+//! security (`security`), the service layer and the server (and `--metrics-listen`), replays
+//! startup `MODULES` (readiness waits for it), and stops the workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::catalog::Catalog;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::proxy::ProxyConfig;
-use crate::service::{Service, Settings};
+use crate::service::{Readiness, Service, Settings};
 use crate::{server, startup};
 
 pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
@@ -31,10 +31,19 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         edge: cfg.edge.clone(),
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
-    let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));
+    let readiness = Readiness::pending();
+    let service = Arc::new(
+        Service::new(catalog, backend.clone(), settings)
+            .with_authorizer(security.authorizer)
+            .with_readiness(readiness.clone()),
+    );
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = match cfg.metrics_listen {
+        Some(at) => Some(serve_metrics(at).await?),
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
@@ -60,12 +69,38 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             if !startup_requests.is_empty() {
                 startup::replay(service, startup_requests).await;
             }
+            readiness.mark_started();
         });
     }
     server::serve(listener, service, security.options, shutdown).await?;
+    if let Some((stop, task)) = metrics {
+        stop.cancel();
+        let _ = task.await;
+    }
     tracing::info!("stopping workloads");
     backend.shutdown().await;
     Ok(())
+}
+
+/// `--metrics-listen`: `/metrics` alone on its own address, without authentication (the axum
+/// example's separate port; where it is reachable is the operator's choice of address).
+async fn serve_metrics(
+    at: std::net::SocketAddr,
+) -> Result<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)> {
+    let listener =
+        tokio::net::TcpListener::bind(at).await.with_context(|| format!("cannot listen on {at} (--metrics-listen)"))?;
+    let addr = listener.local_addr()?;
+    let router =
+        axum::Router::new().route("/metrics", axum::routing::get(|| async { crate::api::rest::metrics_response() }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    });
+    tracing::info!("metrics on http://{addr}/metrics");
+    Ok((stop, task))
 }
 
 /// The backend to serve with, the local backend when that is the one (it restores workloads),
@@ -73,7 +108,10 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
 type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>, Option<kube::Client>);
 
 /// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
-/// log line says which and why.
+/// log line says which and why. Configuration that is there but cannot be loaded (a `KUBECONFIG`
+/// naming no file, a file that does not parse) is an error even with `auto`: falling back to
+/// local workloads would hide it. A cluster that is configured but does not answer still falls
+/// back under `auto`, with a warning.
 async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
         let options = LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone(), pip: cfg.pip.clone() };
@@ -89,8 +127,9 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
         (Ok(f), _) => f,
         (Err(e), BackendChoice::Kube) => return Err(e).context("--backend kube"),
         (Err(e), _) => {
-            tracing::warn!(error = %e, "backend: local (the Kubernetes configuration could not be loaded)");
-            return local();
+            return Err(e).context(
+                "--backend auto: the Kubernetes configuration cannot be loaded (fix it, or choose --backend local)",
+            )
         }
     };
     let Some(client) = found.client else {

@@ -55,8 +55,12 @@ impl Service {
         let what = if opts.dry_run { "dry run of a deploy" } else { "deploying" };
         tracing::info!(deployment = %id, version = %plan.version, "{what}");
         DeployStream::spawn("deploy", id, started, lock, move |progress| async move {
-            let record = backend.apply(&plan, &opts, &progress).await?;
-            Ok(DeploymentView::from(&record))
+            let outcome = backend.apply(&plan, &opts, &progress).await;
+            if !opts.dry_run {
+                // Counted in the run's task, so a caller who left is still counted.
+                crate::metrics::global().deploy(&plan.id.module, outcome.is_ok(), started.elapsed());
+            }
+            Ok(DeploymentView::from(&outcome?))
         })
     }
 

@@ -22,6 +22,7 @@
 mod deploy;
 mod locks;
 mod prepare;
+pub mod readiness;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod views;
@@ -38,6 +39,7 @@ use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
+pub use readiness::{NotReady, Readiness};
 pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
@@ -69,6 +71,9 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// `/readyz` and the health service: startup is not finished or the backend does not answer.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
 }
 
 impl Error {
@@ -138,6 +143,7 @@ pub struct Service {
     rule: NamespaceRule,
     locks: Locks,
     authorizer: Arc<Authorizer>,
+    readiness: Readiness,
 }
 
 impl Service {
@@ -147,7 +153,40 @@ impl Service {
     pub fn new(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, settings: Settings) -> Self {
         let rule = settings.namespace_rule();
         let authorizer = Arc::new(Authorizer::groups());
-        Service { catalog, backend, settings, rule, locks: Locks::default(), authorizer }
+        Service {
+            catalog,
+            backend,
+            settings,
+            rule,
+            locks: Locks::default(),
+            authorizer,
+            readiness: Readiness::started(),
+        }
+    }
+
+    /// Reports not ready until `readiness` says startup has finished (`serve` passes a pending
+    /// one and marks it after the `MODULES` replay).
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Ready: startup has finished and the backend answers a listing within
+    /// [`readiness::BACKEND_CHECK_TIMEOUT`]. Needs no permission (probes carry no token).
+    pub async fn check_ready(&self) -> Result<()> {
+        if !self.readiness.is_started() {
+            return Err(NotReady::Starting.into());
+        }
+        match tokio::time::timeout(readiness::BACKEND_CHECK_TIMEOUT, self.backend.list()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(NotReady::Backend(Box::new(e)).into()),
+            Err(_) => Err(NotReady::BackendTimeout(readiness::BACKEND_CHECK_TIMEOUT).into()),
+        }
     }
 
     /// Decides every operation with `authorizer` (SubjectAccessReviews on the kube backend).

@@ -13,6 +13,7 @@ mod kube;
 mod legacy_store;
 mod limits;
 mod local_backend;
+mod observability;
 mod proxy;
 mod reflection;
 mod rest;

@@ -112,6 +112,8 @@ pub(crate) struct Options {
     pub data_dir: Option<PathBuf>,
     /// How the server serves (default: [`auth_layer`], plaintext, default limits).
     pub server: Option<jac_splice_orc::server::Options>,
+    /// Startup state (default: started, nothing pending).
+    pub readiness: Option<jac_splice_orc::service::Readiness>,
 }
 
 impl TestServer {
@@ -135,7 +137,11 @@ impl TestServer {
         );
         backend.restore().await;
         let catalog = Arc::new(opts.catalog.unwrap_or_else(Catalog::builtin));
-        let service = Arc::new(Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings));
+        let mut service = Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings);
+        if let Some(r) = opts.readiness {
+            service = service.with_readiness(r);
+        }
+        let service = Arc::new(service);
         let server = opts.server.unwrap_or_else(|| jac_splice_orc::server::Options::new(auth_layer()));
         let (addr, tx, handle) = serve_with(service.clone(), server).await;
         TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }

@@ -39,6 +39,8 @@ type AppState = Arc<Service>;
 fn routes() -> (Router<AppState>, OpenApi) {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(templates))
         .routes(routes!(openapi_json))
         .routes(routes!(list, deploy))
@@ -54,6 +56,7 @@ pub fn router(service: Arc<Service>) -> Router {
     let (router, doc) = routes();
     router
         .route_layer(axum::middleware::from_fn(checks::require_json))
+        .merge(super::docs::router())
         .layer(axum::middleware::from_fn(checks::json_errors))
         .layer(Extension(Arc::new(doc)))
         .with_state(service)
@@ -70,6 +73,32 @@ pub async fn not_found(req: Request) -> ApiError {
         example = json!("OK"))))]
 async fn healthz() -> Json<&'static str> {
     Json("OK")
+}
+
+/// Readiness: startup (the `MODULES` replay) has finished and the backend answers. The gRPC
+/// health service and `jac-orc probe` report the same.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = TAG_SERVER, security(()),
+    responses((status = OK, description = "Ready for traffic", body = String, content_type = "application/json",
+        example = json!("OK")),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
+async fn readyz(State(service): State<AppState>) -> Result<Json<&'static str>, ApiError> {
+    service.check_ready().await?;
+    Ok(Json("OK"))
+}
+
+/// Prometheus metrics (text format 0.0.4). Open to loopback peers; elsewhere it needs a token
+/// unless the server runs with `--metrics-auth false`.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = TAG_SERVER,
+    responses((status = OK, description = "Every `jac_orc_` metric", body = String,
+        content_type = "text/plain; version=0.0.4"),
+              (status = UNAUTHORIZED, response = inline(ErrorBody))))]
+async fn metrics() -> Response {
+    metrics_response()
+}
+
+/// `/metrics` on the main port and on `--metrics-listen`.
+pub fn metrics_response() -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::global().render()).into_response()
 }
 
 /// This document.

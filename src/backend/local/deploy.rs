@@ -349,7 +349,9 @@ impl Inner {
         let pid = identity.pid;
         let target = Target { port: a.port, readiness: &recipe.readiness, object: &object };
         let timeout = opts.wait.unwrap_or(DEFAULT_READY_TIMEOUT);
+        let waiting = std::time::Instant::now();
         let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
+        crate::metrics::global().readiness_wait(&id.module, waited.is_ok(), waiting.elapsed());
         let confirmed = self.supervisors.lock().expect("supervisors").get(&id).is_some_and(Supervisor::confirm);
         let outcome = match waited {
             Ok(_) if !confirmed => {
