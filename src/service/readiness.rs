@@ -71,4 +71,17 @@ mod tests {
         assert!(clone.is_started());
         assert!(Readiness::started().is_started());
     }
+
+    #[tokio::test]
+    async fn a_started_service_is_not_ready_while_its_backend_does_not_answer() {
+        use std::sync::atomic::Ordering;
+        let (service, backend) = crate::service::testing::Recording::service();
+        service.check_ready().await.unwrap();
+        backend.down.store(true, Ordering::Relaxed);
+        let err = service.check_ready().await.unwrap_err();
+        assert!(matches!(err, crate::service::Error::NotReady(NotReady::Backend(_))), "{err:?}");
+        assert_eq!(crate::api::status::to_status(&err).code(), tonic::Code::Unavailable);
+        backend.down.store(false, Ordering::Relaxed);
+        service.check_ready().await.unwrap();
+    }
 }

@@ -280,6 +280,27 @@ async fn json_logs_are_one_object_per_line() {
 
 // Served waits for the process with block_in_place.
 #[tokio::test(flavor = "multi_thread")]
+async fn metrics_listen_serves_metrics_alone_on_its_own_address() {
+    let mut served = Served::start(&[], &["--metrics-listen", "127.0.0.1:0"]).await;
+    let line = served.wait_for_log("metrics on http://").await;
+    let url = line.split("metrics on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+    // One denial on the main port, counted in this fresh process.
+    let refused = within(http_client(None).get(format!("http://{}/templates", served.addr)).send()).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let res = within(http_client(None).get(&url).send()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = within(res.text()).await.unwrap();
+    let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(samples.get("jac_orc_auth_denials_total{reason=\"missing_token\"}"), Some(&1.0), "{text}");
+    assert!(samples.keys().all(|k| k.starts_with("jac_orc_")), "{samples:?}");
+    // Only /metrics there.
+    let other = url.replace("/metrics", "/templates");
+    assert_eq!(within(http_client(None).get(&other).send()).await.unwrap().status(), 404);
+    served.stop().await;
+}
+
+// Served waits for the process with block_in_place.
+#[tokio::test(flavor = "multi_thread")]
 async fn the_originals_host_port_and_logger_level_work_with_a_deprecation_line() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
