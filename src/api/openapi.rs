@@ -27,7 +27,8 @@ pub(crate) fn base() -> OpenApi {
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
                     "JSON view of the jac.splice.v1.Orchestrator gRPC service (same port). Every operation \
-                     except /healthz and /openapi.json needs `authorization: Bearer <token>`.",
+                     except /healthz, /readyz and /openapi.json needs `authorization: Bearer <token>` \
+                     (/metrics only from peers that are not loopback). Swagger UI is at /docs, ReDoc at /redoc.",
                 ))
                 .build(),
         )

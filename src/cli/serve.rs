@@ -31,7 +31,20 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         edge: cfg.edge.clone(),
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
-    let readiness = Readiness::pending();
+    let startup_requests = match &cfg.modules {
+        Some(text) => match startup::load(text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = format!("{:#}", anyhow::Error::new(e)), "ignoring MODULES");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    // Ready from the first moment when there is nothing to wait for: clients that connect as
+    // soon as the address is announced (and ask the health service what this is) see SERVING.
+    let restoring = local.is_some() && backend.list().await.map(|records| !records.is_empty()).unwrap_or(true);
+    let readiness = if restoring || !startup_requests.is_empty() { Readiness::pending() } else { Readiness::started() };
     let service = Arc::new(
         Service::new(catalog, backend.clone(), settings)
             .with_authorizer(security.authorizer)
@@ -50,16 +63,6 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         templates = %cfg.manifests_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin".into()),
         "jac-orc listening on {addr} (gRPC, grpc-web and REST)"
     );
-    let startup_requests = match &cfg.modules {
-        Some(text) => match startup::load(text) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = format!("{:#}", anyhow::Error::new(e)), "ignoring MODULES");
-                Vec::new()
-            }
-        },
-        None => Vec::new(),
-    };
     {
         let service = service.clone();
         tokio::spawn(async move {

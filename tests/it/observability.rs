@@ -260,6 +260,25 @@ async fn readyz_health_and_probe_say_not_ready_until_the_startup_replay_has_fini
     server.stop().await;
 }
 
+/// The real `serve`: once it says ready, the `MODULES` deployment is there.
+// Served waits for the process with block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_turns_ready_only_after_its_modules_replay() {
+    assert!(redis_available());
+    let modules = r#"{"default": {"redis": {"replayed": {"module": "redis", "version": "7.4.2", "config": {"memory": "16mb"}}}}}"#;
+    let mut served = Served::start_env(&[], &[("MODULES", modules)]).await;
+    let first = served.wait_for_log("not ready").await;
+    assert!(first.contains("MODULES"), "{first}");
+    served.wait_for_log("ready: startup finished").await;
+    let http = http_client(Some(&served.admin_token()));
+    let res = within(http.get(format!("http://{}/readyz", served.addr)).send()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = within(http.get(format!("http://{}/deployment/default/redis/replayed", served.addr)).send()).await;
+    let body: serde_json::Value = within(res.unwrap().json()).await.unwrap();
+    assert_eq!(body["status"], "deployed", "{body}");
+    served.stop().await;
+}
+
 // Served waits for the process with block_in_place.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_per_line() {
