@@ -52,7 +52,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Whether an error is a closed standard output (`jac-orc list | head`): a quiet exit.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe))
+    // Only a failed write to stdout: `jac-orc probe` against a TLS port once exited 0 because
+    // the server's hang-up surfaced as a BrokenPipe inside the connection error.
+    e.chain().any(|c| c.downcast_ref::<output::StdoutError>().is_some_and(|s| s.0.kind() == ErrorKind::BrokenPipe))
 }
 
 /// The log filter: `--log` / `JAC_ORC_LOG`, else the original's `LOGGER_LEVEL` (a Python
@@ -104,6 +106,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 #[cfg(test)]
 mod tests {
     use super::log_filter;
+
+    #[test]
+    fn only_a_closed_stdout_is_a_quiet_broken_pipe() {
+        use std::io::{Error, ErrorKind};
+        let closed = anyhow::Error::from(super::output::StdoutError(Error::from(ErrorKind::BrokenPipe)));
+        assert!(super::is_broken_pipe(&closed.context("listing")));
+        // A peer that hung up: a failure, whatever the kind of the io::Error inside.
+        let hung_up = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe)).context("health check failed");
+        assert!(!super::is_broken_pipe(&hung_up));
+        let other = anyhow::Error::from(super::output::StdoutError(Error::from(ErrorKind::Other)));
+        assert!(!super::is_broken_pipe(&other));
+    }
 
     #[test]
     fn logger_level_is_the_filter_when_no_log_flag_is_given() {
