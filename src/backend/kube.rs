@@ -20,6 +20,7 @@ mod errors;
 mod probes;
 mod readiness;
 mod records;
+pub mod resource;
 
 #[cfg(test)]
 mod mock_tests;
