@@ -122,6 +122,15 @@ pub(crate) fn classify(before: Option<&DynamicObject>, after: &DynamicObject) ->
     {
         return Action::Unchanged;
     }
+    if same_content(before, after) {
+        Action::Unchanged
+    } else {
+        Action::Configured
+    }
+}
+
+/// Whether two versions of an object agree on everything but status and bookkeeping.
+pub(crate) fn same_content(a: &DynamicObject, b: &DynamicObject) -> bool {
     let strip = |o: &DynamicObject| {
         let mut v = serde_json::to_value(o).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
@@ -134,11 +143,7 @@ pub(crate) fn classify(before: Option<&DynamicObject>, after: &DynamicObject) ->
         }
         v
     };
-    if strip(before) == strip(after) {
-        Action::Unchanged
-    } else {
-        Action::Configured
-    }
+    strip(a) == strip(b)
 }
 
 /// An API handle for `object` after discovery, with its namespace fixed in `manifest`.
@@ -238,6 +243,25 @@ impl Applier<'_> {
             }
             Err(e) => Err(apply_error(&p.label, e)),
         }
+    }
+
+    /// Whether the live object differs from what applying it would make it: missing, or a field
+    /// this field manager sets changed by someone else (a server-side dry run of a forced apply,
+    /// compared with the live object). Fields only others set are theirs and never drift.
+    pub(crate) async fn drifted(&self, planned: &PlannedObject, id: &DeploymentId, version: &str) -> Result<bool> {
+        let Prepared { api, object, manifest, label } =
+            self.prepare(planned, id, version).await?.ok_or_else(|| no_match(&planned.object))?;
+        let Some(live) = api.get_opt(&object.name).await.map_err(|e| api_error(&label, e))? else {
+            return Ok(true);
+        };
+        if live.metadata.deletion_timestamp.is_some() {
+            return Ok(true);
+        }
+        let mut params = PatchParams::apply(self.field_manager).force();
+        params.dry_run = true;
+        let would =
+            api.patch(&object.name, &params, &Patch::Apply(&manifest)).await.map_err(|e| apply_error(&label, e))?;
+        Ok(!same_content(&live, &would))
     }
 
     /// Applies one object; returns its exact reference (namespace per discovery) and the action.

@@ -103,6 +103,25 @@ impl Options {
     fn is_default(&self) -> bool {
         *self == Options::default()
     }
+
+    /// `idleTimeout` as a duration: seconds (`90`), or a number with `s`, `m` or `h`.
+    pub fn idle_timeout_duration(&self) -> Result<Option<std::time::Duration>, String> {
+        let Some(text) = self.idle_timeout.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let (number, unit) = match text.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+            _ => (text, 's'),
+        };
+        let scale = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(format!("`{text}`: use seconds, or a number ending in s, m or h")),
+        };
+        let n: u64 = number.parse().map_err(|_| format!("`{text}`: use seconds, or a number ending in s, m or h"))?;
+        Ok(Some(std::time::Duration::from_secs(n.saturating_mul(scale))))
+    }
 }
 
 /// What the orchestrator last did with the deployment.
@@ -291,5 +310,15 @@ mod tests {
             serde_json::from_value(serde_json::json!({"module": "redis", "options": {"selfHeal": false}})).unwrap();
         assert!(!spec.options.self_heal);
         assert_eq!(serde_json::to_value(&spec).unwrap()["options"], serde_json::json!({"selfHeal": false}));
+    }
+
+    #[test]
+    fn idle_timeouts_are_seconds_or_units() {
+        let with = |t: &str| Options { self_heal: true, idle_timeout: Some(t.into()) }.idle_timeout_duration();
+        assert_eq!(with("90").unwrap(), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(with("10m").unwrap(), Some(std::time::Duration::from_secs(600)));
+        assert_eq!(with("1h").unwrap(), Some(std::time::Duration::from_secs(3600)));
+        assert!(with("soon").is_err() && with("5d").is_err() && with("-1s").is_err());
+        assert_eq!(Options::default().idle_timeout_duration().unwrap(), None);
     }
 }
