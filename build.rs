@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/jac/splice/v1/module.proto",
     ];
     tonic_prost_build::configure()
+        // Maps in a stable (sorted) order, so what the CLI prints is the same run after run.
+        .btree_map(".")
         .file_descriptor_set_path(out.join("jac_splice_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     for p in protos {

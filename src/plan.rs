@@ -7,29 +7,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Labels every object a deployment creates carries (DESIGN.md "Rules of the house").
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "jac-orc";
-pub const LABEL_MODULE: &str = "jac-orc/module";
-pub const LABEL_DEPLOYMENT: &str = "jac-orc/deployment";
-pub const LABEL_NAMESPACE: &str = "jac-orc/namespace";
-pub const ANNOTATION_VERSION: &str = "jac-orc/version";
+pub use crate::identity::{
+    DeploymentId, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODULE, LABEL_NAMESPACE, MANAGED_BY,
+};
 
-/// Which deployment this is: the key of every record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DeploymentId {
-    pub namespace: String,
-    pub module: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for DeploymentId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.namespace, self.module, self.name)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Section {
     Dependencies,
@@ -46,7 +28,7 @@ impl Section {
 }
 
 /// Identity of one Kubernetes-style object, as reported in events and records.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectRef {
     pub api_version: String,
     pub kind: String,
@@ -59,12 +41,20 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    /// Group, version and kind of the object, parsed from `api_version` and `kind`.
+    pub fn gvk(&self) -> Gvk<'_> {
+        let (group, version) = self.api_version.split_once('/').unwrap_or(("", &self.api_version));
+        Gvk { group, version, kind: &self.kind }
+    }
+
     /// API group of `api_version` ("" for the core group).
     pub fn group(&self) -> &str {
-        match self.api_version.split_once('/') {
-            Some((group, _)) => group,
-            None => "",
-        }
+        self.gvk().group
+    }
+
+    /// Whether the object is of a kind (any version of its group).
+    pub fn is(&self, kind: Kind) -> bool {
+        self.gvk().is(kind)
     }
 
     /// kubectl's `<resource>.<group>/<name>` prefix, e.g. `deployment.apps/jac-redis`.
@@ -79,12 +69,43 @@ impl ObjectRef {
     }
 
     pub fn is_crd(&self) -> bool {
-        self.kind == "CustomResourceDefinition" && self.group() == "apiextensions.k8s.io"
+        self.is(Kind::CRD)
     }
 
     pub fn is_namespace(&self) -> bool {
-        self.kind == "Namespace" && self.api_version == "v1"
+        self.is(Kind::NAMESPACE)
     }
+}
+
+/// A Kubernetes group, version and kind, borrowed from an object's `apiVersion` and `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gvk<'a> {
+    /// "" for the core group.
+    pub group: &'a str,
+    pub version: &'a str,
+    pub kind: &'a str,
+}
+
+impl Gvk<'_> {
+    pub fn is(&self, kind: Kind) -> bool {
+        self.group == kind.group && self.kind == kind.kind
+    }
+}
+
+/// A kind the orchestrator treats specially, named by group and kind (every version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Kind {
+    pub group: &'static str,
+    pub kind: &'static str,
+}
+
+impl Kind {
+    pub const CRD: Kind = Kind { group: "apiextensions.k8s.io", kind: "CustomResourceDefinition" };
+    pub const NAMESPACE: Kind = Kind { group: "", kind: "Namespace" };
+    pub const SERVICE: Kind = Kind { group: "", kind: "Service" };
+    pub const POD: Kind = Kind { group: "", kind: "Pod" };
+    pub const DEPLOYMENT: Kind = Kind { group: "apps", kind: "Deployment" };
+    pub const STATEFUL_SET: Kind = Kind { group: "apps", kind: "StatefulSet" };
 }
 
 /// One object to apply, with its full manifest (labels already added).
@@ -280,6 +301,20 @@ mod tests {
             obj("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity", "db").kubectl_name(),
             "mongodbcommunity.mongodbcommunity.mongodb.com/db"
         );
+    }
+
+    #[test]
+    fn kinds_compare_by_group_and_kind_through_the_gvk() {
+        let crd = obj("apiextensions.k8s.io/v1", "CustomResourceDefinition", "c");
+        assert_eq!(crd.gvk(), Gvk { group: "apiextensions.k8s.io", version: "v1", kind: "CustomResourceDefinition" });
+        assert!(crd.is_crd() && !crd.is_namespace());
+        assert!(obj("apiextensions.k8s.io/v1beta1", "CustomResourceDefinition", "c").is(Kind::CRD));
+        assert!(!obj("example.com/v1", "CustomResourceDefinition", "c").is(Kind::CRD));
+        let svc = obj("v1", "Service", "s");
+        assert_eq!((svc.gvk().group, svc.gvk().version), ("", "v1"));
+        assert!(svc.is(Kind::SERVICE) && !svc.is(Kind::DEPLOYMENT));
+        assert!(!obj("serving.knative.dev/v1", "Service", "s").is(Kind::SERVICE));
+        assert!(obj("apps/v1", "StatefulSet", "s").is(Kind::STATEFUL_SET));
     }
 
     #[test]

@@ -16,9 +16,9 @@ use crate::service::Service;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("gRPC reflection setup failed: {0}")]
+    #[error("gRPC reflection setup failed")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("serving failed: {0}")]
+    #[error("serving failed")]
     Io(#[from] std::io::Error),
 }
 

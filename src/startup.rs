@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::backend::{ApplyOptions, Progress};
+use crate::backend::ApplyOptions;
 use crate::service::{DeploymentRequest, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("MODULES is not valid JSON: {0}")]
+    #[error("MODULES is not valid JSON")]
     Json(#[from] serde_json::Error),
     #[error("MODULES: {0}")]
     Shape(String),
-    #[error("cannot read MODULES file {path}: {source}")]
+    #[error("cannot read MODULES file {path}")]
     File { path: String, source: std::io::Error },
 }
 
@@ -65,15 +65,20 @@ pub async fn replay(service: Arc<Service>, requests: Vec<DeploymentRequest>) -> 
     let mut ok = 0;
     for mut req in requests {
         // Templates without a name/namespace placeholder cannot take the forced keys.
-        if let Ok(t) = service.catalog().load(&req.module, req.version.as_deref().unwrap_or("latest")) {
+        if let Ok(t) = service.catalog().load(&req.module, req.version()) {
             req.config.retain(|k, _| (k != "name" && k != "namespace") || t.declares(k));
         }
         let label = format!("{}/{}", req.module, req.config.get("name").and_then(Value::as_str).unwrap_or("?"));
         tracing::info!(deployment = %label, "MODULES: deploying");
-        match service.deploy_request(&req, ApplyOptions::default(), &Progress::discard()).await {
-            Ok(d) => {
+        let outcome = match service.deploy(&req, ApplyOptions::default()).await {
+            Ok(stream) => stream.finish().await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(summary) => {
                 ok += 1;
-                tracing::info!(deployment = %d.record.id, endpoints = ?d.record.endpoints, "MODULES: deployed");
+                let d = &summary.deployment;
+                tracing::info!(deployment = %d.id(), endpoints = ?d.endpoints, "MODULES: deployed");
             }
             Err(e) => {
                 tracing::error!(deployment = %label, error = %e, "MODULES: deployment failed; continuing with the others")

@@ -292,7 +292,10 @@ impl Client {
             item.set_item("namespace", d.namespace)?;
             item.set_item("module", d.module)?;
             item.set_item("name", d.name)?;
-            item.set_item("status", d.status)?;
+            // The enum's name without its prefix, as REST spells it ("deployed").
+            let status = crate::proto::DeploymentStatus::try_from(d.status).unwrap_or_default().as_str_name();
+            let status = status.trim_start_matches("DEPLOYMENT_STATUS_").to_ascii_lowercase();
+            item.set_item("status", status)?;
             item.set_item("endpoints", d.endpoints)?;
             let config = PyDict::new(py);
             for (key, value) in d.config.map(|s| s.fields).unwrap_or_default() {

@@ -1,21 +1,19 @@
-//! tonic implementation of `jac.splice.v1.Orchestrator`: converts messages and calls the
-//! service layer, nothing more.
+//! tonic implementation of `jac.splice.v1.Orchestrator`: turns messages into requests, calls
+//! the service layer and encodes its views, nothing more.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct};
 use super::status::to_status;
-use super::{spawn_deploy, spawn_undeploy, Streamed};
-use crate::backend::{Action, ApplyOptions};
-use crate::pb::{self, deploy_event::Event, orchestrator_server::Orchestrator};
-use crate::service::{DeploymentRequest, DeploymentView, Service, DEFAULT_WAIT};
+use crate::backend::ApplyOptions;
+use crate::identity::DeploymentId;
+use crate::pb::{self, deploy_event::Event as PbEvent, orchestrator_server::Orchestrator};
+use crate::service::{self, DeployStream, DeploymentRequest, Event, Service, DEFAULT_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorApi {
@@ -28,28 +26,12 @@ impl OrchestratorApi {
     }
 }
 
+/// The events of a Deploy or Undeploy call: one per object, then a summary, or a final error
+/// status. It owns the service's stream, so a client that goes away cancels the run's waits.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeployEvent, Status>> + Send>>;
 
-#[derive(Debug, Default)]
-struct Counts {
-    created: u32,
-    configured: u32,
-    unchanged: u32,
-    deleted: u32,
-    kept: u32,
-}
-
-impl Counts {
-    fn add(&mut self, a: Action) {
-        match a {
-            Action::Created => self.created += 1,
-            Action::Configured => self.configured += 1,
-            Action::Unchanged => self.unchanged += 1,
-            Action::Deleted => self.deleted += 1,
-            Action::Kept => self.kept += 1,
-            _ => {}
-        }
-    }
+fn status(e: service::Error) -> Status {
+    to_status(&e)
 }
 
 fn request_of(module: String, version: String, config: Option<prost_types::Struct>) -> DeploymentRequest {
@@ -60,69 +42,24 @@ fn request_of(module: String, version: String, config: Option<prost_types::Struc
     }
 }
 
-/// Turns a service run into a gRPC event stream: events, then a summary or a final error status.
-fn relay<T: Send + 'static>(
-    mut rx: mpsc::Receiver<Streamed<T>>,
-    summary: impl FnOnce(T, &Counts) -> Option<pb::DeploySummary> + Send + 'static,
-) -> EventStream {
-    let (tx, out) = mpsc::channel(128);
-    tokio::spawn(async move {
-        let mut summary = Some(summary);
-        let mut counts = Counts::default();
-        while let Some(item) = rx.recv().await {
-            match item {
-                Streamed::Event(ev) => {
-                    counts.add(ev.action);
-                    let msg = pb::DeployEvent { event: Some(Event::Object(convert::object_event(&ev))) };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        tracing::debug!("client left; the run continues and is recorded");
-                    }
-                }
-                Streamed::Done(Ok(value)) => {
-                    if let Some(s) = summary.take().and_then(|f| f(value, &counts)) {
-                        let _ = tx.send(Ok(pb::DeployEvent { event: Some(Event::Summary(s)) })).await;
-                    }
-                }
-                Streamed::Done(Err(e)) => {
-                    let _ = tx.send(Err(to_status(&e))).await;
-                }
-            }
-        }
-    });
-    Box::pin(ReceiverStream::new(out))
+fn id_of(namespace: String, module: String, name: String) -> Result<DeploymentId, Status> {
+    DeploymentId::new(namespace, module, name).map_err(|e| status(e.into()))
+}
+
+fn events(stream: DeployStream) -> EventStream {
+    Box::pin(stream.map(|event| match event {
+        Event::Object(ev) => Ok(pb::DeployEvent { event: Some(PbEvent::Object(convert::object_event(&ev))) }),
+        Event::Done(summary) => Ok(pb::DeployEvent { event: Some(PbEvent::Summary(convert::summary(&summary))) }),
+        Event::Failed(e) => Err(status(e)),
+    }))
 }
 
 #[tonic::async_trait]
 impl Orchestrator for OrchestratorApi {
     async fn dry_run(&self, request: Request<pb::DryRunRequest>) -> Result<Response<pb::DryRunResponse>, Status> {
         let r = request.into_inner();
-        let dry = self.service.dry_run(&request_of(r.module, r.version, r.config)).map_err(|e| to_status(&e))?;
-        let placeholders = dry
-            .placeholders
-            .iter()
-            .map(|(name, p)| {
-                let ph = pb::Placeholder {
-                    default: Some(convert::to_proto_value(&p.default)),
-                    current: Some(convert::to_proto_value(&p.current)),
-                    r#type: p.ty.into(),
-                    description: p.description.clone(),
-                    secret: p.secret,
-                };
-                (name.clone(), ph)
-            })
-            .collect();
-        let files = |fs: &[crate::catalog::RenderedFile]| fs.iter().map(|f| (f.name.clone(), f.text.clone())).collect();
-        Ok(Response::new(pb::DryRunResponse {
-            placeholders,
-            has_dependencies: dry.dependencies.is_some(),
-            dependencies: dry.dependencies.as_deref().map(files).unwrap_or_default(),
-            modules: files(&dry.modules),
-            module: dry.module,
-            version: dry.version,
-            namespace: dry.id.namespace,
-            name: dry.id.name,
-            objects: dry.objects.iter().map(convert::object_ref).collect(),
-        }))
+        let view = self.service.dry_run(&request_of(r.module, r.version, r.config)).map_err(status)?;
+        Ok(Response::new(convert::dry_run(&view)))
     }
 
     type DeployStream = EventStream;
@@ -135,40 +72,19 @@ impl Orchestrator for OrchestratorApi {
                 s => Duration::from_secs(u64::from(s)),
             }),
             force_conflicts: r.force_conflicts,
+            self_heal: r.self_heal,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
-        let prepared =
-            self.service.prepare(&request_of(r.module, r.version, r.config)).await.map_err(|e| to_status(&e))?;
-        let rx = spawn_deploy(self.service.clone(), prepared, opts);
-        Ok(Response::new(relay(rx, |deployed, c| {
-            Some(pb::DeploySummary {
-                deployment: Some(convert::deployment(&DeploymentView::from(&deployed.record))),
-                created: c.created,
-                configured: c.configured,
-                unchanged: c.unchanged,
-                deleted: c.deleted,
-                kept: c.kept,
-                elapsed_ms: deployed.elapsed.as_millis() as u64,
-            })
-        })))
+        let stream = self.service.deploy(&request_of(r.module, r.version, r.config), opts).await.map_err(status)?;
+        Ok(Response::new(events(stream)))
     }
 
     type UndeployStream = EventStream;
 
     async fn undeploy(&self, request: Request<pb::UndeployRequest>) -> Result<Response<Self::UndeployStream>, Status> {
         let r = request.into_inner();
-        let id = Service::parse_id(&r.namespace, &r.module, &r.name).map_err(|e| to_status(&e))?;
-        let record = self.service.require(&id).await.map_err(|e| to_status(&e))?;
-        let view = DeploymentView::from(&record);
-        let rx = spawn_undeploy(self.service.clone(), id);
-        Ok(Response::new(relay(rx, move |(), c| {
-            Some(pb::DeploySummary {
-                deployment: Some(convert::deployment(&view)),
-                deleted: c.deleted,
-                kept: c.kept,
-                ..Default::default()
-            })
-        })))
+        let id = id_of(r.namespace, r.module, r.name)?;
+        Ok(Response::new(events(self.service.undeploy(&id).await.map_err(status)?)))
     }
 
     async fn get_deployment(
@@ -176,8 +92,7 @@ impl Orchestrator for OrchestratorApi {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = request.into_inner();
-        let id = Service::parse_id(&r.namespace, &r.module, &r.name).map_err(|e| to_status(&e))?;
-        let view = self.service.get(&id).await.map_err(|e| to_status(&e))?;
+        let view = self.service.get(&id_of(r.namespace, r.module, r.name)?).await.map_err(status)?;
         Ok(Response::new(convert::deployment(&view)))
     }
 
@@ -186,7 +101,7 @@ impl Orchestrator for OrchestratorApi {
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let r = request.into_inner();
-        let views = self.service.list(Some(&r.namespace), Some(&r.module)).await.map_err(|e| to_status(&e))?;
+        let views = self.service.list(Some(&r.namespace), Some(&r.module)).await.map_err(status)?;
         Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(convert::deployment).collect() }))
     }
 
@@ -194,26 +109,7 @@ impl Orchestrator for OrchestratorApi {
         &self,
         _: Request<pb::ListTemplatesRequest>,
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
-        let modules = self.service.templates().map_err(|e| to_status(&e))?;
-        let templates = modules
-            .into_iter()
-            .map(|m| pb::Template {
-                module: m.module,
-                versions: m
-                    .versions
-                    .iter()
-                    .map(|v| pb::TemplateVersion {
-                        version: v.version.clone(),
-                        format: v.format.as_str().into(),
-                        source: v.source.clone(),
-                        has_dependencies: v.has_dependencies(),
-                        local_recipe: v.has_local_recipe(),
-                        placeholders: v.specs.iter().map(|s| s.name.clone()).collect(),
-                        description: v.description.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListTemplatesResponse { templates }))
+        let templates = self.service.templates().map_err(status)?;
+        Ok(Response::new(pb::ListTemplatesResponse { templates: templates.iter().map(convert::template).collect() }))
     }
 }

@@ -1,29 +1,34 @@
-//! The one error table: every service error gets one gRPC code, one HTTP status and a stable
-//! reason, here and nowhere else (STYLE.md "Error mapping").
+//! The one error table: every error an edge can answer with gets one gRPC code, one HTTP
+//! status and a stable reason, here and nowhere else (STYLE.md "Error mapping"). Service errors
+//! go to both edges; [`RequestError`]s are what only the REST edge can meet (its body, its paths).
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
+use utoipa::{ToResponse, ToSchema};
 
+use crate::backend::kube::KubeError;
 use crate::backend::{self, local};
 use crate::catalog;
+use crate::identity;
 use crate::proxy;
+use crate::service::views::Applied;
 use crate::service::Error;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Class {
-    pub code: Code,
-    pub http: StatusCode,
-    pub reason: &'static str,
+struct Class {
+    code: Code,
+    http: StatusCode,
+    reason: &'static str,
 }
 
 const fn class(code: Code, http: StatusCode, reason: &'static str) -> Class {
     Class { code, http, reason }
 }
 
-pub fn classify(e: &Error) -> Class {
+fn classify(e: &Error) -> Class {
     use StatusCode as H;
     match e {
         Error::Catalog(c) => match c {
@@ -41,9 +46,16 @@ pub fn classify(e: &Error) -> Class {
             catalog::Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         },
         Error::Backend(b) => classify_backend(b),
+        Error::Identity(i) => match i {
+            identity::Error::InvalidLabel { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
+            identity::Error::InvalidTemplateName { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_NAME"),
+            identity::Error::RestrictedNamespace { .. } => {
+                class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE")
+            }
+        },
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
-        Error::RestrictedNamespace { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+        Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
@@ -62,20 +74,72 @@ pub fn classify(e: &Error) -> Class {
     }
 }
 
+/// What only the REST edge meets: its request bodies and its paths.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("cannot read request body: {0}")]
+    BodyUnreadable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body is not JSON of the expected shape; `field` is the path to the offending value.
+    #[error("invalid JSON body: {}", .source.inner())]
+    BadJson { field: Option<String>, source: serde_path_to_error::Error<serde_json::Error> },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: Method, path: String },
+}
+
+impl RequestError {
+    /// A body that does not parse, with the path of the value serde stopped at when the body
+    /// is JSON but of the wrong shape (`config`, `wait`, `confg` for an unknown field).
+    pub fn bad_json(source: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = source.path().to_string();
+        let field = (source.inner().classify() == serde_json::error::Category::Data && path != ".").then_some(path);
+        RequestError::BadJson { field, source }
+    }
+
+    fn class(&self) -> Class {
+        use StatusCode as H;
+        match self {
+            RequestError::BodyTooLarge { .. } => class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
+            RequestError::BodyUnreadable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_BODY"),
+            RequestError::BadJson { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_JSON"),
+            RequestError::NoRoute { .. } => class(Code::Unimplemented, H::NOT_FOUND, "NO_ROUTE"),
+        }
+    }
+}
+
 fn classify_backend(b: &backend::Error) -> Class {
     use StatusCode as H;
     match b {
         backend::Error::Local(l) => classify_local(l),
+        backend::Error::Kube(k) => classify_kube(k),
         backend::Error::Rejected { .. } => class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "REJECTED"),
-        backend::Error::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+        backend::Error::Restricted { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "RESTRICTED_NAMESPACE"),
         backend::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
-        backend::Error::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
         backend::Error::WorkloadFailed { .. } => {
             class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
         }
         backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
-        backend::Error::Unavailable(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        backend::Error::Internal(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+fn classify_kube(k: &KubeError) -> Class {
+    use KubeError as K;
+    use StatusCode as H;
+    match k {
+        K::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+        K::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
+        K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_) => {
+            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        }
+        K::BadRecord { .. } | K::RecordWithoutKey { .. } | K::Encode { .. } => {
+            class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
+        }
+        K::LeaderReported { reason, .. } => match reason.as_str() {
+            "Conflict" => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+            "Forbidden" => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
+            _ => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        },
     }
 }
 
@@ -131,7 +195,7 @@ pub fn proxy_status(e: proxy::Error) -> tonic::Status {
 }
 
 /// The text users see: internal errors are logged and replaced by a generic message.
-pub fn public_message(e: &Error, class: Class) -> String {
+fn public_message(e: &Error, class: Class) -> String {
     if class.code == Code::Internal {
         tracing::error!(error = %e, "internal error");
         "internal error (see the orchestrator's log)".into()
@@ -151,61 +215,61 @@ pub fn to_status(e: &Error) -> tonic::Status {
     tonic::Status::with_error_details(c.code, message, details)
 }
 
-/// A JSON error response of the REST gateway: `{"detail", "field", "reason", ...extra}`.
+/// The JSON body of every REST error: `{"detail", "field", "reason"}`, plus the lines of what a
+/// failed deploy or undeploy applied before it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, ToResponse)]
+#[response(description = "An error, with its detail, the field it is about and a stable reason")]
+pub struct ErrorBody {
+    pub detail: String,
+    /// The request field the error is about (`module`, `config.replicas`, ...).
+    pub field: Option<String>,
+    /// Stable machine-readable reason (`TEMPLATE_NOT_FOUND`, ...), as in gRPC's `ErrorInfo`.
+    pub reason: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+}
+
+/// A REST error: its status and body, both from the table above.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub detail: String,
-    pub field: Option<String>,
-    pub reason: &'static str,
-    pub extra: Map<String, Value>,
+    pub body: ErrorBody,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, detail: detail.into(), field: None, reason, extra: Map::new() }
+    fn of(c: Class, detail: String, field: Option<String>) -> Self {
+        ApiError { status: c.http, body: ErrorBody { detail, field, reason: c.reason, applied: None } }
     }
 
+    /// Adds what a failed run applied before it failed (its final error among the errors).
     #[must_use]
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+    pub fn with_applied(mut self, mut applied: Applied) -> Self {
+        applied.fail(&self.body.detail);
+        self.body.applied = Some(applied);
         self
-    }
-
-    #[must_use]
-    pub fn with_extra(mut self, extra: Map<String, Value>) -> Self {
-        self.extra = extra;
-        self
-    }
-
-    pub fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("detail".into(), json!(self.detail));
-        body.insert("field".into(), json!(self.field));
-        body.insert("reason".into(), json!(self.reason));
-        for (k, v) in &self.extra {
-            body.insert(k.clone(), v.clone());
-        }
-        Value::Object(body)
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let c = classify(&e);
-        ApiError {
-            status: c.http,
-            detail: public_message(&e, c),
-            field: e.field(),
-            reason: c.reason,
-            extra: Map::new(),
-        }
+        ApiError::of(c, public_message(&e, c), e.field())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let field = match &e {
+            RequestError::BadJson { field, .. } => field.clone(),
+            _ => None,
+        };
+        ApiError::of(e.class(), e.to_string(), field)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        (self.status, axum::Json(self.body)).into_response()
     }
 }
 
@@ -256,5 +320,48 @@ mod tests {
         let s = proxy_status(proxy::Error::Upstream(Box::new(upstream)));
         assert_eq!((s.code(), s.message()), (Code::NotFound, "no such reference"));
         assert_eq!(s.details(), b"d");
+    }
+
+    #[test]
+    fn kube_errors_map_to_conflict_forbidden_unavailable_and_keep_their_source() {
+        use crate::backend::kube::KubeError;
+        let api =
+            |code: u16| Box::new(kube::Error::Api(Box::new(kube::core::Status::failure("m", "R").with_code(code))));
+        let cases = [
+            (
+                KubeError::Conflict {
+                    object: "o".into(),
+                    manager: "helm".into(),
+                    message: "m".into(),
+                    source: api(409),
+                },
+                Code::FailedPrecondition,
+                StatusCode::CONFLICT,
+                "FIELD_MANAGER_CONFLICT",
+            ),
+            (
+                KubeError::Forbidden { object: "o".into(), message: "m".into(), source: api(403) },
+                Code::PermissionDenied,
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+            ),
+            (
+                KubeError::Server { object: "o".into(), code: 503, message: "m".into(), source: api(503) },
+                Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+            ),
+        ];
+        for (k, code, http, reason) in cases {
+            let e = Error::Backend(backend::Error::Kube(k));
+            assert!(std::error::Error::source(&e).is_some(), "{e:?} keeps its cause");
+            let c = classify(&e);
+            assert_eq!((c.code, c.http, c.reason), (code, http, reason), "{e}");
+        }
+        let restricted = Error::Backend(backend::Error::Restricted {
+            object: "deployment x".into(),
+            source: identity::Error::RestrictedNamespace { requested: "a".into(), allowed: "b".into() },
+        });
+        assert_eq!(classify(&restricted).reason, "RESTRICTED_NAMESPACE");
     }
 }

@@ -50,13 +50,14 @@ use serde_json::Value;
 use tokio::sync::{watch, Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result};
-use crate::plan::{DeploymentId, Plan};
+use crate::identity::NamespaceRule;
+use crate::plan::{DeploymentId, Kind, Plan};
 use apply::ServerFeatures;
 pub use desired::Step;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
+pub use errors::Error as KubeError;
 pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
-pub use records::DesiredOptions;
 pub use rollout::ANNOTATION_CONFIG_HASH;
 
 /// Field manager of every server-side apply this backend makes.
@@ -161,14 +162,6 @@ impl KubeBackend {
         KubeBackend { client, options, resolver, events, locks: Arc::default(), server: Default::default() }
     }
 
-    /// A backend on kube's default client (KUBECONFIG, `~/.kube/config`, or in-cluster config).
-    pub async fn try_default(options: KubeOptions) -> Result<Self> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot configure a Kubernetes client: {e}")))?;
-        Ok(Self::new(client, options))
-    }
-
     pub fn options(&self) -> &KubeOptions {
         &self.options
     }
@@ -221,79 +214,24 @@ impl KubeBackend {
         }
     }
 
+    /// The service layer's namespace rule again, over the plan and every object's namespace.
     fn check_namespace_rule(&self, plan: &Plan) -> Result<()> {
-        if !self.options.restricted_namespace {
-            return Ok(());
-        }
-        let own = &self.options.orchestrator_namespace;
-        let escapes = |ns: &str| ns != own;
-        if escapes(&plan.id.namespace) {
-            return Err(Error::Rejected {
-                object: format!("deployment {}", plan.id),
-                message: format!("restricted namespace mode: deployments must target namespace `{own}`"),
-            });
-        }
+        let rule = NamespaceRule::new(&self.options.orchestrator_namespace, self.options.restricted_namespace);
+        let restricted = |object: String| move |source| Error::Restricted { object, source };
+        rule.check(&plan.id.namespace).map_err(restricted(format!("deployment {}", plan.id)))?;
         for o in &plan.objects {
             if let Some(ns) = o.manifest.pointer("/metadata/namespace").and_then(Value::as_str) {
-                if escapes(ns) {
-                    return Err(Error::Rejected {
-                        object: o.object.kubectl_name(),
-                        message: format!("restricted namespace mode: namespace `{ns}` is outside `{own}`"),
-                    });
-                }
+                rule.check(ns).map_err(restricted(o.object.kubectl_name()))?;
             }
         }
         Ok(())
-    }
-
-    /// Deploys `plan` with the desired-state options `desired` (the front door of
-    /// [`Backend::apply`], which passes none).
-    pub async fn deploy(
-        &self,
-        plan: &Plan,
-        opts: &ApplyOptions,
-        desired: &DesiredOptions,
-        progress: &Progress,
-    ) -> Result<DeploymentRecord> {
-        self.check_namespace_rule(plan)?;
-        let plan = sync::annotated(plan);
-        let server = self.server_features().await?;
-        let applier = self.applier(opts.force_conflicts, &server);
-        // The orchestrator's own namespace exists (we run there), and a namespaced install may
-        // not even read Namespace objects. Created first: namespaced objects can be validated
-        // only inside an existing namespace.
-        let own = plan.id.namespace == self.options.orchestrator_namespace;
-        let created_namespace = !own && self.ensure_namespace(&plan.id.namespace).await?;
-        if let Err(rejection) = self.validate(&plan, &applier).await {
-            let e = self.report_rejection(&plan, rejection, progress).await;
-            if created_namespace {
-                self.remove_created_namespace(&plan.id.namespace).await;
-            }
-            return Err(e);
-        }
-        if created_namespace {
-            let ns = sync::namespace_ref(&plan.id.namespace);
-            progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
-        }
-        if !self.is_leader() {
-            let jd = self.records().write_desired(&plan, None, desired).await?;
-            return follow::deploy(self, &jd, &plan, opts, progress).await;
-        }
-        let _held = self.hold(&plan.id).await;
-        // The resource is the first trace, so a crash mid-apply can still be undeployed.
-        let jd = self.records().write_desired(&plan, None, desired).await?;
-        let report = self.apply_and_record(&jd, &plan, &applier, opts.wait, progress).await;
-        match report.error {
-            Some(e) => Err(e),
-            None => Ok(report.record),
-        }
     }
 }
 
 #[async_trait]
 impl Backend for KubeBackend {
-    fn name(&self) -> &'static str {
-        "kubernetes"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Kubernetes
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<()> {
@@ -315,7 +253,38 @@ impl Backend for KubeBackend {
     }
 
     async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
-        self.deploy(plan, opts, &DesiredOptions::default(), progress).await
+        self.check_namespace_rule(plan)?;
+        let plan = sync::annotated(plan);
+        let server = self.server_features().await?;
+        let applier = self.applier(opts.force_conflicts, &server);
+        // The orchestrator's own namespace exists (we run there), and a namespaced install may
+        // not even read Namespace objects. Created first: namespaced objects can be validated
+        // only inside an existing namespace.
+        let own = plan.id.namespace == self.options.orchestrator_namespace;
+        let created_namespace = !own && self.ensure_namespace(&plan.id.namespace).await?;
+        if let Err(rejection) = self.validate(&plan, &applier).await {
+            let e = self.report_rejection(&plan, rejection, progress).await;
+            if created_namespace {
+                self.remove_created_namespace(&plan.id.namespace).await;
+            }
+            return Err(e);
+        }
+        if created_namespace {
+            let ns = sync::namespace_ref(&plan.id.namespace);
+            progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
+        }
+        if !self.is_leader() {
+            let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+            return follow::deploy(self, &jd, &plan, opts, progress).await;
+        }
+        let _held = self.hold(&plan.id).await;
+        // The resource is the first trace, so a crash mid-apply can still be undeployed.
+        let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+        let report = self.apply_and_record(&jd, &plan, &applier, opts.wait, progress).await;
+        match report.error {
+            Some(e) => Err(e),
+            None => Ok(report.record),
+        }
     }
 
     async fn delete(&self, id: &DeploymentId, progress: &Progress) -> Result<()> {
@@ -352,7 +321,7 @@ impl Backend for KubeBackend {
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
         let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut out = Vec::new();
-        for o in record.objects.iter().filter(|o| o.kind == "Service" && o.api_version == "v1") {
+        for o in record.objects.iter().filter(|o| o.is(Kind::SERVICE)) {
             let ns = o.namespace.as_deref().unwrap_or(&id.namespace);
             let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
             let name = format!("endpoints/{}", o.name);
@@ -422,7 +391,7 @@ mod tests {
         assert!(restricted.check_namespace_rule(&plan_in("orc", None)).is_ok());
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("orc"))).is_ok());
         let err = restricted.check_namespace_rule(&plan_in("other", None)).unwrap_err();
-        assert!(err.to_string().contains("restricted namespace mode"), "{err}");
+        assert!(err.to_string().contains("restricted-namespace mode"), "{err}");
         assert!(restricted.check_namespace_rule(&plan_in("orc", Some("kube-system"))).is_err());
         let open = KubeBackend::new(client, KubeOptions::default().orchestrator_namespace("orc"));
         assert!(open.check_namespace_rule(&plan_in("other", Some("kube-system"))).is_ok());

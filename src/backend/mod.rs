@@ -25,17 +25,20 @@ pub enum Error {
     /// What only the local backend can fail at (a missing program, its data dir, its processes).
     #[error(transparent)]
     Local(#[from] local::Error),
+    /// What only the Kubernetes backend can fail at (conflicts, RBAC, an unreachable API).
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// The API server (or the local backend's validation) rejected an object.
     #[error("{object} was rejected: {message}")]
     Rejected { object: String, message: String },
-    /// Another field manager owns fields this apply would change.
-    #[error(
-        "{object}: conflict with field manager `{manager}`: {message} (retry with force_conflicts to take ownership)"
-    )]
-    Conflict { object: String, manager: String, message: String },
-    /// The orchestrator's own credentials may not do this (RBAC).
-    #[error("{object}: the orchestrator is not allowed to do this: {message}")]
-    Forbidden { object: String, message: String },
+    /// A plan outside the orchestrator's namespace in restricted mode (the service layer's
+    /// rule, checked again by the backend).
+    #[error("{object}: {source}")]
+    Restricted {
+        object: String,
+        #[source]
+        source: crate::identity::Error,
+    },
     #[error("deployment {0} not found")]
     NotFound(DeploymentId),
     /// A workload failed to become ready (ImagePullBackOff, process exited, ...).
@@ -43,17 +46,14 @@ pub enum Error {
     WorkloadFailed { object: String, reason: String },
     #[error("timed out after {}s waiting for readiness; still not ready: {}", .timeout.as_secs(), .not_ready.join(", "))]
     Timeout { timeout: Duration, not_ready: Vec<String> },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a deployment currently stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = DeploymentStatus)]
 pub enum Status {
     Deploying,
     Deployed,
@@ -66,6 +66,26 @@ impl Status {
             Status::Deploying => "deploying",
             Status::Deployed => "deployed",
             Status::Failed => "failed",
+        }
+    }
+}
+
+/// Which backend runs a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Backend)]
+pub enum Kind {
+    /// Child processes on the orchestrator's machine.
+    Local,
+    /// Server-side apply against a Kubernetes API.
+    Kubernetes,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Local => "local",
+            Kind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -86,7 +106,7 @@ pub struct DeploymentRecord {
     pub message: String,
     #[serde(default)]
     pub objects: Vec<ObjectRef>,
-    pub backend: String,
+    pub backend: Kind,
     /// RFC 3339.
     pub updated_at: String,
 }
@@ -109,12 +129,14 @@ pub struct ApplyOptions {
     /// Wait for readiness; `None` returns once every object is applied.
     pub wait: Option<Duration>,
     pub force_conflicts: bool,
+    /// Kubernetes: heal drift (`Some(false)`: only report it); `None` keeps the deployment's
+    /// setting. The local backend always restarts what died.
+    pub self_heal: Option<bool>,
 }
 
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
-    /// "local" or "kubernetes".
-    fn name(&self) -> &'static str;
+    fn kind(&self) -> Kind;
 
     /// Checks, before anything is applied, that this backend can run the plan at all, so a
     /// deployment that cannot work leaves nothing half-applied.

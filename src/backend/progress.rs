@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::ObjectRef;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Created,
@@ -36,14 +36,9 @@ impl Action {
             Action::Stopped => "stopped",
         }
     }
-
-    /// Whether the event is an apply result that belongs in the `results` list.
-    pub fn is_apply_result(self) -> bool {
-        matches!(self, Action::Created | Action::Configured | Action::Unchanged)
-    }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ObjectEvent {
     pub object: ObjectRef,
     pub action: Action,

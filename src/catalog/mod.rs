@@ -56,31 +56,11 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Module and version names: `[a-z0-9._-]+`, never `.` or `..` (they become path segments).
+/// Module and version names: [`crate::identity::is_template_name`] (they become path segments).
 pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value != "."
-        && value != ".."
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::identity::is_template_name(value) {
         Ok(())
     } else {
         Err(Error::InvalidName { field, value: value.to_string() })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_reject_traversal_and_odd_characters() {
-        for bad in ["", ".", "..", "a/b", "../x", "Redis", "a b", "a\\b", "é"] {
-            assert!(validate_name("module", bad).is_err(), "{bad:?} accepted");
-        }
-        for good in ["redis", "mongodb-cluster", "6.0.5", "latest", "a_b"] {
-            validate_name("module", good).unwrap();
-        }
     }
 }

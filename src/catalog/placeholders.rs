@@ -12,8 +12,9 @@ use super::{Error, Result};
 /// Length of generated secret values (the original shipped a fixed `12345678`).
 pub const SECRET_LEN: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = PlaceholderType)]
 pub enum Type {
     String,
     Integer,

@@ -14,9 +14,14 @@ use crate::plan::{LocalRecipe, ObjectRef, PlannedObject, Readiness, RecipeText, 
 const PLACEHOLDERS_FILE: &str = "placeholders.yaml";
 const LOCAL_FILE: &str = "local.yaml";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a version folder is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = TemplateFormat)]
 pub enum Format {
+    /// Handlebars files and `placeholders.yaml`.
     Native,
+    /// The original's `$g`/`$a`/`$d` placeholders.
     Legacy,
 }
 

@@ -102,14 +102,14 @@ mod tests {
 
     #[async_trait]
     impl Backend for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
+        fn kind(&self) -> backend::Kind {
+            backend::Kind::Local
         }
         async fn preflight(&self, _: &Plan) -> backend::Result<()> {
             Ok(())
         }
         async fn apply(&self, _: &Plan, _: &ApplyOptions, _: &Progress) -> backend::Result<DeploymentRecord> {
-            Err(backend::Error::Internal("not used".into()))
+            Err(backend::Error::Rejected { object: "apply".into(), message: "not used by these tests".into() })
         }
         async fn delete(&self, _: &DeploymentId, _: &Progress) -> backend::Result<()> {
             Ok(())
@@ -124,7 +124,7 @@ mod tests {
                 status: Status::Deployed,
                 message: String::new(),
                 objects: vec![],
-                backend: "fake".into(),
+                backend: backend::Kind::Local,
                 updated_at: String::new(),
             }))
         }

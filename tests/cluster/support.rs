@@ -12,14 +12,14 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{json, Value};
 
 /// Generous bound on any single step: pods here start in seconds.
-pub const STEP: Duration = Duration::from_secs(150);
+pub(crate) const STEP: Duration = Duration::from_secs(150);
 
-pub async fn timed<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn timed<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(STEP, f).await.expect("step timed out")
 }
 
 /// Prints one measured figure (never asserted).
-pub fn timing(what: &str, d: Duration) {
+pub(crate) fn timing(what: &str, d: Duration) {
     eprintln!("[timing] {what}: {:.2} s", d.as_secs_f64());
 }
 
@@ -40,7 +40,7 @@ fn kubeconfig_path() -> Option<PathBuf> {
     }
 }
 
-pub async fn client_from(path: &Path) -> kube::Client {
+pub(crate) async fn client_from(path: &Path) -> kube::Client {
     let kubeconfig = Kubeconfig::read_from(path).expect("readable kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -48,12 +48,12 @@ pub async fn client_from(path: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
-pub fn manifest_path(file: &str) -> PathBuf {
+pub(crate) fn manifest_path(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests").join(file)
 }
 
 /// One test's access to the node cluster; dropping it deletes its namespaces and bindings.
-pub struct Node {
+pub(crate) struct Node {
     pub path: PathBuf,
     pub client: kube::Client,
     namespaces: Vec<String>,
@@ -62,14 +62,14 @@ pub struct Node {
 
 impl Node {
     /// `None` when the cluster tier is skipped.
-    pub async fn connect() -> Option<Node> {
+    pub(crate) async fn connect() -> Option<Node> {
         let path = kubeconfig_path()?;
         let client = client_from(&path).await;
         Some(Node { path, client, namespaces: Vec::new(), bindings: Vec::new() })
     }
 
     /// A fresh namespace `jc-<tag>-<pid>`.
-    pub async fn namespace(&mut self, tag: &str) -> String {
+    pub(crate) async fn namespace(&mut self, tag: &str) -> String {
         let name = format!("jc-{tag}-{}", std::process::id());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         timed(Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns))
@@ -80,7 +80,7 @@ impl Node {
     }
 
     /// Runs kubectl against the node (bounded); returns (success, stdout, stderr).
-    pub async fn kubectl_status(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    pub(crate) async fn kubectl_status(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new("kubectl")
             .arg(format!("--kubeconfig={}", self.path.display()))
@@ -106,7 +106,7 @@ impl Node {
     }
 
     /// kubectl that must succeed; returns stdout.
-    pub async fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) async fn kubectl(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.kubectl_status(args, None).await;
         assert!(ok, "kubectl {}: {err}{out}", args.join(" "));
         out
@@ -115,7 +115,7 @@ impl Node {
     /// Installs the orchestrator the way its manifest's header says: `kubectl apply -n NS -f FILE`
     /// (the file as shipped, or `edit`ed text through stdin) and the ClusterRoleBinding line; then
     /// waits until its pod is Ready, which only its exec probe (`jac-orc probe`) can decide.
-    pub async fn install(&mut self, tag: &str, edit: Option<&dyn Fn(&str) -> String>) -> Orchestrator {
+    pub(crate) async fn install(&mut self, tag: &str, edit: Option<&dyn Fn(&str) -> String>) -> Orchestrator {
         let ns = self.namespace(tag).await;
         let file = manifest_path("jac-orc.yaml");
         let started = Instant::now();
@@ -169,28 +169,28 @@ impl Drop for Node {
 }
 
 /// An orchestrator running in the cluster, reached from this machine at its pod IP.
-pub struct Orchestrator {
+pub(crate) struct Orchestrator {
     pub namespace: String,
     pub pod: Pod,
     http: reqwest::Client,
 }
 
 impl Orchestrator {
-    pub fn new(namespace: String, pod: Pod) -> Self {
+    pub(crate) fn new(namespace: String, pod: Pod) -> Self {
         let http = reqwest::Client::builder().timeout(STEP).build().unwrap();
         Orchestrator { namespace, pod, http }
     }
 
-    pub fn pod_name(&self) -> &str {
+    pub(crate) fn pod_name(&self) -> &str {
         self.pod.metadata.name.as_deref().unwrap()
     }
 
-    pub fn ip(&self) -> &str {
+    pub(crate) fn ip(&self) -> &str {
         pod_ip(&self.pod)
     }
 
     /// `IP:8000`, the target `jac_splice.connect` takes.
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         format!("{}:8000", self.ip())
     }
 
@@ -199,19 +199,19 @@ impl Orchestrator {
     }
 
     /// `POST /deployment`; returns the HTTP status and the JSON body.
-    pub async fn deploy(&self, body: Value) -> (u16, Value) {
+    pub(crate) async fn deploy(&self, body: Value) -> (u16, Value) {
         let r = timed(self.http.post(self.url("/deployment")).json(&body).send()).await.expect("deploy answered");
         let status = r.status().as_u16();
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = timed(self.http.post(self.url(path)).json(&body).send()).await.expect("answered");
         let status = r.status().as_u16();
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
-    pub async fn undeploy(&self, ns: &str, module: &str, name: &str) -> (u16, Value) {
+    pub(crate) async fn undeploy(&self, ns: &str, module: &str, name: &str) -> (u16, Value) {
         let r = timed(self.http.delete(self.url(&format!("/deployment/{ns}/{module}/{name}"))).send())
             .await
             .expect("undeploy answered");
@@ -219,7 +219,7 @@ impl Orchestrator {
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let r = timed(self.http.get(self.url(path)).send()).await.expect("answered");
         let status = r.status().as_u16();
         (status, timed(r.json()).await.expect("JSON body"))
@@ -227,7 +227,7 @@ impl Orchestrator {
 
     /// Names of the deployments `GET /deployment` lists (views are found wherever the listing
     /// nests them: by namespace and module, or in a plain list).
-    pub async fn deployment_names(&self) -> Vec<String> {
+    pub(crate) async fn deployment_names(&self) -> Vec<String> {
         fn collect(v: &Value, out: &mut Vec<String>) {
             match v {
                 Value::Object(m) if m.contains_key("name") && m.contains_key("module") && m.contains_key("status") => {
@@ -247,11 +247,11 @@ impl Orchestrator {
     }
 }
 
-pub fn pod_ip(pod: &Pod) -> &str {
+pub(crate) fn pod_ip(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).expect("a pod IP")
 }
 
-pub fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -262,7 +262,7 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// Waits (bounded) for a Ready pod matching `selector` (other than `not`) and returns it. A pod
 /// stuck pulling or crash-looping fails at once, with its state.
-pub async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, not: Option<&str>) -> Pod {
+pub(crate) async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, not: Option<&str>) -> Pod {
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     let started = Instant::now();
     let mut last = String::new();
@@ -297,7 +297,7 @@ pub async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, not: Opt
 }
 
 /// Waits (bounded) until no pod matches `selector`.
-pub async fn pods_gone(client: &kube::Client, ns: &str, selector: &str) {
+pub(crate) async fn pods_gone(client: &kube::Client, ns: &str, selector: &str) {
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     let started = Instant::now();
     loop {
@@ -310,14 +310,14 @@ pub async fn pods_gone(client: &kube::Client, ns: &str, selector: &str) {
     }
 }
 
-pub async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<Pod> {
+pub(crate) async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<Pod> {
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     timed(api.list(&ListParams::default().labels(selector))).await.unwrap().items
 }
 
 /// The Python driver (`tests/cluster/driver.py`) with this machine's jac-splice; prints one JSON
 /// line. `JAC_ORC_PYTHON` chooses the interpreter (default python3).
-pub fn driver(args: &[&str]) -> tokio::process::Command {
+pub(crate) fn driver(args: &[&str]) -> tokio::process::Command {
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/driver.py"))
@@ -330,12 +330,12 @@ pub fn driver(args: &[&str]) -> tokio::process::Command {
 }
 
 /// Runs the driver to completion and parses its JSON line.
-pub async fn drive(args: &[&str]) -> Value {
+pub(crate) async fn drive(args: &[&str]) -> Value {
     let out = timed(driver(args).output()).await.expect("driver runs");
     parse_driver(out)
 }
 
-pub fn parse_driver(out: std::process::Output) -> Value {
+pub(crate) fn parse_driver(out: std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "driver failed ({}): {stderr}{stdout}", out.status);
@@ -343,7 +343,7 @@ pub fn parse_driver(out: std::process::Output) -> Value {
 }
 
 /// Small requests for every test deployment, so its pods fit beside each other on two cores.
-pub fn small(mut config: Value) -> Value {
+pub(crate) fn small(mut config: Value) -> Value {
     config["cpu"] = json!("50m");
     config["memory"] = if config.get("memory").is_some() { config["memory"].clone() } else { json!("64Mi") };
     config

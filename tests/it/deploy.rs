@@ -1,12 +1,12 @@
 //! Deploy/Undeploy on the local backend over gRPC: a real redis-server, records that survive a
 //! restart, and a module the machine cannot run.
 
-use jac_splice_orc::pb::{self, deploy_event::Event};
+use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::support::{redis_available, redis_ping, struct_of, within, Options, TestServer};
+use crate::support::{redis_available, redis_ping, struct_of, within, KubeServe, Options, TestServer};
 
 async fn run(
     stream: tonic::Streaming<pb::DeployEvent>,
@@ -49,8 +49,8 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
     assert_eq!(summary.created, 3);
     let d = summary.deployment.unwrap();
     assert_eq!(
-        (d.namespace.as_str(), d.module.as_str(), d.name.as_str(), d.status.as_str()),
-        ("default", "redis", "cache", "deployed")
+        (d.namespace.as_str(), d.module.as_str(), d.name.as_str(), d.status()),
+        ("default", "redis", "cache", pb::DeploymentStatus::Deployed)
     );
     let endpoint = d.endpoints[0].clone();
     assert!(endpoint.starts_with("127.0.0.1:"), "{endpoint}");
@@ -127,7 +127,7 @@ async fn records_survive_an_orchestrator_restart_and_workloads_come_back() {
     let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     assert_eq!(list.deployments.len(), 1);
     let d = &list.deployments[0];
-    assert_eq!((d.name.as_str(), d.status.as_str()), ("persist", "deployed"));
+    assert_eq!((d.name.as_str(), d.status()), ("persist", pb::DeploymentStatus::Deployed));
     assert_eq!(redis_ping(&d.endpoints[0]).await.unwrap(), "+PONG");
     server.stop().await;
 }
@@ -211,7 +211,7 @@ async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_
     for _ in 0..200 {
         if let Ok(d) = within(c.get_deployment(id.clone())).await {
             let d = d.into_inner();
-            if d.status == "deployed" {
+            if d.status() == pb::DeploymentStatus::Deployed {
                 deployed = Some(d);
                 break;
             }
@@ -229,5 +229,42 @@ async fn a_client_that_leaves_mid_deploy_still_gets_the_deployment_finished_and_
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(pong.as_deref(), Some("+PONG"));
+    server.stop().await;
+}
+
+/// Reads events until the run waits for readiness.
+async fn until_waiting(stream: &mut tonic::Streaming<pb::DeployEvent>) {
+    loop {
+        let ev = within(stream.next()).await.expect("the stream stays open while waiting").unwrap();
+        if let Some(Event::Object(o)) = ev.event {
+            if o.action() == pb::Action::Waiting {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_client_that_leaves_during_wait_stops_the_wait_and_the_deploy_is_still_recorded() {
+    // The test API server has no kubelet: pods never become Ready, so the wait never ends by itself.
+    let Some(server) = KubeServe::start("gone-grpc").await else {
+        return;
+    };
+    let mut c = within(OrchestratorClient::connect(server.url())).await.unwrap();
+    let req = pb::DeployRequest {
+        module: "redis".into(),
+        config: Some(struct_of(json!({"name": "gone"}))),
+        wait: true,
+        wait_timeout_seconds: 600,
+        ..Default::default()
+    };
+    let mut stream = within(c.deploy(req)).await.unwrap().into_inner();
+    until_waiting(&mut stream).await;
+    drop((stream, c));
+
+    server.wait_for_log("the caller left").await;
+    let d = server.wait_for_record("gone", |d| d.message.contains("disconnected")).await;
+    assert_eq!(d.status(), pb::DeploymentStatus::Deployed, "{d:?}");
+    assert_eq!(d.objects.len(), 3, "{d:?}");
     server.stop().await;
 }

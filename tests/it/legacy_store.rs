@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jac_splice_orc::backend::local::{LocalBackend, LocalOptions};
 use jac_splice_orc::catalog::{Catalog, Format, Type};
 use jac_splice_orc::pb;
-use jac_splice_orc::service::{DeploymentRequest, DryRun, Service, Settings};
+use jac_splice_orc::service::{DeploymentRequest, DryRunView, Service, Settings};
 use serde_json::{json, Map, Value};
 use tonic::Code;
 
@@ -30,7 +30,7 @@ fn service(catalog: Catalog, dir: &Path) -> Service {
     Service::new(Arc::new(catalog), backend, Settings::default())
 }
 
-fn dry_run(version: &str, config: Value) -> DryRun {
+fn dry_run(version: &str, config: Value) -> DryRunView {
     let tmp = tempfile::tempdir().unwrap();
     let svc = service(Catalog::directory_only(fixtures()).unwrap(), tmp.path());
     let req = DeploymentRequest {
@@ -42,9 +42,9 @@ fn dry_run(version: &str, config: Value) -> DryRun {
 }
 
 /// The documents of the one module file of a dry run.
-fn module_docs(dry: &DryRun) -> Vec<Value> {
+fn module_docs(dry: &DryRunView) -> Vec<Value> {
     assert_eq!(dry.modules.len(), 1);
-    yaml_docs(&dry.modules[0].text)
+    yaml_docs(dry.modules.values().next().unwrap())
 }
 
 fn container(deployment: &Value) -> &Value {
@@ -90,12 +90,16 @@ fn the_fixture_store_is_legacy_and_declares_each_placeholder_once_with_the_modul
 #[test]
 fn the_fixture_store_dry_runs_with_its_defaults_in_every_yaml_context() {
     let dry = dry_run("latest", json!({}));
-    assert_eq!((dry.id.namespace.as_str(), dry.id.name.as_str()), ("default", "guestbook"));
-    let deps: Vec<&str> = dry.dependencies.iter().flatten().map(|f| f.name.as_str()).collect();
+    assert_eq!((dry.namespace.as_str(), dry.name.as_str()), ("default", "guestbook"));
+    let deps: Vec<&str> = dry.dependencies.iter().flatten().map(|(name, _)| name.as_str()).collect();
     assert_eq!(deps, ["priority-class.yaml", "service-account.yaml"]);
     let static_dep = std::fs::read_to_string(fixtures().join("guestbook/latest/dependencies/priority-class.yaml"));
-    assert_eq!(dry.dependencies.as_ref().unwrap()[0].text, static_dep.unwrap(), "no placeholders: text unchanged");
-    assert_eq!(dry.modules.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["guestbook.yaml"]);
+    assert_eq!(
+        dry.dependencies.as_ref().unwrap()["priority-class.yaml"],
+        static_dep.unwrap(),
+        "no placeholders: text unchanged"
+    );
+    assert_eq!(dry.modules.keys().map(String::as_str).collect::<Vec<_>>(), ["guestbook.yaml"]);
     let objects: Vec<(&str, &str, Option<&str>)> =
         dry.objects.iter().map(|o| (o.kind.as_str(), o.name.as_str(), o.namespace.as_deref())).collect();
     assert_eq!(
@@ -109,7 +113,7 @@ fn the_fixture_store_dry_runs_with_its_defaults_in_every_yaml_context() {
         ],
         "dependencies first; extras/ never"
     );
-    let text = &dry.modules[0].text;
+    let text = &dry.modules["guestbook.yaml"];
     assert!(text.starts_with("# Guestbook guestbook: the placeholder"), "{text}");
     let docs = module_docs(&dry);
     assert_eq!(docs[0]["stringData"], json!({"LOG_LEVEL": "info", "GREETING": "hello, world"}));
@@ -142,7 +146,7 @@ fn every_placeholder_kind_takes_overrides_and_hostile_values_stay_values() {
         "image": "nginx:1.28", "args": [EVIL, "--flag", "9090"], "debug": true, "cpu": "250m", "memory": "1Gi",
     });
     let dry = dry_run("latest", config);
-    assert_eq!((dry.id.namespace.as_str(), dry.id.name.as_str()), ("prod", "shop"));
+    assert_eq!((dry.namespace.as_str(), dry.name.as_str()), ("prod", "shop"));
     let docs = module_docs(&dry);
     assert_eq!(docs.len(), 3, "no value added a document");
     let names: Vec<&str> = dry.objects.iter().map(|o| o.name.as_str()).collect();
@@ -177,7 +181,7 @@ fn every_placeholder_kind_takes_overrides_and_hostile_values_stay_values() {
 fn an_older_version_renders_yml_files_multiline_defaults_and_block_scripts() {
     let dry = dry_run("1.0.0", json!({}));
     assert!(dry.dependencies.is_none(), "no dependencies/ folder");
-    assert_eq!(dry.modules[0].name, "guestbook.yml");
+    assert_eq!(dry.modules.keys().map(String::as_str).collect::<Vec<_>>(), ["guestbook.yml"]);
     let docs = module_docs(&dry);
     assert_eq!(docs[0]["metadata"]["name"], "guestbook-v1-settings");
     assert_eq!(docs[0]["data"], json!({"mode": "classic", "page-size": "20"}));

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{redis_available, redis_ping, within, TestServer};
+use crate::support::{redis_available, redis_ping, within, KubeServe, TestServer};
 
 #[tokio::test]
 async fn seed_deploy_example_gets_results_and_errors_with_failed_precondition() {
@@ -109,5 +109,88 @@ async fn small_routes_answer() {
             .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "confg");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route() {
+    let server = TestServer::start().await;
+    let http = server.http();
+    let doc: Value =
+        within(http.get(format!("{}/openapi.json", server.url())).send()).await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(!op["tags"].as_array().map(Vec::is_empty).unwrap_or(true), "{method} {path} has no tags");
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let expected = [
+        ("delete", "/deployment/{namespace}/{module}/{name}"),
+        ("get", "/deployment"),
+        ("get", "/deployment/{namespace}/{module}/{name}"),
+        ("get", "/healthz"),
+        ("get", "/openapi.json"),
+        ("get", "/templates"),
+        ("post", "/deployment"),
+        ("post", "/deployment/dry_run"),
+    ];
+    assert_eq!(documented, expected.map(|(m, p)| (m.to_string(), p.to_string())));
+    let ids: std::collections::BTreeSet<&str> = paths
+        .values()
+        .flat_map(|i| i.as_object().unwrap().values())
+        .filter_map(|o| o["operationId"].as_str())
+        .collect();
+    assert_eq!(ids.len(), documented.len(), "operationIds are unique: {ids:?}");
+
+    // Each documented operation reaches a route of its own (never the JSON 404 for unknown
+    // paths, never 405): the document and the router come from one registration.
+    for (method, path) in &documented {
+        let url = format!(
+            "{}{}",
+            server.url(),
+            path.replace("{namespace}", "default").replace("{module}", "redis").replace("{name}", "nope")
+        );
+        let req = http.request(method.to_uppercase().parse().unwrap(), url);
+        let req = if method == "post" { req.json(&json!({})) } else { req };
+        let r = within(req.send()).await.unwrap();
+        assert_ne!(r.status(), 405, "{method} {path}");
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_ne!(body["reason"], "NO_ROUTE", "{method} {path}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ndjson_client_that_leaves_during_wait_stops_the_wait_and_the_deploy_is_still_recorded() {
+    // The test API server has no kubelet: pods never become Ready, so the wait never ends by itself.
+    let Some(server) = KubeServe::start("gone-rest").await else {
+        return;
+    };
+    let mut response = within(
+        reqwest::Client::new()
+            .post(format!("{}/deployment?wait=true&timeout=600", server.url()))
+            .header("accept", "application/x-ndjson")
+            .json(&json!({"module": "redis", "config": {"name": "gone"}}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    while !text.lines().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"]["action"] == "waiting")) {
+        let chunk = within(response.chunk()).await.unwrap().expect("the stream stays open while waiting");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+
+    server.wait_for_log("the caller left").await;
+    let d = server.wait_for_record("gone", |d| d.message.contains("disconnected")).await;
+    assert_eq!(d.status(), jac_splice_orc::pb::DeploymentStatus::Deployed, "{d:?}");
+    assert_eq!(d.objects.len(), 3, "{d:?}");
     server.stop().await;
 }

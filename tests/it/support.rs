@@ -8,19 +8,19 @@ use std::time::Duration;
 use jac_splice_orc::backend::local::{LocalBackend, LocalOptions};
 use jac_splice_orc::backend::Backend;
 use jac_splice_orc::catalog::Catalog;
-use jac_splice_orc::pb::orchestrator_client::OrchestratorClient;
+use jac_splice_orc::pb::{self, orchestrator_client::OrchestratorClient};
 use jac_splice_orc::service::{Service, Settings};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Bound on every await in tests.
-pub const T: Duration = Duration::from_secs(60);
+pub(crate) const T: Duration = Duration::from_secs(60);
 
-pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(T, f).await.expect("timed out")
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub service: Arc<Service>,
     backend: Arc<LocalBackend>,
@@ -30,18 +30,18 @@ pub struct TestServer {
 }
 
 #[derive(Default)]
-pub struct Options {
+pub(crate) struct Options {
     pub catalog: Option<Catalog>,
     pub settings: Settings,
     pub data_dir: Option<PathBuf>,
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(Options::default()).await
     }
 
-    pub async fn start_with(opts: Options) -> Self {
+    pub(crate) async fn start_with(opts: Options) -> Self {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d),
             None => {
@@ -60,20 +60,20 @@ impl TestServer {
         TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub async fn grpc(&self) -> OrchestratorClient<Channel> {
+    pub(crate) async fn grpc(&self) -> OrchestratorClient<Channel> {
         within(OrchestratorClient::connect(self.url())).await.expect("connect")
     }
 
-    pub fn http(&self) -> reqwest::Client {
+    pub(crate) fn http(&self) -> reqwest::Client {
         reqwest::Client::builder().timeout(T).build().expect("http client")
     }
 
     /// Stops the server and every workload it started.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop_inner().await;
     }
 
@@ -102,7 +102,7 @@ impl Drop for TestServer {
 /// The original template store: `UPSTREAM_STORE`, else `../shared/reference/upstream-template-store`
 /// beside the crate. `None` (after printing why) when it is not there, so a fresh clone without
 /// the project's references still passes; `JAC_ORC_REQUIRE_UPSTREAM=1` (CI) makes that a failure.
-pub fn upstream_store() -> Option<PathBuf> {
+pub(crate) fn upstream_store() -> Option<PathBuf> {
     use std::io::Write;
     let (path, from) = match std::env::var_os("UPSTREAM_STORE").filter(|v| !v.is_empty()) {
         Some(p) => (PathBuf::from(p), "from UPSTREAM_STORE"),
@@ -126,7 +126,7 @@ pub fn upstream_store() -> Option<PathBuf> {
 }
 
 /// Parses multi-document YAML into JSON values, skipping empty documents.
-pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
     use serde::Deserialize;
     serde_norway::Deserializer::from_str(text)
         .map(|d| serde_json::Value::deserialize(d).expect("valid yaml"))
@@ -134,12 +134,12 @@ pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-pub fn struct_of(v: serde_json::Value) -> prost_types::Struct {
+pub(crate) fn struct_of(v: serde_json::Value) -> prost_types::Struct {
     jac_splice_orc::api::convert::to_struct(v.as_object().expect("object"))
 }
 
 /// Sends PING to a Redis server and returns the first reply line.
-pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
+pub(crate) async fn redis_ping(addr: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     s.write_all(b"PING\r\n").await?;
@@ -148,12 +148,12 @@ pub async fn redis_ping(addr: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
-pub fn redis_available() -> bool {
+pub(crate) fn redis_available() -> bool {
     std::process::Command::new("redis-server").arg("--version").output().is_ok()
 }
 
 /// Serves any service (e.g. over the Kubernetes backend) on 127.0.0.1:0; drop the sender to stop.
-pub async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+pub(crate) async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
@@ -165,4 +165,103 @@ pub async fn serve(service: Arc<Service>) -> (SocketAddr, oneshot::Sender<()>, t
         .expect("serve");
     });
     (addr, tx, handle)
+}
+
+/// `jac-orc serve --backend kube` (the real binary) against the test API server, in a namespace
+/// of its own, with its log lines collected. `None` (after saying why) when no test API server
+/// is configured, unless `JAC_ORC_REQUIRE_K8S=1`.
+pub(crate) struct KubeServe {
+    pub(crate) addr: String,
+    pub(crate) namespace: String,
+    client: kube::Client,
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl KubeServe {
+    pub(crate) async fn start(tag: &str) -> Option<KubeServe> {
+        use k8s_openapi::api::core::v1::Namespace;
+        use std::io::BufRead;
+        let Some(path) = std::env::var_os("JAC_ORC_TEST_KUBECONFIG").filter(|v| !v.is_empty()) else {
+            assert_ne!(std::env::var("JAC_ORC_REQUIRE_K8S").as_deref(), Ok("1"), "JAC_ORC_TEST_KUBECONFIG is not set");
+            eprintln!("skipping: no test API server (scripts/k8s-test-cluster.sh run -- cargo test ...)");
+            return None;
+        };
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("readable kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kubeconfig");
+        let client = kube::Client::try_from(config).expect("client");
+        let namespace = format!("jo-{tag}-{}", std::process::id());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
+        within(kube::Api::<Namespace>::all(client.clone()).create(&Default::default(), &ns)).await.expect("namespace");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jac-orc"))
+            .args(["serve", "--backend", "kube", "--listen", "127.0.0.1:0", "--namespace", &namespace])
+            .arg("--kubeconfig")
+            .arg(&path)
+            .env("JAC_ORC_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("jac-orc starts");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (lines, sink) = (std::io::BufReader::new(child.stderr.take().unwrap()).lines(), log.clone());
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+        let mut server = KubeServe { addr: String::new(), namespace, client, child, log };
+        let line = server.wait_for_log("jac-orc listening on ").await;
+        server.addr = line.split("jac-orc listening on ").nth(1).and_then(|r| r.split(' ').next()).unwrap().into();
+        Some(server)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits (bounded) until the server logs a line containing `want`, and returns it.
+    pub(crate) async fn wait_for_log(&self, want: &str) -> String {
+        let found = async {
+            loop {
+                if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(want)) {
+                    break l.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        match tokio::time::timeout(T, found).await {
+            Ok(line) => line,
+            Err(_) => panic!("`{want}` never logged: {:#?}", self.log.lock().unwrap()),
+        }
+    }
+
+    /// Waits (bounded) until the deployment's record satisfies `done`, and returns it.
+    pub(crate) async fn wait_for_record(&self, name: &str, done: impl Fn(&pb::Deployment) -> bool) -> pb::Deployment {
+        let mut c = within(OrchestratorClient::connect(self.url())).await.expect("connect");
+        let req =
+            pb::GetDeploymentRequest { namespace: self.namespace.clone(), module: "redis".into(), name: name.into() };
+        let mut last = None;
+        for _ in 0..600 {
+            if let Ok(d) = within(c.get_deployment(req.clone())).await {
+                let d = d.into_inner();
+                if done(&d) {
+                    return d;
+                }
+                last = Some(d);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the record of {name} never got there: {last:#?}")
+    }
+
+    /// Stops the server (SIGTERM) and deletes its namespace.
+    pub(crate) async fn stop(mut self) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = tokio::task::block_in_place(|| self.child.wait());
+        let api = kube::Api::<Namespace>::all(self.client.clone());
+        let _ = within(api.delete(&self.namespace, &Default::default())).await;
+    }
+}
+
+impl Drop for KubeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
 }

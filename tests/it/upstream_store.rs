@@ -44,13 +44,12 @@ fn every_module_and_version_of_the_original_store_dry_runs() {
                 let req = DeploymentRequest { module: module.clone(), version: Some(version.clone()), config };
                 let dry = svc.dry_run(&req).unwrap_or_else(|e| panic!("{module}/{version}: {e}"));
                 assert!(!dry.modules.is_empty());
-                for f in dry.dependencies.iter().flatten().chain(&dry.modules) {
-                    let docs = yaml_docs(&f.text);
-                    assert!(!docs.is_empty(), "{module}/{version}/{}", f.name);
+                for (name, text) in dry.dependencies.iter().flatten().chain(&dry.modules) {
+                    let docs = yaml_docs(text);
+                    assert!(!docs.is_empty(), "{module}/{version}/{name}");
                     assert!(
-                        !f.text.contains("$g{") && !f.text.contains("$a{") && !f.text.contains("$d{"),
-                        "{module}/{version}/{}",
-                        f.name
+                        !text.contains("$g{") && !text.contains("$a{") && !text.contains("$d{"),
+                        "{module}/{version}/{name}"
                     );
                 }
                 assert!(!dry.objects.is_empty());
@@ -72,15 +71,15 @@ fn the_seed_example_against_the_original_store_reports_upstream_defaults() {
         config: json!({"name": "testing-db", "namespace": "testing"}).as_object().unwrap().clone(),
     };
     let dry = svc.dry_run(&req).unwrap();
-    let p: std::collections::HashMap<_, _> = dry.placeholders.iter().cloned().collect();
+    let p = &dry.placeholders;
     assert_eq!(p["name"].current, json!("testing-db"));
     assert_eq!(p["name"].default, json!("jac-mongodb"));
     assert_eq!(p["namespace"].current, json!("testing"));
     assert_eq!(p["replicaset"].default, json!(1));
     assert_eq!(p["password"].default, json!("12345678"));
-    let deps: Vec<_> = dry.dependencies.unwrap().into_iter().map(|f| f.name).collect();
+    let deps: Vec<_> = dry.dependencies.unwrap().into_keys().collect();
     assert_eq!(deps, ["custom_resource_definition.yaml", "operator.yaml"]);
-    let docs = yaml_docs(&dry.modules[0].text);
+    let docs = yaml_docs(dry.modules.values().next().unwrap());
     assert_eq!(docs[0]["metadata"]["name"], Value::from("testing-db"));
     assert_eq!(docs[1]["metadata"]["name"], Value::from("my-user-password"));
 }
@@ -98,11 +97,11 @@ fn a_directory_overrides_builtin_versions_and_keeps_the_rest() {
     .unwrap();
     let svc = service(Catalog::with_override(store.path()).unwrap(), tmp.path());
     let dry = svc.dry_run(&DeploymentRequest { module: "redis".into(), ..Default::default() }).unwrap();
-    assert_eq!(dry.id.name, "overridden");
+    assert_eq!(dry.name, "overridden");
     let dry = svc
         .dry_run(&DeploymentRequest { module: "redis".into(), version: Some("7.4.2".into()), ..Default::default() })
         .unwrap();
-    assert_eq!(dry.id.name, "jac-redis");
+    assert_eq!(dry.name, "jac-redis");
     assert!(svc.catalog().index().contains_key("mongodb"));
 }
 

@@ -10,16 +10,14 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::runtime::wait::{await_condition, conditions::is_crd_established};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::discovery::{gvk_of, no_match, Resolver};
-use super::errors::{api_error, apply_error, is_not_found};
+use super::errors::{api_error, apply_error, is_not_found, Error as KubeError};
 use super::probes;
 use crate::backend::{Action, Error, Result};
-use crate::plan::{
-    DeploymentId, ObjectRef, PlannedObject, ANNOTATION_VERSION, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODULE,
-    LABEL_NAMESPACE, MANAGED_BY,
-};
+use crate::identity;
+use crate::plan::{DeploymentId, ObjectRef, PlannedObject};
 
 /// Kinds known to be cluster-scoped, for naming objects before discovery has run.
 const CLUSTER_SCOPED: &[&str] = &[
@@ -49,32 +47,6 @@ pub(crate) fn resolved_ref(object: &ObjectRef, manifest: &Value, default_ns: &st
     out
 }
 
-/// Adds the deployment's labels and version annotation where the planner has not already.
-pub(crate) fn ensure_labels(manifest: &mut Value, id: &DeploymentId, version: &str) {
-    let Some(obj) = manifest.as_object_mut() else {
-        return;
-    };
-    let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
-    let Some(meta) = meta.as_object_mut() else {
-        return;
-    };
-    let labels = meta.entry("labels").or_insert_with(|| Value::Object(Map::new()));
-    if let Some(labels) = labels.as_object_mut() {
-        for (k, v) in [
-            (LABEL_MANAGED_BY, MANAGED_BY),
-            (LABEL_MODULE, id.module.as_str()),
-            (LABEL_DEPLOYMENT, id.name.as_str()),
-            (LABEL_NAMESPACE, id.namespace.as_str()),
-        ] {
-            labels.entry(k).or_insert_with(|| Value::String(v.to_string()));
-        }
-    }
-    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
-    if let Some(annotations) = annotations.as_object_mut() {
-        annotations.entry(ANNOTATION_VERSION).or_insert_with(|| Value::String(version.to_string()));
-    }
-}
-
 /// Writes numeric resource quantities (`cpu: 0.2`, `memory: 512`) as strings.
 ///
 /// Templates (the original's among them) render bare numbers there. Client-side apply accepted
@@ -99,14 +71,6 @@ pub(crate) fn normalize_quantities(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(normalize_quantities),
         _ => {}
     }
-}
-
-/// Label selector matching every object of one deployment.
-pub(crate) fn deployment_selector(id: &DeploymentId) -> String {
-    format!(
-        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODULE}={},{LABEL_DEPLOYMENT}={},{LABEL_NAMESPACE}={}",
-        id.module, id.name, id.namespace
-    )
 }
 
 /// What an apply did, from the object before (None: absent) and after.
@@ -210,7 +174,9 @@ impl Applier<'_> {
             return Ok(None);
         };
         let mut manifest = planned.manifest.clone();
-        ensure_labels(&mut manifest, id, version);
+        // The service labelled the plan already; labelling is idempotent, so plans built by hand
+        // (tests, tools) get the same labels and undeploy by label finds everything.
+        identity::label(&mut manifest, id, version);
         normalize_quantities(&mut manifest);
         probes::adapt(&mut manifest, self.server.grpc_probes, &label, &self.server.version)?;
         let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
@@ -296,7 +262,11 @@ impl Applier<'_> {
         let deadline = tokio::time::Instant::now() + self.crd_timeout;
         match tokio::time::timeout_at(deadline, await_condition(api, name, is_crd_established())).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Error::Unavailable(format!("{label}: watching for Established failed: {e}"))),
+            Ok(Err(source)) => {
+                return Err(
+                    KubeError::Watch { object: label, condition: "Established", source: Box::new(source) }.into()
+                )
+            }
             Err(_) => return Err(timeout()),
         }
         let group = manifest.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
@@ -333,10 +303,6 @@ mod tests {
     use super::*;
     use crate::plan::Section;
 
-    fn id() -> DeploymentId {
-        DeploymentId { namespace: "ns1".into(), module: "redis".into(), name: "cache".into() }
-    }
-
     fn obj(rv: &str, data: &str, status: &str) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
@@ -353,20 +319,6 @@ mod tests {
         assert_eq!(classify(Some(&obj("5", "a", "")), &obj("6", "b", "")), Action::Configured);
         // Only a controller's status write happened in between.
         assert_eq!(classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")), Action::Unchanged);
-    }
-
-    #[test]
-    fn ensure_labels_adds_missing_labels_and_keeps_existing_ones() {
-        let mut m =
-            serde_json::json!({"metadata": {"name": "x", "labels": {"jac-orc/deployment": "planner-set", "app": "a"}}});
-        ensure_labels(&mut m, &id(), "latest");
-        let labels = &m["metadata"]["labels"];
-        assert_eq!(labels["app"], "a");
-        assert_eq!(labels[LABEL_DEPLOYMENT], "planner-set");
-        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY);
-        assert_eq!(labels[LABEL_MODULE], "redis");
-        assert_eq!(labels[LABEL_NAMESPACE], "ns1");
-        assert_eq!(m["metadata"]["annotations"][ANNOTATION_VERSION], "latest");
     }
 
     #[test]
@@ -400,13 +352,5 @@ mod tests {
         assert_eq!(c["ports"][0]["containerPort"], 6379);
         assert_eq!(m["spec"]["replicas"], 1);
         assert_eq!(m["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "500");
-    }
-
-    #[test]
-    fn selector_names_all_identity_labels() {
-        assert_eq!(
-            deployment_selector(&id()),
-            "app.kubernetes.io/managed-by=jac-orc,jac-orc/module=redis,jac-orc/deployment=cache,jac-orc/namespace=ns1"
-        );
     }
 }

@@ -36,15 +36,22 @@ impl Outcome {
 
 /// A machine-readable reason for an error.
 pub(crate) fn reason_of(e: &Error) -> &'static str {
+    use super::KubeError as K;
     match e {
         Error::Rejected { .. } => "Rejected",
-        Error::Conflict { .. } => "Conflict",
-        Error::Forbidden { .. } => "Forbidden",
+        Error::Restricted { .. } => "RestrictedNamespace",
+        Error::Kube(K::Conflict { .. }) => "Conflict",
+        Error::Kube(K::Forbidden { .. }) => "Forbidden",
+        Error::Kube(
+            K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_),
+        ) => "Unavailable",
+        Error::Kube(K::LeaderReported { .. }) => "Failed",
+        Error::Kube(K::BadRecord { .. } | K::RecordWithoutKey { .. } | K::Encode { .. }) | Error::Local(_) => {
+            "Internal"
+        }
         Error::WorkloadFailed { .. } => "WorkloadFailed",
         Error::Timeout { .. } => "Timeout",
-        Error::Unavailable(_) => "Unavailable",
         Error::NotFound(_) => "NotFound",
-        Error::Local(_) | Error::Internal(_) => "Internal",
     }
 }
 
@@ -189,13 +196,13 @@ mod tests {
 
     #[test]
     fn failures_are_degraded_with_their_reason_and_drift_is_reported() {
-        let err = Error::Conflict { object: "configmap/x".into(), manager: "kubectl".into(), message: "m".into() };
+        let err = Error::Rejected { object: "configmap/x".into(), message: "m".into() };
         let mut obs = applied(Readiness::Ready);
         obs.outcome = Outcome::failed(&err);
         let failed = next(None, obs, "t1");
         assert_eq!(failed.status, "failed");
         let degraded = failed.condition(DEGRADED).unwrap();
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "Conflict"));
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "Rejected"));
         let mut obs = applied(Readiness::Ready);
         obs.drifted = vec!["service/x".into()];
         let drifted = next(None, obs, "t1");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 
-use super::apply::{api_for, deployment_selector};
+use super::apply::api_for;
 use super::discovery::{gvk_of, Resolver};
 use super::errors::{api_error, is_not_found};
 use crate::backend::{Action, DeploymentRecord, ObjectEvent, Progress, Result};
@@ -66,17 +66,14 @@ pub(crate) async fn undeploy(
         };
         let mut object = o.clone();
         let api = api_for(client, &resolved, &mut object, None, &record.id.namespace);
-        if !sweep_kinds
-            .iter()
-            .any(|(k, ns)| k.api_version == o.api_version && k.kind == o.kind && *ns == object.namespace)
-        {
+        if !sweep_kinds.iter().any(|(k, ns)| k.gvk() == o.gvk() && *ns == object.namespace) {
             sweep_kinds.push((o.clone(), object.namespace.clone()));
         }
         delete_one(&api, object, progress, &mut gone_checks).await?;
     }
 
     // Leftovers carrying this deployment's labels (e.g. from an earlier template version).
-    let selector = deployment_selector(&record.id);
+    let selector = crate::identity::selector(&record.id);
     for (kind, ns) in sweep_kinds {
         let Some(resolved) = resolver.resolve(&gvk_of(&kind)).await.map_err(|e| api_error(&kind.kind, e))? else {
             continue;

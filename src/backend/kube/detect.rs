@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::backend::{Error, Result};
+use super::errors::Error as KubeError;
+use crate::backend::Result;
 
 /// The outcome of [`detect`], with the reason for the startup log line.
 #[derive(Clone)]
@@ -38,9 +39,8 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
     }
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         let config = kube::Config::incluster()
-            .map_err(|e| Error::Unavailable(format!("running in a pod, but the in-cluster config is unusable: {e}")))?;
-        let client =
-            kube::Client::try_from(config).map_err(|e| Error::Unavailable(format!("in-cluster client: {e}")))?;
+            .map_err(|e| KubeError::config("running in a pod, but the in-cluster config is unusable", e))?;
+        let client = kube::Client::try_from(config).map_err(|e| KubeError::config("in-cluster client", e))?;
         return Ok(Detection { client: Some(client), reason: "in-cluster service account".into() });
     }
     let implicit = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
@@ -65,8 +65,8 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
 pub async fn probe(client: &kube::Client, timeout: Duration) -> Result<String> {
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => Ok(info.git_version),
-        Ok(Err(e)) => Err(Error::Unavailable(format!("the Kubernetes API did not answer: {e}"))),
-        Err(_) => Err(Error::Unavailable(format!("the Kubernetes API did not answer within {}s", timeout.as_secs()))),
+        Ok(Err(e)) => Err(KubeError::Unreachable { object: "/version".into(), source: Box::new(e) }.into()),
+        Err(_) => Err(KubeError::ProbeTimeout(timeout).into()),
     }
 }
 
@@ -76,12 +76,13 @@ fn home_kubeconfig() -> Option<PathBuf> {
 
 /// A client from one kubeconfig file, and its current context's name.
 async fn from_file(path: &Path) -> Result<(kube::Client, String)> {
-    let bad = |e: &dyn std::fmt::Display| Error::Unavailable(format!("kubeconfig {}: {e}", path.display()));
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
+    let what = format!("kubeconfig {}", path.display());
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| KubeError::config(&what, e))?;
     let context = kubeconfig.current_context.clone().unwrap_or_else(|| "no current context".into());
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(|e| bad(&e))?;
-    let client = kube::Client::try_from(config).map_err(|e| bad(&e))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| KubeError::config(&what, e))?;
+    let client = kube::Client::try_from(config).map_err(|e| KubeError::config(&what, e))?;
     Ok((client, format!("context {context}")))
 }
 
@@ -119,7 +120,8 @@ mod tests {
             send.send_error(std::io::Error::other("connection refused"));
         });
         assert_eq!(probe(&client, Duration::from_secs(5)).await.unwrap(), "v1.20.2");
-        assert!(matches!(probe(&client, Duration::from_secs(5)).await, Err(Error::Unavailable(_))));
+        let err = probe(&client, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, crate::backend::Error::Kube(KubeError::Unreachable { .. })), "{err:?}");
         server.await.unwrap();
     }
 

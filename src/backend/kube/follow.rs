@@ -13,7 +13,7 @@ use super::conditions::{DEGRADED, READY};
 use super::records::{record_of, split_config};
 use super::resource::JacDeployment;
 use super::sync::plan_digest;
-use super::KubeBackend;
+use super::{KubeBackend, KubeError};
 use crate::backend::{Action, DeploymentRecord, Error, ObjectEvent, Progress, Result};
 use crate::plan::{ObjectRef, Plan};
 
@@ -38,11 +38,9 @@ fn error_of(jd: &JacDeployment) -> Error {
     let reason = status.condition(DEGRADED).map(|c| c.reason.clone()).unwrap_or_default();
     let message = status.message;
     match reason.as_str() {
-        "Conflict" => Error::Conflict { object, manager: "another field manager".into(), message },
-        "Forbidden" => Error::Forbidden { object, message },
         "WorkloadFailed" => Error::WorkloadFailed { object, reason: message },
-        "Unavailable" => Error::Unavailable(message),
-        _ => Error::Rejected { object, message },
+        "Rejected" | "InvalidSpec" | "RestrictedNamespace" => Error::Rejected { object, message },
+        _ => KubeError::LeaderReported { object, reason, message }.into(),
     }
 }
 
@@ -72,7 +70,7 @@ pub(crate) async fn deploy(
     let current = match seen {
         Ok(Ok(Some(jd))) => jd,
         Ok(Ok(None)) => return Ok(record_of(jd, secrets)),
-        Ok(Err(e)) => return Err(Error::Unavailable(format!("following jacdeployment {name}: {e}"))),
+        Ok(Err(e)) => return Err(watch_failed(&name, "applied by the leader", e)),
         Err(_) => {
             tracing::info!(deployment = %plan.id, "the leader has not applied the deploy yet; it is recorded and will be");
             let mut record = record_of(jd, secrets);
@@ -101,7 +99,7 @@ pub(crate) async fn deploy(
         }
         Ok(Ok(Some(jd))) => Err(error_of(&jd)),
         Ok(Ok(None)) => Err(Error::NotFound(plan.id.clone())),
-        Ok(Err(e)) => Err(Error::Unavailable(format!("following jacdeployment {name}: {e}"))),
+        Ok(Err(e)) => Err(watch_failed(&name, "Ready", e)),
         Err(_) => {
             let not_ready = current.status.as_ref().and_then(|s| s.condition(READY)).map(|c| c.message.clone());
             Err(Error::Timeout { timeout: wait, not_ready: not_ready.into_iter().collect() })
@@ -147,12 +145,16 @@ pub(crate) async fn undeploy(backend: &KubeBackend, jd: &JacDeployment, progress
             }
             Ok(())
         }
-        Ok(Err(e)) => Err(Error::Unavailable(format!("following the deletion of jacdeployment {name}: {e}"))),
+        Ok(Err(e)) => Err(watch_failed(&name, "deleted", e)),
         Err(_) => {
             tracing::info!(jacdeployment = %name, namespace = %ns, "deletion accepted; the leading orchestrator has not finished it yet");
             Ok(())
         }
     }
+}
+
+fn watch_failed(name: &str, condition: &'static str, e: kube::runtime::wait::Error) -> Error {
+    KubeError::Watch { object: format!("jacdeployment.jac-orc.io/{name}"), condition, source: Box::new(e) }.into()
 }
 
 fn resource_ref(jd: &JacDeployment) -> ObjectRef {
@@ -201,7 +203,7 @@ mod tests {
         assert!(applied(&jd(json!({"observedGeneration": 2, "status": "failed"})), 2, "sha256:b"));
         let failed = jd(json!({"status": "failed", "message": "m", "conditions": [
             {"type": "Degraded", "status": "True", "reason": "Conflict", "lastTransitionTime": "t"}]}));
-        assert!(matches!(error_of(&failed), Error::Conflict { .. }));
+        assert!(matches!(error_of(&failed), Error::Kube(KubeError::LeaderReported { .. })));
         assert_eq!(record_of(&failed, Default::default()).status, Status::Deploying, "no observedGeneration");
     }
 }

@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 
 use super::conditions::{self, Observation, Outcome, Readiness};
+use super::errors::Error as KubeError;
 use super::errors::{api_error, is_not_found};
-use super::records::{inventory, DesiredOptions};
+use super::records::inventory;
 use super::KubeBackend;
-use crate::backend::{DeploymentRecord, Error, Result, Status};
+use crate::backend::{DeploymentRecord, Result, Status};
 use crate::plan::{Plan, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// Label of the records of earlier versions.
@@ -92,7 +93,7 @@ impl KubeBackend {
             objects: Vec::new(),
             local: None,
         };
-        let jd = records.write_desired(&plan, None, &DesiredOptions::default()).await?;
+        let jd = records.write_desired(&plan, None, None).await?;
         // The outcome the record remembers; the reconcile loop takes it from there.
         let outcome = match record.status {
             Status::Failed => Outcome::Failed { reason: "Migrated", message: record.message.clone() },
@@ -121,6 +122,7 @@ fn decode(secret: &Secret) -> Result<DeploymentRecord> {
         .data
         .as_ref()
         .and_then(|d| d.get(KEY))
-        .ok_or_else(|| Error::Internal(format!("secret/{name} has no {KEY}")))?;
-    serde_json::from_slice(&bytes.0).map_err(|e| Error::Internal(format!("secret/{name}: bad deployment record: {e}")))
+        .ok_or_else(|| KubeError::RecordWithoutKey { secret: format!("secret/{name}"), key: KEY })?;
+    Ok(serde_json::from_slice(&bytes.0)
+        .map_err(|source| KubeError::BadRecord { secret: format!("secret/{name}"), source })?)
 }

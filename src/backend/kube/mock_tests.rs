@@ -137,7 +137,7 @@ async fn a_409_becomes_a_conflict_naming_the_other_manager() {
     let msg = r#"Apply failed with 1 conflict: conflict with "helm" using v1: .data.a"#;
     let (result, _) = run(false, json_response(200, &object("7")), status(409, "Conflict", msg)).await;
     match result.unwrap_err() {
-        Error::Conflict { object, manager, message } => {
+        Error::Kube(super::KubeError::Conflict { object, manager, message, .. }) => {
             assert_eq!(object, "configmap/cm");
             assert_eq!(manager, "helm");
             assert_eq!(message, msg);

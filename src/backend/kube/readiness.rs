@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::conditions::Readiness;
 use super::discovery::{gvk_of, Resolver};
 use crate::backend::{Action, Error, ObjectEvent, Progress, Result};
-use crate::plan::ObjectRef;
+use crate::plan::{Kind, ObjectRef};
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -57,8 +57,7 @@ pub(crate) enum State {
 
 /// Whether an object's readiness is worth waiting for, and how.
 fn is_target(o: &ObjectRef) -> bool {
-    matches!((o.group(), o.kind.as_str()), ("apps", "Deployment" | "StatefulSet") | ("", "Pod"))
-        || o.is_crd()
+    [Kind::DEPLOYMENT, Kind::STATEFUL_SET, Kind::POD, Kind::CRD].into_iter().any(|k| o.is(k))
         || !is_builtin_group(o.group())
 }
 
@@ -140,28 +139,28 @@ async fn check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Sta
 async fn try_check(client: &kube::Client, resolver: &Resolver, o: &ObjectRef) -> Result<State, kube::Error> {
     let ns = o.namespace.as_deref().unwrap_or("default");
     let missing = || State::Waiting("not found".into());
-    match (o.group(), o.kind.as_str()) {
-        ("apps", "Deployment") => {
+    match o.gvk() {
+        gvk if gvk.is(Kind::DEPLOYMENT) => {
             let Some(d) = Api::<Deployment>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = deployment_state(&d);
             pods_or(client, ns, d.spec.as_ref().map(|s| &s.selector), state).await
         }
-        ("apps", "StatefulSet") => {
+        gvk if gvk.is(Kind::STATEFUL_SET) => {
             let Some(s) = Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             let state = statefulset_state(&s);
             pods_or(client, ns, s.spec.as_ref().map(|s| &s.selector), state).await
         }
-        ("", "Pod") => {
+        gvk if gvk.is(Kind::POD) => {
             let Some(p) = Api::<Pod>::namespaced(client.clone(), ns).get_opt(&o.name).await? else {
                 return Ok(missing());
             };
             Ok(pod_state(&p))
         }
-        _ if o.is_crd() => {
+        gvk if gvk.is(Kind::CRD) => {
             let Some(c) = Api::<CustomResourceDefinition>::all(client.clone()).get_opt(&o.name).await? else {
                 return Ok(missing());
             };

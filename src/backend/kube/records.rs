@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Map, Value};
 
-use super::errors::{api_error, is_not_found};
+use super::errors::{api_error, is_not_found, Error as KubeError};
 use super::resource::{
     default_secret_name, InventoryEntry, JacDeployment, JacDeploymentSpec, JacDeploymentStatus, Options, SecretRef,
     FINALIZER, LABEL_SECRETS_OF,
@@ -40,13 +40,6 @@ pub(crate) struct Records {
     client: kube::Client,
     field_manager: String,
     scope: Scope,
-}
-
-/// What a deploy writes as desired state, beyond the plan.
-#[derive(Debug, Clone, Default)]
-pub struct DesiredOptions {
-    /// `Some`: written to `spec.options.selfHeal`; `None`: left as it is (default true).
-    pub self_heal: Option<bool>,
 }
 
 impl Records {
@@ -145,13 +138,14 @@ impl Records {
     }
 
     /// Writes the plan as the deployment's desired state: its secret values into its Secret,
-    /// then the resource's spec (with the undeploy finalizer). Refuses a name another module
-    /// holds. Returns the resource as stored.
+    /// then the resource's spec (with the undeploy finalizer). `self_heal`: written to
+    /// `spec.options.selfHeal` when given, else left as it is (default true). Refuses a name
+    /// another module holds. Returns the resource as stored.
     pub(crate) async fn write_desired(
         &self,
         plan: &Plan,
         existing: Option<&JacDeployment>,
-        opts: &DesiredOptions,
+        self_heal: Option<bool>,
     ) -> Result<JacDeployment> {
         let id = &plan.id;
         let api = self.api(&id.namespace);
@@ -189,7 +183,7 @@ impl Records {
             Some(SecretRef { name })
         };
         let mut options = current.as_ref().map(|jd| jd.spec.options.clone()).unwrap_or_default();
-        if let Some(heal) = opts.self_heal {
+        if let Some(heal) = self_heal {
             options.self_heal = heal;
         }
         let spec = JacDeploymentSpec {
@@ -199,8 +193,8 @@ impl Records {
             secret_ref: secret_ref.clone(),
             options: Options { self_heal: options.self_heal, idle_timeout: None },
         };
-        let mut spec_value = serde_json::to_value(&spec).map_err(|e| Error::Internal(e.to_string()))?;
-        if opts.self_heal.is_none() {
+        let mut spec_value = serde_json::to_value(&spec).map_err(encode("the JacDeployment spec"))?;
+        if self_heal.is_none() {
             // Not ours to say: leave whatever another manager (kubectl) set.
             if let Some(o) = spec_value.as_object_mut() {
                 o.remove("options");
@@ -281,7 +275,7 @@ impl Records {
             {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
             {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
         ]))
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(encode("a finalizer patch"))?;
         match self
             .api(&jd.namespace().unwrap_or_default())
             .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
@@ -302,7 +296,7 @@ impl Records {
         } else {
             json!([{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
         };
-        let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Internal(e.to_string()))?;
+        let patch: json_patch::Patch = serde_json::from_value(ops).map_err(encode("a finalizer patch"))?;
         self.api(&jd.namespace().unwrap_or_default())
             .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
@@ -314,6 +308,10 @@ impl Records {
 /// The Secret holding a resource's secret values: the one it names, else the default one.
 pub(crate) fn secret_name_of(jd: &JacDeployment) -> String {
     jd.spec.secret_ref.as_ref().map_or_else(|| default_secret_name(&jd.name_any()), |r| r.name.clone())
+}
+
+fn encode(what: &str) -> impl FnOnce(serde_json::Error) -> Error + '_ {
+    move |source| KubeError::Encode { what: what.into(), source }.into()
 }
 
 fn label(id: &DeploymentId) -> String {
@@ -409,7 +407,7 @@ pub(crate) fn record_of(jd: &JacDeployment, secrets: Map<String, Value>) -> Depl
         status: outcome,
         message: status.message.clone(),
         objects: status.inventory.iter().map(ObjectRef::from).collect(),
-        backend: "kubernetes".into(),
+        backend: crate::backend::Kind::Kubernetes,
         updated_at,
     }
 }

@@ -33,6 +33,9 @@ pub fn default_secret_name(name: &str) -> String {
 /// A deployment of a jac-orc template: module, version and placeholder values. The orchestrator
 /// renders it, applies the objects with server-side apply, keeps them as declared (unless
 /// `options.selfHeal` is false) and deletes them when the resource is deleted.
+// kube's printcolumn syntax repeats `type_ = "string"` per column, which the lint takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "jac-orc.io",

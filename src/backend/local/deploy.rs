@@ -78,7 +78,7 @@ impl Inner {
             status: Status::Deployed,
             message: String::new(),
             objects: objects.iter().map(|s| s.object.clone()).collect(),
-            backend: "local".into(),
+            backend: crate::backend::Kind::Local,
             updated_at: now_rfc3339(),
         };
         let sealed = SealedRecipe::seal(&recipe, &secret_values(&plan.config, &plan.secret_keys));

@@ -13,6 +13,7 @@
 
 mod deploy;
 mod error;
+mod fs;
 mod lock;
 mod process;
 mod readiness;
@@ -318,8 +319,8 @@ impl Journal for Inner {
 
 #[async_trait]
 impl Backend for LocalBackend {
-    fn name(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> super::Kind {
+        super::Kind::Local
     }
 
     async fn preflight(&self, plan: &Plan) -> super::Result<()> {

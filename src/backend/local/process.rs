@@ -186,7 +186,7 @@ impl Launch {
 async fn write_pidfile(dir: &Path, identity: &Identity) -> Result<()> {
     let path = dir.join(PIDFILE);
     let line = identity.line();
-    super::state::blocking(move || super::state::write_atomically(&path, line.as_bytes())).await
+    super::fs::blocking(move || super::fs::write_atomically(&path, line.as_bytes())).await
 }
 
 /// Removes a deployment directory's pidfile (its workload was stopped).

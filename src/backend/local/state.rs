@@ -10,8 +10,6 @@
 //! plain or as segments, whole manifests, a bare pid) are read and rewritten in this format.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
+pub(super) use super::fs::{blocking, create_private_dir, write_atomically};
 use super::process::Identity;
 use crate::backend::{DeploymentRecord, Status};
 use crate::plan::{LocalRecipe, ObjectRef, Readiness, RecipeText, Segment, Slot};
@@ -390,40 +389,10 @@ impl Store {
     }
 }
 
-/// Runs blocking file work off the async runtime.
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(Error::Blocking)?
-}
-
-/// Replaces `path` with `bytes`: a 0600 temporary file beside it, fsynced, renamed over it, then
-/// the directory fsynced, so a crash leaves the old file or the new one, never half of one.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(Error::io("create", &tmp))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| f.write_all(bytes))
-        .and_then(|()| f.sync_all())
-        .map_err(Error::io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io("rename into place", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync", dir))
-}
-
-/// Creates `path` and its missing parents as 0700 directories.
-pub(super) fn create_private_dir(path: &Path) -> Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(Error::io("create", path))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use serde_json::json;
 

@@ -212,7 +212,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             let req = request("redis", &ns, &format!("r{i}"), json!({}));
-            svc.deploy_request(&req, ApplyOptions::default(), &Progress::discard()).await
+            svc.deploy(&req, ApplyOptions::default()).await?.finish().await
         }));
     }
     for t in tasks {
@@ -333,13 +333,13 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
 
     let err = timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap_err();
     match &err {
-        Error::Conflict { object, manager, .. } => {
+        Error::Kube(jac_splice_orc::backend::kube::KubeError::Conflict { object, manager, .. }) => {
             assert_eq!(object, "configmap/cache");
             assert_eq!(manager, "someone-else");
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let opts = ApplyOptions { wait: None, force_conflicts: true };
+    let opts = ApplyOptions { wait: None, force_conflicts: true, ..Default::default() };
     let (tx, rx) = progress();
     timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     drop(tx);

@@ -31,7 +31,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     }
     assert_eq!(events, ["service/cache created", "deployment.apps/cache created", "configmap/cache created"]);
     let d = summary.expect("summary").deployment.unwrap();
-    assert_eq!((d.backend.as_str(), d.status.as_str()), ("kubernetes", "deployed"));
+    assert_eq!((d.backend(), d.status()), (pb::Backend::Kubernetes, pb::DeploymentStatus::Deployed));
     assert_eq!(d.endpoints, [format!("cache.{ns}.svc:6379")]);
     let body: Value = timed(
         reqwest::Client::new()

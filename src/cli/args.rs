@@ -1,4 +1,5 @@
-//! Command-line arguments (clap) and their validation into settings.
+//! Command-line arguments (clap): the raw flags, and their validation into settings
+//! (`ServeArgs` → [`ServeConfig`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, BackendChoice, ServeConfig};
+use crate::identity::LATEST;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,7 +40,7 @@ pub enum Command {
     /// List template modules and versions.
     Templates(TemplatesArgs),
     /// Check a running jac-orc's gRPC health (the exec form of its readiness probe).
-    Probe(crate::probe::ProbeArgs),
+    Probe(super::probe::ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,11 +112,12 @@ pub enum Output {
     Yaml,
 }
 
+/// The template and values a dry run or deploy names.
 #[derive(Debug, Args)]
-pub struct RenderArgs {
+pub struct TemplateArgs {
     /// Template module, e.g. redis.
     pub module: String,
-    #[arg(long, default_value = "latest")]
+    #[arg(long, default_value = LATEST)]
     pub version: String,
     /// Placeholder value; VALUE is read as JSON when it parses (3, true, ["a"]), else as a string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -122,6 +125,19 @@ pub struct RenderArgs {
     /// Placeholder value that is always a string.
     #[arg(long = "set-string", value_name = "KEY=VALUE")]
     pub set_string: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// The placeholder values `--set` and `--set-string` give.
+    pub fn config(&self) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
+        parse_sets(&self.set, &self.set_string)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[arg(short, long, value_enum, default_value = "yaml")]
     pub output: Output,
     #[command(flatten)]
@@ -130,22 +146,21 @@ pub struct RenderArgs {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    pub module: String,
-    #[arg(long, default_value = "latest")]
-    pub version: String,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    #[arg(long = "set-string", value_name = "KEY=VALUE")]
-    pub set_string: Vec<String>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Wait until every workload is ready.
     #[arg(long)]
     pub wait: bool,
     /// Readiness timeout in seconds (with --wait).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = crate::service::DEFAULT_WAIT.as_secs() as u32)]
     pub timeout: u32,
     /// Take over fields owned by other field managers.
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Kubernetes: leave objects changed or deleted behind the orchestrator's back as they are
+    /// (reported as drift instead of applied again).
+    #[arg(long)]
+    pub no_self_heal: bool,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
     #[command(flatten)]
@@ -184,14 +199,22 @@ pub struct TemplatesArgs {
     pub client: ClientArgs,
 }
 
+/// A `--set` or `--set-string` argument without a key.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not KEY=VALUE")]
+pub struct NotKeyValue(String);
+
 /// Builds the config map from `--set` (JSON when it parses) and `--set-string`.
-pub fn parse_sets(set: &[String], set_string: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+pub fn parse_sets(
+    set: &[String],
+    set_string: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
     let mut out = serde_json::Map::new();
-    let split = |s: &str| -> Result<(String, String), String> {
+    let split = |s: &str| -> Result<(String, String), NotKeyValue> {
         s.split_once('=')
             .map(|(k, v)| (k.trim().to_string(), v.to_string()))
             .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+            .ok_or_else(|| NotKeyValue(s.to_string()))
     };
     for s in set {
         let (k, v) = split(s)?;

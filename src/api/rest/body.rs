@@ -1,0 +1,167 @@
+//! What REST requests carry: the JSON body extractor (size limit, JSON errors naming the
+//! offending field by its serde path) and the bodies and query strings of the routes.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Request};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::status::{ApiError, RequestError};
+use crate::backend::ApplyOptions;
+use crate::identity::DeploymentId;
+use crate::service::{self, DeploymentRequest, DEFAULT_WAIT};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// JSON body extractor with a size limit and JSON error responses (axum's own rejections are
+/// plain text).
+#[derive(Debug)]
+pub(super) struct JsonBody<T>(pub(super) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(RequestError::BodyTooLarge { limit: MAX_BODY }.into());
+            }
+            Err(e) => return Err(RequestError::BodyUnreadable(e).into()),
+        };
+        let json = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(json).map(JsonBody).map_err(|e| RequestError::bad_json(e).into())
+    }
+}
+
+/// What to render or deploy (`POST /deployment`, `POST /deployment/dry_run`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeploymentBody {
+    /// Template module, e.g. `redis`. Characters allowed: `[a-z0-9._-]`.
+    #[schema(required = true, value_type = String, pattern = "^[a-z0-9._-]+$")]
+    #[serde(default)]
+    module: Option<String>,
+    /// Template version folder (default `latest`).
+    #[serde(default)]
+    version: Option<String>,
+    /// Placeholder values by name.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    config: Map<String, Value>,
+    /// Wait until every workload is ready (deploy only; also `?wait=`).
+    #[serde(default)]
+    wait: Option<bool>,
+    /// Readiness timeout in seconds (default 300; also `?timeout=`).
+    #[serde(default)]
+    wait_timeout_seconds: Option<u64>,
+    /// Take over fields owned by other field managers (also `?force=`).
+    #[serde(default)]
+    force_conflicts: Option<bool>,
+    /// Kubernetes: apply again what is changed or deleted behind the orchestrator's back
+    /// (default: the deployment's setting, true for a new one).
+    #[serde(default)]
+    self_heal: Option<bool>,
+}
+
+impl DeploymentBody {
+    pub(super) fn request(&self) -> service::Result<DeploymentRequest> {
+        let module = self.module.clone().ok_or_else(|| service::Error::Invalid {
+            field: "module".into(),
+            reason: "missing: name the template module, e.g. \"redis\"".into(),
+        })?;
+        Ok(DeploymentRequest { module, version: self.version.clone(), config: self.config.clone() })
+    }
+
+    /// Apply options from the query string, then the body.
+    pub(super) fn options(&self, q: &DeployQuery) -> ApplyOptions {
+        let wait = q.wait.or(self.wait).unwrap_or(false);
+        let timeout = q.timeout.or(self.wait_timeout_seconds).map(Duration::from_secs).unwrap_or(DEFAULT_WAIT);
+        ApplyOptions {
+            wait: wait.then_some(timeout),
+            force_conflicts: q.force.or(self.force_conflicts).unwrap_or(false),
+            self_heal: self.self_heal,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeployQuery {
+    /// Wait until every workload is ready.
+    wait: Option<bool>,
+    /// Readiness timeout in seconds (default 300).
+    timeout: Option<u64>,
+    /// Take over fields owned by other field managers.
+    force: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only deployments in this namespace.
+    pub(super) namespace: Option<String>,
+    /// Only deployments of this template module.
+    pub(super) module: Option<String>,
+}
+
+/// The path of one deployment.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct DeploymentPath {
+    /// Namespace the deployment runs in.
+    namespace: String,
+    /// Template module it was deployed from.
+    module: String,
+    /// Deployment name.
+    name: String,
+}
+
+impl DeploymentPath {
+    pub(super) fn id(self) -> service::Result<DeploymentId> {
+        Ok(DeploymentId::new(self.namespace, self.module, self.name)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(json: &str) -> RequestError {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        RequestError::bad_json(serde_path_to_error::deserialize::<_, DeploymentBody>(de).unwrap_err())
+    }
+
+    fn field(e: &RequestError) -> Option<&str> {
+        match e {
+            RequestError::BadJson { field, .. } => field.as_deref(),
+            other => panic!("expected a JSON error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_serde_path_of_the_offending_value() {
+        assert_eq!(field(&bad(r#"{"module": "redis", "confg": {}}"#)), Some("confg"));
+        assert_eq!(field(&bad(r#"{"module": 3}"#)), Some("module"));
+        assert_eq!(field(&bad(r#"{"module": "redis", "wait": "soon"}"#)), Some("wait"));
+        assert_eq!(field(&bad(r#"{"module": "redis", "config": []}"#)), Some("config"));
+    }
+
+    #[test]
+    fn syntax_errors_name_no_field() {
+        assert_eq!(field(&bad(r#"{"module": "#)), None);
+        assert_eq!(field(&bad("not json")), None);
+    }
+
+    #[test]
+    fn a_body_without_module_is_refused_naming_module() {
+        let body: DeploymentBody = serde_json::from_str(r#"{"config": {}}"#).unwrap();
+        assert_eq!(body.request().unwrap_err().field().as_deref(), Some("module"));
+    }
+}

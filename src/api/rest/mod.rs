@@ -1,0 +1,158 @@
+//! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
+//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, `GET /templates` and
+//! `GET /openapi.json`. Each handler turns JSON into a request, calls the service layer and
+//! returns its view; errors go through the one table in [`super::status`].
+//!
+//! Routes and the OpenAPI document come from the same registration (`utoipa_axum::routes!`),
+//! so the document cannot drift from the routes.
+
+mod body;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{self, TAG_DEPLOYMENTS, TAG_SERVER, TAG_TEMPLATES};
+use super::status::{ApiError, ErrorBody, RequestError};
+pub use body::MAX_BODY;
+use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery};
+use stream::{StreamLine, NDJSON};
+
+use crate::service::views::{DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView};
+use crate::service::Service;
+
+type AppState = Arc<Service>;
+
+/// The REST routes and the document describing them.
+fn routes() -> (Router<AppState>, OpenApi) {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(templates))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list, deploy))
+        .routes(routes!(dry_run))
+        .routes(routes!(get_one, undeploy))
+        .split_for_parts()
+}
+
+pub fn router(service: Arc<Service>) -> Router {
+    let (router, doc) = routes();
+    router.layer(Extension(Arc::new(doc))).with_state(service)
+}
+
+/// JSON 404 for paths no route knows.
+pub async fn not_found(req: Request) -> ApiError {
+    RequestError::NoRoute { method: req.method().clone(), path: req.uri().path().to_string() }.into()
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER,
+    responses((status = OK, description = "The server is up", body = String, content_type = "application/json",
+        example = json!("OK"))))]
+async fn healthz() -> Json<&'static str> {
+    Json("OK")
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = TAG_SERVER,
+    responses((status = OK, description = "The OpenAPI 3.1 document of these routes", body = Object)))]
+async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> {
+    Json(OpenApi::clone(&doc))
+}
+
+/// Template modules and their versions.
+#[utoipa::path(get, path = "/templates", operation_id = "listTemplates", tag = TAG_TEMPLATES,
+    responses((status = OK, description = "Every module with its versions", body = Vec<TemplateView>),
+              (status = INTERNAL_SERVER_ERROR, response = inline(ErrorBody))))]
+async fn templates(State(service): State<AppState>) -> Result<Json<Vec<TemplateView>>, ApiError> {
+    Ok(Json(service.templates()?))
+}
+
+/// Renders a template version with the given values, touching nothing.
+#[utoipa::path(post, path = "/deployment/dry_run", operation_id = "dryRun", tag = TAG_DEPLOYMENTS,
+    request_body = DeploymentBody,
+    responses((status = OK, description = "Every placeholder and rendered file", body = DryRunView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
+async fn dry_run(
+    State(service): State<AppState>,
+    JsonBody(body): JsonBody<DeploymentBody>,
+) -> Result<Json<DryRunView>, ApiError> {
+    Ok(Json(service.dry_run(&body.request()?)?))
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON))
+}
+
+/// Deploys a template version. With `Accept: application/x-ndjson` the response streams one
+/// line per event as it happens, then a summary (or an error) line.
+#[utoipa::path(post, path = "/deployment", operation_id = "deploy", tag = TAG_DEPLOYMENTS,
+    params(DeployQuery), request_body = DeploymentBody,
+    responses((status = OK, description = "Applied (and ready, with wait)", content(
+                  (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = CONFLICT, response = inline(ErrorBody)), (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
+async fn deploy(
+    State(service): State<AppState>,
+    Query(q): Query<DeployQuery>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<DeploymentBody>,
+) -> Result<Response, ApiError> {
+    // Bad input is answered here with its own status, before anything is applied.
+    let stream = service.deploy(&body.request()?, body.options(&q)).await?;
+    if wants_ndjson(&headers) {
+        return Ok(stream::ndjson(stream));
+    }
+    Ok(stream::collect(stream, Run::Deploy).await?.into_response())
+}
+
+/// Deployments, keyed namespace → module → name.
+#[utoipa::path(get, path = "/deployment", operation_id = "listDeployments", tag = TAG_DEPLOYMENTS,
+    params(ListQuery),
+    responses((status = OK, description = "Deployments", body = DeploymentTree),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
+async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<DeploymentTree>, ApiError> {
+    let views = service.list(q.namespace.as_deref(), q.module.as_deref()).await?;
+    Ok(Json(views.into_iter().collect()))
+}
+
+/// One deployment.
+#[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}", operation_id = "getDeployment",
+    tag = TAG_DEPLOYMENTS, params(DeploymentPath),
+    responses((status = OK, description = "The deployment", body = DeploymentView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
+async fn get_one(
+    State(service): State<AppState>,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    Ok(Json(service.get(&path.id()?).await?))
+}
+
+/// Removes everything a deployment created (NDJSON streaming as for deploy).
+#[utoipa::path(delete, path = "/deployment/{namespace}/{module}/{name}", operation_id = "undeploy",
+    tag = TAG_DEPLOYMENTS, params(DeploymentPath),
+    responses((status = OK, description = "Removed", content(
+                  (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
+async fn undeploy(
+    State(service): State<AppState>,
+    Path(path): Path<DeploymentPath>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let stream = service.undeploy(&path.id()?).await?;
+    if wants_ndjson(&headers) {
+        return Ok(stream::ndjson(stream));
+    }
+    Ok(stream::collect(stream, Run::Undeploy).await?.into_response())
+}

@@ -1,0 +1,162 @@
+//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), the
+//! service layer and the server, replays startup `MODULES`, and stops the workloads on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::backend::kube::{self as kube_backend, KubeBackend, KubeOptions};
+use crate::backend::local::{LocalBackend, LocalOptions};
+use crate::backend::Backend;
+use crate::catalog::Catalog;
+use crate::config::{BackendChoice, ServeConfig};
+use crate::proxy::ProxyConfig;
+use crate::reconcile::{self, ControllerConfig, KubeLoops, LeaseConfig};
+use crate::service::{Service, Settings};
+use crate::{server, startup};
+
+pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
+    let catalog = Arc::new(match &cfg.manifests_path {
+        Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
+        None => Catalog::builtin(),
+    });
+    let Chosen { backend, local, kube } = choose_backend(&cfg).await?;
+    let settings = Settings {
+        namespace: cfg.namespace.clone(),
+        restricted_namespace: cfg.restricted_namespace,
+        proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
+    };
+    let service = Arc::new(Service::new(catalog, backend.clone(), settings));
+    let loops = match kube {
+        Some((kube, mut loops)) => {
+            match kube.migrate_records().await {
+                Ok(m) if m == Default::default() => {}
+                Ok(m) => tracing::info!(
+                    converted = m.converted,
+                    already = m.already,
+                    skipped = m.skipped,
+                    "old deployment records migrated to JacDeployments"
+                ),
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(e)),
+                    "old deployment records not migrated; retried at the next start"
+                ),
+            }
+            let scope = cfg.restricted_namespace.then(|| cfg.namespace.clone());
+            loops.start(kube, service.clone(), ControllerConfig::default().namespace(scope));
+            Some(loops)
+        }
+        None => None,
+    };
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        templates = %cfg.manifests_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin".into()),
+        "jac-orc listening on {addr} (gRPC, grpc-web and REST)"
+    );
+    let startup_requests = match &cfg.modules {
+        Some(text) => match startup::load(text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = format!("{:#}", anyhow::Error::new(e)), "ignoring MODULES");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    {
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Some(local) = local {
+                local.restore().await;
+            }
+            if !startup_requests.is_empty() {
+                startup::replay(service, startup_requests).await;
+            }
+        });
+    }
+    server::serve(listener, service, shutdown).await?;
+    if let Some(loops) = loops {
+        loops.stop().await;
+    }
+    tracing::info!("stopping workloads");
+    backend.shutdown().await;
+    Ok(())
+}
+
+/// The backend to serve with; the local backend when that is the one (it restores workloads);
+/// the kube backend and its loops (election, reconcile) when that is the one.
+struct Chosen {
+    backend: Arc<dyn Backend>,
+    local: Option<Arc<LocalBackend>>,
+    kube: Option<(Arc<KubeBackend>, KubeLoops)>,
+}
+
+/// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
+/// log line says which and why.
+async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
+    let local = || -> Result<Chosen> {
+        let l =
+            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
+        Ok(Chosen { backend: l.clone(), local: Some(l), kube: None })
+    };
+    if cfg.backend == BackendChoice::Local {
+        tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
+        return local();
+    }
+    let found = kube_backend::detect(cfg.kubeconfig.as_deref()).await;
+    let found = match (found, cfg.backend) {
+        (Ok(f), _) => f,
+        (Err(e), BackendChoice::Kube) => return Err(e).context("--backend kube"),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "backend: local (the Kubernetes configuration could not be loaded)");
+            return local();
+        }
+    };
+    let Some(client) = found.client else {
+        if cfg.backend == BackendChoice::Kube {
+            bail!("--backend kube: {}", found.reason);
+        }
+        tracing::info!(reason = %found.reason, "backend: local (child processes on 127.0.0.1)");
+        return local();
+    };
+    match kube_backend::probe(&client, Duration::from_secs(5)).await {
+        Ok(version) => {
+            tracing::info!(reason = %found.reason, %version, "backend: kubernetes");
+            let identity = reconcile::replica_identity();
+            let loops = KubeLoops::elect(client.clone(), LeaseConfig::new(&cfg.namespace, &identity));
+            let options = KubeOptions::default()
+                .orchestrator_namespace(&cfg.namespace)
+                .restricted_namespace(cfg.restricted_namespace)
+                .leadership(loops.leading())
+                .identity(identity);
+            let kube = Arc::new(KubeBackend::new(client, options));
+            Ok(Chosen { backend: kube.clone(), local: None, kube: Some((kube, loops)) })
+        }
+        Err(e) if cfg.backend == BackendChoice::Auto => {
+            tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");
+            local()
+        }
+        Err(e) => Err(e).context("--backend kube"),
+    }
+}
+
+/// Registers SIGTERM and Ctrl-C handlers now (before the address is announced, so a supervisor
+/// that signals right after seeing it gets a clean stop) and resolves when either arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}

@@ -1,0 +1,162 @@
+//! From a request to a rendered plan: the template it names, the namespace rule, the identity,
+//! the resolved values (secrets generated under the deployment's lock) and the backend's
+//! preflight. Nothing here changes a deployment.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::locks::Held;
+use super::views::DryRunView;
+use super::{DeploymentRequest, Result, Service};
+use crate::catalog::{self, placeholders::kind_of, Resolved, TemplateVersion};
+use crate::identity::{self, DeploymentId};
+use crate::plan::Plan;
+
+/// A validated, rendered deployment, ready to apply. It holds the deployment's lock, so the
+/// secrets it resolved stay the deployment's until its apply is recorded (or it is dropped).
+#[derive(Debug)]
+pub struct Prepared {
+    pub plan: Plan,
+    /// When the request arrived.
+    pub(super) started: Instant,
+    pub(super) lock: Held,
+}
+
+/// A request checked against its template.
+pub(super) struct Resolution {
+    pub(super) template: Arc<TemplateVersion>,
+    /// The request's values with the namespace rule applied.
+    pub(super) config: Map<String, Value>,
+    pub(super) resolved: Resolved,
+    pub(super) id: DeploymentId,
+}
+
+impl Service {
+    /// Renders without touching anything.
+    pub fn dry_run(&self, req: &DeploymentRequest) -> Result<DryRunView> {
+        let r = self.resolve(req)?;
+        let rendered = r.template.render(&r.resolved.values)?;
+        let mut objects = r.template.objects(&rendered)?;
+        Plan::order_objects(&mut objects);
+        let objects = objects.into_iter().map(|o| o.object).collect();
+        Ok(DryRunView::new(&r.template, &r.id, &r.resolved.reports, rendered, objects))
+    }
+
+    /// Validates, renders and plans a deployment, and checks the backend can run it. Nothing is
+    /// applied yet, so any error here leaves every deployment as it was.
+    pub async fn prepare(&self, req: &DeploymentRequest) -> Result<Prepared> {
+        let started = Instant::now();
+        let Resolution { template, config, mut resolved, id } = self.resolve(req)?;
+        let lock = self.locks.hold(&id).await;
+        // Secrets are generated here, under the lock: a concurrent first deploy waits, then
+        // finds this one's record and keeps its secrets (a new password would break clients).
+        if resolved.reports.iter().any(|r| r.generated) {
+            let existing = self.backend.get(&id).await?;
+            resolved = template.resolve(&config, existing.as_ref().map(|r| &r.config))?;
+        }
+        let plan = plan_of(&template, resolved, id)?;
+        self.backend.preflight(&plan).await?;
+        Ok(Prepared { plan, started, lock })
+    }
+
+    pub(super) fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
+        let template = self.catalog.load(&req.module, req.version())?;
+        let config = self.with_namespace(&template, &req.config)?;
+        let resolved = template.resolve(&config, None)?;
+        let id = self.identity(&template, &resolved.values)?;
+        Ok(Resolution { template, config, resolved, id })
+    }
+
+    /// Applies the namespace rule to a template that takes a namespace: the one asked for
+    /// (checked), else the orchestrator's.
+    fn with_namespace(&self, template: &TemplateVersion, config: &Map<String, Value>) -> Result<Map<String, Value>> {
+        let mut config = config.clone();
+        if !template.declares("namespace") {
+            return Ok(config);
+        }
+        let requested = match config.get("namespace") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(ns)) => Some(ns.as_str()),
+            Some(other) => return Err(wrong_type("namespace", other).into()),
+        };
+        let namespace = self.rule.target(requested)?;
+        config.insert("namespace".into(), Value::String(namespace));
+        Ok(config)
+    }
+
+    /// The deployment a request's resolved values name: `namespace` (else the orchestrator's)
+    /// and `name` (else the module's).
+    fn identity(&self, template: &TemplateVersion, values: &Map<String, Value>) -> Result<DeploymentId> {
+        let namespace = match values.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() => ns.to_string(),
+            _ => self.rule.home().to_string(),
+        };
+        let name = match values.get("name") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(wrong_type("name", other).into()),
+            None => template.module.clone(),
+        };
+        Ok(DeploymentId::from_config(namespace, template.module.clone(), name)?)
+    }
+}
+
+/// The plan of resolved values: rendered, labelled, in apply order.
+pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId) -> Result<Plan> {
+    let rendered = template.render(&resolved.values)?;
+    let mut objects = template.objects(&rendered)?;
+    for o in &mut objects {
+        identity::label(&mut o.manifest, &id, &template.version);
+    }
+    Plan::order_objects(&mut objects);
+    let local = template.render_local(&resolved.values)?;
+    Ok(Plan {
+        id,
+        version: template.version.clone(),
+        secret_keys: resolved.secret_keys(),
+        config: resolved.values,
+        objects,
+        local,
+    })
+}
+
+fn wrong_type(name: &str, got: &Value) -> catalog::Error {
+    catalog::Error::WrongType { name: name.into(), expected: "string", got: kind_of(got) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::backend::ApplyOptions;
+    use crate::service::testing::Recording;
+
+    #[tokio::test]
+    async fn concurrent_first_deploys_keep_one_generated_secret() {
+        let (service, backend) = Recording::service();
+        let req = DeploymentRequest {
+            module: "mongodb".into(),
+            version: None,
+            config: json!({"name": "db"}).as_object().cloned().unwrap(),
+        };
+        let run = |service: Arc<Service>, req: DeploymentRequest| async move {
+            service.deploy(&req, ApplyOptions::default()).await.unwrap().finish().await.unwrap()
+        };
+        let runs: Vec<_> = (0..4).map(|_| tokio::spawn(run(service.clone(), req.clone()))).collect();
+        for r in runs {
+            tokio::time::timeout(Duration::from_secs(30), r).await.expect("deploy ends").unwrap();
+        }
+        let applied = backend.applied.lock().unwrap();
+        assert_eq!(applied.len(), 4);
+        let passwords: Vec<&Value> = applied.iter().map(|p| &p.config["password"]).collect();
+        assert!(passwords[0].as_str().is_some_and(|p| p.len() >= 24), "{passwords:?}");
+        assert!(
+            passwords.iter().all(|p| *p == passwords[0]),
+            "every run applied the first run's secret: {passwords:?}"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! A backend for the service layer's own tests: it records every plan it applies, takes a
+//! moment to apply (so runs overlap), and with `wait` waits until its caller has gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Service, Settings};
+use crate::backend::{self, Action, ApplyOptions, Backend, DeploymentRecord, ObjectEvent, Progress, Status};
+use crate::catalog::Catalog;
+use crate::identity::DeploymentId;
+use crate::plan::Plan;
+
+/// What the record says when the caller left during the wait.
+pub(crate) const ABANDONED: &str = "readiness not awaited: the caller left";
+
+#[derive(Debug, Default)]
+pub(crate) struct Recording {
+    records: Mutex<HashMap<DeploymentId, DeploymentRecord>>,
+    pub(crate) applied: Mutex<Vec<Plan>>,
+}
+
+impl Recording {
+    /// A service over the built-in catalog and a fresh recording backend.
+    pub(crate) fn service() -> (Arc<Service>, Arc<Recording>) {
+        let backend = Arc::new(Recording::default());
+        (Arc::new(Service::new(Arc::new(Catalog::builtin()), backend.clone(), Settings::default())), backend)
+    }
+
+    pub(crate) fn record(&self, id: &DeploymentId) -> Option<DeploymentRecord> {
+        self.records.lock().unwrap().get(id).cloned()
+    }
+}
+
+#[async_trait]
+impl Backend for Recording {
+    fn kind(&self) -> backend::Kind {
+        backend::Kind::Local
+    }
+
+    async fn preflight(&self, _: &Plan) -> backend::Result<()> {
+        Ok(())
+    }
+
+    async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> backend::Result<DeploymentRecord> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for o in &plan.objects {
+            progress.send(ObjectEvent::new(o.object.clone(), Action::Created)).await;
+        }
+        let mut message = String::new();
+        if let Some(timeout) = opts.wait {
+            // A wait that ends only when the caller leaves (or, failing the test, the timeout).
+            if let Some(o) = plan.objects.first() {
+                progress.send(ObjectEvent::new(o.object.clone(), Action::Waiting)).await;
+            }
+            if tokio::time::timeout(timeout, progress.caller_gone()).await.is_ok() {
+                message = ABANDONED.into();
+            }
+        }
+        let record = DeploymentRecord {
+            id: plan.id.clone(),
+            version: plan.version.clone(),
+            config: plan.config.clone(),
+            secret_keys: plan.secret_keys.clone(),
+            endpoints: vec![],
+            status: Status::Deployed,
+            message,
+            objects: plan.objects.iter().map(|o| o.object.clone()).collect(),
+            backend: backend::Kind::Local,
+            updated_at: backend::now_rfc3339(),
+        };
+        self.applied.lock().unwrap().push(plan.clone());
+        self.records.lock().unwrap().insert(plan.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn delete(&self, id: &DeploymentId, progress: &Progress) -> backend::Result<()> {
+        let record = self.records.lock().unwrap().remove(id);
+        for o in record.iter().flat_map(|r| r.objects.iter()) {
+            progress.send(ObjectEvent::new(o.clone(), Action::Deleted)).await;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &DeploymentId) -> backend::Result<Option<DeploymentRecord>> {
+        Ok(self.record(id))
+    }
+
+    async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {
+        Ok(self.records.lock().unwrap().values().cloned().collect())
+    }
+
+    async fn module_endpoints(&self, _: &DeploymentId) -> backend::Result<Vec<String>> {
+        Ok(vec![])
+    }
+}
