@@ -257,8 +257,12 @@ impl Records {
         let name = jd.name_any();
         let ns = jd.namespace().unwrap_or_default();
         let body = json!({"apiVersion": "jac-orc.io/v1alpha1", "kind": "JacDeployment", "status": status});
+        // A field manager of its own: before 1.22, managedFields do not tell the status
+        // subresource apart, so sharing the spec's manager would swap its fields back and forth
+        // (a write on every redeploy).
+        let params = PatchParams::apply(&format!("{}-status", self.field_manager)).force();
         self.api(&ns)
-            .patch_status(&name, &self.params(), &Patch::Apply(&body))
+            .patch_status(&name, &params, &Patch::Apply(&body))
             .await
             .map(|_| ())
             .map_err(|e| api_error(&format!("jacdeployment.jac-orc.io/{name}"), e))

@@ -20,12 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jac_splice_orc::backend::kube::resource::JacDeployment;
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
 use jac_splice_orc::catalog::Catalog;
 use jac_splice_orc::plan::{ObjectRef, Plan, PlannedObject, Section};
 use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -65,11 +66,31 @@ struct Cluster {
     namespaces: Vec<String>,
 }
 
+/// Installs the JacDeployment CRD (as `manifests/jac-orc-crd.yaml` does) once per test run.
+async fn install_crd(client: &kube::Client) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+            use kube::CustomResourceExt;
+            let crd = jac_splice_orc::backend::kube::resource::JacDeployment::crd();
+            let api = Api::<CustomResourceDefinition>::all(client.clone());
+            let name = crd.metadata.name.clone().unwrap();
+            timed(api.patch(&name, &PatchParams::apply("jac-orc-tests").force(), &Patch::Apply(&crd)))
+                .await
+                .expect("the JacDeployment CRD installs");
+            let established = kube::runtime::wait::conditions::is_crd_established();
+            timed(kube::runtime::wait::await_condition(api, &name, established)).await.expect("CRD established");
+        })
+        .await;
+}
+
 impl Cluster {
     /// `None` when the tests are skipped.
     async fn connect() -> Option<Cluster> {
         let path = kubeconfig_path()?;
         let client = client_from(&path).await;
+        install_crd(&client).await;
         Some(Cluster { path, client, namespaces: Vec::new() })
     }
 
@@ -99,8 +120,20 @@ impl Drop for Cluster {
             rt.block_on(async {
                 let client = client_from(&path).await;
                 let api = Api::<Namespace>::all(client.clone());
-                let bindings = Api::<ClusterRoleBinding>::all(client);
+                let bindings = Api::<ClusterRoleBinding>::all(client.clone());
                 for ns in namespaces {
+                    // No reconcile loop may be left to run the undeploy finalizers: drop them, so
+                    // the namespace can go.
+                    let resources = Api::<JacDeployment>::namespaced(client.clone(), &ns);
+                    if let Ok(Ok(list)) = tokio::time::timeout(STEP, resources.list(&ListParams::default())).await {
+                        for jd in list.items {
+                            let name = jd.metadata.name.unwrap_or_default();
+                            let unblock = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+                            let _ =
+                                tokio::time::timeout(STEP, resources.patch(&name, &PatchParams::default(), &unblock))
+                                    .await;
+                        }
+                    }
                     let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
                     // The install tests bind a ClusterRole per namespace.
                     let _ =
@@ -203,6 +236,13 @@ async fn mark_ready(client: &kube::Client, ns: &str, selector: &str) {
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now()}]});
         set_pod_status(client, ns, &pod, status).await;
     }
+}
+
+/// The `jac-orc.io/config-hash` annotation of a Deployment's pod template.
+async fn config_hash(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let api = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
+    let d = timed(api.get(name)).await.unwrap();
+    d.spec?.template.metadata?.annotations?.get(jac_splice_orc::backend::kube::ANNOTATION_CONFIG_HASH).cloned()
 }
 
 async fn exists(api: &Api<DynamicObject>, name: &str) -> bool {
