@@ -73,6 +73,32 @@ pub(crate) fn normalize_quantities(value: &mut Value) {
     }
 }
 
+/// Moves a Secret's `stringData` into `data` (base64), as the API server itself does when it
+/// stores the Secret. `stringData` is never stored, so under server-side apply a manifest that
+/// keeps it always differs from the live object, and every apply rewrites the Secret.
+pub(crate) fn string_data_as_data(manifest: &mut Value) {
+    if manifest.get("kind").and_then(Value::as_str) != Some("Secret")
+        || manifest.get("apiVersion").and_then(Value::as_str) != Some("v1")
+    {
+        return;
+    }
+    let Some(obj) = manifest.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = obj.remove("stringData") else { return };
+    let data = obj.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    let Some(data) = data.as_object_mut() else { return };
+    for (k, v) in strings {
+        let text = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let encoded = serde_json::to_value(k8s_openapi::ByteString(text.into_bytes())).unwrap_or_default();
+        data.insert(k, encoded);
+    }
+}
+
 /// What an apply did, from the object before (None: absent) and after.
 ///
 /// An unmoved resourceVersion proves nothing was written. A moved one can also come from a
@@ -178,6 +204,7 @@ impl Applier<'_> {
         // (tests, tools) get the same labels and undeploy by label finds everything.
         identity::label(&mut manifest, id, version);
         normalize_quantities(&mut manifest);
+        string_data_as_data(&mut manifest);
         probes::adapt(&mut manifest, self.server.grpc_probes, &label, &self.server.version)?;
         let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
         let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
@@ -319,6 +346,21 @@ mod tests {
         assert_eq!(classify(Some(&obj("5", "a", "")), &obj("6", "b", "")), Action::Configured);
         // Only a controller's status write happened in between.
         assert_eq!(classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")), Action::Unchanged);
+    }
+
+    #[test]
+    fn secret_string_data_is_applied_as_data_and_wins_over_it() {
+        let mut m = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "n": 5}});
+        string_data_as_data(&mut m);
+        assert_eq!(
+            m,
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "bmV3", "keep": "eA==", "n": "NQ=="}})
+        );
+        let mut cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "stringData": {"a": "x"}});
+        string_data_as_data(&mut cm);
+        assert_eq!(cm["stringData"]["a"], "x", "other kinds are left alone");
     }
 
     #[test]

@@ -11,8 +11,11 @@
 
 mod deploy;
 mod install;
+mod leader;
 mod probes;
 mod readiness;
+mod reconcile;
+mod resource;
 mod server;
 
 use std::collections::BTreeMap;
@@ -109,6 +112,81 @@ impl Cluster {
         let options = KubeOptions::default().orchestrator_namespace(orchestrator_ns);
         Arc::new(KubeBackend::new(self.client.clone(), options))
     }
+}
+
+impl Cluster {
+    /// Runs kubectl against the test cluster; panics (with its output) when it fails.
+    async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.path)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl runs");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            timed(input.write_all(text.as_bytes())).await.unwrap();
+        }
+        drop(input);
+        let out = timed(child.wait_with_output()).await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kubectl {args:?} failed: {stdout}{stderr}");
+        stdout.into_owned()
+    }
+
+    /// The reconcile loop over namespace `ns` (so tests running side by side keep to their own
+    /// deployments), with short requeues; stopped when the guard drops.
+    fn reconciler(&self, backend: &Arc<KubeBackend>, svc: &Arc<Service>, ns: &str) -> Reconciler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let config = jac_splice_orc::reconcile::ControllerConfig::default()
+            .namespace(Some(ns.to_string()))
+            .not_ready(Duration::from_secs(1))
+            .resync(Duration::from_secs(5))
+            .retry(Duration::from_secs(1));
+        let planner: Arc<dyn jac_splice_orc::plan::Planner> = svc.clone();
+        let task = tokio::spawn(jac_splice_orc::reconcile::run(
+            backend.clone(),
+            planner,
+            config,
+            stop.clone().cancelled_owned(),
+        ));
+        Reconciler { stop, task: Some(task) }
+    }
+}
+
+/// A running reconcile loop; dropping it stops the loop.
+struct Reconciler {
+    stop: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // The loop finishes the reconciles in flight on its own; nothing waits for it here.
+        drop(self.task.take());
+    }
+}
+
+/// Polls `check` (every 200 ms, for at most [`STEP`]) until it answers `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let rounds = STEP.as_millis() / 200;
+    for _ in 0..rounds {
+        if let Some(v) = timed(check()).await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within {}s", STEP.as_secs());
 }
 
 impl Drop for Cluster {
