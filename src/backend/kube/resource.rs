@@ -251,14 +251,19 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// The CustomResourceDefinition, as YAML (what `manifests/jac-orc-crd.yaml` holds).
-pub fn crd_yaml() -> String {
+/// The CustomResourceDefinition as one YAML document.
+pub fn crd_document() -> String {
     use kube::CustomResourceExt;
     let crd = serde_json::to_value(JacDeployment::crd()).expect("the CRD serializes");
-    let yaml = serde_norway::to_string(&crd).expect("the CRD serializes as YAML");
+    serde_norway::to_string(&crd).expect("the CRD serializes as YAML")
+}
+
+/// The CustomResourceDefinition, as `manifests/jac-orc-crd.yaml` holds it.
+pub fn crd_yaml() -> String {
     format!(
         "# Generated from src/backend/kube/resource.rs: do not edit. Regenerate with\n\
-         #   JAC_ORC_BLESS=1 cargo test --lib crd_manifest_matches_the_types\n{yaml}"
+         #   JAC_ORC_BLESS=1 cargo test --lib crd_manifest_matches_the_types\n{}",
+        crd_document()
     )
 }
 
@@ -267,19 +272,39 @@ mod tests {
     use super::*;
 
     const CHECKED_IN: &str = "manifests/jac-orc-crd.yaml";
+    /// The install files carry the same CRD between these lines.
+    const INSTALLS: [&str; 2] = ["manifests/jac-orc.yaml", "manifests/jac-orc-cluster-wide.yaml"];
+    const BEGIN: &str = "# BEGIN generated JacDeployment CRD";
+    const END: &str = "# END generated JacDeployment CRD";
+
+    /// `text` with the block between the markers replaced by `crd`.
+    fn with_crd_block(text: &str, crd: &str) -> Option<String> {
+        let begin = text.find(BEGIN)?;
+        let body = begin + text[begin..].find('\n')? + 1;
+        let end = body + text[body..].find(END)?;
+        Some(format!("{}{crd}{}", &text[..body], &text[end..]))
+    }
 
     #[test]
     fn crd_manifest_matches_the_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bless = std::env::var("JAC_ORC_BLESS").as_deref() == Ok("1");
+        let hint = "run JAC_ORC_BLESS=1 cargo test --lib crd_manifest_matches_the_types";
         let generated = crd_yaml();
-        if std::env::var("JAC_ORC_BLESS").as_deref() == Ok("1") {
-            std::fs::write(&path, &generated).unwrap();
+        if bless {
+            std::fs::write(root.join(CHECKED_IN), &generated).unwrap();
         }
-        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            checked_in == generated,
-            "{CHECKED_IN} differs from what the types generate; run JAC_ORC_BLESS=1 cargo test --lib crd_manifest_matches_the_types"
-        );
+        let checked_in = std::fs::read_to_string(root.join(CHECKED_IN)).unwrap_or_default();
+        assert!(checked_in == generated, "{CHECKED_IN} differs from what the types generate; {hint}");
+        for install in INSTALLS {
+            let text = std::fs::read_to_string(root.join(install)).unwrap();
+            let want = with_crd_block(&text, &crd_document()).unwrap_or_else(|| panic!("{install}: no {BEGIN} block"));
+            if bless {
+                std::fs::write(root.join(install), &want).unwrap();
+            }
+            let text = std::fs::read_to_string(root.join(install)).unwrap();
+            assert!(text == want, "the CRD in {install} differs from what the types generate; {hint}");
+        }
     }
 
     #[test]
