@@ -183,6 +183,9 @@ async fn bind_user(client: &kube::Client, ns: &str, role: &str, user: &str) {
     timed(api.create(&PostParams::default(), &binding)).await.unwrap();
 }
 
+/// (verb, resource) pairs.
+type Grants = &'static [(&'static str, &'static str)];
+
 async fn user_may(client: &kube::Client, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
     let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
     let review = json!({
@@ -210,7 +213,7 @@ async fn jac_orc_roles_grant_by_level_and_aggregate_into_kubernetes_view_edit_an
     let ns = c.namespace("roles").await;
     apply_manifest(&c.client, "jac-orc.yaml", &ns).await;
     // (role, user, what it must allow, what it must not)
-    let cases: [(&str, &str, &[(&str, &str)], &[(&str, &str)]); 7] = [
+    let cases: [(&str, &str, Grants, Grants); 7] = [
         (
             "jac-orc:view",
             "viewer",
