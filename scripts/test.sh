@@ -18,6 +18,12 @@ export JAC_ORC_PYTHON_TARGET_DIR=${JAC_ORC_PYTHON_TARGET_DIR:-$CACHE/target-pyth
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 mkdir -p "$CACHE"
 STARTED=$SECONDS
+# The original tool's template store, when the project's shared references sit beside the clone:
+# its tests then run (and must pass) instead of saying they are skipped.
+UPSTREAM=$(cd .. && pwd)/shared/reference/upstream-template-store
+if [ -z "${UPSTREAM_STORE:-}" ] && [ -d "$UPSTREAM" ]; then
+  export UPSTREAM_STORE=$UPSTREAM JAC_ORC_REQUIRE_UPSTREAM=1
+fi
 
 step() { printf '\n==> %s (%s, +%d s)\n' "$*" "$(date +%H:%M:%S)" "$((SECONDS - STARTED))"; }
 
