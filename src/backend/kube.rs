@@ -33,7 +33,6 @@ mod probes;
 mod readiness;
 mod records;
 pub mod resource;
-mod rollout;
 mod sync;
 
 #[cfg(test)]
@@ -49,6 +48,7 @@ use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 use tokio::sync::{watch, Mutex as AsyncMutex, OwnedMutexGuard};
 
+pub use super::rollout::ANNOTATION_CONFIG_HASH;
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result};
 use crate::identity::NamespaceRule;
 use crate::plan::{DeploymentId, Kind, Plan};
@@ -58,7 +58,6 @@ pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
 pub use errors::Error as KubeError;
 pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
-pub use rollout::ANNOTATION_CONFIG_HASH;
 
 /// Field manager of every server-side apply this backend makes.
 pub const FIELD_MANAGER: &str = "jac-orc";

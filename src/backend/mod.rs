@@ -7,6 +7,7 @@
 pub mod kube;
 pub mod local;
 pub mod progress;
+pub mod rollout;
 
 use std::time::Duration;
 

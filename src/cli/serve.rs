@@ -1,5 +1,7 @@
 //! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), the
-//! service layer and the server, replays startup `MODULES`, and stops the workloads on SIGTERM.
+//! service layer and the server, starts the backend's loops (kube: leader election and the
+//! reconcile loop; local: its reconcile pass), replays startup `MODULES`, and stops the
+//! workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use crate::backend::Backend;
 use crate::catalog::Catalog;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::proxy::ProxyConfig;
-use crate::reconcile::{self, ControllerConfig, KubeLoops, LeaseConfig};
+use crate::reconcile::{self, ControllerConfig, KubeLoops, LeaseConfig, LocalLoop};
 use crate::service::{Service, Settings};
 use crate::{server, startup};
 
@@ -49,6 +51,8 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         }
         None => None,
     };
+    let local_loop =
+        local.as_ref().map(|l| LocalLoop::start(l.clone(), service.clone(), reconcile::local::DEFAULT_PERIOD));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -85,6 +89,10 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopping workloads");
     backend.shutdown().await;
+    // After the shutdown, so a pass in flight ends at its next step instead of starting workloads.
+    if let Some(l) = local_loop {
+        l.stop().await;
+    }
     Ok(())
 }
 

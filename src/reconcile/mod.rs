@@ -1,16 +1,20 @@
 //! The loops that make desired state true. The kube backend's desired state is its
 //! `JacDeployment` resources: [`controller`] reconciles them (apply, config-hash rollouts, drift
 //! healing, undeploy on deletion), only on the replica [`leader`] elects. The local backend's is
-//! its state file, reconciled by the backend's own supervisor (`backend::local`).
+//! its state file: [`local`] runs its reconcile pass (config changes restart the workload, the
+//! object store is healed) every few seconds, while each workload's supervisor restarts it when
+//! it dies.
 //!
 //! Both render desired states through a [`crate::plan::Planner`] (the service layer), so what a
 //! loop applies is exactly what the API's Deploy would have applied.
 
 pub mod controller;
 pub mod leader;
+pub mod local;
 
 pub use controller::{lead, run, ControllerConfig};
 pub use leader::{elect, Election, LeaseConfig};
+pub use local::LocalLoop;
 
 use std::sync::Arc;
 

@@ -16,8 +16,8 @@ use super::apply::{self, Applier};
 use super::conditions::{self, Observation, Outcome, Readiness};
 use super::records::{inventory, record_of, split_config};
 use super::resource::{JacDeployment, JacDeploymentStatus};
-use super::rollout::canonical_digest;
 use super::{delete, errors, events, readiness, KubeBackend};
+use crate::backend::rollout::canonical_digest;
 use crate::backend::{now_rfc3339, Action, DeploymentRecord, Error, ObjectEvent, Progress, Result};
 use crate::plan::{ObjectRef, Plan, Section};
 
@@ -371,7 +371,7 @@ impl KubeBackend {
 /// The plan with its workloads annotated by the configuration they use.
 pub(crate) fn annotated(plan: &Plan) -> Plan {
     let mut plan = plan.clone();
-    super::rollout::annotate(&mut plan.objects, &plan.id.namespace);
+    crate::backend::rollout::annotate(&mut plan.objects, &plan.id.namespace);
     plan
 }
 

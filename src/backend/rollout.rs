@@ -7,6 +7,9 @@
 //! Only objects of the same deployment count: a Secret created by someone else is not ours to
 //! track. A workload that references none of them gets no annotation. The digest covers the
 //! values (like Stakater Reloader's): whoever may read the workload sees a hash of them.
+//!
+//! The local backend uses the same digests ([`plan_config_hash`]): its one process stands for
+//! the plan's workloads, and is restarted when the configuration they use changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +21,7 @@ use crate::plan::PlannedObject;
 pub const ANNOTATION_CONFIG_HASH: &str = "jac-orc.io/config-hash";
 
 /// `sha256:<hex>` of `value` with every object's keys sorted, so key order never matters.
-pub(crate) fn canonical_digest(value: &Value) -> String {
+pub fn canonical_digest(value: &Value) -> String {
     let bytes = serde_json::to_vec(&canonical(value)).unwrap_or_default();
     let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
     let mut out = String::with_capacity(7 + 64);
@@ -106,7 +109,7 @@ fn config_hash(pod_spec: &Value, ns: &str, configs: &BTreeMap<(&str, &str, &str)
 }
 
 /// Annotates every workload of `objects` with the digest of the configuration it uses.
-pub(crate) fn annotate(objects: &mut [PlannedObject], default_ns: &str) {
+pub fn annotate(objects: &mut [PlannedObject], default_ns: &str) {
     let mut configs: BTreeMap<(&str, &str, &str), Value> = BTreeMap::new();
     for o in objects.iter() {
         let kind = match (o.object.api_version.as_str(), o.object.kind.as_str()) {
@@ -140,6 +143,21 @@ pub(crate) fn annotate(objects: &mut [PlannedObject], default_ns: &str) {
             a.insert(ANNOTATION_CONFIG_HASH.into(), Value::String(hash));
         }
     }
+}
+
+/// One digest of the configuration every workload of the plan uses (`None` when none uses any):
+/// what the local backend's process is restarted on.
+pub fn plan_config_hash(objects: &[PlannedObject], default_ns: &str) -> Option<String> {
+    let mut annotated = objects.to_vec();
+    annotate(&mut annotated, default_ns);
+    let hashes: Vec<Value> = annotated
+        .iter()
+        .filter_map(|o| {
+            let hash = o.manifest.pointer("/spec/template/metadata/annotations")?.get(ANNOTATION_CONFIG_HASH)?;
+            Some(serde_json::json!([o.object.kind, o.object.name, hash]))
+        })
+        .collect();
+    (!hashes.is_empty()).then(|| canonical_digest(&Value::Array(hashes)))
 }
 
 #[cfg(test)]
@@ -224,6 +242,35 @@ mod tests {
         let mut elsewhere = secret("envs", "1");
         elsewhere.object.namespace = Some("other".into());
         assert_eq!(hash_of(&[deployment(env_from("envs")), elsewhere]), None);
+    }
+
+    #[test]
+    fn the_plan_hash_follows_the_configuration_its_workloads_use() {
+        let a = plan_config_hash(&[deployment(env_from("envs")), secret("envs", "1")], "ns").expect("a hash");
+        assert_eq!(plan_config_hash(&[secret("envs", "1"), deployment(env_from("envs"))], "ns").unwrap(), a);
+        assert_ne!(plan_config_hash(&[deployment(env_from("envs")), secret("envs", "2")], "ns").unwrap(), a);
+        assert_eq!(plan_config_hash(&[secret("envs", "1")], "ns"), None, "no workload, no hash");
+    }
+
+    #[test]
+    fn the_plan_hash_ignores_configuration_no_workload_uses_and_covers_every_workload() {
+        let base = [deployment(env_from("envs")), secret("envs", "1"), config_map("loose", "a")];
+        let a = plan_config_hash(&base, "ns").expect("a hash");
+        let loose_changed = [deployment(env_from("envs")), secret("envs", "1"), config_map("loose", "b")];
+        assert_eq!(plan_config_hash(&loose_changed, "ns").unwrap(), a, "an unused ConfigMap does not count");
+        // A second workload using other configuration: its change alone changes the plan's hash.
+        let worker = |v: &str| {
+            let mut w =
+                deployment(json!({"containers": [{"name": "w", "envFrom": [{"configMapRef": {"name": "w"}}]}]}));
+            w.object.name = "worker".into();
+            [w, config_map("w", v)]
+        };
+        let two: Vec<PlannedObject> = base.iter().cloned().chain(worker("1")).collect();
+        let two_changed: Vec<PlannedObject> = base.iter().cloned().chain(worker("2")).collect();
+        let b = plan_config_hash(&two, "ns").unwrap();
+        assert_ne!(b, a);
+        assert_ne!(plan_config_hash(&two_changed, "ns").unwrap(), b);
+        assert_eq!(plan_config_hash(&[deployment(env_from("missing")), secret("envs", "1")], "ns"), None);
     }
 
     #[test]
