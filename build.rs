@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Maps in a stable (sorted) order, so what the CLI prints is the same run after run.
         .btree_map(".")
+        // Undecodable requests are InvalidArgument, not tonic-prost's Internal.
+        .codec_path("crate::api::codec::StrictCodec")
         .file_descriptor_set_path(out.join("jac_splice_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     for p in protos {

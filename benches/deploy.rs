@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jac_splice_orc::api::convert::to_struct;
+use jac_splice_orc::auth::{admin_token, token_file::TokenFile, AuthConfig, AuthLayer, Authenticator};
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::local::{LocalBackend, LocalOptions};
 use jac_splice_orc::backend::Backend;
@@ -16,6 +17,9 @@ use jac_splice_orc::pb::{self, orchestrator_client::OrchestratorClient};
 use jac_splice_orc::service::{Service, Settings};
 use serde_json::json;
 use tokio_stream::StreamExt;
+
+/// The bench's one token (an admin).
+const TOKEN: &str = "bench-admin-token-0123456789";
 
 async fn start(
     backend: Arc<dyn Backend>,
@@ -26,7 +30,9 @@ async fn start(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(jac_splice_orc::server::serve(listener, service, async {
+    let tokens = TokenFile::single(TOKEN, admin_token::admin_identity());
+    let auth = AuthLayer::new(Authenticator::new().with_tokens(tokens), AuthConfig::default());
+    tokio::spawn(jac_splice_orc::server::serve(listener, service, jac_splice_orc::server::Options::new(auth), async {
         let _ = rx.await;
     }));
     (OrchestratorClient::connect(format!("http://{addr}")).await.unwrap(), tx)
@@ -39,6 +45,8 @@ async fn deploy(c: &mut OrchestratorClient<tonic::transport::Channel>, memory: &
         config: Some(to_struct(json!({"name": "bench", "memory": memory}).as_object().unwrap())),
         ..Default::default()
     };
+    let mut req = tonic::Request::new(req);
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let t = Instant::now();
     let mut stream = c.deploy(req).await.unwrap().into_inner();
     let mut first = None;
@@ -86,8 +94,14 @@ async fn sum(client: &mut OrchestratorClient<tonic::transport::Channel>, n: u64,
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let local =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: tmp.path().into(), python: "python3".into() }).unwrap());
+    let local = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: tmp.path().into(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     bench_backend(c, "local", &rt, local.clone(), "default");
     rt.block_on(local.shutdown());
 

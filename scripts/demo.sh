@@ -3,6 +3,8 @@
 #   build jac-orc and the jac-splice Python package, start `jac-orc serve`, deploy Redis and
 #   answer a PING, deploy numpy as a python-module and call it remotely through the
 #   orchestrator (examples/python/numpy_remote.py), undeploy both, stop cleanly.
+# Auth is on as everywhere: serve generates an admin token into its data dir, and the CLI and
+# the Python client on this host read it from there (JAC_ORC_DATA_DIR), so no step handles it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,8 +35,10 @@ fi
 DATA=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export JAC_ORC_SERVER=http://127.0.0.1:$PORT
+# One data dir for serve (its admin token lands in $DATA/token) and for the clients (they read it).
+export JAC_ORC_DATA_DIR=$DATA
 say "starting jac-orc serve on 127.0.0.1:$PORT (local backend, data in $DATA)"
-"$JAC_ORC" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --python "$(command -v python3)" >"$DATA/jac-orc.log" 2>&1 &
+"$JAC_ORC" serve --listen "127.0.0.1:$PORT" --python "$(command -v python3)" >"$DATA/jac-orc.log" 2>&1 &
 SERVER=$!
 cleanup() {
   kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
@@ -46,6 +50,10 @@ for _ in $(seq 1 100); do
   kill -0 "$SERVER" 2>/dev/null || { cat "$DATA/jac-orc.log"; exit 1; }
   sleep 0.1
 done
+
+say "without a token: 401 (every API but health and the API description needs one)"
+curl -s "$JAC_ORC_SERVER/templates"; echo
+printf 'the admin token is in %s (mode %s)\n' "$DATA/token" "$(stat -c %a "$DATA/token")"
 
 say "templates"
 "$JAC_ORC" templates

@@ -469,7 +469,9 @@ clusterDomain: cluster.local
 resolvConf: $NODE_STATE/resolv.conf
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
-evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.available: "2%"}
+# Disk thresholds as small absolute sizes: on a shared machine whose disk is nearly full, a
+# percentage would put DiskPressure (a NoSchedule taint) on the node and leave every pod Pending.
+evictionHard: {memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi", nodefs.inodesFree: "1%"}
 makeIPTablesUtilChains: false
 EOF
 }
@@ -497,6 +499,26 @@ import_images() {
     n=$((n + 1))
   done
   log "images: imported $n, the rest were present ($(since "$t0") s)"
+}
+
+# The node's pressure conditions and taints, and this machine's free disk and memory: what a
+# pod that stays Pending is most often waiting on.
+node_diagnostics() {
+  node_kc get node $NODE_NAME -o jsonpath='conditions: {range .status.conditions[*]}{.type}={.status} ({.reason}) {end}; taints: {.spec.taints}' 2>&1 || true
+  printf '; disk free: %s; memory available: %s MiB' \
+    "$(df -h --output=avail "$NODE_STATE" | tail -1 | tr -d ' ')" "$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)"
+}
+
+# Bounded: the node lifecycle controller drops the not-ready taint a moment after Ready; any
+# taint still there (DiskPressure, MemoryPressure...) would leave every test pod Pending.
+node_schedulable() {
+  local i taints t0; t0=$(now_ms)
+  for ((i = 0; i < 240; i++)); do
+    taints=$(node_kc get node $NODE_NAME -o jsonpath='{.spec.taints}' 2>/dev/null) || taints=unknown
+    if [ -z "$taints" ]; then log "node schedulable (no taints): ok after $(since "$t0") s"; return 0; fi
+    sleep 0.25
+  done
+  return 1
 }
 
 cmd_start_node() {
@@ -554,6 +576,7 @@ cmd_start_node() {
   wait_for "node Ready" 180 bash -c "kubectl --kubeconfig='$NODE_STATE/admin.kubeconfig' --request-timeout=5s get node $NODE_NAME \
     -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
   wait_for "default ServiceAccount" 60 node_kc get serviceaccount default
+  node_schedulable || die "the node takes no pods: $(node_diagnostics)"
   local up
   for up in kube-proxy kubelet scheduler controller-manager; do
     alive "$NODE_STATE/$up.pid" || die "$up exited; see $NODE_STATE/$up.log"

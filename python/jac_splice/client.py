@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Union
 
 from jac_splice._native import Client, RemoteRef
-from jac_splice.exceptions import DeploymentLookupError, SpliceError
-from jac_splice.proxy import RemoteModule
+from jac_splice.credentials import find_token
+from jac_splice.exceptions import ClosedError, DeploymentLookupError, SpliceError
+from jac_splice.proxy import RemoteModule, where
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never evaluated here
+    from typing_extensions import Self
 
 PYTHON_MODULE = "python-module"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
+CA = Union[str, "os.PathLike[str]", bytes]
+"""A CA to trust for https:// targets: a PEM file's path, or the PEM itself as bytes."""
+
+
+def _read_ca(ca: CA | None) -> bytes | None:
+    if ca is None or isinstance(ca, bytes):
+        return ca
+    with open(ca, "rb") as f:
+        return f.read()
+
 
 class Splice:
-    """A connection to a module server or to jac-orc; see :func:`connect`."""
+    """A connection to a module server or to jac-orc; see :func:`connect`.
+
+    Use it as a context manager, or call :meth:`close`, to release what its proxies hold on the
+    servers and close the connection.
+    """
 
     def __init__(
         self,
         target: str,
         token: str | None = None,
         *,
+        ca: CA | None = None,
         heartbeat_seconds: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channels: int = 2,
@@ -29,6 +50,7 @@ class Splice:
         self._client = Client(
             target,
             token=token,
+            ca=_read_ca(ca),
             heartbeat_seconds=heartbeat_seconds,
             max_message_bytes=max_message_bytes,
             channels=channels,
@@ -40,13 +62,28 @@ class Splice:
 
     @property
     def client(self) -> Client:
-        """The native client of the direct route (a module server target)."""
+        """The native client of the direct route (a module server target), with its token."""
+        self._probe()
         return self._client
 
     def _probe(self) -> bool:
-        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``)."""
+        """True if the target is jac-orc, as its gRPC health service says (see ``server_kind``).
+
+        The answer also tells which token applies when none was given (see
+        :mod:`jac_splice.credentials`); the health service needs none.
+        """
+        if self._client.closed:
+            # Also where no call would be made (a module server's own module is a local proxy).
+            raise ClosedError(
+                f"this connection to {self.target} was closed (Splice.close()); "
+                "connect again with jac_splice.connect()"
+            )
         if self._is_orchestrator is None:
             kind = self._client.server_kind()
+            if not self._client.has_token:
+                token = find_token(self.target, kind)
+                if token is not None:
+                    self._client.set_token(token)
             if kind == "module-server":
                 self._served = str(self._client.describe()["module"])
             self._is_orchestrator = kind == "orchestrator"
@@ -99,6 +136,7 @@ class Splice:
         return _module_proxy(self._client, self._served, name)
 
     def _route(self, deployment: str, namespace: str) -> Client:
+        self._probe()  # routes share the connection, and so the token found for it
         with self._lock:
             key = (deployment, namespace)
             if key not in self._routes:
@@ -107,6 +145,7 @@ class Splice:
 
     def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
         """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+        self._probe()
         deployments: list[dict[str, Any]] = self._client.list_deployments(
             namespace or "", PYTHON_MODULE
         )
@@ -135,6 +174,43 @@ class Splice:
         for client in list(self._routes.values()):
             client.flush()
 
+    def close(self) -> None:
+        """Releases every object this connection's proxies hold on the servers (those it cannot
+        reach free them when the session's lease ends), stops the heartbeats and closes the
+        connection. Every later call, here or on one of its proxies, raises
+        :class:`ClosedError`. Closing again does nothing.
+        """
+        self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._client.closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        # Only what is already known: a repr never dials (nor shows a token).
+        if self.closed:
+            state = "closed"
+        elif self._is_orchestrator is None:
+            state = "not contacted yet"
+        elif self._is_orchestrator:
+            with self._lock:
+                routes = [where(client) for client in self._routes.values()]
+            state = "jac-orc" + (f", deployments in use: {', '.join(routes)}" if routes else "")
+        else:
+            state = f"module server of {self._served!r}"
+        return f"<jac_splice.Splice {self.target}: {state}>"
+
 
 def _module_proxy(client: Client, served: str, name: str) -> RemoteModule:
     if name == served:
@@ -152,18 +228,24 @@ def connect(
     target: str,
     token: str | None = None,
     *,
+    ca: CA | None = None,
     heartbeat_seconds: float | None = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     channels: int = 2,
 ) -> Splice:
     """Connects to a module server ("127.0.0.1:50051") or to jac-orc ("http://jac-orc:8000").
 
-    Nothing is dialled until the first request. ``heartbeat_seconds`` (None: off) keeps the
-    session's references alive on the server; keep it below the server's lease.
+    Nothing is dialled until the first request. Every call carries ``authorization: Bearer
+    <token>``: ``token``, else one found for the target (environment, or this user's token file
+    of a server on loopback; see :mod:`jac_splice.credentials`). ``https://`` targets use TLS,
+    trusting ``ca`` (a PEM file path, or PEM bytes) if given, else the system's roots.
+    ``heartbeat_seconds`` (None: off) keeps the session's references alive on the server; keep
+    it below the server's lease.
     """
     return Splice(
         target,
         token,
+        ca=ca,
         heartbeat_seconds=heartbeat_seconds,
         max_message_bytes=max_message_bytes,
         channels=channels,

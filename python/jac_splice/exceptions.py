@@ -4,7 +4,10 @@ A Python exception raised in the module server arrives as a :class:`RemoteError`
 also an instance of the matching builtin exception, so ``except ValueError`` catches a remote
 ``ValueError`` and ``hasattr`` sees a remote ``AttributeError``. Its ``remote_traceback`` holds the
 server-side traceback (also attached as a note). Transport failures raise :class:`TransportError`
-subclasses named after the gRPC status code.
+subclasses named after the gRPC status code; a refused call raises :class:`AuthenticationError`
+(no token, or a wrong one) or :class:`PermissionDeniedError` (not served to this caller), each
+naming the address and what to do. Transport errors of a call through jac-orc also name the
+python-module deployment (``default/numpy``) it was for.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ class ResourceExhaustedError(TransportError):
     """A message was larger than the receiver's limit (``--max-message-mb``)."""
 
 
+class AuthenticationError(TransportError):
+    """The server refused the call's credentials (``UNAUTHENTICATED``): no token was sent, or
+    the wrong one. Pass ``connect(url, token=...)`` or set ``JAC_SPLICE_TOKEN``/``JAC_ORC_TOKEN``."""
+
+
+class PermissionDeniedError(TransportError, PermissionError):
+    """The server does not serve this request (``PERMISSION_DENIED``): a builtin or attribute
+    outside what module servers offer, or, at jac-orc, an action this caller is not allowed."""
+
+
 class NotASpliceServerError(SpliceError):
     """The address answers, but neither as jac-orc nor as a jac-splice module server."""
 
@@ -56,10 +69,26 @@ class DeploymentLookupError(SpliceError, LookupError):
     """jac-orc has no single python-module deployment for the requested module."""
 
 
+class ClosedError(SpliceError):
+    """A call on a connection (or one of its proxies) after :meth:`Splice.close`."""
+
+
+class NumpyRequiredError(SpliceError, ImportError):
+    """A numpy array (or a scalar only numpy can hold) arrived where numpy cannot be imported.
+
+    numpy is optional for clients: install it with ``pip install 'jac-splice[numpy]'``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, name="numpy")
+
+
 _TRANSPORT_CLASSES: dict[str, type[TransportError]] = {
     "UNAVAILABLE": UnavailableError,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": PermissionDeniedError,
 }
 
 _remote_classes: dict[str, type[RemoteError]] = {}
@@ -114,9 +143,13 @@ def _remote_error(
 
 
 __all__ = [
+    "AuthenticationError",
+    "ClosedError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
+    "NumpyRequiredError",
+    "PermissionDeniedError",
     "RemoteError",
     "ResourceExhaustedError",
     "SpliceError",

@@ -12,7 +12,7 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING
 
 from jac_splice._native import use_numpy
-from jac_splice.client import Splice, connect
+from jac_splice.client import CA, Splice, connect
 from jac_splice.proxy import RemoteModule
 
 if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never evaluated here
@@ -47,11 +47,13 @@ class RemoteImports(importlib.abc.MetaPathFinder):
         deployments: dict[str, str] | None = None,
         namespace: str | None = None,
         servers: dict[str, str | Splice] | None = None,
+        *,
+        ca: CA | None = None,
     ) -> None:
         self.names = frozenset(names)
-        self.splice = server if isinstance(server, Splice) else connect(server, token)
+        self.splice = server if isinstance(server, Splice) else connect(server, token, ca=ca)
         self.servers: dict[str, Splice] = {
-            name: s if isinstance(s, Splice) else connect(s, token)
+            name: s if isinstance(s, Splice) else connect(s, token, ca=ca)
             for name, s in (servers or {}).items()
         }
         self.deployments = dict(deployments or {})
@@ -139,11 +141,14 @@ def remote_imports(
     deployments: dict[str, str] | None = None,
     namespace: str | None = None,
     servers: dict[str, str | Splice] | None = None,
+    *,
+    ca: CA | None = None,
 ) -> RemoteImports:
     """Installs (and returns) a finder that imports ``names`` from ``server``.
 
     ``server`` is a module server or jac-orc address, or a :class:`Splice` connection;
     ``servers`` overrides it per top-level module name (a module server serves one module).
-    ``deployments`` optionally maps a module name to its jac-orc deployment.
+    ``deployments`` optionally maps a module name to its jac-orc deployment. ``token`` and
+    ``ca`` are as for :func:`jac_splice.connect` (without a token, each connection finds its own).
     """
-    return RemoteImports(names, server, token, deployments, namespace, servers).install()
+    return RemoteImports(names, server, token, deployments, namespace, servers, ca=ca).install()

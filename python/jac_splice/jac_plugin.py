@@ -6,9 +6,12 @@ Configuration (environment):
 * ``JAC_SPLICE_SERVER``: module server ("127.0.0.1:50051") or jac-orc ("http://jac-orc:8000").
 * ``JAC_SPLICE_MODULES``: comma-separated module names to import remotely, or
 * ``JAC_SPLICE_CONFIG``: a JSON file ``{"server": "...", "modules": ["numpy"], "token": "...",
-  "servers": {"scipy": "127.0.0.1:50052"}, "deployments": {"numpy": "np-deployment"},
-  "namespace": "..."}`` (environment wins; ``servers`` sends a module to its own server).
-* ``JAC_SPLICE_TOKEN``: optional bearer token.
+  "ca": "ca.pem", "servers": {"scipy": "127.0.0.1:50052"}, "deployments": {"numpy":
+  "np-deployment"}, "namespace": "..."}`` (environment wins; ``servers`` sends a module to its
+  own server).
+* ``JAC_SPLICE_TOKEN``: the bearer token every call carries (a module server's call token, or
+  jac-orc's token); without one each connection finds its own (see ``jac_splice.credentials``).
+* ``JAC_SPLICE_CA``: PEM file of the CA to trust for ``https://`` servers (else the system's).
 
 The hook is a ``sys.meta_path`` finder installed when jaclang loads its plugins; Jac compiles its
 Python imports to ordinary imports, so the finder sees them.
@@ -36,8 +39,9 @@ def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
         config["server"] = env["JAC_SPLICE_SERVER"]
     if env.get("JAC_SPLICE_MODULES"):
         config["modules"] = env["JAC_SPLICE_MODULES"]
-    if env.get("JAC_SPLICE_TOKEN"):
-        config["token"] = env["JAC_SPLICE_TOKEN"]
+    for key in ("token", "ca"):
+        if env.get(f"JAC_SPLICE_{key.upper()}"):
+            config[key] = env[f"JAC_SPLICE_{key.upper()}"]
     modules = config.get("modules", [])
     if isinstance(modules, str):
         modules = modules.split(",")
@@ -61,6 +65,7 @@ def install(environ: dict[str, str] | None = None) -> RemoteImports | None:
         deployments=config.get("deployments"),
         namespace=config.get("namespace"),
         servers=config.get("servers"),
+        ca=config.get("ca"),
     )
     return _installed
 

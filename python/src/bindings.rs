@@ -9,14 +9,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use tonic::Status;
 
+use crate::access::{Access, CallToken};
 use crate::client::{self, new_session_id, Connection, Options, Route};
 use crate::codec::{self, DecodeError};
-use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr};
+use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
 use crate::host::{RunningServer, ServerConfig};
 use crate::proto::{
     value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
 };
 use crate::runtime::{block_on_interruptible, rt, SLICE};
+use crate::server::{tls_acceptor, Security};
 
 /// Ctrl-C while detached: a pending signal handler that raises ends the wait.
 fn check_signals() -> PyResult<()> {
@@ -125,17 +127,31 @@ impl Client {
         Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
     }
 
+    fn peer(&self) -> Peer<'_> {
+        Peer { address: self.connection.address(), token_sent: self.connection.has_token(), via: self.route.via() }
+    }
+
+    /// `ClosedError` once the connection was closed.
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        self.connection.check_open().map_err(|e| client_to_pyerr(py, &e, self.peer()))
+    }
+
+    fn status_error(&self, py: Python<'_>, status: &Status) -> PyErr {
+        status_to_pyerr(py, status, self.peer())
+    }
+
     fn decode_response(&self, py: Python<'_>, response: Result<ValueResponse, client::Error>) -> PyResult<Py<PyAny>> {
-        let response = response.map_err(|e| client_to_pyerr(py, &e))?;
+        let response = response.map_err(|e| client_to_pyerr(py, &e, self.peer()))?;
         match response.result {
             Some(value_response::Result::Value(value)) => {
                 let session = self.route.session().to_owned();
                 let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
+                    self.route.track(&r.id);
                     let obj =
                         RemoteRef { id: r.id, type_name: r.type_name, callable: r.callable, session: session.clone() };
                     Ok(Bound::new(py, obj)?.into_any())
                 };
-                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(DecodeError::into_pyerr)
+                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(|e| e.into_pyerr(py))
             }
             Some(value_response::Result::Error(err)) => Err(remote_to_pyerr(py, err)),
             None => Err(PyValueError::new_err("empty response from the module server")),
@@ -146,18 +162,22 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (target, *, token=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0))]
+    #[pyo3(signature = (target, *, token=None, ca=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one each
     fn new(
         py: Python<'_>,
         target: String,
         token: Option<String>,
+        ca: Option<Vec<u8>>,
         heartbeat_seconds: Option<f64>,
         max_message_bytes: usize,
         channels: usize,
         connect_timeout_seconds: f64,
     ) -> PyResult<Self> {
+        let peer = Peer { address: &target, token_sent: token.is_some(), via: None };
         let options = Options {
-            token,
+            token: token.clone(),
+            ca,
             max_message_bytes,
             channels,
             connect_timeout: Duration::try_from_secs_f64(connect_timeout_seconds)
@@ -169,7 +189,7 @@ impl Client {
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let connection = {
             let _guard = rt().enter();
-            Connection::new(&target, &options).map_err(|e| client_to_pyerr(py, &e))?
+            Connection::new(&target, &options).map_err(|e| client_to_pyerr(py, &e, peer))?
         };
         let route = Route::new(connection.clone(), new_session_id(), None);
         let _guard = rt().enter();
@@ -178,17 +198,46 @@ impl Client {
     }
 
     /// A client for `deployment`'s module server through jac-orc's `ModuleProxy` (new session).
-    fn via_proxy(&self, deployment: String, namespace: String) -> Self {
+    fn via_proxy(&self, py: Python<'_>, deployment: String, namespace: String) -> PyResult<Self> {
+        self.check_open(py)?;
         let _guard = rt().enter();
-        self.with_route(Some(ProxyTarget { deployment, namespace }))
+        Ok(self.with_route(Some(ProxyTarget { deployment, namespace })))
+    }
+
+    /// Closes the connection this client shares with its `via_proxy` clients: every session's
+    /// references are released on the servers (what cannot be, they free when the session's
+    /// lease ends), heartbeats stop, the sockets close, and every later call through any of
+    /// them raises `ClosedError`. Closing again does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let connection = self.connection.clone();
+        wait_for(py, async move { connection.close().await })
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.connection.is_closed()
     }
 
     /// What serves the target, from its gRPC health service: "orchestrator" (jac-orc) or
     /// "module-server"; anything else raises, naming the address.
     fn server_kind(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.check_open(py)?;
         let connection = self.connection.clone();
-        let kind = wait_for(py, async move { connection.server_kind().await })?.map_err(|e| client_to_pyerr(py, &e))?;
+        let kind = wait_for(py, async move { connection.server_kind().await })?
+            .map_err(|e| client_to_pyerr(py, &e, self.peer()))?;
         Ok(kind.as_str())
+    }
+
+    /// Sends `token` (`authorization: Bearer <token>`) with every request from now on, on this
+    /// client and every client sharing its connection (`via_proxy`).
+    fn set_token(&self, py: Python<'_>, token: &str) -> PyResult<()> {
+        self.connection.set_token(token).map_err(|e| client_to_pyerr(py, &e, self.peer()))
+    }
+
+    /// Whether requests carry a token.
+    #[getter]
+    fn has_token(&self) -> bool {
+        self.connection.has_token()
     }
 
     #[getter]
@@ -209,6 +258,7 @@ impl Client {
     /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
     #[pyo3(signature = (target, path))]
     fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
+        self.check_open(py)?;
         let route = &self.route;
         let response =
             wait_on_lane(py, route.connection(), |channel, lane| route.get_attr(channel, lane, target, path))?;
@@ -225,6 +275,7 @@ impl Client {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
+        self.check_open(py)?;
         let mut request = CallRequest { target, path, ..Default::default() };
         for arg in args.iter() {
             request.args.push(self.encode_arg(&arg)?);
@@ -241,9 +292,10 @@ impl Client {
 
     /// Releases `ids` now; returns (released, remaining). An empty list is the heartbeat.
     fn release(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<(u32, u32)> {
+        self.check_open(py)?;
         let route = self.route.clone();
         let response = wait_for(py, async move { route.release(ids).await })?;
-        let response = response.map_err(|s| status_to_pyerr(py, &s))?;
+        let response = response.map_err(|s| self.status_error(py, &s))?;
         Ok((response.released, response.remaining))
     }
 
@@ -254,14 +306,16 @@ impl Client {
 
     /// Sends the queued releases now.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_open(py)?;
         let route = self.route.clone();
-        wait_for(py, async move { route.flush().await })?.map_err(|s| status_to_pyerr(py, &s))
+        wait_for(py, async move { route.flush().await })?.map_err(|s| self.status_error(py, &s))
     }
 
     /// The module server's description as a dict.
     fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.check_open(py)?;
         let route = self.route.clone();
-        let d = wait_for(py, async move { route.describe().await })?.map_err(|s| status_to_pyerr(py, &s))?;
+        let d = wait_for(py, async move { route.describe().await })?.map_err(|s| self.status_error(py, &s))?;
         let out = PyDict::new(py);
         out.set_item("module", d.module)?;
         out.set_item("module_version", d.module_version)?;
@@ -283,9 +337,10 @@ impl Client {
         namespace: String,
         module: String,
     ) -> PyResult<Bound<'py, PyList>> {
+        self.check_open(py)?;
         let connection = self.connection.clone();
         let response = wait_for(py, async move { connection.list_deployments(namespace, module).await })?
-            .map_err(|s| status_to_pyerr(py, &s))?;
+            .map_err(|s| self.status_error(py, &s))?;
         let out = PyList::empty(py);
         for d in response.deployments {
             let item = PyDict::new(py);
@@ -321,18 +376,34 @@ pub struct ModuleServer {
 
 #[pymethods]
 impl ModuleServer {
+    /// `call_token` has no default: None (anyone who reaches the port may call) must be asked
+    /// for. `tls_cert`/`tls_key` (PEM) make every connection TLS.
     #[new]
-    #[pyo3(signature = (module, *, host="127.0.0.1".to_owned(), port=0, lease_seconds=60.0, max_message_bytes=1<<30))]
+    #[pyo3(signature = (module, *, call_token, host="127.0.0.1".to_owned(), port=0, lease_seconds=60.0, max_message_bytes=1<<30, tls_cert=None, tls_key=None))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one each
     fn new(
         py: Python<'_>,
         module: Bound<'_, PyAny>,
+        call_token: Option<String>,
         host: String,
         port: u16,
         lease_seconds: f64,
         max_message_bytes: usize,
+        tls_cert: Option<Vec<u8>>,
+        tls_key: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let lease = Duration::try_from_secs_f64(lease_seconds).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let config = ServerConfig { host: host.clone(), port, lease, max_message_bytes };
+        let access = match call_token {
+            Some(token) => Access::Token(CallToken::new(&token).map_err(|e| PyValueError::new_err(chain(&e)))?),
+            None => Access::Open,
+        };
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(&cert, &key).map_err(|e| PyValueError::new_err(chain(&e)))?),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("TLS needs both tls_cert and tls_key")),
+        };
+        let security = Security { access, tls };
+        let config = ServerConfig { host: host.clone(), port, lease, max_message_bytes, security };
         let server = RunningServer::start(py, module, &config)?;
         let port = server.port();
         Ok(Self { inner: Mutex::new(server), host, port })

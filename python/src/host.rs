@@ -3,11 +3,17 @@
 //! `server::run_blocking` (on the connection thread for a lane, else on the blocking pool), so
 //! the network threads never hold the GIL and calls run concurrently (as far as the served code
 //! releases the GIL).
+//!
+//! What may be reached is narrowed twice: `surface.rs` refuses helpers and dunder names from the
+//! request alone, and here no attribute step or result may be a module outside the served one
+//! (`mod.os`, `mod.sys.modules`...) or interpreter internals (frames, code, tracebacks: a
+//! generator's `gi_frame.f_globals` holds `__builtins__`). Both answer PERMISSION_DENIED.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{self, DecodeError};
@@ -19,8 +25,9 @@ use crate::proto::{
     Value, ValueResponse,
 };
 use crate::refs::RefTable;
-use crate::server::{self, from_lane, run_blocking, ServerHandle};
-use crate::wire::{BUILTINS, OPERATOR};
+use crate::server::{self, from_lane, run_blocking, Security, ServerHandle};
+use crate::surface::{self, Refused};
+use crate::wire::{BUILTINS, OPERATOR, SPLICE};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -28,6 +35,7 @@ pub struct ServerConfig {
     pub port: u16,
     pub lease: Duration,
     pub max_message_bytes: usize,
+    pub security: Security,
 }
 
 /// The served module and the objects handed out to sessions.
@@ -36,6 +44,28 @@ struct Host {
     name: String,
     version: String,
     table: RefTable<Py<PyAny>>,
+    /// `types.FrameType`, `CodeType`, `TracebackType`: never walked into nor handed out.
+    internals: Vec<Py<PyType>>,
+}
+
+/// Why a request's Python work ended without a value.
+enum Failure {
+    /// Raised by the served code (or the attribute lookup): sent back as a `RemoteError`.
+    Python(PyErr),
+    /// Not served: PERMISSION_DENIED.
+    Refused(Refused),
+}
+
+impl From<PyErr> for Failure {
+    fn from(err: PyErr) -> Self {
+        Self::Python(err)
+    }
+}
+
+impl From<Refused> for Failure {
+    fn from(refused: Refused) -> Self {
+        Self::Refused(refused)
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -58,36 +88,73 @@ impl Host {
         self.table.get(session, target, |obj| obj.clone_ref(py).into_bound(py)).ok_or_else(|| unknown_ref(target))
     }
 
-    /// Plain data by value, anything else as a reference stored for `session`.
-    fn encode_result(&self, session: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    /// Refuses `obj`, reached as `name`, if it is a module other than the served one (or its
+    /// submodules) or interpreter internals.
+    fn guard(&self, name: &str, obj: &Bound<'_, PyAny>) -> Result<(), Failure> {
+        if let Ok(module) = obj.cast::<PyModule>() {
+            let module = module.name()?.to_string();
+            let inside = module == self.name
+                || module.strip_prefix(self.name.as_str()).is_some_and(|rest| rest.starts_with('.'));
+            if !inside {
+                return Err(Refused::ForeignModule { name: name.to_owned(), module, served: self.name.clone() }.into());
+            }
+        }
+        for internal in &self.internals {
+            if obj.is_instance(internal.bind(obj.py()))? {
+                return Err(Refused::Internals { name: name.to_owned(), kind: codec::type_name(obj)? }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// `obj.path[0].path[1]...`, each step guarded.
+    fn walk<'py>(&self, mut obj: Bound<'py, PyAny>, path: &[String]) -> Result<Bound<'py, PyAny>, Failure> {
+        for name in path {
+            obj = obj.getattr(name.as_str())?;
+            self.guard(name, &obj)?;
+        }
+        Ok(obj)
+    }
+
+    /// Plain data by value, anything else (if served) as a reference stored for `session`.
+    fn encode_result(&self, session: &str, obj: &Bound<'_, PyAny>) -> Result<Value, Failure> {
         if let Some(value) = codec::encode(obj, &mut |_| Ok(None))? {
             return Ok(value);
         }
+        self.guard("the result", obj)?;
         let r = WireRef { type_name: codec::type_name(obj)?, callable: obj.is_callable(), id: String::new() };
         let id = self.table.insert(session, obj.clone().unbind());
         Ok(Value { kind: Some(crate::proto::value::Kind::Ref(WireRef { id, ..r })) })
     }
 
-    fn finish(&self, py: Python<'_>, session: &str, result: PyResult<Bound<'_, PyAny>>) -> ValueResponse {
+    fn finish(&self, py: Python<'_>, session: &str, result: Result<Bound<'_, PyAny>, Failure>) -> Outcome {
         let result = result.and_then(|obj| self.encode_result(session, &obj));
-        ValueResponse {
-            result: Some(match result {
-                Ok(value) => value_response::Result::Value(value),
-                Err(err) => value_response::Result::Error(remote_error(py, &err)),
-            }),
-        }
+        let result = match result {
+            Ok(value) => value_response::Result::Value(value),
+            Err(Failure::Python(err)) => value_response::Result::Error(remote_error(py, &err)),
+            Err(Failure::Refused(refused)) => return Err(refused.into()),
+        };
+        Ok(ValueResponse { result: Some(result) })
     }
 
     fn get_attr(&self, py: Python<'_>, request: GetAttrRequest) -> Outcome {
         let target = self.resolve(py, &request.session, &request.target)?;
-        let result = walk(target, &request.path);
-        Ok(self.finish(py, &request.session, result))
+        let result = self.walk(target, &request.path);
+        self.finish(py, &request.session, result)
     }
 
     fn call(&self, py: Python<'_>, request: CallRequest) -> Outcome {
         let session = request.session.as_str();
-        let target = self.resolve(py, session, &request.target)?;
-        let mut lookup = |r: WireRef| self.resolve(py, session, &r.id).map_err(|_| DecodeError::UnknownRef(r.id));
+        let target = match request.target.as_str() {
+            SPLICE => None,
+            target => Some(self.resolve(py, session, target)?),
+        };
+        // Arguments are references the session holds (or the served module, ""); the reserved
+        // targets are not references, or `builtins` itself could be passed to served code.
+        let mut lookup = |r: WireRef| match r.id.as_str() {
+            id if surface::is_reserved(id) => Err(DecodeError::UnknownRef(r.id)),
+            id => self.resolve(py, session, id).map_err(|_| DecodeError::UnknownRef(r.id)),
+        };
         let mut args = Vec::with_capacity(request.args.len());
         let kwargs = PyDict::new(py);
         let decoded: Result<(), DecodeError> = (|| {
@@ -104,26 +171,81 @@ impl Host {
             Ok(()) => {}
             Err(DecodeError::UnknownRef(id)) => return Err(unknown_ref(&id)),
             Err(DecodeError::Malformed(what)) => return Err(Status::invalid_argument(what)),
-            Err(DecodeError::Python(err)) => return Ok(self.finish(py, session, Err(err))),
+            Err(err) => return self.finish(py, session, Err(err.into_pyerr(py).into())),
         }
-        let result = walk(target, &request.path).and_then(|callee| {
+        let Some(target) = target else {
+            // `@splice`: `surface::check_call` let only `describe` through.
+            let result = match (args.as_slice(), kwargs.is_empty()) {
+                ([obj], true) => describe(obj).map_err(Failure::from),
+                _ => Err(PyTypeError::new_err("@splice.describe takes exactly one argument").into()),
+            };
+            return self.finish(py, session, result);
+        };
+        let result = self.walk(target, &request.path).and_then(|callee| {
             let args = PyTuple::new(py, args)?;
-            callee.call(args, Some(&kwargs))
+            Ok(callee.call(args, Some(&kwargs))?)
         });
-        Ok(self.finish(py, session, result))
+        self.finish(py, session, result)
     }
+}
+
+/// `@splice.describe(obj)`: what a proxy shows as the object's own, as plain data only (the
+/// text of a signature, never the `Signature` with its defaults and annotations):
+/// `kind` ("module", "class", "function" for any routine, else "object"), `doc`, `name`,
+/// `qualname`, `module` (`None` when absent or not text), `signature` (`str(inspect.signature(obj))`
+/// of a callable) or `signature_error` (why there is none), and `type_level`: whether the
+/// object's doc is its type's and it has no name of its own, so a client may reuse the answer
+/// for every instance of the type.
+fn describe<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let inspect = py.import("inspect")?;
+    let is = |predicate: &str| -> PyResult<bool> { inspect.call_method1(predicate, (obj,))?.is_truthy() };
+    let kind = if is("ismodule")? {
+        "module"
+    } else if is("isclass")? {
+        "class"
+    } else if is("isroutine")? {
+        "function"
+    } else {
+        "object"
+    };
+    // A failing property reads as "absent": the answer is for display, and one odd attribute
+    // must not hide the others.
+    let text = |name: &str| -> Option<String> {
+        obj.getattr(name).ok().and_then(|value| value.cast_into::<PyString>().ok()).map(|s| s.to_string())
+    };
+    let doc = obj.getattr("__doc__").ok();
+    let out = PyDict::new(py);
+    out.set_item("kind", kind)?;
+    out.set_item("doc", doc.as_ref().and_then(|d| d.cast::<PyString>().ok()).map(|s| s.to_string()))?;
+    let (name, qualname) = (text("__name__"), text("__qualname__"));
+    let type_doc = obj.get_type().getattr("__doc__").ok();
+    let doc_is_the_types = match (&doc, &type_doc) {
+        (Some(doc), Some(type_doc)) => doc.is(type_doc),
+        (None, None) => true,
+        _ => false,
+    };
+    let type_level = kind == "object" && !obj.is_callable() && doc_is_the_types && name.is_none() && qualname.is_none();
+    out.set_item("name", name)?;
+    out.set_item("qualname", qualname)?;
+    out.set_item("module", text("__module__"))?;
+    out.set_item("type_level", type_level)?;
+    let (signature, signature_error) = if obj.is_callable() {
+        match inspect.call_method1("signature", (obj,)).and_then(|sig| sig.str()) {
+            Ok(sig) => (Some(sig.to_string()), None),
+            Err(err) => (None, Some(format!("{}: {}", codec::type_name(err.value(py))?, err.value(py).str()?))),
+        }
+    } else {
+        (None, Some("not callable".to_owned()))
+    };
+    out.set_item("signature", signature)?;
+    out.set_item("signature_error", signature_error)?;
+    Ok(out.into_any())
 }
 
 /// Importing `builtins` or `operator` failed: the interpreter itself is broken.
 fn internal(err: PyErr) -> Status {
     Status::internal(err.to_string())
-}
-
-fn walk<'py>(mut obj: Bound<'py, PyAny>, path: &[String]) -> PyResult<Bound<'py, PyAny>> {
-    for name in path {
-        obj = obj.getattr(name.as_str())?;
-    }
-    Ok(obj)
 }
 
 fn unknown_ref(id: &str) -> Status {
@@ -164,6 +286,7 @@ impl ModuleService for Service {
         let inline = from_lane(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
+        surface::check_get_attr(&request.target, &request.path)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
         run_python(inline, move |py| host.get_attr(py, request)).await?.map(Response::new)
@@ -173,6 +296,7 @@ impl ModuleService for Service {
         let inline = from_lane(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
+        surface::check_call(&request)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
         run_python(inline, move |py| host.call(py, request)).await?.map(Response::new)
@@ -230,14 +354,20 @@ impl RunningServer {
             Some(v) => v.str()?.to_string(),
             None => String::new(),
         };
-        let host = Arc::new(Host { module: module.unbind(), name, version, table: RefTable::new(config.lease) });
+        let types = py.import("types")?;
+        let internals = ["FrameType", "CodeType", "TracebackType"]
+            .into_iter()
+            .map(|name| Ok(types.getattr(name)?.cast_into::<PyType>()?.unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        let table = RefTable::new(config.lease);
+        let host = Arc::new(Host { module: module.unbind(), name, version, table, internals });
         let service = ModuleServiceServer::new(Service { host: host.clone() })
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         let routes = tonic::service::Routes::new(service);
         let reaper = Box::pin(reap(host.clone()));
         let server = py
-            .detach(|| server::start(&config.host, config.port, routes, python_thread, reaper))
+            .detach(|| server::start(&config.host, config.port, routes, config.security.clone(), python_thread, reaper))
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(chain(&e)))?;
         Ok(Self { server, host })
     }

@@ -1,5 +1,6 @@
 //! `jac_splice._native`: the transport and value codec behind the `jac_splice` package.
 //! This module only exports names; the logic lives in the modules below.
+mod access;
 #[cfg(target_os = "linux")]
 mod alloc;
 mod bindings;
@@ -11,8 +12,10 @@ mod host;
 mod lane;
 mod proto;
 mod refs;
+mod route;
 mod runtime;
 mod server;
+mod surface;
 #[cfg(test)]
 mod testing;
 mod wire;
@@ -32,6 +35,11 @@ fn use_numpy(module: &Bound<'_, PyAny>) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What module servers serve beyond the module (`surface.rs`); the proxies ask for no more.
+    m.add("BUILTIN_HELPERS", surface::BUILTIN_HELPERS.to_vec())?;
+    m.add("OPERATOR_HELPERS", surface::OPERATOR_HELPERS.to_vec())?;
+    m.add("SPLICE_HELPERS", surface::SPLICE_HELPERS.to_vec())?;
+    m.add("PROTOCOL_ATTRIBUTES", surface::PROTOCOL_ATTRIBUTES.to_vec())?;
     m.add_class::<bindings::Client>()?;
     m.add_class::<bindings::RemoteRef>()?;
     m.add_class::<bindings::ModuleServer>()?;

@@ -2,7 +2,9 @@
 //! each its own thread (like a threaded server), reports gRPC health, and runs each request's
 //! blocking work either on that connection's thread (a lane's request: the connection carries
 //! nothing else meanwhile) or on the blocking pool (so a multiplexed connection keeps serving
-//! its other streams). `host.rs` puts the Python module behind it.
+//! its other streams). Before a request reaches the routes it must pass the server's `Access`
+//! (the call token, see `access.rs`), and with TLS configured every connection is a TLS one.
+//! `host.rs` puts the Python module behind it.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,8 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio_rustls::rustls;
 use tonic::{Request, Status};
 
+use crate::access::Access;
 use crate::wire::{is_oversize, CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, STREAM_WINDOW};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,16 @@ pub enum Error {
     CallDropped,
     #[error("request task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error("cannot read the TLS {what}")]
+    TlsPem {
+        what: &'static str,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the TLS certificate file holds no certificate")]
+    NoCertificate,
+    #[error("the TLS certificate and key do not make a server configuration")]
+    TlsConfig(#[source] rustls::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,6 +58,54 @@ pub type ThreadScope = fn(Box<dyn FnOnce() + Send + '_>);
 
 /// Work that runs beside the server on its runtime until it stops (the host's lease reaper).
 pub type Background = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a connection must show before its requests are served: the call token (or nothing, for
+/// an open server) and, if set, TLS.
+#[derive(Clone)]
+pub struct Security {
+    pub access: Access,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security").field("access", &self.access).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+impl Security {
+    /// No token, no TLS: for the transport tests.
+    #[cfg(test)]
+    pub fn open() -> Self {
+        Self { access: Access::Open, tls: None }
+    }
+}
+
+/// A TLS acceptor for `cert_pem` (the server's certificate chain, leaf first) and `key_pem` (its
+/// private key), speaking only HTTP/2 (gRPC clients insist on ALPN `h2`).
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::TlsPem { what: "certificate", source })?;
+    if chain.is_empty() {
+        return Err(Error::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| Error::TlsPem { what: "private key", source })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::TlsConfig)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(Error::TlsConfig)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A client that never finishes its TLS handshake gives its connection thread back after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a request came over a client lane (see `wire::LANE_HEADER`).
 pub fn from_lane<T>(request: &Request<T>) -> bool {
@@ -110,12 +172,14 @@ pub struct ServerHandle {
 }
 
 /// Binds `host:port`, then serves `routes` (plus gRPC health: SERVING for "", "ModuleService"
-/// and `MODULE_SERVICE`) until `stop`: a thread accepts connections and gives each its own
-/// thread, wrapped in `scope`; `background` runs beside it on the accepting thread's runtime.
+/// and `MODULE_SERVICE`) to the callers `security` lets in until `stop`: a thread accepts
+/// connections and gives each its own thread, wrapped in `scope`; `background` runs beside it
+/// on the accepting thread's runtime.
 pub fn start(
     host: &str,
     port: u16,
     routes: tonic::service::Routes,
+    security: Security,
     scope: ThreadScope,
     background: Background,
 ) -> Result<ServerHandle> {
@@ -138,7 +202,7 @@ pub fn start(
         }
         let routes = routes.add_service(health);
         let background = tokio::spawn(background);
-        let result = accept_loop(listener, routes, scope, async {
+        let result = accept_loop(listener, routes, security, scope, async {
             let _ = rx.await;
         })
         .await;
@@ -192,6 +256,7 @@ type Routes = tower::util::MapResponse<
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
+    security: Security,
     scope: ThreadScope,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -214,10 +279,11 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let (routes, stop, alive) = (routes.clone(), stop_rx.clone(), alive_tx.clone());
+                let (routes, security) = (routes.clone(), security.clone());
+                let (stop, alive) = (stop_rx.clone(), alive_tx.clone());
                 std::thread::Builder::new()
                     .name("jac-splice-conn".into())
-                    .spawn(move || serve_connection(stream, routes, scope, stop, alive))
+                    .spawn(move || serve_connection(stream, routes, security, scope, stop, alive))
                     .map_err(Error::Thread)?;
             }
         }
@@ -234,6 +300,7 @@ async fn accept_loop(
 fn serve_connection(
     stream: std::net::TcpStream,
     routes: Routes,
+    security: Security,
     scope: ThreadScope,
     mut stop: tokio::sync::watch::Receiver<()>,
     _alive: tokio::sync::mpsc::Sender<()>,
@@ -241,7 +308,22 @@ fn serve_connection(
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
-    scope(Box::new(|| serve_on(&rt, stream, routes, &mut stop)));
+    scope(Box::new(|| {
+        let _context = rt.enter();
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        match &security.tls {
+            None => serve_on(&rt, stream, routes, security.access, &mut stop),
+            Some(acceptor) => {
+                let handshake = rt.block_on(tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)));
+                // A failed or stalled handshake (a plaintext client, an untrusting one) just closes.
+                if let Ok(Ok(stream)) = handshake {
+                    serve_on(&rt, stream, routes, security.access, &mut stop);
+                }
+            }
+        }
+    }));
     // Calls still running in the blocking pool finish on their own.
     rt.shutdown_background();
 }
@@ -317,16 +399,15 @@ impl http_body::Body for Guarded {
 /// The connection thread's loop: drive the connection until a lane's request has blocking work,
 /// run that work outside the runtime, resume. Asked to stop, it stops taking new streams and ends
 /// once nothing is in flight.
-fn serve_on(
+fn serve_on<S>(
     rt: &tokio::runtime::Runtime,
-    stream: std::net::TcpStream,
+    stream: S,
     routes: Routes,
+    access: Access,
     stop: &mut tokio::sync::watch::Receiver<()>,
-) {
-    let _context = rt.enter();
-    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-        return;
-    };
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
     INLINE.with(|c| *c.borrow_mut() = Some(jobs_tx));
     let in_flight = Arc::new(InFlight::default());
@@ -334,9 +415,15 @@ fn serve_on(
     let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
         move |request: http::Request<hyper::body::Incoming>| {
             let guard = InFlightGuard::new(&counted);
-            let call = tower::ServiceExt::oneshot(routes.clone(), request.map(tonic::body::Body::new));
+            // Refused here, on the headers: the body is never decoded and no Python runs.
+            let call = access
+                .check(&request)
+                .map(|()| tower::ServiceExt::oneshot(routes.clone(), request.map(tonic::body::Body::new)));
             async move {
-                let response = call.await?;
+                let response = match call {
+                    Ok(call) => call.await?,
+                    Err(status) => status.into_http(),
+                };
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| tonic::body::Body::new(Guarded { body, _guard: guard })),
                 )
@@ -391,7 +478,7 @@ mod tests {
     use crate::client::{Error as ClientError, Route};
     use crate::proto::CallRequest;
     use crate::runtime::rt;
-    use crate::testing::{connect, never, Recorder, Rendezvous, TestModuleServer, BOUND};
+    use crate::testing::{connect, connect_with, never, Recorder, Rendezvous, TestModuleServer, BOUND};
 
     fn grpc_error(code: &str, message: &str) -> http::Response<tonic::body::Body> {
         let mut response = http::Response::new(tonic::body::Body::empty());
@@ -439,9 +526,89 @@ mod tests {
             Recorder::default(),
         ));
         let port = server.addr().port();
-        let err = start("127.0.0.1", port, routes, |run| run(), Box::pin(std::future::pending())).unwrap_err();
+        let err = start("127.0.0.1", port, routes, Security::open(), |run| run(), Box::pin(std::future::pending()))
+            .unwrap_err();
         assert!(matches!(err, Error::Bind { .. }), "{err:?}");
         assert!(err.to_string().contains(&port.to_string()) && std::error::Error::source(&err).is_some());
+    }
+
+    fn call_through(connection: &std::sync::Arc<crate::client::Connection>) -> Result<(), ClientError> {
+        let route = Route::new(connection.clone(), crate::client::new_session_id(), None);
+        let answered =
+            connection.block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never);
+        answered.unwrap_or_else(|never| match never {}).map(drop)
+    }
+
+    fn token_security(token: &str) -> Security {
+        Security { access: Access::Token(crate::access::CallToken::new(token).unwrap()), tls: None }
+    }
+
+    fn code_of(result: Result<(), ClientError>) -> tonic::Code {
+        match result {
+            Err(ClientError::Rpc(status)) => status.code(),
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_with_a_call_token_serves_only_calls_carrying_it() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start_with(recorder.clone(), token_security("the-call-token"));
+        let target = server.addr().to_string();
+        let anonymous = connect_with(&target, None, None);
+        assert_eq!(code_of(call_through(&anonymous)), tonic::Code::Unauthenticated);
+        let wrong = connect_with(&target, Some("not-the-call-token"), None);
+        assert_eq!(code_of(call_through(&wrong)), tonic::Code::Unauthenticated);
+        assert!(recorder.seen().is_empty(), "refused calls never reach the service");
+        let caller = connect_with(&target, Some("the-call-token"), None);
+        call_through(&caller).expect("the call token is let in");
+        assert_eq!(recorder.seen().len(), 1);
+    }
+
+    #[test]
+    fn health_stays_open_on_a_server_with_a_call_token() {
+        let server = TestModuleServer::start_with(Recorder::default(), token_security("the-call-token"));
+        let anonymous = connect_with(&server.addr().to_string(), None, None);
+        let kind = rt().block_on(async { tokio::time::timeout(BOUND, anonymous.server_kind()).await }).unwrap();
+        assert_eq!(kind.unwrap(), crate::client::ServerKind::ModuleServer);
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM).
+    fn self_signed() -> (String, String) {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_tls_server_is_reached_with_its_ca_and_refused_without_it() {
+        let (cert, key) = self_signed();
+        let tls = tls_acceptor(cert.as_bytes(), key.as_bytes()).unwrap();
+        let security = Security { tls: Some(tls), ..token_security("the-call-token") };
+        let server = TestModuleServer::start_with(Recorder::default(), security);
+        let url = format!("https://127.0.0.1:{}", server.addr().port());
+        let trusting = connect_with(&url, Some("the-call-token"), Some(cert.as_bytes()));
+        call_through(&trusting).expect("a client trusting the certificate calls over TLS");
+        // Over TLS the token is still required.
+        let anonymous = connect_with(&url, None, Some(cert.as_bytes()));
+        assert_eq!(code_of(call_through(&anonymous)), tonic::Code::Unauthenticated);
+        // The system's roots do not know a self-signed certificate.
+        let untrusting = connect_with(&url, Some("the-call-token"), None);
+        let err = call_through(&untrusting).unwrap_err();
+        assert!(crate::errors::chain(&err).contains("certificate"), "{}", crate::errors::chain(&err));
+        // Plaintext to a TLS port gets no answer.
+        let plain = connect_with(&server.addr().to_string(), Some("the-call-token"), None);
+        assert!(call_through(&plain).is_err());
+    }
+
+    #[test]
+    fn tls_setup_names_what_is_wrong() {
+        let (cert, key) = self_signed();
+        assert!(matches!(tls_acceptor(b"", key.as_bytes()), Err(Error::NoCertificate)));
+        let err = tls_acceptor(cert.as_bytes(), b"not a key").err();
+        assert!(matches!(err, Some(Error::TlsPem { what: "private key", .. })), "{err:?}");
+        let (_, other_key) = self_signed();
+        assert!(matches!(tls_acceptor(cert.as_bytes(), other_key.as_bytes()), Err(Error::TlsConfig(_))));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::proto::{
     ValueResponse,
 };
 use crate::runtime::rt;
-use crate::server::{self, from_lane, run_blocking, ServerHandle};
+use crate::server::{self, from_lane, run_blocking, Security, ServerHandle};
 
 /// How long a test waits for something that should happen at once: generous, so a slow machine
 /// never fails a test; a wait that runs out means the behaviour is wrong.
@@ -153,8 +153,14 @@ pub struct TestModuleServer {
 
 impl TestModuleServer {
     pub fn start(recorder: Recorder) -> Self {
+        Self::start_with(recorder, Security::open())
+    }
+
+    /// Serving only the callers `security` lets in.
+    pub fn start_with(recorder: Recorder, security: Security) -> Self {
         let routes = tonic::service::Routes::new(ModuleServiceServer::new(recorder));
-        let handle = server::start("127.0.0.1", 0, routes, plain_thread, Box::pin(std::future::pending())).unwrap();
+        let handle =
+            server::start("127.0.0.1", 0, routes, security, plain_thread, Box::pin(std::future::pending())).unwrap();
         Self { handle }
     }
 
@@ -236,9 +242,20 @@ pub fn dead_address() -> SocketAddr {
 
 /// A client connection to `addr`.
 pub fn connect(addr: SocketAddr) -> Arc<Connection> {
-    let options = Options { token: None, max_message_bytes: 4 << 20, channels: 2, connect_timeout: BOUND };
+    connect_with(&addr.to_string(), None, None)
+}
+
+/// A client connection to `target` sending `token`, trusting `ca` for https.
+pub fn connect_with(target: &str, token: Option<&str>, ca: Option<&[u8]>) -> Arc<Connection> {
+    let options = Options {
+        token: token.map(str::to_owned),
+        ca: ca.map(<[u8]>::to_vec),
+        max_message_bytes: 4 << 20,
+        channels: 2,
+        connect_timeout: BOUND,
+    };
     let _runtime = rt().enter();
-    Connection::new(&addr.to_string(), &options).unwrap()
+    Connection::new(target, &options).unwrap()
 }
 
 /// Never interrupts a blocked call.

@@ -8,12 +8,17 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self
+    from typing_extensions import Self
 
 __version__ = "1.2.3"
 
 ANSWER = 42
 _live: weakref.WeakSet[Thing] = weakref.WeakSet()
+_UNSET = object()  # a default whose repr ("<object object at 0x...>") is no Python literal
+builtin_max = max  # a builtin without a signature
 
 
 class CustomKeyError(KeyError):
@@ -28,6 +33,12 @@ class Thing:
     def bump(self, by: int = 1) -> int:
         self.value += by
         return self.value
+
+    def __bytes__(self) -> bytes:
+        return str(self.value).encode()
+
+    def __complex__(self) -> complex:
+        return complex(self.value, 1)
 
 
 class Box:
@@ -64,6 +75,12 @@ class Box:
     def __lt__(self, other: Box) -> bool:
         return len(self.items) < len(other.items)
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.items.append("exited")
+
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -87,6 +104,28 @@ class Gate:
 
 def identity(x: Any) -> Any:
     return x
+
+
+def documented(
+    a: Any,
+    b: int = 2,
+    /,
+    c: str = "x",
+    *rest: Any,
+    scale: float = 1.5,
+    where: Any = _UNSET,
+    **options: Any,
+) -> str:
+    """Adds things up.
+
+    A second paragraph, for help().
+    """
+    return "documented"
+
+
+def set_box_doc(doc: str) -> None:
+    """Changes Box's docstring (proxies cache an instance's doc per remote type)."""
+    Box.__doc__ = doc
 
 
 def pid() -> int:
@@ -125,6 +164,11 @@ def fail_custom(key: str) -> None:
 
 def big_bytes(n: int) -> bytes:
     return b"x" * n
+
+
+def count_up(n: int) -> Iterator[int]:
+    """A generator: iterable through the proxy; its frame (and globals) stay out of reach."""
+    yield from range(n)
 
 
 def kwargs_echo(*args: Any, **kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 import jac_splice
-from jac_splice import RemoteError, ResourceExhaustedError, UnavailableError
+from jac_splice import NotFoundError, RemoteError, ResourceExhaustedError, UnavailableError
 
 from conftest import TESTS, server_env
 
@@ -62,8 +63,10 @@ def test_oversize_messages_are_resource_exhausted_and_the_server_keeps_serving(
 
 
 def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_factory: Any) -> None:
-    server = server_factory()
-    splice = jac_splice.connect(server.address)
+    # A deployment's token outlives its server (a hand-started server makes a new one each start).
+    token = {"JAC_SPLICE_CALL_TOKEN": "restart-call-token"}
+    server = server_factory(env=token)
+    splice = jac_splice.connect(server.address, "restart-call-token")
     tm = splice.import_module("splice_testmod")
     errors: list[BaseException] = []
 
@@ -80,5 +83,18 @@ def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_fac
     caller.join(15)
     assert not caller.is_alive()
     assert errors and isinstance(errors[0], UnavailableError), errors
-    restarted = server_factory(port=server.port)
+    restarted = server_factory(port=server.port, env=token)
     assert tm.pid() == restarted.proc.pid
+
+
+def test_transport_errors_name_the_address(server_factory: Any) -> None:
+    server = server_factory("splice_testmod")
+    splice = jac_splice.connect(server.address)
+    tm = splice.import_module("splice_testmod")
+    with pytest.raises(NotFoundError, match=f"^NOT_FOUND: {re.escape(server.address)}: unknown"):
+        splice.client.call("r-no-such-id", [], ())
+    assert tm.pid() == server.proc.pid
+    server.stop()
+    with pytest.raises(UnavailableError) as info:
+        tm.pid()
+    assert server.address in str(info.value), info.value

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from jac_splice.jac_plugin import load_config
+
 from conftest import server_env
 
 JAC_PROGRAM = """
@@ -40,8 +42,10 @@ sys.exit(start_cli())
 
 @pytest.mark.skipif(shutil.which("jac") is None, reason="jaclang is not installed")
 def test_jac_run_uses_remote_modules(server_factory: Any, tmp_path: Path) -> None:
-    numpy_server = server_factory("numpy")
-    testmod_server = server_factory("splice_testmod")
+    # Both servers were given one call token; the plugin sends JAC_SPLICE_TOKEN with every call.
+    token = {"JAC_SPLICE_CALL_TOKEN": "jac-plugin-call-token"}
+    numpy_server = server_factory("numpy", env=token)
+    testmod_server = server_factory("splice_testmod", env=token)
     program = tmp_path / "remote.jac"
     program.write_text(JAC_PROGRAM)
     config = tmp_path / "splice.json"
@@ -52,6 +56,7 @@ def test_jac_run_uses_remote_modules(server_factory: Any, tmp_path: Path) -> Non
         JAC_SPLICE_SERVER=numpy_server.address,
         JAC_SPLICE_MODULES="numpy,splice_testmod",
         JAC_SPLICE_CONFIG=str(config),
+        JAC_SPLICE_TOKEN="jac-plugin-call-token",
     )
     result = subprocess.run(
         [sys.executable, "-c", JAC_CLI, "run", str(program)], env=env, cwd=tmp_path,
@@ -62,3 +67,17 @@ def test_jac_run_uses_remote_modules(server_factory: Any, tmp_path: Path) -> Non
     assert lines["sum"] == "10"
     assert int(lines["server_pid"]) == testmod_server.proc.pid
     assert int(lines["local_pid"]) != testmod_server.proc.pid
+
+
+def test_the_plugin_reads_token_and_ca_from_the_environment(tmp_path: Path) -> None:
+    config_file = tmp_path / "splice.json"
+    config_file.write_text(json.dumps({"server": "h:1", "token": "from-file", "ca": "file.pem"}))
+    env = {"JAC_SPLICE_CONFIG": str(config_file), "JAC_SPLICE_MODULES": "numpy"}
+    assert load_config(env)["token"] == "from-file"
+    env.update(JAC_SPLICE_TOKEN="from-env", JAC_SPLICE_CA="/etc/ca.pem")
+    config = load_config(env)
+    assert (config["token"], config["ca"], config["modules"]) == (
+        "from-env",
+        "/etc/ca.pem",
+        ["numpy"],
+    )

@@ -3,6 +3,12 @@ jac-orc's ModuleProxy (and its ListDeployments, which finds the deployment of a 
 
 The jac-orc binary comes from JAC_ORC_BIN (else `jac-orc` on PATH, else cargo's debug build
 under CARGO_TARGET_DIR or ./target). Without one the tests skip, unless JAC_ORC_REQUIRE_BIN=1.
+
+jac-orc authenticates every call: the tests send the admin token `jac-orc serve` generates in
+its data dir (the session's own JAC_ORC_DATA_DIR is empty, so nothing is found by accident). Each
+python-module deployment gets a call token of its own, which its module servers require and
+ModuleProxy adds for callers allowed to call it; a direct client reads it from the deployment's
+secrets.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from typing import Any
 import pytest
 
 import jac_splice
-from jac_splice.exceptions import DeploymentLookupError
+from jac_splice.exceptions import (
+    AuthenticationError,
+    DeploymentLookupError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
@@ -63,6 +74,7 @@ class Orchestrator:
     proc: subprocess.Popen
     address: str
     drain: threading.Thread
+    token: str = ""
     log: list[str] = field(default_factory=list)
 
     @property
@@ -71,9 +83,8 @@ class Orchestrator:
 
     def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"content-type": "application/json"}
-        )
+        headers = {"content-type": "application/json", "authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return json.loads(response.read() or b"null")
@@ -98,10 +109,10 @@ class Orchestrator:
             self.proc.stderr.close()
 
 
-def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
+def start_orchestrator(binary: str, data_dir: Path, *args: str) -> Orchestrator:
     env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args],
         env=env,
         cwd=str(data_dir),
         stdin=subprocess.DEVNULL,
@@ -127,17 +138,26 @@ def start_orchestrator(binary: str, data_dir: Path) -> Orchestrator:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     ready.wait(30)
-    orc = Orchestrator(proc, found[0] if found else "", reader, log)
+    orc = Orchestrator(proc, found[0] if found else "", reader, log=log)
     if not found:
         orc.stop()
         raise RuntimeError("jac-orc did not start:\n" + "".join(log))
+    orc.token = (data_dir / "token").read_text().strip()
     return orc
 
 
 @pytest.fixture(scope="module")
-def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder jac-orc installs python-module packages from (`--pip-find-links`, no index)."""
+    return tmp_path_factory.mktemp("wheels")
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Orchestrator]:
     binary = require_binary()
-    orc = start_orchestrator(binary, tmp_path_factory.mktemp("jac-orc"))
+    orc = start_orchestrator(
+        binary, tmp_path_factory.mktemp("jac-orc"), "--pip-find-links", str(wheels)
+    )
     try:
         yield orc
     finally:
@@ -152,7 +172,7 @@ def test_jac_orc_is_told_by_its_health_service(orchestrator: Orchestrator) -> No
 def test_numpy_through_the_orchestrator(orchestrator: Orchestrator) -> None:
     deployed = orchestrator.deploy_module("numpy", "numpy")
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     np = splice.import_module("numpy")
     assert np.array([1, 2, 3, 4]).sum() == 10
     # The call ran in the module server jac-orc started, not here.
@@ -169,7 +189,7 @@ def test_two_deployments_of_one_module_are_listed_as_candidates(
 ) -> None:
     orchestrator.deploy_module("calc-a", "math")
     orchestrator.deploy_module("calc-b", "math")
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     with pytest.raises(DeploymentLookupError) as info:
         splice.import_module("math")
     message = str(info.value)
@@ -209,27 +229,106 @@ def make_wheel(directory: Path, name: str, source: str) -> Path:
 
 
 def test_packages_are_installed_into_the_deployments_virtualenv(
-    orchestrator: Orchestrator, tmp_path: Path
+    orchestrator: Orchestrator, wheels: Path
 ) -> None:
     # The module exists only in the wheel: the deployment can import it only if the local
-    # backend installed `packages` into its virtualenv. --no-index keeps pip off the network.
-    wheel = make_wheel(
-        tmp_path, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n"
-    )
+    # backend installed `packages` into its virtualenv. Packages are requirements; where they
+    # come from is jac-orc's --pip-find-links folder, which keeps pip off the network.
+    make_wheel(wheels, "splice_pkgmod", "import sys\n\ndef prefix():\n    return sys.prefix\n")
     body = {
         "module": "python-module",
         "config": {
             "name": "pkgmod",
             "module": "splice_pkgmod",
-            "packages": ["--no-index", str(wheel)],
+            "packages": ["splice_pkgmod==0.1"],
         },
     }
     deployed = orchestrator.rest("POST", "/deployment", body)
     assert deployed["deployment"]["status"] == "deployed", deployed
-    splice = jac_splice.connect(orchestrator.url)
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
     remote = splice.import_module("splice_pkgmod")
     prefix = remote.prefix()
     assert prefix != sys.prefix and prefix.endswith("venv"), prefix
     with pytest.raises(ModuleNotFoundError):
         __import__("splice_pkgmod")  # not installed here
     orchestrator.rest("DELETE", "/deployment/default/python-module/pkgmod")
+
+
+def test_jac_orc_and_its_module_servers_refuse_callers_without_their_tokens(
+    orchestrator: Orchestrator,
+) -> None:
+    deployed = orchestrator.deploy_module("guarded-json", "json")
+    endpoint = deployed["deployment"]["endpoints"][0]
+    with pytest.raises(AuthenticationError, match=re.escape(orchestrator.url)):
+        jac_splice.connect(orchestrator.url).import_module("json", deployment="guarded-json")
+    with pytest.raises(AuthenticationError, match="refused the token"):
+        jac_splice.connect(orchestrator.url, "wrong").import_module(
+            "json", deployment="guarded-json"
+        )
+    remote = jac_splice.connect(orchestrator.url, orchestrator.token).import_module(
+        "json", deployment="guarded-json"
+    )
+    assert remote.loads("[1, 2]") == [1, 2]
+    # The module server itself: jac-orc's token is not its call token.
+    with pytest.raises(AuthenticationError):
+        jac_splice.connect(endpoint, orchestrator.token).import_module("json")
+    secrets = orchestrator.rest("GET", "/deployment/default/python-module/guarded-json/secrets")
+    call_token = secrets["secrets"]["call-token"]
+    direct = jac_splice.connect(endpoint, call_token).import_module("json")
+    assert direct.dumps([1]) == "[1]"
+
+
+@pytest.fixture(scope="module")
+def remote_json(orchestrator: Orchestrator) -> Any:
+    """json, deployed once, reached through ModuleProxy with the call token."""
+    orchestrator.deploy_module("escape-json", "json")
+    splice = jac_splice.connect(orchestrator.url, orchestrator.token)
+    return splice.import_module("json", deployment="escape-json")
+
+
+@pytest.mark.parametrize(
+    "target, path, args, said",
+    [
+        ("@builtins", ["__import__"], ("os",), "@builtins.__import__ is not served"),
+        ("@builtins", ["eval"], ("__import__('os').getpid()",), "@builtins.eval is not served"),
+        ("@builtins", ["exec"], ("import os",), "@builtins.exec is not served"),
+        ("", ["loads", "__globals__"], None, '"__globals__" is not served'),
+        ("", ["JSONDecoder", "__init__", "__globals__"], None, '"__init__" is not served'),
+        ("", ["codecs", "sys"], None, '"codecs" is the module "codecs"'),
+    ],
+    ids=["import", "eval", "exec", "globals", "init-globals", "foreign-module"],
+)
+def test_escapes_are_refused_through_the_proxy(
+    remote_json: Any, target: str, path: list[str], args: tuple[Any, ...] | None, said: str
+) -> None:
+    client = remote_json._jac_splice_client
+    with pytest.raises(PermissionDeniedError, match=re.escape(said)):
+        if args is None:
+            client.get_attr(target, path)
+        else:
+            client.call(target, path, args)
+    # The module itself is still served.
+    assert remote_json.dumps({"a": 1}) == '{"a": 1}'
+
+
+def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Path) -> None:
+    # A jac-orc of this test's own, stopped by it: the others keep theirs.
+    orc = start_orchestrator(require_binary(), tmp_path)
+    try:
+        orc.deploy_module("down-json", "json")
+        splice = jac_splice.connect(orc.url, orc.token)
+        # Found by ListDeployments, so its namespace is known; named without one, it is not.
+        remote = splice.import_module("json")
+        assert remote.loads("[1]") == [1]
+        assert repr(remote) == "<remote module 'json' on default/down-json>"
+        named = splice.import_module("json", deployment="down-json")
+        assert repr(named.loads) == "<remote function json.loads on down-json>"
+        assert "deployments in use: default/down-json, down-json" in repr(splice)
+    finally:
+        orc.stop()
+    with pytest.raises(UnavailableError) as info:
+        remote.loads("[2]")
+    message = str(info.value)
+    assert orc.address in message and "python-module deployment default/down-json" in message, (
+        message
+    )

@@ -10,7 +10,8 @@ use crate::catalog::{Format, Type};
 use crate::pb;
 use crate::plan::{ObjectRef, Section};
 use crate::service::views::{
-    Counts, DeploymentView, DryRunView, PlaceholderView, Summary, TemplateVersionView, TemplateView,
+    Counts, DeploymentSecretsView, DeploymentView, DryRunView, PlaceholderSpecView, PlaceholderView, Summary,
+    TemplateVersionView, TemplateView,
 };
 
 /// A message the CLI cannot turn into a view.
@@ -179,6 +180,15 @@ pub fn deployment(v: &DeploymentView) -> pb::Deployment {
     }
 }
 
+pub fn secrets(v: &DeploymentSecretsView) -> pb::DeploymentSecrets {
+    pb::DeploymentSecrets {
+        namespace: v.namespace.clone(),
+        module: v.module.clone(),
+        name: v.name.clone(),
+        secrets: Some(to_struct(&v.secrets)),
+    }
+}
+
 pub fn summary(s: &Summary) -> pb::DeploySummary {
     pb::DeploySummary {
         deployment: Some(deployment(&s.deployment)),
@@ -221,8 +231,20 @@ pub fn template(t: &TemplateView) -> pb::Template {
         local_recipe: v.local_recipe,
         placeholders: v.placeholders.clone(),
         description: v.description.clone(),
+        placeholder_specs: v.placeholder_specs.iter().map(placeholder_spec).collect(),
     };
     pb::Template { module: t.module.clone(), versions: t.versions.iter().map(version).collect() }
+}
+
+fn placeholder_spec(p: &PlaceholderSpecView) -> pb::PlaceholderSpec {
+    pb::PlaceholderSpec {
+        name: p.name.clone(),
+        r#type: enum_of::<_, pb::PlaceholderType>(p.ty),
+        default: Some(to_proto_value(&p.default)),
+        description: p.description.clone(),
+        secret: p.secret,
+        required: p.required,
+    }
 }
 
 // === messages → views ===
@@ -272,6 +294,17 @@ impl TryFrom<&pb::Deployment> for DeploymentView {
             backend: pb::Backend::decode(d.backend)?,
             updated_at: d.updated_at.clone(),
         })
+    }
+}
+
+impl From<&pb::DeploymentSecrets> for DeploymentSecretsView {
+    fn from(d: &pb::DeploymentSecrets) -> Self {
+        DeploymentSecretsView {
+            namespace: d.namespace.clone(),
+            module: d.module.clone(),
+            name: d.name.clone(),
+            secrets: d.secrets.as_ref().map(from_struct).unwrap_or_default(),
+        }
     }
 }
 
@@ -336,6 +369,20 @@ impl TryFrom<&pb::Template> for TemplateView {
                 has_dependencies: v.has_dependencies,
                 local_recipe: v.local_recipe,
                 placeholders: v.placeholders.clone(),
+                placeholder_specs: v
+                    .placeholder_specs
+                    .iter()
+                    .map(|p| {
+                        Ok(PlaceholderSpecView {
+                            name: p.name.clone(),
+                            ty: pb::PlaceholderType::decode(p.r#type)?,
+                            default: value_of(p.default.as_ref()),
+                            description: p.description.clone(),
+                            secret: p.secret,
+                            required: p.required,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
             })
         };
         Ok(TemplateView { module: t.module.clone(), versions: t.versions.iter().map(version).collect::<Result<_>>()? })

@@ -1,5 +1,6 @@
 //! tonic implementation of `jac.splice.v1.Orchestrator`: turns messages into requests, calls
-//! the service layer and encodes its views, nothing more.
+//! the service layer (as the request's [`Caller`], which the auth layer put in its extensions)
+//! and encodes its views, nothing more.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct};
 use super::status::to_status;
+use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::identity::DeploymentId;
 use crate::pb::{self, deploy_event::Event as PbEvent, orchestrator_server::Orchestrator};
@@ -57,14 +59,16 @@ fn events(stream: DeployStream) -> EventStream {
 #[tonic::async_trait]
 impl Orchestrator for OrchestratorApi {
     async fn dry_run(&self, request: Request<pb::DryRunRequest>) -> Result<Response<pb::DryRunResponse>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
-        let view = self.service.dry_run(&request_of(r.module, r.version, r.config)).map_err(status)?;
+        let view = self.service.dry_run(&caller, &request_of(r.module, r.version, r.config)).await.map_err(status)?;
         Ok(Response::new(convert::dry_run(&view)))
     }
 
     type DeployStream = EventStream;
 
     async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
         let opts = ApplyOptions {
             wait: r.wait.then(|| match r.wait_timeout_seconds {
@@ -73,43 +77,59 @@ impl Orchestrator for OrchestratorApi {
             }),
             force_conflicts: r.force_conflicts,
             self_heal: r.self_heal,
+            dry_run: r.dry_run,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
-        let stream = self.service.deploy(&request_of(r.module, r.version, r.config), opts).await.map_err(status)?;
+        let req = request_of(r.module, r.version, r.config);
+        let stream = self.service.deploy(&caller, &req, opts).await.map_err(status)?;
         Ok(Response::new(events(stream)))
     }
 
     type UndeployStream = EventStream;
 
     async fn undeploy(&self, request: Request<pb::UndeployRequest>) -> Result<Response<Self::UndeployStream>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
         let id = id_of(r.namespace, r.module, r.name)?;
-        Ok(Response::new(events(self.service.undeploy(&id).await.map_err(status)?)))
+        Ok(Response::new(events(self.service.undeploy(&caller, &id).await.map_err(status)?)))
     }
 
     async fn get_deployment(
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
-        let view = self.service.get(&id_of(r.namespace, r.module, r.name)?).await.map_err(status)?;
+        let view = self.service.get(&caller, &id_of(r.namespace, r.module, r.name)?).await.map_err(status)?;
         Ok(Response::new(convert::deployment(&view)))
+    }
+
+    async fn get_deployment_secrets(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentSecrets>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
+        let r = request.into_inner();
+        let view = self.service.secrets(&caller, &id_of(r.namespace, r.module, r.name)?).await.map_err(status)?;
+        Ok(Response::new(convert::secrets(&view)))
     }
 
     async fn list_deployments(
         &self,
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
-        let views = self.service.list(Some(&r.namespace), Some(&r.module)).await.map_err(status)?;
+        let views = self.service.list(&caller, Some(&r.namespace), Some(&r.module)).await.map_err(status)?;
         Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(convert::deployment).collect() }))
     }
 
     async fn list_templates(
         &self,
-        _: Request<pb::ListTemplatesRequest>,
+        request: Request<pb::ListTemplatesRequest>,
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
-        let templates = self.service.templates().map_err(status)?;
+        let caller = Caller::from_extensions(request.extensions());
+        let templates = self.service.templates(&caller).await.map_err(status)?;
         Ok(Response::new(pb::ListTemplatesResponse { templates: templates.iter().map(convert::template).collect() }))
     }
 }

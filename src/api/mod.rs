@@ -2,8 +2,10 @@
 //! They encode the service's views and never build them; every error goes through the one
 //! table in [`status`].
 
+pub mod codec;
 pub mod convert;
 pub mod grpc;
+pub mod layers;
 pub mod module_proxy;
 pub mod openapi;
 pub mod rest;

@@ -9,6 +9,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use utoipa::{ToResponse, ToSchema};
 
+use crate::auth::authorize;
 use crate::backend::kube::KubeError;
 use crate::backend::{self, local};
 use crate::catalog;
@@ -56,9 +57,13 @@ fn classify(e: &Error) -> Class {
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        Error::Authorization(a) => classify_authorization(a),
         Error::Proxy(p) => match p {
-            proxy::Error::Malformed(_) | proxy::Error::NoDeployment => {
+            proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
+            }
+            proxy::Error::BufferLimit { .. } => {
+                class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "PROXY_BUFFER_LIMIT")
             }
             proxy::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
             proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => {
@@ -70,11 +75,30 @@ fn classify(e: &Error) -> Class {
             proxy::Error::BadEndpoint { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
             proxy::Error::Backend(b) => classify_backend(b),
             proxy::Error::Upstream(s) => class(s.code(), http_of(s.code()), "MODULE_SERVER_ERROR"),
+            proxy::Error::Authorization(a) => classify_authorization(a),
+            proxy::Error::NoCallToken(_) => class(Code::FailedPrecondition, H::BAD_REQUEST, "NO_CALL_TOKEN"),
+            proxy::Error::CallTokenRefused { .. } => {
+                class(Code::FailedPrecondition, H::BAD_REQUEST, "CALL_TOKEN_REFUSED")
+            }
         },
     }
 }
 
-/// What only the REST edge meets: its request bodies and its paths.
+/// The caller may not (403), has no identity (401), or the API server could not decide (503; the
+/// review's cause is logged, see [`public_message`]).
+fn classify_authorization(a: &authorize::Error) -> Class {
+    use StatusCode as H;
+    match a {
+        authorize::Error::Denied(_) => class(Code::PermissionDenied, H::FORBIDDEN, "PERMISSION_DENIED"),
+        authorize::Error::Unauthenticated { .. } => class(Code::Unauthenticated, H::UNAUTHORIZED, "UNAUTHENTICATED"),
+        authorize::Error::Review { .. } => {
+            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "AUTHORIZATION_UNAVAILABLE")
+        }
+    }
+}
+
+/// What the HTTP edge meets before the service: request bodies, paths, query strings, methods,
+/// content types and the head checks of [`super::layers`] (URI length, `Host`, `Origin`).
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error("request body is larger than {limit} bytes")]
@@ -86,6 +110,28 @@ pub enum RequestError {
     BadJson { field: Option<String>, source: serde_path_to_error::Error<serde_json::Error> },
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
+    /// A body that is not `application/json` (a browser's no-preflight `text/plain` POST).
+    #[error("unsupported content type `{}`: send the body as `application/json`", .found.as_deref().unwrap_or("(none)"))]
+    UnsupportedMediaType { found: Option<String> },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+    #[error("invalid query string: {reason}")]
+    BadQuery { reason: String },
+    #[error("invalid path: {reason}")]
+    BadPath { reason: String },
+    #[error("the request URI is {len} bytes long; the limit is {limit}")]
+    UriTooLong { len: usize, limit: usize },
+    /// A loopback listener asked for a name that is not loopback (DNS rebinding).
+    #[error("host `{host}` is not a loopback name: this server listens on loopback and answers only requests for localhost, 127.0.0.1 or [::1]")]
+    ForeignHost { host: String },
+    #[error("cross-origin requests from `{origin}` are not allowed (the server allows the origins given with --cors-origin)")]
+    OriginNotAllowed { origin: String },
+    /// A protobuf message that does not decode (a gRPC request; see `api/codec.rs`).
+    #[error("the request message is not valid protobuf: {0}")]
+    Undecodable(#[source] prost::DecodeError),
+    /// An error status the framework answered without a body of ours (kept, given a JSON body).
+    #[error("{detail}")]
+    Http { status: StatusCode, detail: String },
 }
 
 impl RequestError {
@@ -97,6 +143,17 @@ impl RequestError {
         RequestError::BadJson { field, source }
     }
 
+    /// Header text quoted in a message: bounded, visible ASCII only.
+    pub fn quoted(value: &[u8]) -> String {
+        let text: String =
+            value.iter().take(100).map(|b| if b.is_ascii_graphic() { *b as char } else { '?' }).collect();
+        if value.len() > 100 {
+            format!("{text}...")
+        } else {
+            text
+        }
+    }
+
     fn class(&self) -> Class {
         use StatusCode as H;
         match self {
@@ -104,7 +161,62 @@ impl RequestError {
             RequestError::BodyUnreadable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_BODY"),
             RequestError::BadJson { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_JSON"),
             RequestError::NoRoute { .. } => class(Code::Unimplemented, H::NOT_FOUND, "NO_ROUTE"),
+            RequestError::UnsupportedMediaType { .. } => {
+                class(Code::InvalidArgument, H::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            RequestError::MethodNotAllowed { .. } => {
+                class(Code::Unimplemented, H::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+            }
+            RequestError::BadQuery { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_QUERY"),
+            RequestError::BadPath { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_PATH"),
+            RequestError::UriTooLong { .. } => class(Code::InvalidArgument, H::URI_TOO_LONG, "URI_TOO_LONG"),
+            RequestError::ForeignHost { .. } => {
+                class(Code::PermissionDenied, H::MISDIRECTED_REQUEST, "HOST_NOT_ALLOWED")
+            }
+            RequestError::OriginNotAllowed { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            RequestError::Undecodable(_) => class(Code::InvalidArgument, H::BAD_REQUEST, "BAD_PROTOBUF"),
+            RequestError::Http { status, .. } => Class { code: code_of(*status), http: *status, reason: "HTTP_ERROR" },
         }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            RequestError::BadJson { field, .. } => field.clone(),
+            RequestError::UnsupportedMediaType { .. } => Some("content-type".into()),
+            RequestError::BadQuery { .. } => Some("query".into()),
+            RequestError::BadPath { .. } => Some("path".into()),
+            RequestError::ForeignHost { .. } => Some("host".into()),
+            RequestError::OriginNotAllowed { .. } => Some("origin".into()),
+            _ => None,
+        }
+    }
+
+    /// The answer to a request refused before any route ran: a gRPC status (trailers-only, with
+    /// the request's grpc-web content type) when the request is gRPC, else the JSON body.
+    pub fn respond(self, request_content_type: Option<&http::HeaderValue>) -> Response {
+        let content_type = request_content_type.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !content_type.starts_with("application/grpc") {
+            return ApiError::from(self).into_response();
+        }
+        let mut response = self.status().into_http::<axum::body::Body>();
+        if content_type.starts_with("application/grpc-web") {
+            if let Ok(v) = http::HeaderValue::from_str(content_type) {
+                response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+        response
+    }
+
+    /// The gRPC status of this error, with its reason and field.
+    pub fn status(&self) -> tonic::Status {
+        let c = self.class();
+        let message = self.to_string();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(c.reason, "jac-orc", std::collections::HashMap::new());
+        if let (Some(field), Code::InvalidArgument) = (self.field(), c.code) {
+            details.add_bad_request_violation(field, message.clone());
+        }
+        tonic::Status::with_error_details(c.code, message, details)
     }
 }
 
@@ -185,6 +297,24 @@ fn http_of(code: Code) -> StatusCode {
     }
 }
 
+/// gRPC code of an HTTP status (the inverse of [`http_of`], for statuses the framework answered).
+fn code_of(status: StatusCode) -> Code {
+    use StatusCode as H;
+    match status {
+        H::BAD_REQUEST | H::UNSUPPORTED_MEDIA_TYPE | H::URI_TOO_LONG => Code::InvalidArgument,
+        H::UNAUTHORIZED => Code::Unauthenticated,
+        H::FORBIDDEN | H::MISDIRECTED_REQUEST => Code::PermissionDenied,
+        H::NOT_FOUND => Code::NotFound,
+        H::CONFLICT => Code::Aborted,
+        H::METHOD_NOT_ALLOWED | H::NOT_IMPLEMENTED => Code::Unimplemented,
+        H::PAYLOAD_TOO_LARGE | H::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        H::SERVICE_UNAVAILABLE => Code::Unavailable,
+        H::GATEWAY_TIMEOUT | H::REQUEST_TIMEOUT => Code::DeadlineExceeded,
+        s if s.is_client_error() => Code::FailedPrecondition,
+        _ => Code::Internal,
+    }
+}
+
 /// The status a proxied call ends with: a module server's own error status is passed through
 /// unchanged (message, details and metadata); the proxy's errors go through the table above.
 pub fn proxy_status(e: proxy::Error) -> tonic::Status {
@@ -194,14 +324,24 @@ pub fn proxy_status(e: proxy::Error) -> tonic::Status {
     }
 }
 
-/// The text users see: internal errors are logged and replaced by a generic message.
+/// The text users see: internal errors are logged and replaced by a generic message; an
+/// authorization that could not be decided is logged with its cause.
 fn public_message(e: &Error, class: Class) -> String {
     if class.code == Code::Internal {
         tracing::error!(error = %e, "internal error");
-        "internal error (see the orchestrator's log)".into()
-    } else {
-        e.to_string()
+        return "internal error (see the orchestrator's log)".into();
     }
+    if class.reason == "AUTHORIZATION_UNAVAILABLE" {
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        tracing::warn!(error = %chain, "authorization could not be decided");
+        return "cannot decide authorization right now (the Kubernetes API server did not answer); try again".into();
+    }
+    e.to_string()
 }
 
 pub fn to_status(e: &Error) -> tonic::Status {
@@ -259,11 +399,7 @@ impl From<Error> for ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        let field = match &e {
-            RequestError::BadJson { field, .. } => field.clone(),
-            _ => None,
-        };
-        ApiError::of(e.class(), e.to_string(), field)
+        ApiError::of(e.class(), e.to_string(), e.field())
     }
 }
 
@@ -363,5 +499,77 @@ mod tests {
             source: identity::Error::RestrictedNamespace { requested: "a".into(), allowed: "b".into() },
         });
         assert_eq!(classify(&restricted).reason, "RESTRICTED_NAMESPACE");
+    }
+
+    #[test]
+    fn authorization_errors_are_403_401_and_503_naming_what_was_refused() {
+        use crate::auth::{Denied, Resource, Verb};
+        let denied = Denied {
+            user: "alice".into(),
+            verb: Verb::Create,
+            resource: Resource::JacDeployments,
+            namespace: Some("prod".into()),
+            name: Some("db".into()),
+            reason: None,
+        };
+        let e = Error::Authorization(authorize::Error::Denied(Box::new(denied.clone())));
+        let s = to_status(&e);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "user alice may not create jacdeployments \"db\" in namespace prod");
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "PERMISSION_DENIED");
+        let rest = ApiError::from(Error::Authorization(authorize::Error::Denied(Box::new(denied.clone()))));
+        assert_eq!((rest.status, rest.body.reason), (StatusCode::FORBIDDEN, "PERMISSION_DENIED"));
+        let via_proxy = proxy_status(proxy::Error::Authorization(authorize::Error::Denied(Box::new(denied))));
+        assert_eq!(via_proxy.code(), Code::PermissionDenied);
+
+        let anonymous = authorize::Error::Unauthenticated { verb: Verb::List, resource: Resource::Templates };
+        let rest = ApiError::from(Error::Authorization(anonymous));
+        assert_eq!((rest.status, rest.body.reason), (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"));
+
+        let unreachable = kube::Error::Api(Box::new(kube::core::Status::failure("down", "ServiceUnavailable")));
+        let review = authorize::Error::Review { source: Box::new(unreachable) };
+        let s = to_status(&Error::Authorization(review));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "AUTHORIZATION_UNAVAILABLE");
+        assert!(!s.message().contains("down"), "the cause is logged, not sent: {s:?}");
+    }
+
+    #[test]
+    fn edge_refusals_have_their_status_reason_and_field_and_speak_grpc_to_grpc() {
+        let cases = [
+            (RequestError::UnsupportedMediaType { found: Some("text/plain".into()) }, 415, "UNSUPPORTED_MEDIA_TYPE"),
+            (
+                RequestError::MethodNotAllowed { method: Method::PUT, path: "/deployment".into() },
+                405,
+                "METHOD_NOT_ALLOWED",
+            ),
+            (RequestError::UriTooLong { len: 9000, limit: 8192 }, 414, "URI_TOO_LONG"),
+            (RequestError::ForeignHost { host: "evil.example".into() }, 421, "HOST_NOT_ALLOWED"),
+            (RequestError::OriginNotAllowed { origin: "https://evil.example".into() }, 403, "ORIGIN_NOT_ALLOWED"),
+            (RequestError::BadQuery { reason: "x".into() }, 400, "BAD_QUERY"),
+            (RequestError::Http { status: StatusCode::IM_A_TEAPOT, detail: "teapot".into() }, 418, "HTTP_ERROR"),
+        ];
+        for (e, http, reason) in cases {
+            assert_eq!(e.class().http.as_u16(), http, "{e}");
+            let status = e.status();
+            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason, "{e}");
+            let grpc = e.respond(Some(&http::HeaderValue::from_static("application/grpc-web+proto")));
+            assert_eq!(grpc.status(), StatusCode::OK, "gRPC errors are trailers-only 200s");
+            assert_eq!(grpc.headers()["content-type"], "application/grpc-web+proto");
+            assert!(grpc.headers().contains_key("grpc-status"));
+        }
+        let json = RequestError::ForeignHost { host: "evil.example".into() }.respond(None);
+        assert_eq!(json.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(json.headers()["content-type"], "application/json");
+        assert_eq!(RequestError::quoted(b"a\nb"), "a?b");
+        assert!(RequestError::quoted(&[b'x'; 300]).ends_with("..."));
+    }
+
+    #[test]
+    fn the_proxy_buffer_limit_is_resource_exhausted() {
+        let s = proxy_status(proxy::Error::BufferLimit { needed: 300 << 20, limit: 8 << 20 });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "PROXY_BUFFER_LIMIT");
+        assert_eq!(proxy_status(proxy::Error::Undecodable("failed to decode".into())).code(), Code::InvalidArgument);
     }
 }

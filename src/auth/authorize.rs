@@ -22,7 +22,7 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessRevie
 use kube::api::{Api, PostParams};
 
 use crate::auth::cache::TtlCache;
-use crate::auth::Identity;
+use crate::auth::{Caller, Identity};
 
 /// The API group of jac-orc's RBAC resources.
 pub const API_GROUP: &str = "jac-orc.io";
@@ -37,6 +37,9 @@ pub const CALLERS: &str = "jac-orc:callers";
 pub enum Error {
     #[error(transparent)]
     Denied(Box<Denied>),
+    /// The request carried no identity ([`Caller::Anonymous`]): nothing is allowed.
+    #[error("authentication required for {verb} {resource}")]
+    Unauthenticated { verb: Verb, resource: Resource },
     /// The API server could not be asked: nothing is allowed, but it is not a denial either.
     #[error("SubjectAccessReview failed")]
     Review {
@@ -165,6 +168,23 @@ impl Authorizer {
     /// Kubernetes backend: SubjectAccessReviews through `client`.
     pub fn kube(client: kube::Client, config: AccessReviewConfig) -> Self {
         Authorizer { kind: Kind::Kube(AccessReviewer::new(client, config)) }
+    }
+
+    /// [`Authorizer::authorize`] for a [`Caller`]: the operator is always allowed, an anonymous
+    /// caller never ([`Error::Unauthenticated`]).
+    pub async fn permit(
+        &self,
+        caller: &Caller,
+        verb: Verb,
+        resource: Resource,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<()> {
+        match caller {
+            Caller::User(identity) => self.authorize(identity, verb, resource, namespace, name).await,
+            Caller::Operator => Ok(()),
+            Caller::Anonymous => Err(Error::Unauthenticated { verb, resource }),
+        }
     }
 
     /// `Ok(())` when allowed; [`Error::Denied`] names what was refused.
@@ -392,6 +412,18 @@ mod tests {
             err.unwrap_err().to_string(),
             "user alice may not get jacdeployments/secrets \"db\" in namespace ns"
         );
+    }
+
+    #[tokio::test]
+    async fn the_operator_is_always_permitted_and_an_anonymous_caller_never() {
+        let authz = Authorizer::groups();
+        authz.permit(&Caller::Operator, Verb::Delete, Resource::JacDeployments, Some("ns"), Some("x")).await.unwrap();
+        let err = authz.permit(&Caller::Anonymous, Verb::List, Resource::Templates, None, None).await.unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated { verb: Verb::List, resource: Resource::Templates }), "{err:?}");
+        let viewer = Caller::User(Identity::new("vera").with_groups([VIEWERS]));
+        authz.permit(&viewer, Verb::List, Resource::Templates, None, None).await.unwrap();
+        let err = authz.permit(&viewer, Verb::Call, Resource::Modules, Some("ns"), Some("m")).await.unwrap_err();
+        assert_eq!(err.to_string(), "user vera may not call modules \"m\" in namespace ns");
     }
 
     fn kube_authorizer(config: AccessReviewConfig) -> (Authorizer, MockHandle) {

@@ -43,14 +43,7 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
 }
 
-/// Who may use gRPC reflection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReflectionAccess {
-    /// Anyone who reaches the port.
-    Open,
-    /// Authenticated callers only.
-    Auth,
-}
+pub use crate::config::ReflectionAccess;
 
 /// Settings of [`Auth`].
 #[derive(Debug, Clone)]
@@ -564,7 +557,7 @@ mod tests {
         tokio::time::timeout(STEP, api).await.expect("mock hung").unwrap();
     }
 
-    /// The accept-loop shape `docs/auth-wiring.md` prescribes, over a real loopback connection:
+    /// The accept-loop shape of `crate::server` (its connection task), over a real loopback connection:
     /// `ConnectionInfo` inserted per request, then the layer, then the app, under hyper.
     #[tokio::test]
     async fn the_layer_serves_real_connections_with_their_connection_info() {

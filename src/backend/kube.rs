@@ -14,7 +14,9 @@
 //!
 //! A deploy validates every object with a server-side dry run before it writes the resource or
 //! applies the first object, so an object the API server rejects leaves nothing behind: no
-//! earlier objects, no record, and no target namespace this deploy would have created.
+//! earlier objects, no record, and no target namespace this deploy would have created. A deploy
+//! with `dry_run` ([`dry_run`]) stops at such dry runs, one per object, and reports what each
+//! apply would do.
 //!
 //! Only the leader (see `reconcile::leader`) applies. A replica that does not lead writes the
 //! desired state into the resource and follows the leader's status for its caller.
@@ -25,6 +27,7 @@ mod delete;
 mod desired;
 mod detect;
 mod discovery;
+mod dry_run;
 mod errors;
 mod events;
 mod follow;
@@ -52,6 +55,9 @@ pub use super::rollout::ANNOTATION_CONFIG_HASH;
 use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result};
 use crate::identity::NamespaceRule;
 use crate::plan::{DeploymentId, Kind, Plan};
+/// Numeric resource quantities as strings, as this backend applies them (`jac-orc template`
+/// prints manifests the same way, so `kubectl apply --server-side` accepts them too).
+pub(crate) use apply::normalize_quantities;
 use apply::ServerFeatures;
 pub use desired::Step;
 pub use detect::{detect, probe, Detection};
@@ -256,6 +262,10 @@ impl Backend for KubeBackend {
         let plan = sync::annotated(plan);
         let server = self.server_features().await?;
         let applier = self.applier(opts.force_conflicts, &server);
+        // A preview writes nothing, so it needs no leadership: any replica answers it.
+        if opts.dry_run {
+            return self.dry_run(&plan, &applier, progress).await;
+        }
         // The orchestrator's own namespace exists (we run there), and a namespaced install may
         // not even read Namespace objects. Created first: namespaced objects can be validated
         // only inside an existing namespace.

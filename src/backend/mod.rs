@@ -133,7 +133,14 @@ pub struct ApplyOptions {
     /// Kubernetes: heal drift (`Some(false)`: only report it); `None` keeps the deployment's
     /// setting. The local backend always restarts what died.
     pub self_heal: Option<bool>,
+    /// Report what the apply would do and change nothing: no object, process or record is
+    /// written (kube: every apply with `dryRun=All`; local: compared with the recorded objects).
+    /// The returned record is the one a real apply would store, with [`DRY_RUN`] as its message.
+    pub dry_run: bool,
 }
+
+/// The message of the record a dry run returns (it is never stored).
+pub const DRY_RUN: &str = "dry run: nothing was applied or recorded";
 
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {

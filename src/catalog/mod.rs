@@ -7,7 +7,9 @@
 
 pub mod legacy;
 pub mod placeholders;
+pub mod quantity;
 pub mod render;
+pub mod requirements;
 pub mod store;
 mod version;
 

@@ -1,5 +1,8 @@
 //! Placeholder schema (`placeholders.yaml`) and the resolution of a request's values against it:
-//! type checks, defaults, and generated secrets.
+//! type checks (down to each element of a list that declares `items`), defaults, and generated
+//! secrets. Quantities are checked by [`super::quantity`], pip requirements by
+//! [`super::requirements`], so a bad value is refused here, naming the placeholder or the element
+//! (`packages[1]`), before anything is rendered or run.
 
 use rand::distr::Alphanumeric;
 use rand::Rng;
@@ -7,7 +10,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Error, Result};
+use super::{quantity, requirements, Error, Result};
 
 /// Length of generated secret values (the original shipped a fixed `12345678`).
 pub const SECRET_LEN: usize = 32;
@@ -22,7 +25,7 @@ pub enum Type {
     Boolean,
     List,
     Map,
-    /// A Kubernetes quantity: a number, or a string such as `500m`, `1Gi`, `1000mb`.
+    /// A Kubernetes quantity: a number, or a string such as `500m`, `0.5`, `512Mi`, `1Gi`, `1e3`.
     Quantity,
     Any,
 }
@@ -55,7 +58,8 @@ impl Type {
         }
     }
 
-    fn accepts(self, value: &Value) -> bool {
+    /// Whether `value` has this type's JSON kind (its content is checked by [`check_content`]).
+    fn has_kind(self, value: &Value) -> bool {
         match (self, value) {
             (Type::Any, _) => true,
             (Type::String, Value::String(_)) => true,
@@ -64,18 +68,58 @@ impl Type {
             (Type::Boolean, Value::Bool(_)) => true,
             (Type::List, Value::Array(_)) => true,
             (Type::Map, Value::Object(_)) => true,
-            (Type::Quantity, Value::Number(_)) => true,
-            (Type::Quantity, Value::String(s)) => quantity_re().is_match(s),
+            (Type::Quantity, Value::Number(_) | Value::String(_)) => true,
             _ => false,
         }
     }
 }
 
-fn quantity_re() -> &'static Regex {
-    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[a-zA-Z]{1,2})?$").expect("valid regex")
-    })
+/// The type of each element of a list placeholder (`items:` in `placeholders.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Item {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Quantity,
+    /// A pip requirement ([`requirements::validate`]); a list of them holds at most
+    /// [`requirements::MAX_COUNT`].
+    Requirement,
+}
+
+impl Item {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Item::String => "string",
+            Item::Integer => "integer",
+            Item::Number => "number",
+            Item::Boolean => "boolean",
+            Item::Quantity => "quantity",
+            Item::Requirement => "requirement (a string)",
+        }
+    }
+
+    fn has_kind(self, value: &Value) -> bool {
+        match self {
+            Item::String | Item::Requirement => value.is_string(),
+            Item::Integer => Type::Integer.has_kind(value),
+            Item::Number => value.is_number(),
+            Item::Boolean => value.is_boolean(),
+            Item::Quantity => Type::Quantity.has_kind(value),
+        }
+    }
+}
+
+/// Whether a value of the right kind is also a valid one: quantities within bounds, requirements
+/// PEP 508 and nothing pip would read as an option, a path or a URL.
+fn check_content(quantity: bool, requirement: bool, value: &Value) -> std::result::Result<(), String> {
+    match value {
+        Value::String(s) if quantity => quantity::parse(s).map(|_| ()).map_err(|e| e.to_string()),
+        Value::Number(n) if quantity => quantity::check_number(n).map_err(|e| e.to_string()),
+        Value::String(s) if requirement => requirements::validate(s).map_err(|e| e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// Kind of a JSON value, for error messages.
@@ -102,6 +146,8 @@ pub struct Spec {
     pub pattern: Option<Regex>,
     /// Must be given by the caller (no default).
     pub required: bool,
+    /// Type of every element (lists only).
+    pub items: Option<Item>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +165,8 @@ struct RawSpec {
     pattern: Option<String>,
     #[serde(default)]
     required: bool,
+    #[serde(default)]
+    items: Option<Item>,
 }
 
 /// The `placeholders.yaml` file of a native template version.
@@ -176,10 +224,10 @@ pub fn parse_file(text: &str, origin: &str) -> Result<(String, Vec<Spec>)> {
                 _ => return Err(bad(format!("placeholder `{name}` has no default"))),
             },
         };
-        if !default.is_null() && !r.ty.accepts(&default) {
-            return Err(bad(format!("placeholder `{name}`: default is not a {}", r.ty.as_str())));
+        if r.items.is_some() && r.ty != Type::List {
+            return Err(bad(format!("placeholder `{name}`: `items` is only for lists")));
         }
-        specs.push(Spec {
+        let spec = Spec {
             name,
             ty: r.ty,
             default,
@@ -187,7 +235,13 @@ pub fn parse_file(text: &str, origin: &str) -> Result<(String, Vec<Spec>)> {
             secret: r.secret,
             pattern,
             required: r.required,
-        });
+            items: r.items,
+        };
+        if !spec.default.is_null() {
+            check(&spec, &spec.default)
+                .map_err(|e| bad(format!("placeholder `{}`: the default is not valid: {e}", spec.name)))?;
+        }
+        specs.push(spec);
     }
     Ok((raw.description, specs))
 }
@@ -270,8 +324,30 @@ pub fn resolve(
 }
 
 fn check(spec: &Spec, value: &Value) -> Result<()> {
-    if !spec.ty.accepts(value) {
+    if !spec.ty.has_kind(value) {
         return Err(Error::WrongType { name: spec.name.clone(), expected: spec.ty.as_str(), got: kind_of(value) });
+    }
+    check_content(spec.ty == Type::Quantity, false, value)
+        .map_err(|reason| Error::InvalidValue { name: spec.name.clone(), reason })?;
+    if let (Some(item), Value::Array(elements)) = (spec.items, value) {
+        if item == Item::Requirement && elements.len() > requirements::MAX_COUNT {
+            return Err(Error::InvalidValue {
+                name: spec.name.clone(),
+                reason: format!(
+                    "holds {} requirements; at most {} are allowed",
+                    elements.len(),
+                    requirements::MAX_COUNT
+                ),
+            });
+        }
+        for (i, element) in elements.iter().enumerate() {
+            let name = || format!("{}[{i}]", spec.name);
+            if !item.has_kind(element) {
+                return Err(Error::WrongType { name: name(), expected: item.as_str(), got: kind_of(element) });
+            }
+            check_content(item == Item::Quantity, item == Item::Requirement, element)
+                .map_err(|reason| Error::InvalidValue { name: name(), reason })?;
+        }
     }
     if let (Some(re), Value::String(s)) = (&spec.pattern, value) {
         if !re.is_match(s) {
@@ -312,6 +388,8 @@ placeholders:
   cpu: {type: quantity, default: 0.2}
   password: {type: string, secret: true}
   env-vars: {type: map}
+  packages: {type: list, items: requirement}
+  sizes: {type: list, items: quantity, default: []}
 "#;
         parse_file(text, "t").unwrap().1
     }
@@ -320,7 +398,7 @@ placeholders:
     fn defaults_fill_in_and_order_is_declaration_order() {
         let r = resolve(&specs(), &Map::new(), None).unwrap();
         let keys: Vec<_> = r.values.keys().cloned().collect();
-        assert_eq!(keys, ["name", "replicas", "cpu", "password", "env-vars"]);
+        assert_eq!(keys, ["name", "replicas", "cpu", "password", "env-vars", "packages", "sizes"]);
         assert_eq!(r.values["name"], json!("jac-redis"));
         assert_eq!(r.values["env-vars"], json!({}));
     }
@@ -364,5 +442,55 @@ placeholders:
         cfg.insert("name".into(), json!("Bad_Name"));
         let err = resolve(&specs(), &cfg, None).unwrap_err().to_string();
         assert!(err.contains("name") && err.contains("must match"), "{err}");
+    }
+
+    fn refused(name: &str, value: Value) -> Error {
+        let mut cfg = Map::new();
+        cfg.insert(name.into(), value);
+        resolve(&specs(), &cfg, None).unwrap_err()
+    }
+
+    #[test]
+    fn quantities_are_kubernetes_quantities_within_bounds() {
+        for (value, reason) in [
+            (json!("-1"), "negative"),
+            (json!(-1), "negative"),
+            (json!("1e308"), "larger"),
+            (json!(1e308), "larger"),
+            (json!("1000mb"), "not a Kubernetes quantity"),
+        ] {
+            let e = refused("cpu", value.clone());
+            assert_eq!(e.field().as_deref(), Some("config.cpu"), "{value}");
+            assert!(matches!(e, Error::InvalidValue { .. }) && e.to_string().contains(reason), "{value}: {e}");
+        }
+        assert!(matches!(refused("cpu", json!(true)), Error::WrongType { .. }));
+    }
+
+    #[test]
+    fn list_elements_are_checked_and_named_by_index() {
+        let e = refused("packages", json!(["numpy", 3]));
+        assert!(matches!(e, Error::WrongType { .. }), "{e:?}");
+        assert_eq!(e.field().as_deref(), Some("config.packages[1]"));
+        let e = refused("packages", json!(["numpy", "-r", "/etc/passwd"]));
+        assert_eq!(e.field().as_deref(), Some("config.packages[1]"));
+        assert!(e.to_string().contains("pip option"), "{e}");
+        let e = refused("sizes", json!(["1Gi", "-5"]));
+        assert_eq!(e.field().as_deref(), Some("config.sizes[1]"));
+        let many: Vec<String> = (0..=requirements::MAX_COUNT).map(|i| format!("p{i}")).collect();
+        let e = refused("packages", json!(many));
+        assert_eq!(e.field().as_deref(), Some("config.packages"));
+        let mut cfg = Map::new();
+        cfg.insert("packages".into(), json!(["numpy==2.1.3", "requests[socks]>=2"]));
+        assert!(resolve(&specs(), &cfg, None).is_ok());
+    }
+
+    #[test]
+    fn templates_with_invalid_defaults_or_items_on_scalars_are_refused() {
+        let bad_default = "placeholders:\n  cpu: {type: quantity, default: \"-1\"}\n";
+        assert!(parse_file(bad_default, "t").unwrap_err().to_string().contains("negative"));
+        let items_on_scalar = "placeholders:\n  x: {type: string, items: string}\n";
+        assert!(parse_file(items_on_scalar, "t").unwrap_err().to_string().contains("only for lists"));
+        let bad_element = "placeholders:\n  p: {type: list, items: requirement, default: [\"-e.\"]}\n";
+        assert!(parse_file(bad_element, "t").is_err());
     }
 }

@@ -122,10 +122,14 @@ impl TemplateVersion {
             })
             .transpose()?;
         if let Some(list) = local.as_ref().and_then(|l| l.packages.as_ref()) {
-            if !specs.iter().any(|s| &s.name == list && s.ty == Type::List) {
+            // Only requirement lists reach pip: their elements are checked before anything runs.
+            let requirements = |s: &Spec| s.ty == Type::List && s.items == Some(placeholders::Item::Requirement);
+            if !specs.iter().any(|s| &s.name == list && requirements(s)) {
                 return Err(Error::BadTemplate {
                     origin: format!("{origin}/{LOCAL_FILE}"),
-                    message: format!("packages names `{list}`, which is not a list placeholder"),
+                    message: format!(
+                        "packages names `{list}`, which is not a list placeholder with `items: requirement`"
+                    ),
                 });
             }
         }
@@ -173,6 +177,7 @@ impl TemplateVersion {
                         secret: false,
                         pattern: None,
                         required: false,
+                        items: None,
                     };
                     match specs.iter_mut().find(|s| s.name == f.name) {
                         Some(existing) => *existing = spec,

@@ -1,13 +1,17 @@
-//! Command-line arguments (clap): the raw flags, and their validation into settings
-//! (`ServeArgs` → [`ServeConfig`]).
+//! Command-line arguments (clap): the raw flags, one `…Args` per command, and where they are
+//! validated into settings (`ServeArgs` → [`ServeConfig`]; [`ValuesArgs`] and the positional
+//! NAME and `-n` → [`super::values::Values`]). Help and the completion scripts
+//! (`jac-orc completion SHELL`) are generated from these definitions.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, BackendChoice, ServeConfig};
+use crate::config::{self, BackendChoice, ReflectionAccess, SecurityConfig, ServeConfig, TlsChoice};
 use crate::identity::LATEST;
+use crate::server::Limits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,19 +30,25 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the orchestrator: gRPC, grpc-web and REST on one address.
-    Serve(ServeArgs),
-    /// Render a template version and show every placeholder and manifest, touching nothing.
+    Serve(Box<ServeArgs>),
+    /// Render a template version on the server and show every placeholder and manifest, touching nothing.
     DryRun(RenderArgs),
-    /// Deploy a template version, showing progress per object.
+    /// Render a template version offline, with no server, as a YAML stream for `kubectl apply -f -`.
+    Template(TemplateArgs),
+    /// Deploy a template version as NAME, showing progress per object.
     Deploy(DeployArgs),
     /// Remove a deployment and everything it created.
     Undeploy(IdArgs),
-    /// Show one deployment.
-    Get(IdArgs),
+    /// Show one deployment: its status, values, endpoints and objects.
+    Get(GetArgs),
+    /// Show how one deployment stands: status, message, endpoints, objects, last update.
+    Status(IdArgs),
     /// List deployments.
     List(ListArgs),
-    /// List template modules and versions.
+    /// List template modules and versions, with each placeholder's type, default and description.
     Templates(TemplatesArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
     /// Check a running jac-orc's gRPC health (the exec form of its readiness probe).
     Probe(super::probe::ProbeArgs),
 }
@@ -74,6 +84,127 @@ pub struct ServeArgs {
     /// Largest request or response ModuleProxy forwards, in bytes (default 1 GiB).
     #[arg(long, env = "JAC_ORC_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// Most bytes of one ModuleProxy request held before its target is known (requests whose
+    /// fields come out of order); larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "JAC_ORC_PROXY_MAX_BUFFERED_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_BUFFERED_BYTES)]
+    pub proxy_max_buffered_bytes: usize,
+    /// Package index pip installs python-module packages from on the local backend (it may
+    /// hold credentials: prefer the environment variable). Module pods on the kube backend read
+    /// theirs from the Secret `jac-orc-pip` (key `index-url`) in their namespace.
+    #[arg(long, env = "JAC_ORC_PIP_INDEX_URL", value_parser = parse_index_url, hide_env_values = true)]
+    pub pip_index_url: Option<String>,
+    /// A folder of wheels and source archives pip installs from on the local backend; without
+    /// --pip-index-url pip looks nowhere else.
+    #[arg(long, env = "JAC_ORC_PIP_FIND_LINKS", value_parser = parse_dir)]
+    pub pip_find_links: Option<PathBuf>,
+    /// A browser origin allowed to call REST and grpc-web cross-origin, as scheme://host[:port]
+    /// (repeatable; default: none, so only same-origin pages and non-browser clients get in).
+    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "JAC_ORC_CORS_ORIGINS", value_delimiter = ',',
+        value_parser = crate::api::layers::parse_origin)]
+    pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may call `serve`, over what, and for how long.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// Static bearer tokens, one `token,user,groups` per line (kube-apiserver's format). Without
+    /// it the local backend generates an admin token into <data-dir>/token.
+    #[arg(long, env = "JAC_ORC_TOKEN_FILE", help_heading = "Security")]
+    pub token_file: Option<PathBuf>,
+    /// Audience a TokenReview must accept (kube backend; repeatable). Default: the API server's.
+    #[arg(long = "token-audience", env = "JAC_ORC_TOKEN_AUDIENCES", value_delimiter = ',', help_heading = "Security")]
+    pub token_audiences: Vec<String>,
+    /// Whether /metrics needs a token from peers that are not loopback.
+    #[arg(long, env = "JAC_ORC_METRICS_AUTH", default_value_t = true, action = ArgAction::Set, help_heading = "Security")]
+    pub metrics_auth: bool,
+    /// Who may use gRPC reflection (default: open on a loopback listener, else authenticated).
+    #[arg(long, value_enum, env = "JAC_ORC_REFLECTION", help_heading = "Security")]
+    pub reflection: Option<ReflectionAccess>,
+    /// TLS certificate chain (PEM), with --tls-key.
+    #[arg(long, env = "JAC_ORC_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), with --tls-cert.
+    #[arg(long, env = "JAC_ORC_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate once into <data-dir>/tls/ and serve TLS with it.
+    #[arg(long, env = "JAC_ORC_TLS_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_dir"], help_heading = "Security")]
+    pub tls_self_signed: bool,
+    /// Extra name of the self-signed certificate (repeatable; localhost and loopback always).
+    #[arg(
+        long = "tls-name",
+        env = "JAC_ORC_TLS_NAMES",
+        value_delimiter = ',',
+        requires = "tls_self_signed",
+        help_heading = "Security"
+    )]
+    pub tls_names: Vec<String>,
+    /// Serve TLS with DIR/tls.crt and DIR/tls.key when they exist (a mounted kubernetes.io/tls
+    /// Secret, e.g. cert-manager's), else plaintext with a warning.
+    #[arg(long, env = "JAC_ORC_TLS_DIR", conflicts_with = "tls_cert", help_heading = "Security")]
+    pub tls_dir: Option<PathBuf>,
+    /// Seconds for a TLS handshake and for an HTTP/1 request's headers.
+    #[arg(long, env = "JAC_ORC_HEADER_READ_TIMEOUT", value_parser = seconds, default_value = "30", help_heading = "Limits")]
+    pub header_read_timeout: Duration,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "JAC_ORC_IDLE_TIMEOUT", value_parser = seconds, default_value = "300", help_heading = "Limits")]
+    pub idle_timeout: Duration,
+    /// Connections served at once (also kept within the open-file limit); more wait.
+    #[arg(long, env = "JAC_ORC_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections, help_heading = "Limits")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "JAC_ORC_MAX_STREAMS", default_value_t = Limits::default().max_streams, help_heading = "Limits")]
+    pub max_streams: u32,
+}
+
+/// A positive number of seconds (`30`, `0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+impl SecurityArgs {
+    fn into_config(self) -> SecurityConfig {
+        let tls = match (self.tls_cert, self.tls_key, self.tls_self_signed, self.tls_dir) {
+            (Some(cert), Some(key), _, _) => Some(TlsChoice::Files { cert, key }),
+            (_, _, true, _) => Some(TlsChoice::SelfSigned { names: self.tls_names }),
+            (_, _, _, Some(dir)) => Some(TlsChoice::Dir(dir)),
+            _ => None,
+        };
+        SecurityConfig {
+            token_file: self.token_file,
+            token_audiences: self.token_audiences.into_iter().filter(|a| !a.trim().is_empty()).collect(),
+            metrics_auth: self.metrics_auth,
+            reflection: self.reflection,
+            tls,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+        }
+    }
+}
+
+/// `--pip-index-url`: an http(s) URL (shown only as "invalid", never echoed: it may hold a password).
+fn parse_index_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text.parse().map_err(|_| "not a URL".to_string())?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(text.to_string()),
+        _ => Err("expected an http:// or https:// URL of a package index".into()),
+    }
+}
+
+/// `--pip-find-links`: an existing folder, made absolute (pip runs in the deployment's folder).
+fn parse_dir(text: &str) -> Result<PathBuf, String> {
+    let path = std::fs::canonicalize(text).map_err(|e| format!("{text}: {e}"))?;
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(format!("{text} is not a folder"))
+    }
 }
 
 impl ServeArgs {
@@ -94,31 +225,48 @@ impl ServeArgs {
             backend: self.backend,
             kubeconfig: self.kubeconfig,
             max_message_bytes: self.max_message_bytes,
+            security: self.security.into_config(),
+            max_buffered_bytes: self.proxy_max_buffered_bytes,
+            pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
+            edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
         }
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Orchestrator address.
+    /// Orchestrator address (`https://` for TLS).
     #[arg(long, env = "JAC_ORC_SERVER", default_value = "http://127.0.0.1:8000")]
     pub server: String,
+    /// Bearer token. Default: for a loopback server, the token `jac-orc serve` generated in the
+    /// data dir.
+    #[arg(long, env = "JAC_ORC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir whose generated token to send to a loopback server (default: serve's default).
+    #[arg(long, env = "JAC_ORC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to trust for an https:// server, instead of the system's roots.
+    #[arg(long, env = "JAC_ORC_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
+/// How a client command prints: a table for people, or the view exactly as REST returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    Text,
+    /// Aligned columns and lines (`text` is accepted too); never JSON.
+    #[value(alias = "text")]
+    Table,
     Json,
     Yaml,
 }
 
-/// The template and values a dry run or deploy names.
-#[derive(Debug, Args)]
-pub struct TemplateArgs {
-    /// Template module, e.g. redis.
-    pub module: String,
-    #[arg(long, default_value = LATEST)]
-    pub version: String,
+/// Placeholder values: `-f` files first (deep-merged in order), then `--set`, then `--set-string`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ValuesArgs {
+    /// Values file, YAML or JSON (`-` reads stdin); repeatable, merged in order (maps deeply),
+    /// before --set.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
     /// Placeholder value; VALUE is read as JSON when it parses (3, true, ["a"]), else as a string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -127,17 +275,34 @@ pub struct TemplateArgs {
     pub set_string: Vec<String>,
 }
 
-impl TemplateArgs {
-    /// The placeholder values `--set` and `--set-string` give.
-    pub fn config(&self) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
-        parse_sets(&self.set, &self.set_string)
-    }
+/// The template a command renders and the values it renders with.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Template module, e.g. redis.
+    pub module: String,
+    /// Template version folder.
+    #[arg(long, default_value = LATEST)]
+    pub version: String,
+    #[command(flatten)]
+    pub values: ValuesArgs,
+}
+
+/// `-n/--namespace` where it may be left to the server (its own namespace).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetNamespace {
+    /// Target namespace (default: the orchestrator's own; `default` offline).
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     #[command(flatten)]
-    pub template: TemplateArgs,
+    pub source: SourceArgs,
+    /// Deployment name (default: the template's default name).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
     #[arg(short, long, value_enum, default_value = "yaml")]
     pub output: Output,
     #[command(flatten)]
@@ -145,9 +310,29 @@ pub struct RenderArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TemplateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Deployment name (default: the template's default name).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
+    /// Template directory overriding the built-in catalog (<module>/<version>/...).
+    #[arg(long, env = "MANIFESTS_PATH")]
+    pub manifests_path: Option<PathBuf>,
+    /// `yaml`: the manifests as a YAML stream; `json`: a v1 List of them; `table`: what would be applied.
+    #[arg(short, long, value_enum, default_value = "yaml")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct DeployArgs {
     #[command(flatten)]
-    pub template: TemplateArgs,
+    pub source: SourceArgs,
+    /// Deployment name (`--set name=` is accepted when it agrees).
+    pub name: String,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
     /// Wait until every workload is ready.
     #[arg(long)]
     pub wait: bool,
@@ -161,31 +346,46 @@ pub struct DeployArgs {
     /// (reported as drift instead of applied again).
     #[arg(long)]
     pub no_self_heal: bool,
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// Show what the deploy would change and change nothing (on Kubernetes: a server-side dry
+    /// run of every object); nothing is recorded.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
+/// One existing deployment.
 #[derive(Debug, Args)]
 pub struct IdArgs {
     pub module: String,
     pub name: String,
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    #[arg(short, long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub id: IdArgs,
+    /// Show the values of secret placeholders (needs `get` on `jacdeployments/secrets`).
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
-    #[arg(short, long)]
+    /// Only deployments in this namespace (default: every namespace).
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE")]
     pub namespace: Option<String>,
     #[arg(short, long)]
     pub module: Option<String>,
-    #[arg(short, long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -193,54 +393,72 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct TemplatesArgs {
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// Only this module.
+    pub module: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// A `--set` or `--set-string` argument without a key.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not KEY=VALUE")]
-pub struct NotKeyValue(String);
-
-/// Builds the config map from `--set` (JSON when it parses) and `--set-string`.
-pub fn parse_sets(
-    set: &[String],
-    set_string: &[String],
-) -> Result<serde_json::Map<String, serde_json::Value>, NotKeyValue> {
-    let mut out = serde_json::Map::new();
-    let split = |s: &str| -> Result<(String, String), NotKeyValue> {
-        s.split_once('=')
-            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| NotKeyValue(s.to_string()))
-    };
-    for s in set {
-        let (k, v) = split(s)?;
-        let value = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
-        out.insert(k, value);
-    }
-    for s in set_string {
-        let (k, v) = split(s)?;
-        out.insert(k, serde_json::Value::String(v));
-    }
-    Ok(out)
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use clap::CommandFactory;
 
     #[test]
-    fn sets_infer_json_and_set_string_forces_strings() {
-        let m = parse_sets(&["replicas=3".into(), "name=db".into(), "l=[\"a\"]".into()], &["password=12345678".into()])
-            .unwrap();
-        assert_eq!(
-            serde_json::Value::Object(m),
-            json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})
-        );
-        assert!(parse_sets(&["novalue".into()], &[]).is_err());
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_takes_module_then_a_required_name() {
+        let cli = Cli::try_parse_from(["jac-orc", "deploy", "redis", "cache", "-f", "a.yaml", "--set", "x=1"]).unwrap();
+        let Command::Deploy(d) = cli.command else { panic!("not deploy") };
+        assert_eq!((d.source.module.as_str(), d.name.as_str()), ("redis", "cache"));
+        assert_eq!(d.source.values.values, [PathBuf::from("a.yaml")]);
+        let err = Cli::try_parse_from(["jac-orc", "deploy", "redis"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn text_output_is_still_accepted_as_table() {
+        let cli = Cli::try_parse_from(["jac-orc", "list", "-o", "text"]).unwrap();
+        let Command::List(l) = cli.command else { panic!("not list") };
+        assert_eq!(l.output, Output::Table);
+    }
+
+    #[test]
+    fn serve_flags_for_pip_and_cors_are_checked_when_parsed() {
+        let serve = |args: &[&str]| {
+            let argv = ["jac-orc", "serve"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(a) => a.into_config(),
+                other => panic!("{other:?}"),
+            })
+        };
+        let dir = std::env::temp_dir();
+        let cfg = serve(&["--cors-origin", "https://App.example/", "--cors-origin", "http://localhost:3000"]).unwrap();
+        assert_eq!(cfg.edge.cors_origins, ["https://app.example", "http://localhost:3000"]);
+        for bad in [
+            &["--cors-origin", "*"][..],
+            &["--cors-origin", "app.example"],
+            &["--pip-index-url", "ftp://x/simple"],
+            &["--pip-index-url", "not a url"],
+            &["--pip-find-links", "/no/such/folder"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+        let cfg =
+            serve(&["--pip-index-url", "https://u:p@idx.example/simple", "--pip-find-links", dir.to_str().unwrap()])
+                .unwrap();
+        assert_eq!(cfg.pip.index_url.as_deref(), Some("https://u:p@idx.example/simple"));
+        assert!(cfg.pip.find_links.unwrap().is_absolute());
+        assert_eq!(serve(&[]).unwrap().max_buffered_bytes, crate::proxy::DEFAULT_MAX_BUFFERED_BYTES);
     }
 }

@@ -1,13 +1,23 @@
-//! The `jac-orc` command line. [`args`] holds the clap types; [`run`] starts the runtime and
-//! runs one command: `serve` (the server's wiring, in `serve`), a client command (in `client`),
-//! which talks to a running orchestrator over gRPC and prints the service's views through
-//! `output`, or [`probe`], the exec form of the orchestrator's readiness probe.
+//! The `jac-orc` command line. [`args`] holds the clap types; [`values`] turns `-f`, `--set`,
+//! NAME and `-n` into placeholder values; [`run`] starts the runtime and runs one command:
+//! `serve` (the server's wiring, in `serve`), a client command (in `client`), which talks to a
+//! running orchestrator over gRPC and prints the service's views through `output`, `template`
+//! (offline rendering, no server), `completion`, or [`probe`], the exec form of the
+//! orchestrator's readiness probe.
+//!
+//! Everything is printed through `output`'s checked writes, so a closed pipe
+//! (`jac-orc list | head -1`) ends the command with an error [`is_broken_pipe`] recognises and
+//! `main` exits 0 quietly.
 
 pub mod args;
 mod client;
+mod completion;
 mod output;
 pub mod probe;
+mod security;
 mod serve;
+mod template;
+pub mod values;
 
 use std::io::ErrorKind;
 
@@ -20,13 +30,16 @@ pub fn run(cli: Cli) -> Result<()> {
     init_tracing(&cli.log);
     runtime()?.block_on(async move {
         match cli.command {
-            Command::Serve(a) => serve::serve(a.into_config()).await,
+            Command::Serve(a) => serve::serve((*a).into_config()).await,
             Command::DryRun(a) => client::dry_run(a).await,
+            Command::Template(a) => template::run(a),
             Command::Deploy(a) => client::deploy(a).await,
             Command::Undeploy(a) => client::undeploy(a).await,
             Command::Get(a) => client::get(a).await,
+            Command::Status(a) => client::status(a).await,
             Command::List(a) => client::list(a).await,
             Command::Templates(a) => client::templates(a).await,
+            Command::Completion(a) => completion::run(&a),
             Command::Probe(a) => Ok(probe::run(&a).await?),
         }
     })

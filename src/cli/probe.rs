@@ -6,6 +6,10 @@
 //! install manifests run it as `jac-orc probe --port 8000`; the kube backend's exec fallback for
 //! gRPC probes appends `--port P [--service S] --timeout T` the same way (see
 //! `backend::kube::ANNOTATION_GRPC_PROBE_EXEC`).
+//!
+//! With `--tls-dir` (`JAC_ORC_TLS_DIR`, which the manifests set for `serve` too) holding a
+//! certificate, it speaks TLS and accepts exactly that certificate
+//! ([`crate::tls::pinned_config`]); the health service needs no token.
 
 use std::time::Duration;
 
@@ -27,12 +31,17 @@ pub struct ProbeArgs {
     /// Seconds for connecting and answering together (a probe's `timeoutSeconds`).
     #[arg(long, default_value_t = 1.0)]
     pub timeout: f64,
+    /// Speak TLS when DIR/tls.crt exists (the server's own `--tls-dir`), trusting exactly it.
+    #[arg(long, env = "JAC_ORC_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid timeout {0}: it must be a positive number of seconds")]
     BadTimeout(f64),
+    #[error("cannot set up TLS for the probe")]
+    Tls(#[source] crate::tls::Error),
     #[error("invalid address {address}")]
     BadAddress {
         address: String,
@@ -67,18 +76,25 @@ pub async fn run(args: &ProbeArgs) -> Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let host = if args.host.contains(':') { format!("[{}]", args.host) } else { args.host.clone() };
     let address = format!("{host}:{}", args.port);
-    match tokio::time::timeout(timeout, check(&address, &args.service, timeout)).await {
+    let cert = args.tls_dir.as_deref().map(|d| crate::config::TlsChoice::dir_files(d).0).filter(|c| c.is_file());
+    let tls = cert.map(|c| crate::tls::pinned_config(&c)).transpose().map_err(Error::Tls)?;
+    match tokio::time::timeout(timeout, check(&address, &args.service, timeout, tls)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout { address, timeout }),
     }
 }
 
-async fn check(address: &str, service: &str, timeout: Duration) -> Result<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+async fn check(address: &str, service: &str, timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|source| Error::BadAddress { address: address.into(), source })?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|source| Error::Connect { address: address.into(), source })?;
+    let connected = match tls {
+        Some(config) => endpoint.connect_with_connector(crate::tls::TlsConnector::new(config)).await,
+        None => endpoint.connect().await,
+    };
+    let channel = connected.map_err(|source| Error::Connect { address: address.into(), source })?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest { service: service.into() })
         .await
@@ -99,7 +115,7 @@ mod tests {
     use super::*;
 
     fn args(port: u16, service: &str) -> ProbeArgs {
-        ProbeArgs { host: "127.0.0.1".into(), port, service: service.into(), timeout: 5.0 }
+        ProbeArgs { host: "127.0.0.1".into(), port, service: service.into(), timeout: 5.0, tls_dir: None }
     }
 
     /// A health service on a loopback port, with `served` SERVING and `down` NOT_SERVING.

@@ -1,7 +1,7 @@
-//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), the
-//! service layer and the server, starts the backend's loops (kube: leader election and the
-//! reconcile loop; local: its reconcile pass), replays startup `MODULES`, and stops the
-//! workloads on SIGTERM.
+//! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), its
+//! security (`security`), the service layer and the server, starts the backend's loops (kube:
+//! leader election and the reconcile loop; local: its reconcile pass), replays startup
+//! `MODULES`, and stops the workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +23,17 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
         None => Catalog::builtin(),
     });
-    let Chosen { backend, local, kube } = choose_backend(&cfg).await?;
+    let Chosen { backend, local, kube, client: kube_client } = choose_backend(&cfg).await?;
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
-        proxy: ProxyConfig::default().max_message_bytes(cfg.max_message_bytes),
+        proxy: ProxyConfig::default()
+            .max_message_bytes(cfg.max_message_bytes)
+            .max_buffered_bytes(cfg.max_buffered_bytes),
+        edge: cfg.edge.clone(),
     };
-    let service = Arc::new(Service::new(catalog, backend.clone(), settings));
+    let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
+    let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));
     let loops = match kube {
         Some((kube, mut loops)) => {
             match kube.migrate_records().await {
@@ -83,7 +87,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         });
     }
-    server::serve(listener, service, shutdown).await?;
+    server::serve(listener, service, security.options, shutdown).await?;
     if let Some(loops) = loops {
         loops.stop().await;
     }
@@ -97,20 +101,22 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
 }
 
 /// The backend to serve with; the local backend when that is the one (it restores workloads);
-/// the kube backend and its loops (election, reconcile) when that is the one.
+/// the kube backend, its loops (election, reconcile) and its client (it reviews tokens and
+/// access) when that is the one.
 struct Chosen {
     backend: Arc<dyn Backend>,
     local: Option<Arc<LocalBackend>>,
     kube: Option<(Arc<KubeBackend>, KubeLoops)>,
+    client: Option<kube::Client>,
 }
 
 /// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
 /// log line says which and why.
 async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
-        let l =
-            Arc::new(LocalBackend::open(LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone() })?);
-        Ok(Chosen { backend: l.clone(), local: Some(l), kube: None })
+        let options = LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone(), pip: cfg.pip.clone() };
+        let l = Arc::new(LocalBackend::open(options)?);
+        Ok(Chosen { backend: l.clone(), local: Some(l), kube: None, client: None })
     };
     if cfg.backend == BackendChoice::Local {
         tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
@@ -135,6 +141,9 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     match kube_backend::probe(&client, Duration::from_secs(5)).await {
         Ok(version) => {
             tracing::info!(reason = %found.reason, %version, "backend: kubernetes");
+            if cfg.pip.index_url.is_some() || cfg.pip.find_links.is_some() {
+                tracing::warn!("--pip-index-url and --pip-find-links apply to the local backend; module pods read the index from the Secret jac-orc-pip (key index-url) in their namespace");
+            }
             let identity = reconcile::replica_identity();
             let loops = KubeLoops::elect(client.clone(), LeaseConfig::new(&cfg.namespace, &identity));
             let options = KubeOptions::default()
@@ -142,8 +151,8 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
                 .restricted_namespace(cfg.restricted_namespace)
                 .leadership(loops.leading())
                 .identity(identity);
-            let kube = Arc::new(KubeBackend::new(client, options));
-            Ok(Chosen { backend: kube.clone(), local: None, kube: Some((kube, loops)) })
+            let kube = Arc::new(KubeBackend::new(client.clone(), options));
+            Ok(Chosen { backend: kube.clone(), local: None, kube: Some((kube, loops)), client: Some(client) })
         }
         Err(e) if cfg.backend == BackendChoice::Auto => {
             tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");

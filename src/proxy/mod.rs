@@ -4,8 +4,15 @@
 //! A `Proxy*Request` carries the module server's request unchanged in field 2; [`codec::split`]
 //! cuts it out as bytes, and those bytes go to `/jac.splice.v1.ModuleService/<Method>` over a
 //! pooled HTTP/2 channel ([`pool`]) to an endpoint chosen by [`resolve`]. The response bytes come
-//! back unchanged. The caller's `grpc-timeout` ([`deadline`]) and `authorization` are forwarded,
-//! and dropping the caller's call (cancellation) drops the forwarded one.
+//! back unchanged. The caller's `grpc-timeout` ([`deadline`]) is forwarded, and dropping the
+//! caller's call (cancellation) drops the forwarded one.
+//!
+//! Who may call: once the target is known, the caller must be allowed `call` on `modules` named
+//! by the deployment ([`Authorizer::permit`]). The caller's own `authorization` never travels on
+//! (the auth layer has already removed it); the forwarded call carries the deployment's call
+//! token instead (`authorization: Bearer <call-token>`, the [`CALL_TOKEN`] placeholder its
+//! module servers were started with), so module servers answer only through jac-orc or callers
+//! holding that token.
 //!
 //! The gRPC edge that serves this is [`crate::api::module_proxy`].
 
@@ -18,15 +25,25 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend};
 use crate::plan::DeploymentId;
 
 /// The template whose deployments the proxy reaches.
 pub const PYTHON_MODULE: &str = "python-module";
 
+/// The secret placeholder holding a python-module deployment's call token; its module servers
+/// get it as `JAC_SPLICE_CALL_TOKEN`.
+pub const CALL_TOKEN: &str = "call-token";
+
 /// Default limit on one proxied request or response: numpy arrays of hundreds of MiB are
 /// ordinary payloads here, and the module server's own default is the same 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Default limit on what the proxy buffers of one request before it knows the target: requests
+/// in the usual field order stream, so only an out-of-order one (field 2 before field 1, a
+/// repeated field 2, fields after it) is held whole, and never more than this.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +51,12 @@ pub enum Error {
     Malformed(#[from] codec::MalformedRequest),
     #[error("the proxy target names no deployment (set ProxyTarget.deployment)")]
     NoDeployment,
+    /// An out-of-order request larger than what the proxy buffers to find its target.
+    #[error("the request needs {needed} bytes buffered before its target is known (fields out of order); the limit is {limit} bytes: send the target (field 1) before the request (field 2)")]
+    BufferLimit { needed: usize, limit: usize },
+    /// The module server could not decode the forwarded request: the caller sent bad protobuf.
+    #[error("{0}")]
+    Undecodable(String),
     #[error("python-module deployment {0} not found")]
     NotFound(DeploymentId),
     #[error("deployment {deployment} has no ready module server{}", known_suffix(.known))]
@@ -49,6 +72,17 @@ pub enum Error {
     /// The module server answered with an error status: passed to the caller unchanged.
     #[error("{}", .0.message())]
     Upstream(Box<tonic::Status>),
+    /// The caller may not call this deployment (or it could not be decided).
+    #[error(transparent)]
+    Authorization(auth::authorize::Error),
+    /// The record holds no usable call token (deployed before module servers had one).
+    #[error("deployment {0} has no call token for its module servers; deploy it again to give it one")]
+    NoCallToken(DeploymentId),
+    /// The module server refused the deployment's call token (it was started with another).
+    #[error(
+        "module server {endpoint} of deployment {deployment} refused the deployment's call token; deploy it again"
+    )]
+    CallTokenRefused { endpoint: String, deployment: DeploymentId },
 }
 
 fn known_suffix(known: &[String]) -> String {
@@ -69,6 +103,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub max_message_bytes: usize,
+    /// Most bytes of one request held before its target is known ([`DEFAULT_MAX_BUFFERED_BYTES`]).
+    pub max_buffered_bytes: usize,
     /// How long a resolved endpoint list is reused before asking the backend again.
     pub resolve_ttl: Duration,
     pub connect_timeout: Duration,
@@ -84,6 +120,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
@@ -98,6 +135,12 @@ impl ProxyConfig {
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    #[must_use]
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
         self
     }
 
@@ -161,15 +204,22 @@ pub struct ModuleProxy {
     default_namespace: String,
     resolver: resolve::Resolver,
     pool: pool::Pool,
+    authorizer: Arc<Authorizer>,
 }
 
 impl ModuleProxy {
-    pub fn new(backend: Arc<dyn Backend>, default_namespace: String, config: ProxyConfig) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        default_namespace: String,
+        config: ProxyConfig,
+        authorizer: Arc<Authorizer>,
+    ) -> Self {
         ModuleProxy {
             resolver: resolve::Resolver::new(backend, config.resolve_ttl),
             pool: pool::Pool::new(config.clone()),
             default_namespace,
             config,
+            authorizer,
         }
     }
 
@@ -187,9 +237,10 @@ impl ModuleProxy {
         to_status: fn(Error) -> tonic::Status,
     ) -> http::Response<tonic::body::Body> {
         let started = Instant::now();
+        let caller = Caller::from_extensions(request.extensions());
         let (parts, body) = request.into_parts();
         let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
-        let forward = self.clone().forward_streaming(method, parts.headers, body, timeout, started, to_status);
+        let forward = self.clone().forward_streaming(method, caller, body, timeout, started, to_status);
         let result = match timeout {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
@@ -203,7 +254,7 @@ impl ModuleProxy {
     async fn forward_streaming(
         self: Arc<Self>,
         method: Method,
-        headers: http::HeaderMap,
+        caller: Caller,
         mut body: tonic::body::Body,
         timeout: Option<Duration>,
         started: Instant,
@@ -211,9 +262,15 @@ impl ModuleProxy {
     ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
         use http_body_util::BodyExt;
         let limit = self.config.max_message_bytes;
+        let buffer_limit = self.config.max_buffered_bytes;
+        let over_buffer = |needed: usize| to_status(Error::BufferLimit { needed, limit: buffer_limit });
         let mut head = bytes::BytesMut::new();
         let (target, upstream_body) = loop {
             match stream::plan(&head).map_err(|e| to_status(e.into()))? {
+                stream::Plan::NeedMore if head.len() > buffer_limit => {
+                    // A huge field before field 2 (or an unfinished field 1).
+                    return Err(over_buffer(head.len()));
+                }
                 stream::Plan::NeedMore => {}
                 stream::Plan::Stream { target, prefix, inner_len } => {
                     if inner_len > limit {
@@ -230,6 +287,10 @@ impl ModuleProxy {
                 stream::Plan::Whole { len } => {
                     if len > limit {
                         return Err(too_large(len, limit));
+                    }
+                    if len > buffer_limit {
+                        // Refused before reading it: the body is dropped, not buffered.
+                        return Err(over_buffer(len));
                     }
                     if head.len() >= stream::FRAME_HEADER + len {
                         let message = head.freeze().slice(stream::FRAME_HEADER..stream::FRAME_HEADER + len);
@@ -250,7 +311,11 @@ impl ModuleProxy {
             }
         };
         let id = self.deployment_id(target).map_err(to_status)?;
-        let endpoint = self.resolver.pick(&id).await.map_err(to_status)?;
+        self.authorizer
+            .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
+            .await
+            .map_err(|e| to_status(Error::Authorization(e)))?;
+        let resolve::Pick { endpoint, call_token } = self.resolver.pick(&id).await.map_err(to_status)?;
         let mut sender = match self.pool.get(&endpoint).await {
             Ok(s) => s,
             Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
@@ -267,9 +332,7 @@ impl ModuleProxy {
         let h = request.headers_mut();
         h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
-            h.insert(http::header::AUTHORIZATION, auth.clone());
-        }
+        h.insert(http::header::AUTHORIZATION, call_token);
         if let Some(t) = timeout {
             // What is left after resolution, so the module server gives up when the caller does.
             h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
@@ -283,6 +346,15 @@ impl ModuleProxy {
             Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
         };
         let (parts, body) = response.into_parts();
+        if parts.headers.get("grpc-status").is_some_and(|s| s == "16") {
+            // Trailers-only UNAUTHENTICATED: the module server refused our call token, which says
+            // nothing about the caller (already authorized), so it is not passed on as such.
+            tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
+            return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
+        }
+        if let Some(message) = undecodable(&parts.headers) {
+            return Err(to_status(Error::Undecodable(message)));
+        }
         let proxy = self.clone();
         let on_error = move |status: tonic::Status| {
             let status = match TransportFailure::from_status(&status) {
@@ -354,6 +426,15 @@ impl ModuleProxy {
         tracing::warn!(deployment = %id, endpoint, %reason, "module server unreachable");
         Error::Unreachable { endpoint: endpoint.to_string(), deployment: id.clone(), reason }
     }
+}
+
+/// The message of a trailers-only INTERNAL status with which tonic's decoder answers a request
+/// it cannot parse ("failed to decode Protobuf message: ..."): the request was the caller's, so
+/// the proxy answers InvalidArgument instead.
+fn undecodable(headers: &http::HeaderMap) -> Option<String> {
+    let status = tonic::Status::from_header_map(headers)?;
+    let decode = status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf");
+    decode.then(|| status.message().to_string())
 }
 
 fn too_large(len: usize, limit: usize) -> tonic::Status {

@@ -1,6 +1,7 @@
-//! Deployment → module-server endpoint, through [`Backend::module_endpoints`], cached briefly so
-//! a hot path does not hit the state store (or the Kubernetes API) on every call, and balanced
-//! round robin across the ready endpoints per call.
+//! Deployment → module-server endpoint and call token, through [`Backend::get`] (the record holds
+//! the [`super::CALL_TOKEN`]) and [`Backend::module_endpoints`], cached briefly so a hot path does
+//! not hit the state store (or the Kubernetes API) on every call, and balanced round robin
+//! across the ready endpoints per call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,10 +12,19 @@ use super::{Error, Result};
 use crate::backend::{self, Backend};
 use crate::plan::DeploymentId;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Cached {
     at: Instant,
     endpoints: Arc<[String]>,
+    /// `authorization: Bearer <call token>`, marked sensitive.
+    call_token: http::HeaderValue,
+}
+
+/// Where the next call goes and what it authenticates with.
+#[derive(Debug)]
+pub struct Pick {
+    pub endpoint: String,
+    pub call_token: http::HeaderValue,
 }
 
 #[derive(Debug)]
@@ -32,15 +42,15 @@ impl Resolver {
         Resolver { backend, ttl, cache: Mutex::default(), next: Mutex::default() }
     }
 
-    /// The endpoint the next call to `id` goes to.
-    pub async fn pick(&self, id: &DeploymentId) -> Result<String> {
-        let endpoints = match self.fresh(id) {
-            Some(e) => e,
+    /// The endpoint the next call to `id` goes to, and the deployment's call token.
+    pub async fn pick(&self, id: &DeploymentId) -> Result<Pick> {
+        let cached = match self.fresh(id) {
+            Some(c) => c,
             None => self.refresh(id).await?,
         };
         let counter = self.next.lock().expect("resolver lock").entry(id.clone()).or_default().clone();
-        let i = counter.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Ok(endpoints[i].clone())
+        let i = counter.fetch_add(1, Ordering::Relaxed) % cached.endpoints.len();
+        Ok(Pick { endpoint: cached.endpoints[i].clone(), call_token: cached.call_token })
     }
 
     /// Forgets what is cached for `id` (after a connection error, so the next call asks the
@@ -49,12 +59,24 @@ impl Resolver {
         self.cache.lock().expect("resolver lock").remove(id);
     }
 
-    fn fresh(&self, id: &DeploymentId) -> Option<Arc<[String]>> {
+    fn fresh(&self, id: &DeploymentId) -> Option<Cached> {
         let cache = self.cache.lock().expect("resolver lock");
-        cache.get(id).filter(|c| c.at.elapsed() < self.ttl).map(|c| c.endpoints.clone())
+        cache.get(id).filter(|c| c.at.elapsed() < self.ttl).cloned()
     }
 
-    async fn refresh(&self, id: &DeploymentId) -> Result<Arc<[String]>> {
+    async fn refresh(&self, id: &DeploymentId) -> Result<Cached> {
+        let record = match self.backend.get(id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(Error::NotFound(id.clone())),
+            Err(e) => return Err(Error::Backend(e)),
+        };
+        let mut call_token = record
+            .config
+            .get(super::CALL_TOKEN)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok())
+            .ok_or_else(|| Error::NoCallToken(id.clone()))?;
+        call_token.set_sensitive(true);
         let endpoints = match self.backend.module_endpoints(id).await {
             Ok(e) => e,
             Err(backend::Error::NotFound(_)) => return Err(Error::NotFound(id.clone())),
@@ -63,19 +85,11 @@ impl Resolver {
         if endpoints.is_empty() {
             // Not cached: the module server may be back any moment. The record's endpoints
             // (where it runs when it is up) make the error actionable.
-            let known = match self.backend.get(id).await {
-                Ok(Some(record)) => record.endpoints,
-                Ok(None) => return Err(Error::NotFound(id.clone())),
-                Err(_) => Vec::new(),
-            };
-            return Err(Error::NoReadyEndpoint { deployment: id.clone(), known });
+            return Err(Error::NoReadyEndpoint { deployment: id.clone(), known: record.endpoints });
         }
-        let endpoints: Arc<[String]> = endpoints.into();
-        self.cache
-            .lock()
-            .expect("resolver lock")
-            .insert(id.clone(), Cached { at: Instant::now(), endpoints: endpoints.clone() });
-        Ok(endpoints)
+        let cached = Cached { at: Instant::now(), endpoints: endpoints.into(), call_token };
+        self.cache.lock().expect("resolver lock").insert(id.clone(), cached.clone());
+        Ok(cached)
     }
 }
 
@@ -115,11 +129,16 @@ mod tests {
             Ok(())
         }
         async fn get(&self, id: &DeploymentId) -> backend::Result<Option<DeploymentRecord>> {
-            Ok((id.name == "known").then(|| DeploymentRecord {
+            let config = match id.name.as_str() {
+                "known" => serde_json::json!({"call-token": "t0k3n"}),
+                "tokenless" => serde_json::json!({}),
+                _ => return Ok(None),
+            };
+            Ok(Some(DeploymentRecord {
                 id: id.clone(),
                 version: "latest".into(),
-                config: Default::default(),
-                secret_keys: vec![],
+                config: config.as_object().cloned().unwrap(),
+                secret_keys: vec!["call-token".into()],
                 endpoints: vec!["127.0.0.1:9".into()],
                 status: Status::Deployed,
                 message: String::new(),
@@ -154,7 +173,10 @@ mod tests {
         let (fake, r) = resolver(&["a:1", "b:2", "c:3"]);
         let mut picked = Vec::new();
         for _ in 0..6 {
-            picked.push(r.pick(&id("known")).await.unwrap());
+            let pick = r.pick(&id("known")).await.unwrap();
+            assert_eq!(pick.call_token, "Bearer t0k3n");
+            assert!(pick.call_token.is_sensitive(), "never logged by HTTP stacks");
+            picked.push(pick.endpoint);
         }
         assert_eq!(picked, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);
         assert_eq!(fake.lookups.load(Ordering::Relaxed), 1);
@@ -162,7 +184,7 @@ mod tests {
         // After invalidation the backend is asked again and the rotation carries on.
         *fake.endpoints.lock().unwrap() = vec!["d:4".into()];
         r.invalidate(&id("known"));
-        assert_eq!(r.pick(&id("known")).await.unwrap(), "d:4");
+        assert_eq!(r.pick(&id("known")).await.unwrap().endpoint, "d:4");
         assert_eq!(fake.lookups.load(Ordering::Relaxed), 2);
     }
 
@@ -181,6 +203,16 @@ mod tests {
         }
         // Not cached: the next call asks again, so a module server that comes back is seen.
         *fake.endpoints.lock().unwrap() = vec!["a:1".into()];
-        assert_eq!(r.pick(&id("known")).await.unwrap(), "a:1");
+        assert_eq!(r.pick(&id("known")).await.unwrap().endpoint, "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_record_without_a_call_token_is_refused_before_any_endpoint_lookup() {
+        let (fake, r) = resolver(&["a:1"]);
+        match r.pick(&id("tokenless")).await {
+            Err(e @ Error::NoCallToken(_)) => assert!(e.to_string().contains("tokenless"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.lookups.load(Ordering::Relaxed), 0);
     }
 }

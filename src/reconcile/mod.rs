@@ -25,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::kube::KubeBackend;
 use crate::plan::Planner;
 
+/// How long a stopping reconcile loop waits for the reconciles in flight (a readiness wait can
+/// last minutes; a shutdown must not).
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The kube backend's loops on one replica: its leader election and, while it leads, the
 /// reconcile loop. [`KubeLoops::stop`] ends both and releases the Lease.
 #[derive(Debug)]
@@ -53,13 +57,20 @@ impl KubeLoops {
         self.controller = Some(tokio::spawn(task));
     }
 
-    /// Stops the reconcile loop (reconciles in flight finish), then the election, releasing
-    /// the Lease so another replica takes over at once.
+    /// Stops the reconcile loop (reconciles in flight get [`STOP_GRACE`] to finish; one still
+    /// waiting for readiness then is dropped, and the next leader reconciles it again), then the
+    /// election, releasing the Lease so another replica takes over at once.
     pub async fn stop(self) {
         self.stop.cancel();
-        if let Some(c) = self.controller {
-            if let Err(e) = c.await {
-                tracing::warn!(error = %e, "the reconcile loop ended abnormally");
+        if let Some(mut c) = self.controller {
+            match tokio::time::timeout(STOP_GRACE, &mut c).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the reconcile loop ended abnormally"),
+                Err(_) => {
+                    tracing::warn!(grace = ?STOP_GRACE, "reconciles still in flight at shutdown; dropped");
+                    c.abort();
+                    let _ = c.await;
+                }
             }
         }
         if let Err(e) = self.election.task.await {

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::locks::Held;
 use super::views::{Counts, DeploymentView, Summary};
 use super::{DeploymentRequest, Error, Prepared, Result, Service};
+use crate::auth::{Caller, Resource, Verb};
 use crate::backend::{ApplyOptions, ObjectEvent, Progress};
 use crate::identity::DeploymentId;
 
@@ -42,8 +43,8 @@ pub enum Event {
 impl Service {
     /// Validates, renders and checks the request (errors here mean nothing was applied), then
     /// applies it in the background and returns its events.
-    pub async fn deploy(&self, req: &DeploymentRequest, opts: ApplyOptions) -> Result<DeployStream> {
-        Ok(self.apply(self.prepare(req).await?, opts))
+    pub async fn deploy(&self, caller: &Caller, req: &DeploymentRequest, opts: ApplyOptions) -> Result<DeployStream> {
+        Ok(self.apply(self.prepare(caller, req).await?, opts))
     }
 
     /// Applies a prepared deployment in the background and returns its events.
@@ -51,7 +52,8 @@ impl Service {
         let Prepared { plan, started, lock } = prepared;
         let backend = self.backend.clone();
         let id = plan.id.clone();
-        tracing::info!(deployment = %id, version = %plan.version, "deploying");
+        let what = if opts.dry_run { "dry run of a deploy" } else { "deploying" };
+        tracing::info!(deployment = %id, version = %plan.version, "{what}");
         DeployStream::spawn("deploy", id, started, lock, move |progress| async move {
             let record = backend.apply(&plan, &opts, &progress).await?;
             Ok(DeploymentView::from(&record))
@@ -61,8 +63,9 @@ impl Service {
     /// Checks that the deployment exists (`NotFound` before any stream), then removes
     /// everything it created in the background and returns the events. The summary shows the
     /// deployment as it was.
-    pub async fn undeploy(&self, id: &DeploymentId) -> Result<DeployStream> {
+    pub async fn undeploy(&self, caller: &Caller, id: &DeploymentId) -> Result<DeployStream> {
         let started = Instant::now();
+        self.permit(caller, Verb::Delete, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         let lock = self.locks.hold(id).await;
         let view = DeploymentView::from(&self.require(id).await?);
         let backend = self.backend.clone();
@@ -225,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_yields_every_event_then_one_summary_with_the_counts() {
         let (service, _) = Recording::service();
-        let mut stream = service.deploy(&redis("counted"), ApplyOptions::default()).await.unwrap();
+        let mut stream = service.deploy(&Caller::Operator, &redis("counted"), ApplyOptions::default()).await.unwrap();
         let mut objects = 0;
         let summary = loop {
             match within(stream.next()).await.expect("a last event") {
@@ -243,8 +246,8 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_ends_the_wait_and_the_run_is_still_recorded() {
         let (service, backend) = Recording::service();
-        let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false, ..Default::default() };
-        let mut stream = service.deploy(&redis("left"), opts).await.unwrap();
+        let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), ..ApplyOptions::default() };
+        let mut stream = service.deploy(&Caller::Operator, &redis("left"), opts).await.unwrap();
         loop {
             if let Event::Object(ev) = within(stream.next()).await.expect("events") {
                 if ev.action == crate::backend::Action::Waiting {
@@ -265,7 +268,7 @@ mod tests {
         .await;
         assert_eq!(record.message, ABANDONED);
         // The run has let go of the deployment's lock: the next run starts.
-        let next = service.undeploy(&id).await.unwrap().finish();
+        let next = service.undeploy(&Caller::Operator, &id).await.unwrap().finish();
         assert_eq!(within(next).await.unwrap().counts.deleted, 3);
     }
 
@@ -273,6 +276,6 @@ mod tests {
     async fn undeploying_what_does_not_exist_fails_before_any_stream() {
         let (service, _) = Recording::service();
         let id = DeploymentId::new("default", "redis", "never").unwrap();
-        assert!(matches!(service.undeploy(&id).await.unwrap_err(), Error::NotFound(_)));
+        assert!(matches!(service.undeploy(&Caller::Operator, &id).await.unwrap_err(), Error::NotFound(_)));
     }
 }

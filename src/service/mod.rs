@@ -5,13 +5,26 @@
 //! It validates and renders before anything is applied, so bad input never changes a
 //! deployment, and it serialises the work on one deployment: from the moment a deploy resolves
 //! its secrets to the moment its apply is recorded, nothing else touches that deployment.
+//!
+//! Every operation names its [`Caller`] and is authorized through the one decision,
+//! [`Authorizer::permit`], before it reads or changes anything:
+//!
+//! | operation | verb | resource | namespace | name |
+//! | --- | --- | --- | --- | --- |
+//! | deploy, dry run | create (update if it exists) | `jacdeployments` | target | deployment |
+//! | undeploy | delete | `jacdeployments` | its | deployment |
+//! | get / list | get / list | `jacdeployments` | its (list: the one asked, else all) | deployment / - |
+//! | secrets | get | `jacdeployments/secrets` | its | deployment |
+//! | templates | list | `templates` | - | - |
+//!
+//! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
 mod deploy;
 mod locks;
 mod planner;
 mod prepare;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod views;
 
 use std::sync::Arc;
@@ -19,13 +32,14 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
 use locks::Locks;
-pub use prepare::Prepared;
-pub use views::{DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
+pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
+pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -45,6 +59,9 @@ pub enum Error {
     NotFound(DeploymentId),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::Error),
+    /// The caller may not do this (or it could not be decided).
+    #[error(transparent)]
+    Authorization(#[from] auth::authorize::Error),
     /// The task running a deploy or undeploy ended without an outcome (it panicked).
     #[error("the {run} run of {id} stopped without an outcome")]
     RunAborted {
@@ -93,6 +110,8 @@ pub struct Settings {
     pub restricted_namespace: bool,
     /// `ModuleProxy` limits and tuning.
     pub proxy: crate::proxy::ProxyConfig,
+    /// The HTTP edge's browser and request-head rules (CORS allowlist, URI limit).
+    pub edge: crate::config::EdgeConfig,
 }
 
 impl Settings {
@@ -107,6 +126,7 @@ impl Default for Settings {
             namespace: "default".into(),
             restricted_namespace: false,
             proxy: crate::proxy::ProxyConfig::default(),
+            edge: crate::config::EdgeConfig::default(),
         }
     }
 }
@@ -118,12 +138,40 @@ pub struct Service {
     settings: Settings,
     rule: NamespaceRule,
     locks: Locks,
+    authorizer: Arc<Authorizer>,
 }
 
 impl Service {
+    /// A service deciding by the local backend's group rules ([`Authorizer::groups`]) until
+    /// [`Service::with_authorizer`] says otherwise: identities without jac-orc's groups may do
+    /// nothing.
     pub fn new(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, settings: Settings) -> Self {
         let rule = settings.namespace_rule();
-        Service { catalog, backend, settings, rule, locks: Locks::default() }
+        let authorizer = Arc::new(Authorizer::groups());
+        Service { catalog, backend, settings, rule, locks: Locks::default(), authorizer }
+    }
+
+    /// Decides every operation with `authorizer` (SubjectAccessReviews on the kube backend).
+    #[must_use]
+    pub fn with_authorizer(mut self, authorizer: Arc<Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// The one authorization step of every operation.
+    async fn permit(
+        &self,
+        caller: &Caller,
+        verb: Verb,
+        resource: Resource,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<()> {
+        Ok(self.authorizer.permit(caller, verb, resource, namespace, name).await?)
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -138,7 +186,8 @@ impl Service {
         &self.settings
     }
 
-    pub fn templates(&self) -> Result<Vec<TemplateView>> {
+    pub async fn templates(&self, caller: &Caller) -> Result<Vec<TemplateView>> {
+        self.permit(caller, Verb::List, Resource::Templates, None, None).await?;
         Ok(self.catalog.list()?.iter().map(TemplateView::from).collect())
     }
 
@@ -147,16 +196,43 @@ impl Service {
         self.backend.get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
     }
 
-    pub async fn get(&self, id: &DeploymentId) -> Result<DeploymentView> {
+    /// One deployment, secrets redacted.
+    pub async fn get(&self, caller: &Caller, id: &DeploymentId) -> Result<DeploymentView> {
+        self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         Ok(DeploymentView::from(&self.require(id).await?))
     }
 
+    /// The values of a deployment's secret placeholders (generated passwords and the like). A
+    /// python-module's call token is among them only for callers also allowed to call it.
+    pub async fn secrets(&self, caller: &Caller, id: &DeploymentId) -> Result<DeploymentSecretsView> {
+        let (ns, name) = (Some(id.namespace.as_str()), Some(id.name.as_str()));
+        self.permit(caller, Verb::Get, Resource::JacDeploymentSecrets, ns, name).await?;
+        let record = self.require(id).await?;
+        let mut view = DeploymentSecretsView::from(&record);
+        if view.secrets.contains_key(crate::proxy::CALL_TOKEN) {
+            match self.permit(caller, Verb::Call, Resource::Modules, ns, name).await {
+                Ok(()) => {}
+                Err(Error::Authorization(auth::authorize::Error::Denied(_))) => {
+                    view.secrets.remove(crate::proxy::CALL_TOKEN);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(view)
+    }
+
     /// Deployments, optionally of one namespace and one module (empty matches all), in id order.
-    pub async fn list(&self, namespace: Option<&str>, module: Option<&str>) -> Result<Vec<DeploymentView>> {
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        namespace: Option<&str>,
+        module: Option<&str>,
+    ) -> Result<Vec<DeploymentView>> {
+        let namespace = namespace.filter(|ns| !ns.is_empty());
+        self.permit(caller, Verb::List, Resource::JacDeployments, namespace, None).await?;
         let mut records = self.backend.list().await?;
         records.retain(|r| {
-            namespace.is_none_or(|ns| ns.is_empty() || r.id.namespace == ns)
-                && module.is_none_or(|m| m.is_empty() || r.id.module == m)
+            namespace.is_none_or(|ns| r.id.namespace == ns) && module.is_none_or(|m| m.is_empty() || r.id.module == m)
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records.iter().map(DeploymentView::from).collect())

@@ -1,6 +1,7 @@
 //! From a request to a rendered plan: the template it names, the namespace rule, the identity,
-//! the resolved values (secrets generated under the deployment's lock) and the backend's
-//! preflight. Nothing here changes a deployment.
+//! the caller's permission, the resolved values (secrets generated under the deployment's lock)
+//! and the backend's preflight. Nothing here changes a deployment. [`render_offline`] is the same
+//! path with no backend and no caller (`jac-orc template`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,9 +11,10 @@ use serde_json::{Map, Value};
 use super::locks::Held;
 use super::views::DryRunView;
 use super::{DeploymentRequest, Result, Service};
-use crate::catalog::{self, placeholders::kind_of, Resolved, TemplateVersion};
-use crate::identity::{self, DeploymentId};
-use crate::plan::Plan;
+use crate::auth::{Caller, Resource, Verb};
+use crate::catalog::{self, placeholders::kind_of, Catalog, Report, Resolved, TemplateVersion};
+use crate::identity::{self, DeploymentId, NamespaceRule};
+use crate::plan::{Plan, PlannedObject};
 
 /// A validated, rendered deployment, ready to apply. It holds the deployment's lock, so the
 /// secrets it resolved stay the deployment's until its apply is recorded (or it is dropped).
@@ -33,10 +35,45 @@ pub(super) struct Resolution {
     pub(super) id: DeploymentId,
 }
 
+/// A request rendered with no backend: the objects a deploy would apply, labelled as the
+/// orchestrator labels them, in apply order.
+#[derive(Debug)]
+pub struct Offline {
+    pub id: DeploymentId,
+    pub version: String,
+    pub objects: Vec<PlannedObject>,
+    /// How each placeholder resolved (`generated` marks secrets made up for this rendering).
+    pub reports: Vec<Report>,
+}
+
+/// Renders `req` from `catalog` under `rule` exactly as a deploy would plan it, with no server
+/// and no backend. Secrets not given are generated afresh: there is no record to remember them.
+pub fn render_offline(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> Result<Offline> {
+    let Resolution { template, resolved, id, .. } = resolve(catalog, rule, req)?;
+    let objects = planned_objects(&template, &resolved.values, &id)?;
+    Ok(Offline { id, version: template.version.clone(), objects, reports: resolved.reports })
+}
+
+/// The rendered objects, labelled with the deployment's identity, in apply order.
+fn planned_objects(
+    template: &TemplateVersion,
+    values: &Map<String, Value>,
+    id: &DeploymentId,
+) -> Result<Vec<PlannedObject>> {
+    let rendered = template.render(values)?;
+    let mut objects = template.objects(&rendered)?;
+    for o in &mut objects {
+        identity::label(&mut o.manifest, id, &template.version);
+    }
+    Plan::order_objects(&mut objects);
+    Ok(objects)
+}
+
 impl Service {
-    /// Renders without touching anything.
-    pub fn dry_run(&self, req: &DeploymentRequest) -> Result<DryRunView> {
+    /// Renders without touching anything. The caller needs what the deploy would need.
+    pub async fn dry_run(&self, caller: &Caller, req: &DeploymentRequest) -> Result<DryRunView> {
         let r = self.resolve(req)?;
+        self.permit_apply(caller, &r.id).await?;
         let rendered = r.template.render(&r.resolved.values)?;
         let mut objects = r.template.objects(&rendered)?;
         Plan::order_objects(&mut objects);
@@ -46,9 +83,10 @@ impl Service {
 
     /// Validates, renders and plans a deployment, and checks the backend can run it. Nothing is
     /// applied yet, so any error here leaves every deployment as it was.
-    pub async fn prepare(&self, req: &DeploymentRequest) -> Result<Prepared> {
+    pub async fn prepare(&self, caller: &Caller, req: &DeploymentRequest) -> Result<Prepared> {
         let started = Instant::now();
         let Resolution { template, config, mut resolved, id } = self.resolve(req)?;
+        self.permit_apply(caller, &id).await?;
         let lock = self.locks.hold(&id).await;
         // Secrets are generated here, under the lock: a concurrent first deploy waits, then
         // finds this one's record and keeps its secrets (a new password would break clients).
@@ -61,55 +99,76 @@ impl Service {
         Ok(Prepared { plan, started, lock })
     }
 
+    /// `create` on a new deployment, `update` on one that exists.
+    async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
+        let verb = match caller {
+            Caller::User(_) if self.backend.get(id).await?.is_some() => Verb::Update,
+            _ => Verb::Create,
+        };
+        self.permit(caller, verb, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await
+    }
+
     pub(super) fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
-        let template = self.catalog.load(&req.module, req.version())?;
-        let config = self.with_namespace(&template, &req.config)?;
-        let resolved = template.resolve(&config, None)?;
-        let id = self.identity(&template, &resolved.values)?;
-        Ok(Resolution { template, config, resolved, id })
-    }
-
-    /// Applies the namespace rule to a template that takes a namespace: the one asked for
-    /// (checked), else the orchestrator's.
-    fn with_namespace(&self, template: &TemplateVersion, config: &Map<String, Value>) -> Result<Map<String, Value>> {
-        let mut config = config.clone();
-        if !template.declares("namespace") {
-            return Ok(config);
-        }
-        let requested = match config.get("namespace") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(ns)) => Some(ns.as_str()),
-            Some(other) => return Err(wrong_type("namespace", other).into()),
-        };
-        let namespace = self.rule.target(requested)?;
-        config.insert("namespace".into(), Value::String(namespace));
-        Ok(config)
-    }
-
-    /// The deployment a request's resolved values name: `namespace` (else the orchestrator's)
-    /// and `name` (else the module's).
-    fn identity(&self, template: &TemplateVersion, values: &Map<String, Value>) -> Result<DeploymentId> {
-        let namespace = match values.get("namespace").and_then(Value::as_str) {
-            Some(ns) if !ns.is_empty() => ns.to_string(),
-            _ => self.rule.home().to_string(),
-        };
-        let name = match values.get("name") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(wrong_type("name", other).into()),
-            None => template.module.clone(),
-        };
-        Ok(DeploymentId::from_config(namespace, template.module.clone(), name)?)
+        resolve(&self.catalog, &self.rule, req)
     }
 }
 
-/// The plan of resolved values: rendered, labelled, in apply order.
-pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId) -> Result<Plan> {
-    let rendered = template.render(&resolved.values)?;
-    let mut objects = template.objects(&rendered)?;
-    for o in &mut objects {
-        identity::label(&mut o.manifest, &id, &template.version);
+fn resolve(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> Result<Resolution> {
+    let template = catalog.load(&req.module, req.version())?;
+    let config = with_namespace(rule, &template, &req.config)?;
+    let resolved = template.resolve(&config, None)?;
+    let id = identity(rule, &template, &resolved.values)?;
+    Ok(Resolution { template, config, resolved, id })
+}
+
+/// Applies the namespace rule to a template that takes a namespace: the one asked for
+/// (checked), else the orchestrator's. A template declaring [`ORCHESTRATOR_NAMESPACE`]
+/// (python-module's NetworkPolicy lets the orchestrator's pods in) gets the orchestrator's
+/// namespace there unless the request names one.
+fn with_namespace(
+    rule: &NamespaceRule,
+    template: &TemplateVersion,
+    config: &Map<String, Value>,
+) -> Result<Map<String, Value>> {
+    let mut config = config.clone();
+    if template.declares(ORCHESTRATOR_NAMESPACE) {
+        let given = config.get(ORCHESTRATOR_NAMESPACE).is_some_and(|v| v.as_str() != Some(""));
+        if !given {
+            config.insert(ORCHESTRATOR_NAMESPACE.into(), Value::String(rule.home().to_string()));
+        }
     }
-    Plan::order_objects(&mut objects);
+    if !template.declares("namespace") {
+        return Ok(config);
+    }
+    let requested = match config.get("namespace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(ns)) => Some(ns.as_str()),
+        Some(other) => return Err(wrong_type("namespace", other).into()),
+    };
+    let namespace = rule.target(requested)?;
+    config.insert("namespace".into(), Value::String(namespace));
+    Ok(config)
+}
+
+/// The deployment a request's resolved values name: `namespace` (else the orchestrator's)
+/// and `name` (else the module's).
+fn identity(rule: &NamespaceRule, template: &TemplateVersion, values: &Map<String, Value>) -> Result<DeploymentId> {
+    let namespace = match values.get("namespace").and_then(Value::as_str) {
+        Some(ns) if !ns.is_empty() => ns.to_string(),
+        _ => rule.home().to_string(),
+    };
+    let name = match values.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(wrong_type("name", other).into()),
+        None => template.module.clone(),
+    };
+    Ok(DeploymentId::from_config(namespace, template.module.clone(), name)?)
+}
+
+/// The plan of resolved values: rendered, labelled, in apply order (a deploy's, and the
+/// reconcile loops' through the [`crate::plan::Planner`]).
+pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId) -> Result<Plan> {
+    let objects = planned_objects(template, &resolved.values, &id)?;
     let local = template.render_local(&resolved.values)?;
     Ok(Plan {
         id,
@@ -120,6 +179,9 @@ pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: Deploy
         local,
     })
 }
+
+/// The placeholder the service fills with its own namespace (see `with_namespace`).
+pub const ORCHESTRATOR_NAMESPACE: &str = "orchestrator-namespace";
 
 fn wrong_type(name: &str, got: &Value) -> catalog::Error {
     catalog::Error::WrongType { name: name.into(), expected: "string", got: kind_of(got) }
@@ -144,7 +206,7 @@ mod tests {
             config: json!({"name": "db"}).as_object().cloned().unwrap(),
         };
         let run = |service: Arc<Service>, req: DeploymentRequest| async move {
-            service.deploy(&req, ApplyOptions::default()).await.unwrap().finish().await.unwrap()
+            service.deploy(&Caller::Operator, &req, ApplyOptions::default()).await.unwrap().finish().await.unwrap()
         };
         let runs: Vec<_> = (0..4).map(|_| tokio::spawn(run(service.clone(), req.clone()))).collect();
         for r in runs {

@@ -111,6 +111,37 @@ pub struct TemplateVersionView {
     pub local_recipe: bool,
     /// Placeholder names, in the template's order.
     pub placeholders: Vec<String>,
+    /// The same placeholders with their type, default and description.
+    pub placeholder_specs: Vec<PlaceholderSpecView>,
+}
+
+/// A placeholder as a template version declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PlaceholderSpecView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: catalog::Type,
+    /// `null` for secrets and required placeholders without one.
+    pub default: Value,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+impl From<&catalog::Spec> for PlaceholderSpecView {
+    fn from(s: &catalog::Spec) -> Self {
+        PlaceholderSpecView {
+            name: s.name.clone(),
+            ty: s.ty,
+            default: s.default.clone(),
+            description: s.description.clone(),
+            secret: s.secret,
+            required: s.required,
+        }
+    }
 }
 
 impl From<&ModuleInfo> for TemplateView {
@@ -129,6 +160,7 @@ impl From<&TemplateVersion> for TemplateVersionView {
             has_dependencies: v.has_dependencies(),
             local_recipe: v.has_local_recipe(),
             placeholders: v.specs.iter().map(|s| s.name.clone()).collect(),
+            placeholder_specs: v.specs.iter().map(PlaceholderSpecView::from).collect(),
         }
     }
 }
@@ -175,6 +207,30 @@ impl From<&DeploymentRecord> for DeploymentView {
             objects: r.objects.clone(),
             backend: r.backend,
             updated_at: r.updated_at.clone(),
+        }
+    }
+}
+
+/// The values of a deployment's secret placeholders, for callers allowed
+/// `jacdeployments/secrets` (`GetDeploymentSecrets`, `GET /deployment/{ns}/{module}/{name}/secrets`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DeploymentSecretsView {
+    pub namespace: String,
+    pub module: String,
+    pub name: String,
+    /// Secret placeholder → its value, e.g. `{"password": "…"}`.
+    #[schema(value_type = Object)]
+    pub secrets: Map<String, Value>,
+}
+
+impl From<&DeploymentRecord> for DeploymentSecretsView {
+    fn from(r: &DeploymentRecord) -> Self {
+        let secrets = r.config.iter().filter(|(k, _)| r.secret_keys.contains(k)).map(|(k, v)| (k.clone(), v.clone()));
+        DeploymentSecretsView {
+            namespace: r.id.namespace.clone(),
+            module: r.id.module.clone(),
+            name: r.id.name.clone(),
+            secrets: secrets.collect(),
         }
     }
 }

@@ -44,6 +44,70 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// A client config that trusts exactly the (first) certificate in `cert_file`, whatever names
+/// it carries: for `jac-orc probe`, which asks its own server over loopback, where a certificate
+/// issued for the Service's DNS name would never match `127.0.0.1`. Signatures are still
+/// verified, so only the holder of that certificate's key passes.
+pub fn pinned_config(cert_file: &Path) -> Result<rustls::ClientConfig> {
+    let cert = super::server::read_certificates(cert_file)?.swap_remove(0);
+    let provider = provider();
+    let verifier = Arc::new(Pinned { cert, provider: provider.clone() });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| Error::Config { source })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = super::server::ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Accepts one certificate exactly ([`pinned_config`]).
+#[derive(Debug)]
+struct Pinned {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Dials `host:port` of a URI (port 443 by default) and speaks TLS, verifying the host name.
 #[derive(Clone)]
 pub struct TlsConnector {

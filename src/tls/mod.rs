@@ -13,7 +13,7 @@ pub mod server;
 
 use std::path::PathBuf;
 
-pub use client::{client_config, TlsConnector};
+pub use client::{client_config, pinned_config, TlsConnector};
 pub use self_signed::SelfSigned;
 pub use server::{load, ServerTls, ServerTlsSource};
 

@@ -208,3 +208,20 @@ async fn grpc_runs_over_tls_through_the_connector() {
     assert!(timed(endpoint.connect_with_connector(untrusting)).await.is_err(), "no channel without trust");
     server.abort();
 }
+
+#[tokio::test]
+async fn a_pinned_client_accepts_exactly_that_certificate_under_any_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = self_signed(tmp.path());
+    let (addr, server) = serve(&tls).await;
+    let pinned = tokio_rustls::TlsConnector::from(std::sync::Arc::new(pinned_config(&tls.certificate).unwrap()));
+    let stream = timed(handshake(&pinned, addr, "jac-orc.example.com")).await.expect("the pinned certificate");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    let stranger = tempfile::tempdir().unwrap();
+    let other = self_signed(stranger.path());
+    let wrong = tokio_rustls::TlsConnector::from(std::sync::Arc::new(pinned_config(&other.certificate).unwrap()));
+    let err = timed(handshake(&wrong, addr, "localhost")).await.expect_err("another certificate");
+    assert_eq!(certificate_error(&err), Some(rustls::CertificateError::UnknownIssuer), "{err}");
+    server.abort();
+}

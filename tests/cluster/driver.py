@@ -3,12 +3,14 @@
     driver.py numpy TARGET                          numpy through jac-orc's ModuleProxy
     driver.py calls TARGET DEPLOYMENT NAMESPACE S   plain-value calls for S seconds (retrying)
 
-Each prints one JSON line for the Rust test to check (nothing is asserted here).
+Each prints one JSON line for the Rust test to check (nothing is asserted here). jac-orc's token
+comes from JAC_ORC_TOKEN (the cluster admin's kubeconfig token, which its TokenReview accepts).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -19,12 +21,13 @@ from jac_splice._native import Client
 
 def numpy(target: str) -> dict[str, Any]:
     started = time.monotonic()
-    splice = jac_splice.connect(target)
+    splice = jac_splice.connect(target, os.environ["JAC_ORC_TOKEN"])
     np = splice.import_module("numpy")
     total = np.array([1, 2, 3, 4]).sum()  # np.array runs in the pod; the result is plain data
     first_call = time.monotonic() - started
-    # The pod's name, as the module server's os.uname() (what socket.gethostname() returns) sees it.
-    host = np.ctypeslib.os.uname().nodename
+    # The pod's name, as numpy itself reads it from the pod's /etc/hostname (module servers serve
+    # no foreign modules such as os, so this is numpy's own file reading).
+    host = bytes(np.fromfile("/etc/hostname", dtype="uint8")).decode().strip()
     return {
         "orchestrator": splice.is_orchestrator,
         "sum": int(total),
@@ -36,7 +39,7 @@ def numpy(target: str) -> dict[str, Any]:
 
 def calls(target: str, deployment: str, namespace: str, seconds: float) -> dict[str, Any]:
     """Calls returning plain values (no object references, so any replica may answer each one)."""
-    client = Client(target).via_proxy(deployment, namespace)
+    client = Client(target, token=os.environ["JAC_ORC_TOKEN"]).via_proxy(deployment, namespace)
     deadline = time.monotonic() + seconds
     done = retried = failed = 0
     hosts: dict[str, int] = {}
@@ -44,7 +47,8 @@ def calls(target: str, deployment: str, namespace: str, seconds: float) -> dict[
     while time.monotonic() < deadline and done < 100_000:
         for attempt in range(5):
             try:
-                host = client.call("", ["ctypeslib", "os", "getenv"], ("HOSTNAME",))
+                data = client.call("", ["fromfile"], ("/etc/hostname",), {"dtype": "uint8"})
+                host = bytes(data).decode().strip()
                 value = client.call("", ["add"], (2, 3))
                 if int(value) != 5:
                     raise AssertionError(f"add(2, 3) returned {value!r}")

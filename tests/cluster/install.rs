@@ -52,9 +52,12 @@ async fn kubectl_apply_gives_an_orchestrator_ready_through_its_own_probe_with_it
         .await;
     assert!(!ok, "the probe must fail where nothing listens: {err}");
 
-    // In-cluster configuration, with the pod's ServiceAccount.
+    // In-cluster configuration, with the pod's ServiceAccount; no certificate is mounted, so
+    // plaintext, said at start.
     let logs = node.kubectl(&["logs", "-n", &ns, orc.pod_name()]).await;
     assert!(logs.contains("backend: kubernetes") && logs.contains("in-cluster"), "{logs}");
+    assert!(logs.contains("serving plaintext"), "{logs}");
+    assert!(logs.contains("TokenReview"), "{logs}");
 
     // Its own RBAC, not cluster-admin.
     let sa = format!("system:serviceaccount:{ns}:jac-orc");
@@ -68,6 +71,9 @@ async fn kubectl_apply_gives_an_orchestrator_ready_through_its_own_probe_with_it
     }
 
     // The REST API on the pod, and the Service: 80 like the original (through kube-proxy), 8000 for gRPC.
+    let anonymous = reqwest::Client::builder().timeout(STEP).build().unwrap();
+    let r = timed(anonymous.get(format!("http://{}:8000/templates", orc.ip())).send()).await.unwrap();
+    assert_eq!(r.status(), 401, "no token, no templates");
     let (status, templates) = orc.get("/templates").await;
     assert_eq!(status, 200, "{templates}");
     assert!(templates.to_string().contains("python-module"), "{templates}");
@@ -116,7 +122,7 @@ async fn a_replacement_orchestrator_lists_the_same_deployments_and_replays_modul
     timed(pods.delete(orc.pod_name(), &DeleteParams::default())).await.unwrap();
     let pod = ready_pod(&node.client, &ns, "app=jac-orc", Some(orc.pod_name())).await;
     timing("orchestrator pod deleted → replacement Ready", started.elapsed());
-    let replacement = Orchestrator::new(ns.clone(), pod);
+    let replacement = node.orchestrator(ns.clone(), pod);
     assert_ne!(replacement.pod_name(), orc.pod_name());
 
     // The replay runs after the server starts listening: wait for it (bounded).
@@ -193,7 +199,7 @@ async fn templates_from_a_config_map_volume_load() {
     let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(node.client.clone(), &ns);
     timed(deployments.patch("jac-orc", &PatchParams::default(), &Patch::Strategic(&patch))).await.unwrap();
     let pod = ready_pod(&node.client, &ns, "app=jac-orc", Some(orc.pod_name())).await;
-    let orc = Orchestrator::new(ns.clone(), pod);
+    let orc = node.orchestrator(ns.clone(), pod);
     let (status, templates) = orc.get("/templates").await;
     assert_eq!(status, 200, "{templates}");
     assert!(templates.to_string().contains("from-configmap"), "{templates}");

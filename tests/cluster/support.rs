@@ -129,19 +129,33 @@ impl Node {
                 assert!(ok, "kubectl apply: {err}{out}");
             }
         }
-        let binding = format!("jac-orc-{ns}");
-        self.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &binding,
-            "--clusterrole=jac-orc-crds",
-            &format!("--serviceaccount={ns}:jac-orc"),
-        ])
-        .await;
-        self.bindings.push(binding);
+        // The header's two binding lines: CRDs, and system:auth-delegator (TokenReview and
+        // SubjectAccessReview of every caller).
+        for (binding, role) in
+            [(format!("jac-orc-{ns}"), "jac-orc-crds"), (format!("jac-orc-{ns}-auth"), "system:auth-delegator")]
+        {
+            let (role, account) = (format!("--clusterrole={role}"), format!("--serviceaccount={ns}:jac-orc"));
+            self.kubectl(&["create", "clusterrolebinding", &binding, &role, &account]).await;
+            self.bindings.push(binding);
+        }
         let pod = ready_pod(&self.client, &ns, "app=jac-orc", None).await;
         timing(&format!("install ({ns}): kubectl apply → orchestrator pod Ready"), started.elapsed());
-        Orchestrator::new(ns, pod)
+        self.orchestrator(ns, pod)
+    }
+
+    /// The bearer token of the node's admin kubeconfig: the orchestrator's TokenReview accepts it
+    /// (user admin, group system:masters, so every SubjectAccessReview allows).
+    pub(crate) fn token(&self) -> String {
+        std::fs::read_to_string(&self.path)
+            .expect("readable kubeconfig")
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: ").map(|t| t.trim().trim_matches(['"', '\'']).to_string()))
+            .expect("the node kubeconfig has a bearer token")
+    }
+
+    /// The orchestrator in `ns` running as `pod`, called with [`Node::token`].
+    pub(crate) fn orchestrator(&self, namespace: String, pod: Pod) -> Orchestrator {
+        Orchestrator::new(namespace, pod, &self.token())
     }
 }
 
@@ -168,17 +182,23 @@ impl Drop for Node {
     }
 }
 
-/// An orchestrator running in the cluster, reached from this machine at its pod IP.
+/// An orchestrator running in the cluster, reached from this machine at its pod IP with a bearer
+/// token.
 pub(crate) struct Orchestrator {
     pub namespace: String,
     pub pod: Pod,
+    pub token: String,
     http: reqwest::Client,
 }
 
 impl Orchestrator {
-    pub(crate) fn new(namespace: String, pod: Pod) -> Self {
-        let http = reqwest::Client::builder().timeout(STEP).build().unwrap();
-        Orchestrator { namespace, pod, http }
+    pub(crate) fn new(namespace: String, pod: Pod, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let http = reqwest::Client::builder().timeout(STEP).default_headers(headers).build().unwrap();
+        Orchestrator { namespace, pod, token: token.to_string(), http }
     }
 
     pub(crate) fn pod_name(&self) -> &str {
@@ -290,10 +310,66 @@ pub(crate) async fn ready_pod(client: &kube::Client, ns: &str, selector: &str, n
             }
             last = format!("{:?}: {:?} {waiting:?}", p.metadata.name, p.status.as_ref().and_then(|s| s.phase.clone()));
         }
-        assert!(started.elapsed() < STEP, "no Ready pod for {selector} in {ns} after {STEP:?}; last seen {last}");
+        if started.elapsed() >= STEP {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no Ready pod for {selector} in {ns}; last seen {last}");
+    let why = diagnose(client, ns, selector).await;
+    panic!("no Ready pod for {selector} in {ns} after {:?}; last seen {last}\n{why}", started.elapsed());
+}
+
+/// What a pod that does not become Ready is waiting on: its conditions (an unscheduled pod says
+/// why in PodScheduled), the namespace's latest events, and the node's pressure and taints.
+pub(crate) async fn diagnose(client: &kube::Client, ns: &str, selector: &str) -> String {
+    use k8s_openapi::api::core::v1::{Event, Node};
+    let mut out = String::new();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, pods.list(&ListParams::default().labels(selector))).await {
+        for p in list.items {
+            let conditions = p.status.iter().flat_map(|s| s.conditions.iter().flatten()).map(|c| {
+                format!(
+                    "{}={} {} {}",
+                    c.type_,
+                    c.status,
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                )
+            });
+            out += &format!("pod {:?}: {}\n", p.metadata.name, conditions.collect::<Vec<_>>().join("; "));
+        }
+    }
+    let events = Api::<Event>::namespaced(client.clone(), ns);
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, events.list(&ListParams::default())).await {
+        for e in list.items.iter().rev().take(15) {
+            out += &format!(
+                "event {} {:?}: {} {}\n",
+                e.type_.clone().unwrap_or_default(),
+                e.involved_object.name,
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            );
+        }
+    }
+    let nodes = Api::<Node>::all(client.clone());
+    if let Ok(Ok(list)) = tokio::time::timeout(STEP, nodes.list(&ListParams::default())).await {
+        for n in list.items {
+            let spec = n.spec.unwrap_or_default();
+            let taints: Vec<String> = spec.taints.iter().flatten().map(|t| format!("{}:{}", t.key, t.effect)).collect();
+            let conditions = n
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .map(|c| format!("{}={}", c.type_, c.status));
+            out += &format!(
+                "node {:?}: {}; taints [{}]\n",
+                n.metadata.name,
+                conditions.collect::<Vec<_>>().join(" "),
+                taints.join(", ")
+            );
+        }
+    }
+    out
 }
 
 /// Waits (bounded) until no pod matches `selector`.
@@ -315,13 +391,14 @@ pub(crate) async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec
     timed(api.list(&ListParams::default().labels(selector))).await.unwrap().items
 }
 
-/// The Python driver (`tests/cluster/driver.py`) with this machine's jac-splice; prints one JSON
-/// line. `JAC_ORC_PYTHON` chooses the interpreter (default python3).
-pub(crate) fn driver(args: &[&str]) -> tokio::process::Command {
+/// The Python driver (`tests/cluster/driver.py`) with this machine's jac-splice, sending `token`
+/// to jac-orc; prints one JSON line. `JAC_ORC_PYTHON` chooses the interpreter (default python3).
+pub(crate) fn driver(token: &str, args: &[&str]) -> tokio::process::Command {
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/driver.py"))
         .args(args)
+        .env("JAC_ORC_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -330,8 +407,8 @@ pub(crate) fn driver(args: &[&str]) -> tokio::process::Command {
 }
 
 /// Runs the driver to completion and parses its JSON line.
-pub(crate) async fn drive(args: &[&str]) -> Value {
-    let out = timed(driver(args).output()).await.expect("driver runs");
+pub(crate) async fn drive(token: &str, args: &[&str]) -> Value {
+    let out = timed(driver(token, args).output()).await.expect("driver runs");
     parse_driver(out)
 }
 

@@ -92,7 +92,7 @@ async fn numpy_computes_in_its_pod_for_a_python_client_on_this_machine() {
     let deploy_to_ready = started.elapsed();
     timing("numpy: deploy with wait → pod Ready", deploy_to_ready);
     let pod = ready_pod(&node.client, &ns, "jac-orc/module-server=np", None).await;
-    let result = drive(&["numpy", &orc.target()]).await;
+    let result = drive(&orc.token, &["numpy", &orc.target()]).await;
     timing("numpy: deploy → first call answered (incl. Python start)", started.elapsed());
     timing("numpy: first call, connect included", Duration::from_secs_f64(result["first_call_s"].as_f64().unwrap()));
     assert_eq!(result["orchestrator"], true, "{result}");
@@ -133,7 +133,7 @@ async fn two_replicas_serve_and_plain_calls_survive_deleting_one_of_them() {
     assert_eq!(listed, pod_ips, "both pods are in the Service's Endpoints");
 
     // Plain-value calls for 20 s; one pod is deleted 4 s in.
-    let caller = driver(&["calls", &orc.target(), "np2", &ns, "20"]).spawn().expect("driver starts");
+    let caller = driver(&orc.token, &["calls", &orc.target(), "np2", &ns, "20"]).spawn().expect("driver starts");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let victim = pods_now[0].metadata.name.clone().unwrap();
     let started = Instant::now();

@@ -1,7 +1,7 @@
 //! Deploy/Undeploy on the local backend over gRPC: a real redis-server, records that survive a
 //! restart, and a module the machine cannot run.
 
-use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb::{self, deploy_event::Event};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -250,7 +250,7 @@ async fn a_grpc_client_that_leaves_during_wait_stops_the_wait_and_the_deploy_is_
     let Some(server) = KubeServe::start("gone-grpc").await else {
         return;
     };
-    let mut c = within(OrchestratorClient::connect(server.url())).await.unwrap();
+    let mut c = crate::support::grpc_client(&server.url(), Some(&server.token)).await;
     let req = pb::DeployRequest {
         module: "redis".into(),
         config: Some(struct_of(json!({"name": "gone"}))),

@@ -29,7 +29,8 @@ async fn list_templates_over_grpc_web_http1() {
         http.post(format!("{}/jac.splice.v1.Orchestrator/ListTemplates", server.url()))
             .header("content-type", "application/grpc-web+proto")
             .header("x-grpc-web", "1")
-            .body(body)
+            .header("authorization", format!("Bearer {}", crate::support::VIEWER))
+            .body(body.clone())
             .send(),
     )
     .await
@@ -44,5 +45,20 @@ async fn list_templates_over_grpc_web_http1() {
     assert!(reply.templates.iter().any(|t| t.module == "redis"));
     let trailers = frames.iter().find(|(f, _)| *f & 0x80 != 0).expect("a trailer frame");
     assert!(String::from_utf8_lossy(&trailers.1).contains("grpc-status:0"));
+
+    // Without a token: Unauthenticated (16), as a grpc-web answer, and no templates.
+    let r = within(
+        http.post(format!("{}/jac.splice.v1.Orchestrator/ListTemplates", server.url()))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(body)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "gRPC errors travel as grpc-status");
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
+    assert_eq!(r.headers()["grpc-status"], "16", "{:?}", r.headers());
+    assert!(self::frames(&r.bytes().await.unwrap()).iter().all(|(f, _)| *f & 0x80 != 0), "no data frame");
     server.stop().await;
 }

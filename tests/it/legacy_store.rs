@@ -25,8 +25,14 @@ fn fixtures() -> PathBuf {
 
 /// A service over `catalog` with a local backend it never uses (dry runs touch nothing).
 fn service(catalog: Catalog, dir: &Path) -> Service {
-    let backend =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    let backend = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: dir.to_path_buf(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Service::new(Arc::new(catalog), backend, Settings::default())
 }
 
@@ -38,7 +44,7 @@ fn dry_run(version: &str, config: Value) -> DryRunView {
         version: Some(version.into()),
         config: config.as_object().unwrap().clone(),
     };
-    svc.dry_run(&req).unwrap_or_else(|e| panic!("guestbook/{version}: {e}"))
+    crate::support::dry_run_now(&svc, &req).unwrap_or_else(|e| panic!("guestbook/{version}: {e}"))
 }
 
 /// The documents of the one module file of a dry run.
@@ -210,7 +216,7 @@ fn the_fixture_store_overrides_the_builtin_catalog_without_hiding_it() {
     assert_eq!(svc.catalog().load("guestbook", "latest").unwrap().format, Format::Legacy);
     assert_eq!(svc.catalog().load("redis", "latest").unwrap().format, Format::Native);
     let req = DeploymentRequest { module: "guestbook".into(), config: Map::new(), ..Default::default() };
-    let dry = svc.dry_run(&req).unwrap();
+    let dry = crate::support::dry_run_now(&svc, &req).unwrap();
     assert_eq!((dry.version.as_str(), dry.objects.len()), ("latest", 5));
 }
 

@@ -1,17 +1,23 @@
 //! Integration tests: one binary, one module per area. Each test starts the real server on a
 //! loopback port and talks to it with real gRPC, grpc-web and HTTP clients.
 
+mod access;
 mod auth;
 mod cli;
 mod deploy;
 mod dry_run;
+mod edge;
 mod grpc_web;
+mod inputs;
 mod kube;
 mod legacy_store;
+mod limits;
 mod local_backend;
 mod proxy;
 mod reflection;
 mod rest;
+mod served;
 mod startup;
 mod support;
+mod tls;
 mod upstream_store;

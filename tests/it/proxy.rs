@@ -1,6 +1,7 @@
 //! `ModuleProxy` against real module servers (`python -m jac_splice.server`) started by the
-//! local backend through the Deploy RPC: forwarding, pass-through of the module server's own
-//! errors, unknown deployments, a killed module server and its recovery, and deadlines.
+//! local backend through the Deploy RPC: forwarding (with the deployment's call token), pass-through
+//! of the module server's own errors, unknown deployments, a killed module server and its
+//! recovery, and deadlines.
 
 use std::time::Duration;
 
@@ -10,10 +11,9 @@ use jac_splice_orc::pb::{
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::support::{struct_of, within, TestServer};
+use crate::support::{struct_of, within, TestServer, ADMIN};
 
 const SESSION: &str = "proxy-test";
 
@@ -38,12 +38,17 @@ async fn deploy_module(server: &TestServer, name: &str, module: &str) -> String 
     deployment.endpoints[0].clone()
 }
 
-async fn proxy_client(server: &TestServer) -> ModuleProxyClient<Channel> {
-    within(ModuleProxyClient::connect(server.url()))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20)
+async fn proxy_client(server: &TestServer) -> crate::support::Proxy {
+    server.proxy_as(Some(ADMIN)).await
+}
+
+/// The call token of a python-module deployment, as an authorized caller reads it.
+pub(crate) async fn call_token(server: &TestServer, name: &str) -> String {
+    let req =
+        pb::GetDeploymentRequest { namespace: "default".into(), module: "python-module".into(), name: name.into() };
+    let secrets = within(server.grpc().await.get_deployment_secrets(req)).await.unwrap().into_inner();
+    let secrets = jac_splice_orc::api::convert::from_struct(&secrets.secrets.unwrap());
+    secrets["call-token"].as_str().expect("the caller may see the call token").to_string()
 }
 
 fn target(deployment: &str) -> Option<pb::ProxyTarget> {
@@ -143,7 +148,10 @@ async fn module_calls_are_forwarded_to_the_deployed_module_server() {
     // Describe reaches the deployment's process: same pid as asked directly.
     let via_proxy = within(proxy.describe(describe("math"))).await.unwrap().into_inner();
     let mut direct = within(ModuleServiceClient::connect(format!("http://{endpoint}"))).await.unwrap();
-    let direct = within(direct.describe(pb::DescribeRequest { session: SESSION.into() })).await.unwrap().into_inner();
+    let mut asked = tonic::Request::new(pb::DescribeRequest { session: SESSION.into() });
+    let bearer = format!("Bearer {}", call_token(&server, "math").await);
+    asked.metadata_mut().insert("authorization", bearer.parse().unwrap());
+    let direct = within(direct.describe(asked)).await.unwrap().into_inner();
     assert_eq!(via_proxy.module, "math");
     assert_eq!(via_proxy.pid, direct.pid);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", via_proxy.pid)).unwrap();
@@ -221,6 +229,7 @@ async fn caller_deadline_is_propagated_to_the_forwarded_call() {
     let mut plain = ModuleProxyClient::with_origin(http2, origin);
     let mut request = tonic::Request::new(call("clock", "", &["sleep"], vec![Kind::FloatValue(3.0)]));
     request.set_timeout(Duration::from_millis(200));
+    request.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     let err = within(plain.call(request)).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("deadline"), "{err:?}");

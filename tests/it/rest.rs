@@ -133,6 +133,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("delete", "/deployment/{namespace}/{module}/{name}"),
         ("get", "/deployment"),
         ("get", "/deployment/{namespace}/{module}/{name}"),
+        ("get", "/deployment/{namespace}/{module}/{name}/secrets"),
         ("get", "/healthz"),
         ("get", "/openapi.json"),
         ("get", "/templates"),
@@ -146,6 +147,9 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         .filter_map(|o| o["operationId"].as_str())
         .collect();
     assert_eq!(ids.len(), documented.len(), "operationIds are unique: {ids:?}");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer", "{doc}");
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(paths["/healthz"]["get"]["security"], json!([{}]), "health is open");
 
     // Each documented operation reaches a route of its own (never the JSON 404 for unknown
     // paths, never 405): the document and the router come from one registration.
@@ -172,7 +176,8 @@ async fn an_ndjson_client_that_leaves_during_wait_stops_the_wait_and_the_deploy_
         return;
     };
     let mut response = within(
-        reqwest::Client::new()
+        server
+            .http()
             .post(format!("{}/deployment?wait=true&timeout=600", server.url()))
             .header("accept", "application/x-ndjson")
             .json(&json!({"module": "redis", "config": {"name": "gone"}}))

@@ -21,8 +21,14 @@ use crate::support::{upstream_store, yaml_docs};
 const EVIL: &str = "x\n---\napiVersion: v1\nkind: Secret";
 
 fn service(catalog: Catalog, dir: &std::path::Path) -> Service {
-    let backend =
-        Arc::new(LocalBackend::open(LocalOptions { data_dir: dir.to_path_buf(), python: "python3".into() }).unwrap());
+    let backend = Arc::new(
+        LocalBackend::open(LocalOptions {
+            data_dir: dir.to_path_buf(),
+            python: "python3".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Service::new(Arc::new(catalog), backend, Settings::default())
 }
 
@@ -42,7 +48,7 @@ fn every_module_and_version_of_the_original_store_dry_runs() {
                 [Map::new(), json!({"name": "testing-db", "namespace": "testing"}).as_object().unwrap().clone()]
             {
                 let req = DeploymentRequest { module: module.clone(), version: Some(version.clone()), config };
-                let dry = svc.dry_run(&req).unwrap_or_else(|e| panic!("{module}/{version}: {e}"));
+                let dry = crate::support::dry_run_now(&svc, &req).unwrap_or_else(|e| panic!("{module}/{version}: {e}"));
                 assert!(!dry.modules.is_empty());
                 for (name, text) in dry.dependencies.iter().flatten().chain(&dry.modules) {
                     let docs = yaml_docs(text);
@@ -70,7 +76,7 @@ fn the_seed_example_against_the_original_store_reports_upstream_defaults() {
         version: None,
         config: json!({"name": "testing-db", "namespace": "testing"}).as_object().unwrap().clone(),
     };
-    let dry = svc.dry_run(&req).unwrap();
+    let dry = crate::support::dry_run_now(&svc, &req).unwrap();
     let p = &dry.placeholders;
     assert_eq!(p["name"].current, json!("testing-db"));
     assert_eq!(p["name"].default, json!("jac-mongodb"));
@@ -96,11 +102,14 @@ fn a_directory_overrides_builtin_versions_and_keeps_the_rest() {
     )
     .unwrap();
     let svc = service(Catalog::with_override(store.path()).unwrap(), tmp.path());
-    let dry = svc.dry_run(&DeploymentRequest { module: "redis".into(), ..Default::default() }).unwrap();
+    let dry =
+        crate::support::dry_run_now(&svc, &DeploymentRequest { module: "redis".into(), ..Default::default() }).unwrap();
     assert_eq!(dry.name, "overridden");
-    let dry = svc
-        .dry_run(&DeploymentRequest { module: "redis".into(), version: Some("7.4.2".into()), ..Default::default() })
-        .unwrap();
+    let dry = crate::support::dry_run_now(
+        &svc,
+        &DeploymentRequest { module: "redis".into(), version: Some("7.4.2".into()), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(dry.name, "jac-redis");
     assert!(svc.catalog().index().contains_key("mongodb"));
 }

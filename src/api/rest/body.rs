@@ -1,9 +1,11 @@
-//! What REST requests carry: the JSON body extractor (size limit, JSON errors naming the
-//! offending field by its serde path) and the bodies and query strings of the routes.
+//! What REST requests carry: who sends them ([`Caller`], as the auth layer found), the JSON body
+//! extractor (size limit, JSON errors naming the offending field by its serde path) and the
+//! bodies and query strings of the routes.
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -11,12 +13,23 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::status::{ApiError, RequestError};
+use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::identity::DeploymentId;
 use crate::service::{self, DeploymentRequest, DEFAULT_WAIT};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The request's [`Caller`]; without an identity it is [`Caller::Anonymous`], which the service
+/// layer refuses.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller::from_extensions(&parts.extensions))
+    }
+}
 
 /// JSON body extractor with a size limit and JSON error responses (axum's own rejections are
 /// plain text).
@@ -37,6 +50,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         };
         let json = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(json).map(JsonBody).map_err(|e| RequestError::bad_json(e).into())
+    }
+}
+
+/// Query string extractor whose rejection is a JSON [`RequestError::BadQuery`].
+#[derive(Debug)]
+pub(super) struct QueryParams<T>(pub(super) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(q)) => Ok(QueryParams(q)),
+            Err(e) => Err(RequestError::BadQuery { reason: e.body_text() }.into()),
+        }
+    }
+}
+
+/// Path parameters extractor whose rejection is a JSON [`RequestError::BadPath`].
+#[derive(Debug)]
+pub(super) struct PathParams<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(p)) => Ok(PathParams(p)),
+            Err(e) => Err(RequestError::BadPath { reason: e.body_text() }.into()),
+        }
     }
 }
 
@@ -68,6 +111,9 @@ pub(super) struct DeploymentBody {
     /// (default: the deployment's setting, true for a new one).
     #[serde(default)]
     self_heal: Option<bool>,
+    /// Report what the deploy would change and change nothing (deploy only; also `?dry_run=`).
+    #[serde(default)]
+    dry_run: Option<bool>,
 }
 
 impl DeploymentBody {
@@ -87,6 +133,7 @@ impl DeploymentBody {
             wait: wait.then_some(timeout),
             force_conflicts: q.force.or(self.force_conflicts).unwrap_or(false),
             self_heal: self.self_heal,
+            dry_run: q.dry_run.or(self.dry_run).unwrap_or(false),
         }
     }
 }
@@ -100,6 +147,8 @@ pub(super) struct DeployQuery {
     timeout: Option<u64>,
     /// Take over fields owned by other field managers.
     force: Option<bool>,
+    /// Report what the deploy would change (server-side dry run on Kubernetes) and change nothing.
+    dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -157,6 +206,16 @@ mod tests {
     fn syntax_errors_name_no_field() {
         assert_eq!(field(&bad(r#"{"module": "#)), None);
         assert_eq!(field(&bad("not json")), None);
+    }
+
+    #[test]
+    fn dry_run_comes_from_the_query_then_the_body_and_defaults_to_false() {
+        let body: DeploymentBody = serde_json::from_str(r#"{"module": "redis", "dry_run": true}"#).unwrap();
+        assert!(body.options(&DeployQuery::default()).dry_run);
+        assert!(!body.options(&DeployQuery { dry_run: Some(false), ..Default::default() }).dry_run);
+        let body: DeploymentBody = serde_json::from_str(r#"{"module": "redis"}"#).unwrap();
+        assert!(!body.options(&DeployQuery::default()).dry_run);
+        assert!(body.options(&DeployQuery { dry_run: Some(true), ..Default::default() }).dry_run);
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
-//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, `GET /templates` and
-//! `GET /openapi.json`. Each handler turns JSON into a request, calls the service layer and
-//! returns its view; errors go through the one table in [`super::status`].
+//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
+//! `GET /templates` and `GET /openapi.json`. Each handler turns JSON into a request, calls the
+//! service layer as the request's [`Caller`] and returns its view; errors go through the one
+//! table in [`super::status`].
 //!
 //! Routes and the OpenAPI document come from the same registration (`utoipa_axum::routes!`),
 //! so the document cannot drift from the routes.
 
 mod body;
+mod checks;
 mod stream;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
@@ -22,10 +24,13 @@ use utoipa_axum::routes;
 use super::openapi::{self, TAG_DEPLOYMENTS, TAG_SERVER, TAG_TEMPLATES};
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
-use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery};
+use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery, PathParams, QueryParams};
 use stream::{StreamLine, NDJSON};
 
-use crate::service::views::{DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView};
+use crate::auth::Caller;
+use crate::service::views::{
+    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView,
+};
 use crate::service::Service;
 
 type AppState = Arc<Service>;
@@ -39,12 +44,19 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(list, deploy))
         .routes(routes!(dry_run))
         .routes(routes!(get_one, undeploy))
+        .routes(routes!(secrets))
         .split_for_parts()
 }
 
+/// The REST routes; bodies must be JSON ([`checks::require_json`]) and every error the
+/// framework answers itself gets the JSON error body ([`checks::json_errors`]).
 pub fn router(service: Arc<Service>) -> Router {
     let (router, doc) = routes();
-    router.layer(Extension(Arc::new(doc))).with_state(service)
+    router
+        .route_layer(axum::middleware::from_fn(checks::require_json))
+        .layer(axum::middleware::from_fn(checks::json_errors))
+        .layer(Extension(Arc::new(doc)))
+        .with_state(service)
 }
 
 /// JSON 404 for paths no route knows.
@@ -53,7 +65,7 @@ pub async fn not_found(req: Request) -> ApiError {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER,
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = TAG_SERVER, security(()),
     responses((status = OK, description = "The server is up", body = String, content_type = "application/json",
         example = json!("OK"))))]
 async fn healthz() -> Json<&'static str> {
@@ -61,7 +73,7 @@ async fn healthz() -> Json<&'static str> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = TAG_SERVER,
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = TAG_SERVER, security(()),
     responses((status = OK, description = "The OpenAPI 3.1 document of these routes", body = Object)))]
 async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> {
     Json(OpenApi::clone(&doc))
@@ -70,22 +82,26 @@ async fn openapi_json(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> 
 /// Template modules and their versions.
 #[utoipa::path(get, path = "/templates", operation_id = "listTemplates", tag = TAG_TEMPLATES,
     responses((status = OK, description = "Every module with its versions", body = Vec<TemplateView>),
+              (status = UNAUTHORIZED, response = inline(ErrorBody)), (status = FORBIDDEN, response = inline(ErrorBody)),
               (status = INTERNAL_SERVER_ERROR, response = inline(ErrorBody))))]
-async fn templates(State(service): State<AppState>) -> Result<Json<Vec<TemplateView>>, ApiError> {
-    Ok(Json(service.templates()?))
+async fn templates(State(service): State<AppState>, caller: Caller) -> Result<Json<Vec<TemplateView>>, ApiError> {
+    Ok(Json(service.templates(&caller).await?))
 }
 
 /// Renders a template version with the given values, touching nothing.
 #[utoipa::path(post, path = "/deployment/dry_run", operation_id = "dryRun", tag = TAG_DEPLOYMENTS,
     request_body = DeploymentBody,
     responses((status = OK, description = "Every placeholder and rendered file", body = DryRunView),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
-              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)),
+              (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody))))]
 async fn dry_run(
     State(service): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Json<DryRunView>, ApiError> {
-    Ok(Json(service.dry_run(&body.request()?)?))
+    Ok(Json(service.dry_run(&caller, &body.request()?).await?))
 }
 
 fn wants_ndjson(headers: &HeaderMap) -> bool {
@@ -98,18 +114,20 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     params(DeployQuery), request_body = DeploymentBody,
     responses((status = OK, description = "Applied (and ready, with wait)", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = CONFLICT, response = inline(ErrorBody)), (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
-              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
-              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
+              (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)), (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)),
+              (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)), (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
 async fn deploy(
     State(service): State<AppState>,
-    Query(q): Query<DeployQuery>,
+    caller: Caller,
+    QueryParams(q): QueryParams<DeployQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Response, ApiError> {
     // Bad input is answered here with its own status, before anything is applied.
-    let stream = service.deploy(&body.request()?, body.options(&q)).await?;
+    let stream = service.deploy(&caller, &body.request()?, body.options(&q)).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }
@@ -120,9 +138,14 @@ async fn deploy(
 #[utoipa::path(get, path = "/deployment", operation_id = "listDeployments", tag = TAG_DEPLOYMENTS,
     params(ListQuery),
     responses((status = OK, description = "Deployments", body = DeploymentTree),
+              (status = UNAUTHORIZED, response = inline(ErrorBody)), (status = FORBIDDEN, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
-async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<DeploymentTree>, ApiError> {
-    let views = service.list(q.namespace.as_deref(), q.module.as_deref()).await?;
+async fn list(
+    State(service): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<DeploymentTree>, ApiError> {
+    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
     Ok(Json(views.into_iter().collect()))
 }
 
@@ -130,12 +153,28 @@ async fn list(State(service): State<AppState>, Query(q): Query<ListQuery>) -> Re
 #[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}", operation_id = "getDeployment",
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "The deployment", body = DeploymentView),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
 async fn get_one(
     State(service): State<AppState>,
-    Path(path): Path<DeploymentPath>,
+    caller: Caller,
+    PathParams(path): PathParams<DeploymentPath>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    Ok(Json(service.get(&path.id()?).await?))
+    Ok(Json(service.get(&caller, &path.id()?).await?))
+}
+
+/// The values of a deployment's secret placeholders (`get` on `jacdeployments/secrets`).
+#[utoipa::path(get, path = "/deployment/{namespace}/{module}/{name}/secrets", operation_id = "getDeploymentSecrets",
+    tag = TAG_DEPLOYMENTS, params(DeploymentPath),
+    responses((status = OK, description = "Secret placeholder values", body = DeploymentSecretsView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody))))]
+async fn secrets(
+    State(service): State<AppState>,
+    caller: Caller,
+    PathParams(path): PathParams<DeploymentPath>,
+) -> Result<Json<DeploymentSecretsView>, ApiError> {
+    Ok(Json(service.secrets(&caller, &path.id()?).await?))
 }
 
 /// Removes everything a deployment created (NDJSON streaming as for deploy).
@@ -143,14 +182,16 @@ async fn get_one(
     tag = TAG_DEPLOYMENTS, params(DeploymentPath),
     responses((status = OK, description = "Removed", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
-              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
 async fn undeploy(
     State(service): State<AppState>,
-    Path(path): Path<DeploymentPath>,
+    caller: Caller,
+    PathParams(path): PathParams<DeploymentPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stream = service.undeploy(&path.id()?).await?;
+    let stream = service.undeploy(&caller, &path.id()?).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }

@@ -66,7 +66,7 @@ pub(crate) fn crd_defined_kinds(plan: &Plan) -> BTreeSet<(String, String)> {
 }
 
 /// `name.namespace.svc:port` addresses of the plan's Services (what consumers connect to).
-fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
+pub(super) fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for (o, planned) in objects.iter().zip(&plan.objects) {
         if o.kind != "Service" || o.api_version != "v1" {

@@ -5,7 +5,8 @@
 //! alone. A successful apply writes the object store (`objects.rs`). Otherwise the virtualenv is prepared first (a failure there
 //! leaves a running redeploy untouched), then the record is written as `deploying` with its
 //! port, the old process stopped, the new one spawned and its identity recorded, and readiness
-//! awaited (stopping early when the caller has gone). A failed first deploy removes everything
+//! awaited (stopping early when the caller has gone). A dry run stops after the comparison and
+//! reports what the apply would do, writing nothing. A failed first deploy removes everything
 //! it created (record, directory, virtualenv); a failed redeploy keeps its record (failed) and
 //! data.
 
@@ -76,7 +77,10 @@ impl Inner {
             .ok_or_else(|| Error::NoLocalRecipe { module: id.module.clone(), version: plan.version.clone() })?;
         self.check_open()?;
         let prev = self.entry(id).await;
-        let objects = self.report_objects(plan, prev.as_ref(), progress).await;
+        if opts.dry_run {
+            return Ok(self.dry_run(plan, &recipe, prev.as_ref(), progress).await);
+        }
+        let objects = self.report_objects(plan, prev.as_ref(), "", progress).await;
         let (port, reservation) = match prev.as_ref().and_then(|p| p.workload.as_ref()) {
             Some(w) => (w.port, None),
             None => {
@@ -124,8 +128,61 @@ impl Inner {
         }
     }
 
-    /// Reports created/configured/unchanged per object (and deleted for dropped ones).
-    async fn report_objects(&self, plan: &Plan, prev: Option<&Entry>, progress: &Progress) -> Vec<StoredObject> {
+    /// What a deploy would do, changing nothing: each object compared with its stored digest,
+    /// the workload kept (the same recipe, running), restarted or started. The record a deploy
+    /// would store (its endpoint once a port is chosen: known only for a redeploy).
+    async fn dry_run(
+        &self,
+        plan: &Plan,
+        recipe: &LocalRecipe,
+        prev: Option<&Entry>,
+        progress: &Progress,
+    ) -> DeploymentRecord {
+        const NOTE: &str = "dry run";
+        let objects = self.report_objects(plan, prev, NOTE, progress).await;
+        let workload = prev.and_then(|p| p.workload.as_ref().map(|w| (p, w)));
+        let (action, message, endpoints) = match workload {
+            Some((p, w)) => {
+                // As `keep_if_unchanged` decides: the same recipe and configuration digest.
+                let config_changed =
+                    w.config_hash.is_some() && w.config_hash != plan_config_hash(&plan.objects, &plan.id.namespace);
+                let same = w.run && !config_changed && w.recipe.unseal(&p.record.config).ok().as_ref() == Some(recipe);
+                let runs = self.running(&plan.id).is_some() || w.process.as_ref().is_some_and(Identity::is_alive);
+                let at = endpoint(w.port);
+                // As a deploy reports it: `unchanged` when kept, `started` (not an object
+                // count) when it would be (re)started.
+                match (same && runs, runs) {
+                    (true, _) => (Action::Unchanged, format!("{NOTE}; running on {at}"), vec![at]),
+                    (false, true) => (Action::Started, format!("{NOTE}; would restart on {at}"), vec![at]),
+                    (false, false) => (Action::Started, format!("{NOTE}; would start on {at}"), vec![at]),
+                }
+            }
+            None => (Action::Started, format!("{NOTE}; would start on a free port"), vec![]),
+        };
+        progress.send(ObjectEvent::new(process_ref(&plan.id), action).with_message(message)).await;
+        DeploymentRecord {
+            id: plan.id.clone(),
+            version: plan.version.clone(),
+            config: plan.config.clone(),
+            secret_keys: plan.secret_keys.clone(),
+            endpoints,
+            status: Status::Deployed,
+            message: crate::backend::DRY_RUN.into(),
+            objects: objects.into_iter().map(|s| s.object).collect(),
+            backend: crate::backend::Kind::Local,
+            updated_at: prev.map(|p| p.record.updated_at.clone()).unwrap_or_else(now_rfc3339),
+        }
+    }
+
+    /// Reports created/configured/unchanged per object (and deleted for dropped ones), each
+    /// with `note` as its message.
+    async fn report_objects(
+        &self,
+        plan: &Plan,
+        prev: Option<&Entry>,
+        note: &str,
+        progress: &Progress,
+    ) -> Vec<StoredObject> {
         let mut stored = Vec::with_capacity(plan.objects.len());
         for o in &plan.objects {
             let now = StoredObject { object: o.object.clone(), digest: digest(&o.manifest) };
@@ -135,13 +192,14 @@ impl Inner {
                 Some(b) if b.digest == now.digest => Action::Unchanged,
                 Some(_) => Action::Configured,
             };
-            progress.send(ObjectEvent::new(o.object.clone(), action)).await;
+            progress.send(ObjectEvent::new(o.object.clone(), action).with_message(note)).await;
             stored.push(now);
         }
         for old in prev.iter().flat_map(|p| &p.objects) {
             if !plan.objects.iter().any(|o| same_object(&o.object, &old.object)) {
-                let ev =
-                    ObjectEvent::new(old.object.clone(), Action::Deleted).with_message("no longer in the template");
+                let message = if note.is_empty() { String::new() } else { format!("; {note}") };
+                let ev = ObjectEvent::new(old.object.clone(), Action::Deleted)
+                    .with_message(format!("no longer in the template{message}"));
                 progress.send(ev).await;
             }
         }
@@ -271,7 +329,7 @@ impl Inner {
         progress.send(ObjectEvent::new(process_ref(id), Action::Waiting).with_message(message)).await;
         let python = recipe.command(&self.slots(id, port)).program;
         let object = process_ref(id).kubectl_name();
-        Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &object).await?.display().to_string()))
+        Ok(Some(venv::prepare(&dir, &python, &recipe.packages, &self.pip, &object).await?.display().to_string()))
     }
 
     /// Spawns the workload, records its identity, and hands it to a supervisor (in probation

@@ -57,9 +57,10 @@ pub enum Error {
     Exited { object: String, reason: String },
     #[error("timed out after {}s waiting for readiness; still not ready: {object}", .timeout.as_secs())]
     NotReady { object: String, timeout: Duration },
-    /// Creating the virtualenv or installing packages into it failed (`log` is the tail of its output).
-    #[error("{object} failed: {step}: {log}")]
-    Venv { object: String, step: &'static str, log: String },
+    /// Creating the virtualenv or installing packages into it failed; `reason` is a short,
+    /// fixed phrase (pip's own output stays in the deployment's `venv.log`).
+    #[error("{object} failed: {step}: {reason}")]
+    Venv { object: String, step: &'static str, reason: String },
     #[error("the local backend is shutting down")]
     ShuttingDown,
 }
@@ -83,7 +84,7 @@ impl Error {
     pub(super) fn reason(&self) -> String {
         match self {
             Error::Exited { reason, .. } => reason.clone(),
-            Error::Venv { step, log, .. } => format!("{step}: {log}"),
+            Error::Venv { step, reason, .. } => format!("{step}: {reason}"),
             other => {
                 use std::fmt::Write;
                 let mut text = other.to_string();

@@ -39,6 +39,7 @@ use tokio::sync::{Mutex as AsyncMutex, OnceCell};
 
 pub use desired::Reconciled;
 pub use error::{Error, Result};
+pub use venv::PipSource;
 
 use super::{ApplyOptions, Backend, DeploymentRecord, Progress};
 use crate::plan::{DeploymentId, ObjectRef, Plan, Section, SlotValues};
@@ -51,11 +52,13 @@ use supervisor::{Journal, Supervisor};
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 const HOST: &str = "127.0.0.1";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LocalOptions {
     pub data_dir: PathBuf,
     /// Interpreter for python-module deployments (`--python` / `JAC_ORC_PYTHON`).
     pub python: String,
+    /// Where pip finds python-module packages (`--pip-index-url`, `--pip-find-links`).
+    pub pip: PipSource,
 }
 
 /// The local backend. Dropping it leaves its workloads running (as a crash would); call
@@ -70,6 +73,7 @@ struct Inner {
     /// Absolute (so process working directories can be matched against it).
     data_dir: PathBuf,
     python: String,
+    pip: PipSource,
     store: Store,
     state: AsyncMutex<State>,
     supervisors: Mutex<HashMap<DeploymentId, Supervisor>>,
@@ -128,6 +132,7 @@ impl LocalBackend {
         }
         let inner = Inner {
             python: opts.python,
+            pip: opts.pip,
             store: Store::new(path),
             state: AsyncMutex::new(State::new(file)),
             supervisors: Mutex::default(),

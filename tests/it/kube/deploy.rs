@@ -223,7 +223,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
         let (svc, ns) = (svc.clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             let req = request("redis", &ns, &format!("r{i}"), json!({}));
-            svc.deploy(&req, ApplyOptions::default()).await?.finish().await
+            svc.deploy(&Caller::Operator, &req, ApplyOptions::default()).await?.finish().await
         }));
     }
     for t in tasks {

@@ -67,10 +67,32 @@ async fn bind_cluster_role(client: &kube::Client, role: &str, ns: &str) {
 }
 
 async fn unbind_cluster_role(client: &kube::Client, ns: &str) {
-    let _ = timed(
-        Api::<ClusterRoleBinding>::all(client.clone()).delete(&format!("jac-orc-{ns}"), &DeleteParams::default()),
-    )
-    .await;
+    for name in [format!("jac-orc-{ns}"), format!("jac-orc-{ns}-auth")] {
+        let _ = timed(Api::<ClusterRoleBinding>::all(client.clone()).delete(&name, &DeleteParams::default())).await;
+    }
+}
+
+/// The documented auth step: `kubectl create clusterrolebinding jac-orc-NS-auth
+/// --clusterrole=system:auth-delegator --serviceaccount=NS:jac-orc`; then the orchestrator may
+/// review tokens and access (bounded wait until the authorizer has it).
+async fn bind_auth_delegator(client: &kube::Client, ns: &str) {
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("jac-orc-{ns}-auth")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "jac-orc", "namespace": ns}]
+    }))
+    .unwrap();
+    timed(Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &crb)).await.unwrap();
+    let sa = format!("system:serviceaccount:{ns}:jac-orc");
+    for _ in 0..200 {
+        if allowed(client, &sa, "create", "authentication.k8s.io", "tokenreviews", None).await
+            && allowed(client, &sa, "create", "authorization.k8s.io", "subjectaccessreviews", None).await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("system:auth-delegator never took effect for {sa}");
 }
 
 /// Asks the API server whether `user` may do `verb` on `resource` (SubjectAccessReview).
@@ -103,6 +125,7 @@ const DEPLOY_NEEDS: &[(&str, &str)] = &[
     ("", "endpoints"),
     ("apps", "deployments"),
     ("apps", "statefulsets"),
+    ("networking.k8s.io", "networkpolicies"),
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
     ("mongodbcommunity.mongodb.com", "mongodbcommunity"),
@@ -121,6 +144,11 @@ async fn namespaced_install_grants_what_deploy_needs_in_its_namespace_only() {
     let docs = apply_manifest(&c.client, "jac-orc.yaml", &ns).await;
     bind_cluster_role(&c.client, "jac-orc-crds", &ns).await;
     let sa = format!("system:serviceaccount:{ns}:jac-orc");
+    assert!(
+        !allowed(&c.client, &sa, "create", "authentication.k8s.io", "tokenreviews", None).await,
+        "reviews need the documented auth-delegator line"
+    );
+    bind_auth_delegator(&c.client, &ns).await;
 
     for (group, resource) in DEPLOY_NEEDS {
         for verb in ["get", "list", "watch", "create", "patch", "delete"] {
@@ -269,6 +297,7 @@ async fn cluster_wide_install_grants_deploy_in_every_namespace() {
     let elsewhere = c.namespace("elsewhere-cw").await;
     let docs = apply_manifest(&c.client, "jac-orc-cluster-wide.yaml", &ns).await;
     bind_cluster_role(&c.client, "jac-orc-cluster-wide", &ns).await;
+    bind_auth_delegator(&c.client, &ns).await;
     let sa = format!("system:serviceaccount:{ns}:jac-orc");
     for (group, resource) in DEPLOY_NEEDS {
         for verb in ["get", "list", "create", "patch", "delete"] {
@@ -320,4 +349,11 @@ fn assert_mode(docs: &[Value], restricted: bool) {
     assert_eq!(env["JAC_ORC_LISTEN"]["value"], "0.0.0.0:8000");
     assert_eq!(container["args"], json!(["serve", "--backend", "kube"]));
     assert_eq!(env.get("JAC_ORC_RESTRICTED_NAMESPACE").map(|e| e["value"] == "true").unwrap_or(false), restricted);
+    // TLS from a mounted kubernetes.io/tls Secret when there is one (cert-manager's key names).
+    assert_eq!(env["JAC_ORC_TLS_DIR"]["value"], "/etc/jac-orc/tls");
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let tls = volumes.iter().find(|v| v["name"] == "tls").expect("a tls volume");
+    assert_eq!(tls["secret"], json!({"secretName": "jac-orc-tls", "optional": true}));
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(mounts.contains(&json!({"name": "tls", "mountPath": "/etc/jac-orc/tls", "readOnly": true})), "{mounts:?}");
 }

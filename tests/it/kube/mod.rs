@@ -9,6 +9,7 @@
 //! stand in for it by patching status. Plans come from the built-in catalog through the service
 //! layer, as in production.
 
+mod access;
 mod deploy;
 mod install;
 mod leader;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jac_splice_orc::auth::Caller;
 use jac_splice_orc::backend::kube::resource::JacDeployment;
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
@@ -70,7 +72,7 @@ struct Cluster {
 }
 
 /// Installs the JacDeployment CRD (as `manifests/jac-orc-crd.yaml` does) once per test run.
-async fn install_crd(client: &kube::Client) {
+pub(crate) async fn install_crd(client: &kube::Client) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED
         .get_or_init(|| async {
@@ -213,10 +215,10 @@ impl Drop for Cluster {
                         }
                     }
                     let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
-                    // The install tests bind a ClusterRole per namespace.
-                    let _ =
-                        tokio::time::timeout(STEP, bindings.delete(&format!("jac-orc-{ns}"), &DeleteParams::default()))
-                            .await;
+                    // The install tests bind ClusterRoles per namespace.
+                    for name in [format!("jac-orc-{ns}"), format!("jac-orc-{ns}-auth")] {
+                        let _ = tokio::time::timeout(STEP, bindings.delete(&name, &DeleteParams::default())).await;
+                    }
                 }
             });
         });
@@ -264,7 +266,10 @@ fn request(module: &str, ns: &str, name: &str, overrides: Value) -> DeploymentRe
 }
 
 async fn plan(svc: &Service, module: &str, ns: &str, name: &str, overrides: Value) -> Plan {
-    timed(svc.prepare(&request(module, ns, name, overrides))).await.expect("renders and passes preflight").plan
+    timed(svc.prepare(&Caller::Operator, &request(module, ns, name, overrides)))
+        .await
+        .expect("renders and passes preflight")
+        .plan
 }
 
 fn planned(manifest: Value, section: Section, file: &str) -> PlannedObject {
@@ -341,12 +346,13 @@ fn dynamic(client: &kube::Client, ns: &str, api_version: &str, kind: &str, plura
 
 // === processes ===
 
-/// `python3 -m jac_splice.server MODULE` on `host`, and the port it printed.
-async fn module_server(module: &str, host: &str) -> (tokio::process::Child, u16) {
+/// `python3 -m jac_splice.server MODULE` on `host`, requiring `call_token`, and the port it printed.
+async fn module_server(module: &str, host: &str, call_token: &str) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt;
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = tokio::process::Command::new(python)
         .args(["-m", "jac_splice.server", module, "--host", host, "--port", "0"])
+        .env("JAC_SPLICE_CALL_TOKEN", call_token)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -70,7 +70,7 @@ async fn the_module_probe_passes_only_for_services_the_module_server_reports_ser
     if !python_has_jac_splice() {
         return;
     }
-    let (mut server, port) = module_server("math", "127.0.0.1").await;
+    let (mut server, port) = module_server("math", "127.0.0.1", "probe-test-call-token-0123456789").await;
     let port = port.to_string();
     let py = python();
     for service in ["", "ModuleService", "jac.splice.v1.ModuleService"] {

@@ -3,7 +3,7 @@
 
 use jac_splice_orc::backend::kube::resource::JacDeployment;
 use jac_splice_orc::backend::DeploymentRecord;
-use jac_splice_orc::pb::{self, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb;
 use k8s_openapi::api::core::v1::Secret;
 use tokio_stream::StreamExt;
 
@@ -16,7 +16,7 @@ async fn a_deploy_through_the_api_writes_a_jacdeployment_with_its_status_and_sec
     };
     let ns = c.namespace("api-crd").await;
     let (addr, stop, handle) = crate::support::serve(Arc::new(service(&c.backend(&ns), &ns))).await;
-    let mut grpc = timed(OrchestratorClient::connect(format!("http://{addr}"))).await.unwrap();
+    let mut grpc = crate::support::grpc_client(&format!("http://{addr}"), Some(crate::support::ADMIN)).await;
     let req = pb::DeployRequest {
         module: "mongodb".into(),
         config: Some(crate::support::struct_of(json!({"name": "db", "namespace": ns, "password": "s3cret-pw"}))),

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idempotent() {
-    use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+    use jac_splice_orc::pb::{self, deploy_event::Event};
     use tokio_stream::StreamExt;
 
     let Some(mut c) = Cluster::connect().await else {
@@ -14,7 +14,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
 
     // First orchestrator: deploy over gRPC and over REST.
     let (addr, stop, handle) = crate::support::serve(Arc::new(service(&c.backend(&ns), &ns))).await;
-    let mut grpc = timed(OrchestratorClient::connect(format!("http://{addr}"))).await.unwrap();
+    let mut grpc = crate::support::grpc_client(&format!("http://{addr}"), Some(crate::support::ADMIN)).await;
     let req = pb::DeployRequest {
         module: "redis".into(),
         config: Some(crate::support::struct_of(json!({"name": "cache", "namespace": ns, "memory": "64mb"}))),
@@ -34,7 +34,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     assert_eq!((d.backend(), d.status()), (pb::Backend::Kubernetes, pb::DeploymentStatus::Deployed));
     assert_eq!(d.endpoints, [format!("cache.{ns}.svc:6379")]);
     let body: Value = timed(
-        reqwest::Client::new()
+        crate::support::http_client(Some(crate::support::ADMIN))
             .post(format!("http://{addr}/deployment"))
             .json(&json!({"module": "redis", "config": {"name": "cache2", "namespace": ns}}))
             .send(),
@@ -58,7 +58,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     ));
     let svc = Arc::new(service(&backend, &ns));
     let (addr, stop, handle) = crate::support::serve(svc.clone()).await;
-    let mut grpc = timed(OrchestratorClient::connect(format!("http://{addr}"))).await.unwrap();
+    let mut grpc = crate::support::grpc_client(&format!("http://{addr}"), Some(crate::support::ADMIN)).await;
     let list =
         timed(grpc.list_deployments(pb::ListDeploymentsRequest { namespace: ns.clone(), module: String::new() }))
             .await
@@ -87,7 +87,7 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
 
 /// This machine's address on its default route: Endpoints may not hold loopback addresses, so
 /// the module server listens there. `None` without a non-loopback IPv4 address.
-fn routable_local_ip() -> Option<std::net::IpAddr> {
+pub(super) fn routable_local_ip() -> Option<std::net::IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     // A UDP "connect" only picks the route and source address; nothing is sent.
     socket.connect("192.0.2.1:9").or_else(|_| socket.connect("10.255.255.1:9")).ok()?;
@@ -97,7 +97,7 @@ fn routable_local_ip() -> Option<std::net::IpAddr> {
 
 #[tokio::test]
 async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() {
-    use jac_splice_orc::pb::{self, module_proxy_client::ModuleProxyClient, value::Kind};
+    use jac_splice_orc::pb::{self, value::Kind};
 
     let Some(mut c) = Cluster::connect().await else {
         return;
@@ -106,37 +106,15 @@ async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() 
         eprintln!("skipping: no non-loopback IPv4 address for Endpoints (they may not point at 127.0.0.0/8)");
         return;
     };
-    let (mut server_process, port) = module_server("math", &ip.to_string()).await;
     let ns = c.namespace("proxy").await;
     let backend = c.backend(&ns);
     let svc = Arc::new(service(&backend, &ns));
-
-    // The python-module template, with a selector-less Service: Endpoints are then ours to write
-    // (there is no kubelet to run the pods the endpoints controller would list).
-    let mut p = plan(&svc, "python-module", &ns, "mathmod", json!({"module": "math"})).await;
-    for o in &mut p.objects {
-        if o.object.kind == "Service" {
-            o.manifest.pointer_mut("/spec").and_then(Value::as_object_mut).unwrap().remove("selector");
-        }
-    }
-    timed(backend.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "mathmod"},
-        "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "grpc", "port": port}]}]
-    });
-    let api = dynamic(&c.client, &ns, "v1", "Endpoints", "endpoints");
-    timed(api.create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())).await.unwrap();
-    let endpoint = format!("{ip}:{port}");
+    let (p, mut server_process, endpoint) = module_behind_endpoints(&c, &svc, &ns, "mathmod", ip).await;
     assert_eq!(timed(backend.module_endpoints(&p.id)).await.unwrap(), std::slice::from_ref(&endpoint));
 
     // jac-orc on loopback with this backend, called through ModuleProxy.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(jac_splice_orc::server::serve(listener, svc.clone(), async {
-        let _ = stopped.await;
-    }));
-    let mut proxy = timed(ModuleProxyClient::connect(format!("http://{addr}"))).await.unwrap();
+    let (addr, stop, handle) = crate::support::serve(svc.clone()).await;
+    let mut proxy = crate::support::proxy_client(&format!("http://{addr}"), Some(crate::support::ADMIN)).await;
     let target = |name: &str| Some(pb::ProxyTarget { deployment: name.into(), namespace: ns.clone() });
     let describe = |name: &str| pb::ProxyDescribeRequest {
         target: target(name),
@@ -168,7 +146,36 @@ async fn module_proxy_reaches_the_module_server_behind_the_services_endpoints() 
     assert!(err.message().contains(&endpoint), "{err:?}");
 
     let _ = stop.send(());
-    timed(handle).await.unwrap().unwrap();
+    timed(handle).await.unwrap();
+}
+
+/// A python-module deployment `name` (its plan applied with a selector-less Service), and a
+/// module server on `ip` serving `math` with the deployment's call token behind its Endpoints.
+pub(super) async fn module_behind_endpoints(
+    c: &Cluster,
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    ip: std::net::IpAddr,
+) -> (Plan, tokio::process::Child, String) {
+    // Endpoints of a selector-less Service are ours to write (there is no kubelet to run the
+    // pods the endpoints controller would list).
+    let mut p = plan(svc, "python-module", ns, name, json!({"module": "math"})).await;
+    for o in &mut p.objects {
+        if o.object.kind == "Service" {
+            o.manifest.pointer_mut("/spec").and_then(Value::as_object_mut).unwrap().remove("selector");
+        }
+    }
+    let token = p.config["call-token"].as_str().expect("a generated call token").to_string();
+    let (process, port) = module_server("math", &ip.to_string(), &token).await;
+    timed(c.backend(ns).apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name},
+        "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "grpc", "port": port}]}]
+    });
+    let api = dynamic(&c.client, ns, "v1", "Endpoints", "endpoints");
+    timed(api.create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())).await.unwrap();
+    (p, process, format!("{ip}:{port}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,17 +204,19 @@ async fn serve_with_a_kubeconfig_picks_the_kubernetes_backend_and_says_why() {
     // Keep draining the log so the server never blocks on a full pipe.
     let drain = std::thread::spawn(move || lines.take(100_000).for_each(drop));
 
-    let body: Value = timed(
-        reqwest::Client::new()
-            .post(format!("http://{addr}/deployment"))
-            .json(&json!({"module": "redis", "config": {"name": "via-cli"}}))
-            .send(),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    // Users authenticate as themselves (TokenReview): no admin token is generated here.
+    assert!(!data.path().join("token").exists(), "no admin token on the kube backend");
+    let deploy = json!({"module": "redis", "config": {"name": "via-cli"}});
+    let url = format!("http://{addr}/deployment");
+    let anonymous = timed(crate::support::http_client(None).post(&url).json(&deploy).send()).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let token = crate::support::kubeconfig_token(&c.path);
+    let body: Value = timed(crate::support::http_client(Some(&token)).post(&url).json(&deploy).send())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["deployment"]["backend"], "kubernetes", "{body}");
     assert_eq!(body["deployment"]["namespace"], ns.as_str());
     let cms = Api::<ConfigMap>::namespaced(c.client.clone(), &ns);

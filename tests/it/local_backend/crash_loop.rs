@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb::{self, deploy_event::Event};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
@@ -66,7 +66,7 @@ async fn kill_9_at_20_random_points_across_deploys_leaves_every_deployment_answe
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let wheels = tempfile::tempdir().unwrap();
     build_wheel(wheels.path());
-    let mut lab = Lab::new().env("PIP_NO_INDEX", "1").env("PIP_FIND_LINKS", wheels.path().display().to_string());
+    let mut lab = Lab::new().arg("--pip-find-links").arg(wheels.path().display().to_string());
     let targets = targets();
     let total_weight: u32 = targets.iter().map(|t| t.weight).sum();
     // First endpoint seen per deployment: it must never change.
@@ -136,7 +136,8 @@ async fn kill_9_at_20_random_points_across_deploys_leaves_every_deployment_answe
                 };
                 let mut endpoint = None;
                 // The kill may come before the connection: that is an interrupted deploy too.
-                let client = tokio::time::timeout(BOUND, OrchestratorClient::connect(serve.url.clone())).await;
+                let client =
+                    tokio::time::timeout(BOUND, crate::support::try_grpc_client(&serve.url, Some(&serve.token))).await;
                 let stream = match client {
                     Ok(Ok(mut client)) => tokio::time::timeout(BOUND, client.deploy(req)).await.ok(),
                     _ => None,

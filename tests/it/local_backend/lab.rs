@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jac_splice_orc::pb::{self, deploy_event::Event, orchestrator_client::OrchestratorClient};
+use jac_splice_orc::pb::{self, deploy_event::Event};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -17,44 +17,40 @@ use tokio_stream::StreamExt;
 use crate::support::{redis_ping, struct_of};
 
 /// Bound on every wait in this file (generous: the machine is shared).
-pub(super) const BOUND: Duration = Duration::from_secs(180);
-pub(super) const POLL: Duration = Duration::from_millis(100);
+pub(crate) const BOUND: Duration = Duration::from_secs(180);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// A temporary data dir, the serves started on it, and cleanup of everything they left.
-pub(super) struct Lab {
-    pub(super) tmp: tempfile::TempDir,
-    pub(super) data: PathBuf,
-    pub(super) env: Vec<(String, String)>,
-    pub(super) args: Vec<String>,
-    pub(super) started: usize,
-    pub(super) serve_pids: Arc<Mutex<Vec<u32>>>,
+pub(crate) struct Lab {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) data: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) started: usize,
+    pub(crate) serve_pids: Arc<Mutex<Vec<u32>>>,
 }
 
-pub(super) struct Serve {
-    pub(super) child: tokio::process::Child,
-    pub(super) pid: u32,
-    pub(super) url: String,
+pub(crate) struct Serve {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: u32,
+    pub(crate) url: String,
+    /// The admin token serve generated in the data dir (what the CLI on this host sends).
+    pub(crate) token: String,
 }
 
 impl Lab {
-    pub(super) fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         let tmp = tempfile::tempdir().expect("tempdir");
         // Not created here: serve creates it (0700).
         let data = tmp.path().join("data");
-        Lab { tmp, data, env: Vec::new(), args: Vec::new(), started: 0, serve_pids: Arc::default() }
+        Lab { tmp, data, args: Vec::new(), started: 0, serve_pids: Arc::default() }
     }
 
-    pub(super) fn env(mut self, k: &str, v: impl Into<String>) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
-    pub(super) fn arg(mut self, a: impl Into<String>) -> Self {
+    pub(crate) fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
     }
 
-    pub(super) fn spawn(&mut self) -> (tokio::process::Child, PathBuf) {
+    pub(crate) fn spawn(&mut self) -> (tokio::process::Child, PathBuf) {
         self.started += 1;
         let log = self.tmp.path().join(format!("serve-{}.log", self.started));
         let out = std::fs::File::create(&log).expect("serve log");
@@ -63,7 +59,6 @@ impl Lab {
         cmd.args(["serve", "--backend", "local", "--listen", "127.0.0.1:0", "--python", &python, "--data-dir"])
             .arg(&self.data)
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("JAC_ORC_LOG", "info")
             .env_remove("MODULES")
             .stdin(std::process::Stdio::null())
@@ -76,13 +71,14 @@ impl Lab {
     }
 
     /// Starts a serve and waits until it announces its address.
-    pub(super) async fn serve(&mut self) -> Serve {
+    pub(crate) async fn serve(&mut self) -> Serve {
         let (mut child, log) = self.spawn();
         let pid = child.id().expect("pid");
         for _ in 0..rounds() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(addr) = text.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()) {
-                return Serve { child, pid, url: format!("http://{addr}") };
+                let token = std::fs::read_to_string(self.data.join("token")).expect("serve generated its admin token");
+                return Serve { child, pid, url: format!("http://{addr}"), token: token.trim().to_string() };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("jac-orc serve exited with {status}:\n{text}");
@@ -93,23 +89,23 @@ impl Lab {
     }
 
     /// Starts a serve that must fail; returns its log.
-    pub(super) async fn serve_fails(&mut self) -> String {
+    pub(crate) async fn serve_fails(&mut self) -> String {
         let (mut child, log) = self.spawn();
         let status = tokio::time::timeout(BOUND, child.wait()).await.expect("a second serve must exit").unwrap();
         assert!(!status.success(), "a second serve on the same data dir must fail");
         std::fs::read_to_string(&log).unwrap_or_default()
     }
 
-    pub(super) fn deployment_dir(&self, module: &str, name: &str) -> PathBuf {
+    pub(crate) fn deployment_dir(&self, module: &str, name: &str) -> PathBuf {
         self.data.join("deployments").join("default").join(module).join(name)
     }
 
-    pub(super) fn state(&self) -> Value {
+    pub(crate) fn state(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.data.join("local-state.json")).expect("state file")).expect("json")
     }
 
     /// The pid the state file records for a deployment.
-    pub(super) fn recorded_pid(&self, module: &str, name: &str) -> Option<u32> {
+    pub(crate) fn recorded_pid(&self, module: &str, name: &str) -> Option<u32> {
         let key = format!("default/{module}/{name}");
         self.state()["deployments"][&key]["workload"]["process"]["pid"].as_u64().map(|p| p as u32)
     }
@@ -129,7 +125,7 @@ impl Drop for Lab {
 }
 
 /// SIGKILLs, by PID, every workload process left in `data` (drop guards).
-pub(super) fn reap(data: &Path) {
+pub(crate) fn reap(data: &Path) {
     for p in workloads(data) {
         eprintln!("cleanup: killing leftover workload pid {} ({:?})", p.pid, p.deployment);
         let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
@@ -137,7 +133,7 @@ pub(super) fn reap(data: &Path) {
 }
 
 /// Reaps a data dir's workloads when dropped (tests that run the backend in-process).
-pub(super) struct Reaper(pub(super) PathBuf);
+pub(crate) struct Reaper(pub(crate) PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -146,29 +142,30 @@ impl Drop for Reaper {
 }
 
 /// Lines of every serve log of a lab that contain `what`.
-pub(super) fn log_count(lab: &Lab, what: &str) -> usize {
+pub(crate) fn log_count(lab: &Lab, what: &str) -> usize {
     (1..=lab.started)
         .map(|n| std::fs::read_to_string(lab.tmp.path().join(format!("serve-{n}.log"))).unwrap_or_default())
         .map(|t| t.lines().filter(|l| l.contains(what)).count())
         .sum()
 }
 
-pub(super) fn rounds() -> u128 {
+pub(crate) fn rounds() -> u128 {
     BOUND.as_millis() / POLL.as_millis()
 }
 
 impl Serve {
-    pub(super) async fn grpc(&self) -> OrchestratorClient<tonic::transport::Channel> {
-        let c = tokio::time::timeout(BOUND, OrchestratorClient::connect(self.url.clone())).await;
-        c.expect("connect in time").expect("connect")
+    /// A gRPC client sending the generated admin token.
+    pub(crate) async fn grpc(&self) -> crate::support::Grpc {
+        crate::support::grpc_client(&self.url, Some(&self.token)).await
     }
 
-    pub(super) fn http(&self) -> reqwest::Client {
-        reqwest::Client::builder().timeout(BOUND).build().expect("http client")
+    /// An HTTP client sending the generated admin token.
+    pub(crate) fn http(&self) -> reqwest::Client {
+        crate::support::http_client(Some(&self.token))
     }
 
     /// Every record, by name, as the REST gateway shows it.
-    pub(super) async fn records(&self) -> BTreeMap<String, Value> {
+    pub(crate) async fn records(&self) -> BTreeMap<String, Value> {
         let all: Value =
             self.http().get(format!("{}/deployment", self.url)).send().await.unwrap().json().await.unwrap();
         let mut out = BTreeMap::new();
@@ -182,12 +179,12 @@ impl Serve {
         out
     }
 
-    pub(super) async fn kill9(mut self) {
+    pub(crate) async fn kill9(mut self) {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         tokio::time::timeout(BOUND, self.child.wait()).await.expect("killed serve exits").unwrap();
     }
 
-    pub(super) async fn term(mut self) {
+    pub(crate) async fn term(mut self) {
         kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM).unwrap();
         let status = tokio::time::timeout(BOUND, self.child.wait()).await.expect("serve stops on SIGTERM").unwrap();
         assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
@@ -196,16 +193,16 @@ impl Serve {
 
 /// A live process that belongs to a data dir's workloads.
 #[derive(Debug, Clone)]
-pub(super) struct Proc {
-    pub(super) pid: u32,
-    pub(super) pgrp: i32,
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) pgrp: i32,
     /// `namespace/module/name` when the marks say which.
-    pub(super) deployment: Option<String>,
+    pub(crate) deployment: Option<String>,
 }
 
 /// Live processes of this user (not zombies, not jac-orc itself) whose working directory,
 /// command line or environment carries `data`.
-pub(super) fn workloads(data: &Path) -> Vec<Proc> {
+pub(crate) fn workloads(data: &Path) -> Vec<Proc> {
     let data = data.display().to_string();
     let me = std::process::id();
     let orc = std::fs::canonicalize(env!("CARGO_BIN_EXE_jac-orc")).ok();
@@ -239,7 +236,7 @@ pub(super) fn workloads(data: &Path) -> Vec<Proc> {
 }
 
 /// Polls `check` until it returns `Some`, bounded.
-pub(super) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -253,7 +250,7 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-pub(super) async fn module_serving(endpoint: &str) -> bool {
+pub(crate) async fn module_serving(endpoint: &str) -> bool {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) else { return false };
     let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(5), ep.connect()).await else { return false };
@@ -264,7 +261,7 @@ pub(super) async fn module_serving(endpoint: &str) -> bool {
     }
 }
 
-pub(super) async fn answers(module: &str, endpoint: &str) -> bool {
+pub(crate) async fn answers(module: &str, endpoint: &str) -> bool {
     match module {
         "redis" => redis_ping(endpoint).await.is_ok_and(|r| r == "+PONG"),
         _ => module_serving(endpoint).await,
@@ -272,7 +269,7 @@ pub(super) async fn answers(module: &str, endpoint: &str) -> bool {
 }
 
 /// Deploys over gRPC with `wait`; the deployment's endpoint, or the error status.
-pub(super) async fn grpc_deploy(serve: &Serve, module: &str, config: Value) -> Result<String, tonic::Status> {
+pub(crate) async fn grpc_deploy(serve: &Serve, module: &str, config: Value) -> Result<String, tonic::Status> {
     let mut c = serve.grpc().await;
     let req = pb::DeployRequest {
         module: module.into(),
@@ -291,22 +288,12 @@ pub(super) async fn grpc_deploy(serve: &Serve, module: &str, config: Value) -> R
     Ok(endpoint.expect("a summary with an endpoint"))
 }
 
-/// Sends `AUTH password` to a Redis server; the first reply line.
-pub(super) async fn redis_auth(addr: &str, password: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("AUTH {password}\r\n").as_bytes()).await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
-    String::from_utf8_lossy(&buf[..n]).trim().to_string()
-}
-
-pub(super) fn mode(p: &Path) -> u32 {
+pub(crate) fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
 }
 
-/// A wheel of a tiny pure-Python package, for pip with `--no-index --find-links` (never PyPI).
-pub(super) fn build_wheel(dir: &Path) {
+/// A wheel of a tiny pure-Python package, for `jac-orc serve --pip-find-links` (never PyPI).
+pub(crate) fn build_wheel(dir: &Path) {
     let script = r#"
 import sys, zipfile
 d, name, ver = sys.argv[1], "jacorc_crash_pkg", "1.0"

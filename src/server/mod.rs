@@ -1,5 +1,13 @@
 //! Serves gRPC (Orchestrator, ModuleProxy, health, reflection), grpc-web and the REST gateway on ONE listener.
 //! It never binds: callers (main, tests) pass a bound listener, so tests use port 0.
+//!
+//! [`serve`] is the accept loop: it holds one place under [`Limits::max_connections`] per
+//! connection (further clients wait in the listen backlog) and hands each connection to its own
+//! task ([`connection`]), which does the TLS handshake and puts every request through the auth
+//! layer ([`Options::auth`]) before any surface sees it.
+
+mod connection;
+pub mod limits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +18,11 @@ use axum::Router;
 use tower::ServiceExt;
 
 use crate::api::{grpc::OrchestratorApi, module_proxy::ModuleProxyServer, rest};
+use crate::auth::AuthLayer;
 use crate::pb::{self, orchestrator_server::OrchestratorServer};
 use crate::proxy::ModuleProxy;
 use crate::service::Service;
+pub use limits::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +47,7 @@ async fn app_parts(service: Arc<Service>) -> Result<(Router, ModuleProxyServer),
         service.backend().clone(),
         settings.namespace.clone(),
         settings.proxy.clone(),
+        service.authorizer().clone(),
     )));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -68,6 +79,35 @@ async fn app_parts(service: Arc<Service>) -> Result<(Router, ModuleProxyServer),
     Ok((router, module_proxy))
 }
 
+/// How [`serve`] treats connections: who gets in, over what, for how long.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Authentication of every request on every surface.
+    pub auth: AuthLayer,
+    /// `None`: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
+    pub limits: Limits,
+}
+
+impl Options {
+    /// Plaintext with the default limits.
+    pub fn new(auth: AuthLayer) -> Self {
+        Options { auth, tls: None, limits: Limits::default() }
+    }
+
+    #[must_use]
+    pub fn tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
 /// HTTP/2 flow control of accepted connections. hyper's server defaults (1 MiB windows, 16 KiB
 /// frames, 400 KiB send buffer) throttle a 64 MiB ndarray forwarded through `ModuleProxy` to a
 /// fraction of loopback bandwidth, hence a hand-built accept loop instead of `axum::serve`.
@@ -82,22 +122,60 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
+    use tokio_util::sync::CancellationToken;
 
-    let (app, module_proxy) = app_parts(service).await?;
+    let edge = crate::api::layers::EdgeLayer::new(&service.settings().edge);
+    let (router, module_proxy) = app_parts(service).await?;
+    let limits = options.limits.fitted(limits::open_file_limit());
     let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stop, kill) = (CancellationToken::new(), CancellationToken::new());
+    let shared = Arc::new(connection::Shared {
+        router,
+        module_proxy,
+        edge,
+        auth: options.auth,
+        tls: options.tls.map(|t| t.acceptor),
+        builder,
+        limits,
+        local: listener.local_addr()?,
+        stop: stop.clone(),
+        kill: kill.clone(),
+    });
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let places = Arc::new(tokio::sync::Semaphore::new(all as usize));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut saturated = false;
     loop {
+        let place = match places.clone().try_acquire_owned() {
+            Ok(p) => {
+                saturated = false;
+                p
+            }
+            Err(_) => {
+                if !saturated {
+                    tracing::warn!(max = all, "connection limit reached: new connections wait until one closes");
+                    saturated = true;
+                }
+                tokio::select! {
+                    p = places.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -112,46 +190,18 @@ pub async fn serve(
         };
         // Small gRPC messages would otherwise wait on Nagle + delayed ACK (~40 ms per call).
         let _ = stream.set_nodelay(true);
-        let (app, module_proxy) = (app.clone(), module_proxy.clone());
-        // ModuleProxy calls (the hot path) go straight to their service; everything else
-        // (REST, the other gRPC services, grpc-web) through the router.
-        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let response: BoxFuture = if is_module_proxy_call(&req) {
-                let mut proxy = module_proxy.clone();
-                let call = tower::Service::call(&mut proxy, req.map(tonic::body::Body::new));
-                Box::pin(async move { call.await.map(|r| r.map(axum::body::Body::new)) })
-            } else {
-                Box::pin(app.clone().oneshot(req.map(axum::body::Body::new)))
-            };
-            response
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection::serve(stream, peer, shared.clone(), place));
     }
     drop(listener);
+    stop.cancel();
     // Clients that keep their HTTP/2 connection open (pooled channels with heartbeats) would
     // otherwise hold the drain, and with it the stop of every workload, until they go away.
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, places.acquire_many(all)).await.is_err() {
         tracing::info!(seconds = DRAIN.as_secs(), "connections still open after the drain period; closing them");
+        kill.cancel();
+        let _ = tokio::time::timeout(DRAIN, places.acquire_many(all)).await;
     }
     Ok(())
-}
-
-type BoxFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>> + Send>>;
-
-/// A plain gRPC (not grpc-web) request to `ModuleProxy`.
-fn is_module_proxy_call<B>(req: &http::Request<B>) -> bool {
-    let grpc = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;")
-    });
-    grpc && req.uri().path().starts_with("/jac.splice.v1.ModuleProxy/")
 }
 
 fn is_grpc(req: &Request) -> bool {
