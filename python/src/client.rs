@@ -19,9 +19,9 @@ use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
 use crate::proto::{
-    CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ListDeploymentsRequest, ListDeploymentsResponse,
-    ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest, ProxyReleaseRequest, ProxyTarget, ReleaseRequest,
-    ReleaseResponse, ValueResponse,
+    CallRequest, DescribeRequest, DescribeResponse, EnsureModuleRequest, EnsureModuleResponse, GetAttrRequest,
+    ListDeploymentsRequest, ListDeploymentsResponse, ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest,
+    ProxyReleaseRequest, ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
 };
 use crate::runtime::{block_on_interruptible, rt};
 use crate::wire::{CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, ORCHESTRATOR_SERVICE, STREAM_WINDOW};
@@ -260,6 +260,13 @@ impl Connection {
         let mut client = OrchestratorClient::new(self.channel());
         let response = client.list_deployments(self.request(ListDeploymentsRequest { namespace, module })).await?;
         Ok(response.into_inner())
+    }
+
+    /// jac-orc's python-module deployment serving a module, deployed first when none does; the
+    /// call lasts until it is ready (the server bounds that wait).
+    pub async fn ensure_module(&self, request: EnsureModuleRequest) -> Result<EnsureModuleResponse, Status> {
+        let mut client = OrchestratorClient::new(self.channel());
+        Ok(client.ensure_module(self.request(request)).await?.into_inner())
     }
 
     async fn health(&self, service: &str) -> Result<ServingStatus, Status> {

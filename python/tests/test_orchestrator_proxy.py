@@ -304,3 +304,33 @@ def test_escapes_are_refused_through_the_proxy(
             client.call(target, path, args)
     # The module itself is still served.
     assert remote_json.dumps({"a": 1}) == '{"a": 1}'
+
+
+def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: Path) -> None:
+    # A jac-orc of its own: nothing serves json there until the import deploys it.
+    orc = start_orchestrator(require_binary(), tmp_path)
+    try:
+        splice = jac_splice.connect(orc.url, token=orc.token)
+        with pytest.raises(DeploymentLookupError, match="no python-module deployment of 'json'"):
+            splice.import_module("json")
+        remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
+        assert remote.dumps([1]) == "[1]"
+        deployments = orc.rest("GET", "/deployment")["default"]["python-module"]
+        assert list(deployments) == ["json"], deployments
+        config = deployments["json"]["config"]
+        assert (config["on-demand"], config["idle-timeout"]) == (True, "600s"), config
+        # Another importer finds it: still one deployment, and the same module server.
+        again = jac_splice.connect(orc.url, token=orc.token).import_module("json", deploy=True)
+        assert again.loads("[2]") == [2]
+        assert list(orc.rest("GET", "/deployment")["default"]["python-module"]) == ["json"]
+        found = splice.ensure_module("json")
+        assert (found["deployed"], found["name"], found["status"]) == (False, "json", "deployed")
+        with pytest.raises(ValueError, match="leave out deployment="):
+            splice.import_module("json", deployment="json", deploy=True)
+    finally:
+        orc.stop()
+
+
+def test_deploy_on_import_needs_a_jac_orc_target(splice: jac_splice.Splice) -> None:
+    with pytest.raises(ValueError, match="needs a jac-orc target"):
+        splice.import_module("splice_testmod", deploy=True)

@@ -131,4 +131,28 @@ impl Orchestrator for OrchestratorApi {
         let templates = self.service.templates(&caller).await.map_err(status)?;
         Ok(Response::new(pb::ListTemplatesResponse { templates: templates.iter().map(convert::template).collect() }))
     }
+
+    async fn ensure_module(
+        &self,
+        request: Request<pb::EnsureModuleRequest>,
+    ) -> Result<Response<pb::EnsureModuleResponse>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
+        let r = request.into_inner();
+        let text = |s: String| Some(s).filter(|s| !s.is_empty());
+        let req = service::EnsureRequest {
+            module: r.module,
+            packages: r.packages,
+            cpu: text(r.cpu).map(Into::into),
+            memory: text(r.memory).map(Into::into),
+            replicas: Some(r.replicas).filter(|n| *n != 0),
+            idle_timeout: text(r.idle_timeout).map(Into::into),
+            namespace: text(r.namespace),
+            wait: Some(r.wait_timeout_seconds).filter(|s| *s != 0).map(|s| Duration::from_secs(u64::from(s))),
+        };
+        let view = self.service.ensure_module(&caller, &req).await.map_err(status)?;
+        Ok(Response::new(pb::EnsureModuleResponse {
+            deployment: Some(convert::deployment(&view.deployment)),
+            deployed: view.deployed,
+        }))
+    }
 }

@@ -16,10 +16,12 @@
 //! | get / list | get / list | `jacdeployments` | its (list: the one asked, else all) | deployment / - |
 //! | secrets | get | `jacdeployments/secrets` | its | deployment |
 //! | templates | list | `templates` | - | - |
+//! | ensure module | get (found) / create (deploys) | `jacdeployments` | target | deployment |
 //!
 //! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
 mod deploy;
+mod ensure;
 mod locks;
 mod prepare;
 #[cfg(test)]
@@ -36,9 +38,10 @@ use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
+pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
-pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
+pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -61,6 +64,9 @@ pub enum Error {
     /// The caller may not do this (or it could not be decided).
     #[error(transparent)]
     Authorization(#[from] auth::authorize::Error),
+    /// The operator's `--ensure-allow` list does not name this module or package.
+    #[error("{what} {name:?} may not be deployed on import: the server's --ensure-allow list does not name it")]
+    NotAllowedOnImport { what: &'static str, name: String },
     /// The task running a deploy or undeploy ended without an outcome (it panicked).
     #[error("the {run} run of {id} stopped without an outcome")]
     RunAborted {
@@ -78,6 +84,9 @@ impl Error {
             Error::Catalog(e) => e.field(),
             Error::Identity(e) => Some(e.field().to_string()),
             Error::Invalid { field, .. } => Some(field.clone()),
+            Error::NotAllowedOnImport { what, .. } => {
+                Some(if *what == "module" { "module" } else { "packages" }.into())
+            }
             _ => None,
         }
     }
@@ -111,6 +120,8 @@ pub struct Settings {
     pub proxy: crate::proxy::ProxyConfig,
     /// The HTTP edge's browser and request-head rules (CORS allowlist, URI limit).
     pub edge: crate::config::EdgeConfig,
+    /// What may be deployed on first import (`EnsureModule`).
+    pub ensure: EnsurePolicy,
 }
 
 impl Settings {
@@ -126,6 +137,7 @@ impl Default for Settings {
             restricted_namespace: false,
             proxy: crate::proxy::ProxyConfig::default(),
             edge: crate::config::EdgeConfig::default(),
+            ensure: EnsurePolicy::default(),
         }
     }
 }
