@@ -119,7 +119,8 @@ impl Orchestrator for OrchestratorApi {
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
-        let views = self.service.list(&caller, Some(&r.namespace), Some(&r.module)).await.map_err(status)?;
+        let (namespace, module) = (Some(r.namespace.as_str()), Some(r.module.as_str()));
+        let views = self.service.list(&caller, namespace, module, r.on_demand).await.map_err(status)?;
         Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(convert::deployment).collect() }))
     }
 

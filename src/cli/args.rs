@@ -388,6 +388,9 @@ pub struct ListArgs {
     pub namespace: Option<String>,
     #[arg(short, long)]
     pub module: Option<String>,
+    /// Only deployments made on first import (`import_module(..., deploy=True)`, EnsureModule).
+    #[arg(long)]
+    pub on_demand: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]

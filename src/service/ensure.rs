@@ -231,7 +231,8 @@ fn serves(record: &DeploymentRecord, module: &str) -> bool {
     record.config.get("module").and_then(Value::as_str) == Some(module)
 }
 
-fn is_on_demand(record: &DeploymentRecord) -> bool {
+/// Whether `EnsureModule` made the deployment.
+pub(super) fn is_on_demand(record: &DeploymentRecord) -> bool {
     record.config.get("on-demand").and_then(Value::as_bool) == Some(true)
 }
 

@@ -232,18 +232,22 @@ impl Service {
         Ok(view)
     }
 
-    /// Deployments, optionally of one namespace and one module (empty matches all), in id order.
+    /// Deployments, optionally of one namespace and one module (empty matches all), and only
+    /// those made on first import when `on_demand`, in id order.
     pub async fn list(
         &self,
         caller: &Caller,
         namespace: Option<&str>,
         module: Option<&str>,
+        on_demand: bool,
     ) -> Result<Vec<DeploymentView>> {
         let namespace = namespace.filter(|ns| !ns.is_empty());
         self.permit(caller, Verb::List, Resource::JacDeployments, namespace, None).await?;
         let mut records = self.backend.list().await?;
         records.retain(|r| {
-            namespace.is_none_or(|ns| r.id.namespace == ns) && module.is_none_or(|m| m.is_empty() || r.id.module == m)
+            namespace.is_none_or(|ns| r.id.namespace == ns)
+                && module.is_none_or(|m| m.is_empty() || r.id.module == m)
+                && (!on_demand || ensure::is_on_demand(r))
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records.iter().map(DeploymentView::from).collect())

@@ -17,7 +17,7 @@ fn ensure(module: &str) -> pb::EnsureModuleRequest {
 
 /// The python-module deployments serving `module`.
 async fn serving(server: &TestServer, module: &str) -> Vec<pb::Deployment> {
-    let request = pb::ListDeploymentsRequest { namespace: String::new(), module: "python-module".into() };
+    let request = pb::ListDeploymentsRequest { module: "python-module".into(), ..Default::default() };
     let listed = within(server.grpc().await.list_deployments(request)).await.unwrap().into_inner();
     let serves = |d: &pb::Deployment| {
         let config = jac_splice_orc::api::convert::from_struct(d.config.as_ref().unwrap());
@@ -84,6 +84,31 @@ async fn ensure_module_deploys_once_then_returns_the_same_deployment_over_grpc_a
     assert_eq!((&body["deployed"], &body["deployment"]["name"]), (&json!(false), &json!("json")), "{body}");
     assert_eq!(body["deployment"]["status"], "deployed", "{body}");
     assert_eq!(serving(&server, "json").await.len(), 1);
+
+    // On-demand deployments are listed apart from those deployed by hand.
+    let by_hand = json!({"module": "python-module", "config": {"name": "calc", "module": "math"}, "wait": true});
+    let r = within(server.http().post(format!("{}/deployment", server.url())).json(&by_hand).send()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let listed: Value = within(server.http().get(format!("{}/deployment?on_demand=true", server.url())).send())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&String> = listed["default"]["python-module"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["json"], "{listed}");
+    let request = pb::ListDeploymentsRequest { on_demand: true, ..Default::default() };
+    let listed = within(grpc.list_deployments(request)).await.unwrap().into_inner().deployments;
+    assert_eq!(listed.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["json"]);
+    assert_eq!(
+        within(grpc.list_deployments(pb::ListDeploymentsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .deployments
+            .len(),
+        2
+    );
     server.stop().await;
 }
 

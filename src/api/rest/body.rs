@@ -208,6 +208,8 @@ pub(super) struct ListQuery {
     pub(super) namespace: Option<String>,
     /// Only deployments of this template module.
     pub(super) module: Option<String>,
+    /// Only deployments made on first import (`POST /module/ensure`).
+    pub(super) on_demand: Option<bool>,
 }
 
 /// The path of one deployment.

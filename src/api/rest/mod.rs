@@ -146,7 +146,8 @@ async fn list(
     caller: Caller,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<DeploymentTree>, ApiError> {
-    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
+    let on_demand = q.on_demand.unwrap_or(false);
+    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref(), on_demand).await?;
     Ok(Json(views.into_iter().collect()))
 }
 
