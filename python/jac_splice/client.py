@@ -127,10 +127,14 @@ class Splice:
         :meth:`ensure_module` for the settings, used only when it deploys).
         """
         if deploy and deployment is not None:
-            raise ValueError("deploy=True finds or deploys the deployment itself: leave out deployment=")
+            raise ValueError(
+                "deploy=True finds or deploys the deployment itself: leave out deployment="
+            )
         if deployment is None and not self._probe():
             if deploy:
-                raise ValueError(f"deploy=True needs a jac-orc target; {self.target} is a module server")
+                raise ValueError(
+                    f"deploy=True needs a jac-orc target; {self.target} is a module server"
+                )
             return self._direct_module(name)
         if deployment is None and deploy and not self._serving(name, namespace)[0]:
             ensured = self.ensure_module(
@@ -184,10 +188,14 @@ class Splice:
         call deployed it). Raises :class:`DeploymentLookupError` if it is not ready.
         """
         if not self._probe():
-            raise ValueError(f"ensure_module needs a jac-orc target; {self.target} is a module server")
+            raise ValueError(
+                f"ensure_module needs a jac-orc target; {self.target} is a module server"
+            )
         if replicas is not None and replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
-        _log.info("asking jac-orc at %s for a deployment of %r (deploying it if none)", self.target, name)
+        _log.info(
+            "asking jac-orc at %s for a deployment of %r (deploying it if none)", self.target, name
+        )
         found = self._client.ensure_module(
             name,
             namespace=namespace or "",

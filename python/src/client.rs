@@ -258,7 +258,9 @@ impl Connection {
 
     pub async fn list_deployments(&self, namespace: String, module: String) -> Result<ListDeploymentsResponse, Status> {
         let mut client = OrchestratorClient::new(self.channel());
-        let response = client.list_deployments(self.request(ListDeploymentsRequest { namespace, module, on_demand: false })).await?;
+        let response = client
+            .list_deployments(self.request(ListDeploymentsRequest { namespace, module, on_demand: false }))
+            .await?;
         Ok(response.into_inner())
     }
 
