@@ -5,7 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
         std::env::set_var("PROTOC", protoc);
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read when the script runs, not baked in when it is compiled: a target dir shared by two
+    // clones would otherwise compile the other clone's contract.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let protos = [
         root.join("jac/splice/v1/value.proto"),
         root.join("jac/splice/v1/module.proto"),

@@ -9,9 +9,11 @@ from jac_splice._native import __version__
 from jac_splice.client import Splice, connect
 from jac_splice.exceptions import (
     AuthenticationError,
+    ClosedError,
     DeploymentLookupError,
     NotASpliceServerError,
     NotFoundError,
+    NumpyRequiredError,
     PermissionDeniedError,
     RemoteError,
     ResourceExhaustedError,
@@ -20,14 +22,17 @@ from jac_splice.exceptions import (
     UnavailableError,
 )
 from jac_splice.importer import RemoteImports, remote_imports
-from jac_splice.proxy import RemoteModule, RemoteObject
+from jac_splice.proxy import RemoteCallable, RemoteModule, RemoteObject
 
 __all__ = [
     "AuthenticationError",
+    "ClosedError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
+    "NumpyRequiredError",
     "PermissionDeniedError",
+    "RemoteCallable",
     "RemoteError",
     "RemoteImports",
     "RemoteModule",

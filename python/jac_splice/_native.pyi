@@ -6,6 +6,7 @@ __all__ = [
     "BUILTIN_HELPERS",
     "OPERATOR_HELPERS",
     "PROTOCOL_ATTRIBUTES",
+    "SPLICE_HELPERS",
     "Client",
     "ModuleServer",
     "RemoteRef",
@@ -17,6 +18,7 @@ __version__: str
 BUILTIN_HELPERS: list[str]
 OPERATOR_HELPERS: list[str]
 PROTOCOL_ATTRIBUTES: list[str]
+SPLICE_HELPERS: list[str]
 
 def use_numpy(module: Any) -> None: ...
 
@@ -49,6 +51,9 @@ class Client:
         connect_timeout_seconds: float = 5.0,
     ) -> Client: ...
     def via_proxy(self, deployment: str, namespace: str) -> Client: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
     def server_kind(self) -> Literal["orchestrator", "module-server"]: ...
     def set_token(self, token: str) -> None: ...
     @property

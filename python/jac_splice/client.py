@@ -6,12 +6,16 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, Union
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Union
 
 from jac_splice._native import Client, RemoteRef
 from jac_splice.credentials import find_token
-from jac_splice.exceptions import DeploymentLookupError, SpliceError
-from jac_splice.proxy import RemoteModule
+from jac_splice.exceptions import ClosedError, DeploymentLookupError, SpliceError
+from jac_splice.proxy import RemoteModule, where
+
+if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never evaluated here
+    from typing_extensions import Self
 
 PYTHON_MODULE = "python-module"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
@@ -30,7 +34,11 @@ def _read_ca(ca: CA | None) -> bytes | None:
 
 
 class Splice:
-    """A connection to a module server or to jac-orc; see :func:`connect`."""
+    """A connection to a module server or to jac-orc; see :func:`connect`.
+
+    Use it as a context manager, or call :meth:`close`, to release what its proxies hold on the
+    servers and close the connection.
+    """
 
     def __init__(
         self,
@@ -68,6 +76,12 @@ class Splice:
         The answer also tells which token applies when none was given (see
         :mod:`jac_splice.credentials`); the health service needs none.
         """
+        if self._client.closed:
+            # Also where no call would be made (a module server's own module is a local proxy).
+            raise ClosedError(
+                f"this connection to {self.target} was closed (Splice.close()); "
+                "connect again with jac_splice.connect()"
+            )
         if self._is_orchestrator is None:
             kind = self._client.server_kind()
             if not self._client.has_token:
@@ -250,6 +264,43 @@ class Splice:
         self._client.flush()
         for client in list(self._routes.values()):
             client.flush()
+
+    def close(self) -> None:
+        """Releases every object this connection's proxies hold on the servers (those it cannot
+        reach free them when the session's lease ends), stops the heartbeats and closes the
+        connection. Every later call, here or on one of its proxies, raises
+        :class:`ClosedError`. Closing again does nothing.
+        """
+        self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._client.closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        # Only what is already known: a repr never dials (nor shows a token).
+        if self.closed:
+            state = "closed"
+        elif self._is_orchestrator is None:
+            state = "not contacted yet"
+        elif self._is_orchestrator:
+            with self._lock:
+                routes = [where(client) for client in self._routes.values()]
+            state = "jac-orc" + (f", deployments in use: {', '.join(routes)}" if routes else "")
+        else:
+            state = f"module server of {self._served!r}"
+        return f"<jac_splice.Splice {self.target}: {state}>"
 
 
 def _text(value: str | float | None) -> str:

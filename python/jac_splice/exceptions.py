@@ -6,7 +6,8 @@ also an instance of the matching builtin exception, so ``except ValueError`` cat
 server-side traceback (also attached as a note). Transport failures raise :class:`TransportError`
 subclasses named after the gRPC status code; a refused call raises :class:`AuthenticationError`
 (no token, or a wrong one) or :class:`PermissionDeniedError` (not served to this caller), each
-naming the address and what to do.
+naming the address and what to do. Transport errors of a call through jac-orc also name the
+python-module deployment (``default/numpy``) it was for.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ class NotASpliceServerError(SpliceError):
 
 class DeploymentLookupError(SpliceError, LookupError):
     """jac-orc has no single python-module deployment for the requested module."""
+
+
+class ClosedError(SpliceError):
+    """A call on a connection (or one of its proxies) after :meth:`Splice.close`."""
+
+
+class NumpyRequiredError(SpliceError, ImportError):
+    """A numpy array (or a scalar only numpy can hold) arrived where numpy cannot be imported.
+
+    numpy is optional for clients: install it with ``pip install 'jac-splice[numpy]'``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, name="numpy")
 
 
 _TRANSPORT_CLASSES: dict[str, type[TransportError]] = {
@@ -129,9 +144,11 @@ def _remote_error(
 
 __all__ = [
     "AuthenticationError",
+    "ClosedError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
+    "NumpyRequiredError",
     "PermissionDeniedError",
     "RemoteError",
     "ResourceExhaustedError",

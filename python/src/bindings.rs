@@ -129,7 +129,12 @@ impl Client {
     }
 
     fn peer(&self) -> Peer<'_> {
-        Peer { address: self.connection.address(), token_sent: self.connection.has_token() }
+        Peer { address: self.connection.address(), token_sent: self.connection.has_token(), via: self.route.via() }
+    }
+
+    /// `ClosedError` once the connection was closed.
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        self.connection.check_open().map_err(|e| client_to_pyerr(py, &e, self.peer()))
     }
 
     fn status_error(&self, py: Python<'_>, status: &Status) -> PyErr {
@@ -142,11 +147,12 @@ impl Client {
             Some(value_response::Result::Value(value)) => {
                 let session = self.route.session().to_owned();
                 let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
+                    self.route.track(&r.id);
                     let obj =
                         RemoteRef { id: r.id, type_name: r.type_name, callable: r.callable, session: session.clone() };
                     Ok(Bound::new(py, obj)?.into_any())
                 };
-                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(DecodeError::into_pyerr)
+                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(|e| e.into_pyerr(py))
             }
             Some(value_response::Result::Error(err)) => Err(remote_to_pyerr(py, err)),
             None => Err(PyValueError::new_err("empty response from the module server")),
@@ -169,7 +175,7 @@ impl Client {
         channels: usize,
         connect_timeout_seconds: f64,
     ) -> PyResult<Self> {
-        let peer = Peer { address: &target, token_sent: token.is_some() };
+        let peer = Peer { address: &target, token_sent: token.is_some(), via: None };
         let options = Options {
             token: token.clone(),
             ca,
@@ -193,14 +199,30 @@ impl Client {
     }
 
     /// A client for `deployment`'s module server through jac-orc's `ModuleProxy` (new session).
-    fn via_proxy(&self, deployment: String, namespace: String) -> Self {
+    fn via_proxy(&self, py: Python<'_>, deployment: String, namespace: String) -> PyResult<Self> {
+        self.check_open(py)?;
         let _guard = rt().enter();
-        self.with_route(Some(ProxyTarget { deployment, namespace }))
+        Ok(self.with_route(Some(ProxyTarget { deployment, namespace })))
+    }
+
+    /// Closes the connection this client shares with its `via_proxy` clients: every session's
+    /// references are released on the servers (what cannot be, they free when the session's
+    /// lease ends), heartbeats stop, the sockets close, and every later call through any of
+    /// them raises `ClosedError`. Closing again does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let connection = self.connection.clone();
+        wait_for(py, async move { connection.close().await })
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.connection.is_closed()
     }
 
     /// What serves the target, from its gRPC health service: "orchestrator" (jac-orc) or
     /// "module-server"; anything else raises, naming the address.
     fn server_kind(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.check_open(py)?;
         let connection = self.connection.clone();
         let kind = wait_for(py, async move { connection.server_kind().await })?
             .map_err(|e| client_to_pyerr(py, &e, self.peer()))?;
@@ -237,6 +259,7 @@ impl Client {
     /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
     #[pyo3(signature = (target, path))]
     fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
+        self.check_open(py)?;
         let route = &self.route;
         let response =
             wait_on_lane(py, route.connection(), |channel, lane| route.get_attr(channel, lane, target, path))?;
@@ -253,6 +276,7 @@ impl Client {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
+        self.check_open(py)?;
         let mut request = CallRequest { target, path, ..Default::default() };
         for arg in args.iter() {
             request.args.push(self.encode_arg(&arg)?);
@@ -269,6 +293,7 @@ impl Client {
 
     /// Releases `ids` now; returns (released, remaining). An empty list is the heartbeat.
     fn release(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<(u32, u32)> {
+        self.check_open(py)?;
         let route = self.route.clone();
         let response = wait_for(py, async move { route.release(ids).await })?;
         let response = response.map_err(|s| self.status_error(py, &s))?;
@@ -282,12 +307,14 @@ impl Client {
 
     /// Sends the queued releases now.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_open(py)?;
         let route = self.route.clone();
         wait_for(py, async move { route.flush().await })?.map_err(|s| self.status_error(py, &s))
     }
 
     /// The module server's description as a dict.
     fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.check_open(py)?;
         let route = self.route.clone();
         let d = wait_for(py, async move { route.describe().await })?.map_err(|s| self.status_error(py, &s))?;
         let out = PyDict::new(py);
@@ -311,6 +338,7 @@ impl Client {
         namespace: String,
         module: String,
     ) -> PyResult<Bound<'py, PyList>> {
+        self.check_open(py)?;
         let connection = self.connection.clone();
         let response = wait_for(py, async move { connection.list_deployments(namespace, module).await })?
             .map_err(|s| self.status_error(py, &s))?;

@@ -1,8 +1,8 @@
 //! The transport half of a client: pooled tonic channels and lanes to one endpoint, telling a
-//! module server from jac-orc, session metadata, batched releases and the session heartbeat.
-//! No Python types here.
+//! module server from jac-orc, session metadata, batched releases, the session heartbeat, and
+//! closing (every session's references released, connections dropped). No Python types here.
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -18,18 +18,14 @@ use crate::lane::{self, Lanes};
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
-use crate::proto::{
-    CallRequest, DescribeRequest, DescribeResponse, EnsureModuleRequest, EnsureModuleResponse, GetAttrRequest,
-    ListDeploymentsRequest, ListDeploymentsResponse, ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest,
-    ProxyReleaseRequest, ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
-};
+use crate::proto::{EnsureModuleRequest, EnsureModuleResponse, ListDeploymentsRequest, ListDeploymentsResponse};
+pub use crate::route::Route;
 use crate::runtime::{block_on_interruptible, rt};
 use crate::wire::{CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, ORCHESTRATOR_SERVICE, STREAM_WINDOW};
 
-/// Releases queued by garbage-collected proxies are sent in batches of at most this many ids.
-const RELEASE_BATCH: usize = 512;
-/// How often queued releases are flushed.
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// How long `Connection::close` spends releasing references; what it could not release the
+/// server frees when the session's lease ends.
+const CLOSE_RELEASES_WITHIN: Duration = Duration::from_secs(10);
 
 /// What can go wrong on the client's side of a call.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +71,9 @@ pub enum Error {
         #[source]
         source: Status,
     },
+    /// The connection was closed (`Connection::close`).
+    #[error("the connection was closed")]
+    Closed,
 }
 
 #[derive(Debug, Clone)]
@@ -109,9 +108,13 @@ impl ServerKind {
 #[derive(Debug)]
 pub struct Connection {
     address: String,
-    lanes: Lanes,
-    channels: Vec<Channel>,
+    pub(crate) lanes: Lanes,
+    /// Emptied by `close`, which drops the connections behind them.
+    channels: RwLock<Vec<Channel>>,
     next: AtomicUsize,
+    closed: AtomicBool,
+    /// Every route (session) over this connection, so `close` can release their references.
+    routes: Mutex<Vec<Weak<Route>>>,
     /// `Bearer <token>`: set at creation, or later once the server's kind tells which token
     /// applies (`jac_splice.connect` finds it then).
     auth: RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>,
@@ -162,8 +165,10 @@ impl Connection {
         Ok(Arc::new(Self {
             address: target.to_owned(),
             lanes: Lanes::new(endpoint, connector),
-            channels,
+            channels: RwLock::new(channels),
             next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            routes: Mutex::new(Vec::new()),
             auth: RwLock::new(auth),
             max_message_bytes: options.max_message_bytes,
         }))
@@ -186,10 +191,58 @@ impl Connection {
         self.auth.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    /// One of the pooled channels, in turn.
-    pub fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    /// One of the pooled channels, in turn (none once closed).
+    pub fn channel(&self) -> Result<Channel, Status> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        if channels.is_empty() {
+            return Err(Status::cancelled("the connection was closed"));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % channels.len();
+        Ok(channels[i].clone())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// `Err(Closed)` once `close` has begun.
+    pub fn check_open(&self) -> Result<(), Error> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes the connection: from now on every call through it fails with `Error::Closed`;
+    /// each route's references are released (within `CLOSE_RELEASES_WITHIN`, errors ignored:
+    /// the server frees the rest when the session's lease ends, as no heartbeat renews it), and
+    /// the channels and lanes are dropped. A second call does nothing.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let routes: Vec<Arc<Route>> = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|e| e.into_inner()))
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let releases = async {
+            for route in routes {
+                if route.release_all().await.is_err() {
+                    break; // the server is gone or refuses: the others would fare no better
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_RELEASES_WITHIN, releases).await;
+        self.lanes.close();
+        let channels = std::mem::take(&mut *self.channels.write().unwrap_or_else(|e| e.into_inner()));
+        drop(channels);
+    }
+
+    pub(crate) fn register(&self, route: &Arc<Route>) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|r| r.strong_count() > 0);
+        routes.push(Arc::downgrade(route));
     }
 
     /// Runs one call to completion on this thread: on a free lane (this thread drives the
@@ -210,7 +263,10 @@ impl Connection {
         };
         let result = match &lane {
             Some(lane) => block_on_interruptible(lane, make(lane.channel(), true), interrupt),
-            None => block_on_interruptible(rt(), make(self.channel(), false), interrupt),
+            None => match self.channel() {
+                Ok(channel) => block_on_interruptible(rt(), make(channel, false), interrupt),
+                Err(status) => Ok(Err(status)),
+            },
         };
         if let Some(lane) = lane {
             self.lanes.put(lane);
@@ -218,7 +274,7 @@ impl Connection {
         result.map(|r| r.map_err(Error::from))
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(auth) = &*self.auth.read().unwrap_or_else(|e| e.into_inner()) {
             request.metadata_mut().insert("authorization", auth.clone());
@@ -228,7 +284,7 @@ impl Connection {
 
     /// A request sent directly to a module server; over a lane it is marked so the server runs
     /// it on the connection's thread.
-    fn direct_request<T>(&self, message: T, lane: bool) -> Request<T> {
+    pub(crate) fn direct_request<T>(&self, message: T, lane: bool) -> Request<T> {
         let mut request = self.request(message);
         if lane {
             request.metadata_mut().insert(LANE_HEADER, MetadataValue::from_static("1"));
@@ -236,28 +292,28 @@ impl Connection {
         request
     }
 
-    fn module(&self) -> ModuleServiceClient<Channel> {
-        self.module_on(self.channel())
+    pub(crate) fn module(&self) -> Result<ModuleServiceClient<Channel>, Status> {
+        Ok(self.module_on(self.channel()?))
     }
 
-    fn module_on(&self, channel: Channel) -> ModuleServiceClient<Channel> {
+    pub(crate) fn module_on(&self, channel: Channel) -> ModuleServiceClient<Channel> {
         ModuleServiceClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    fn proxy(&self) -> ModuleProxyClient<Channel> {
-        self.proxy_on(self.channel())
+    pub(crate) fn proxy(&self) -> Result<ModuleProxyClient<Channel>, Status> {
+        Ok(self.proxy_on(self.channel()?))
     }
 
-    fn proxy_on(&self, channel: Channel) -> ModuleProxyClient<Channel> {
+    pub(crate) fn proxy_on(&self, channel: Channel) -> ModuleProxyClient<Channel> {
         ModuleProxyClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
     }
 
     pub async fn list_deployments(&self, namespace: String, module: String) -> Result<ListDeploymentsResponse, Status> {
-        let mut client = OrchestratorClient::new(self.channel());
+        let mut client = OrchestratorClient::new(self.channel()?);
         let response = client
             .list_deployments(self.request(ListDeploymentsRequest { namespace, module, on_demand: false }))
             .await?;
@@ -267,12 +323,12 @@ impl Connection {
     /// jac-orc's python-module deployment serving a module, deployed first when none does; the
     /// call lasts until it is ready (the server bounds that wait).
     pub async fn ensure_module(&self, request: EnsureModuleRequest) -> Result<EnsureModuleResponse, Status> {
-        let mut client = OrchestratorClient::new(self.channel());
+        let mut client = OrchestratorClient::new(self.channel()?);
         Ok(client.ensure_module(self.request(request)).await?.into_inner())
     }
 
     async fn health(&self, service: &str) -> Result<ServingStatus, Status> {
-        let mut client = HealthClient::new(self.channel());
+        let mut client = HealthClient::new(self.channel()?);
         let request = self.request(HealthCheckRequest { service: service.to_owned() });
         let response = client.check(request).await?.into_inner();
         Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
@@ -334,153 +390,13 @@ pub fn new_session_id() -> String {
     format!("{:016x}{:016x}", parts[0], parts[1])
 }
 
-/// One session's view of one module server, directly or through jac-orc's `ModuleProxy`.
-#[derive(Debug)]
-pub struct Route {
-    connection: Arc<Connection>,
-    session: String,
-    via: Option<ProxyTarget>,
-    pending: Mutex<Vec<String>>,
-}
-
-impl Route {
-    pub fn new(connection: Arc<Connection>, session: String, via: Option<ProxyTarget>) -> Arc<Self> {
-        Arc::new(Self { connection, session, via, pending: Mutex::new(Vec::new()) })
-    }
-
-    pub fn session(&self) -> &str {
-        &self.session
-    }
-
-    pub fn via(&self) -> Option<&ProxyTarget> {
-        self.via.as_ref()
-    }
-
-    pub fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
-    /// `GetAttr` over `channel` (a lane's if `lane`).
-    pub async fn get_attr(
-        &self,
-        channel: Channel,
-        lane: bool,
-        target: String,
-        path: Vec<String>,
-    ) -> Result<ValueResponse, Status> {
-        let c = &self.connection;
-        let request = GetAttrRequest { session: self.session.clone(), target, path };
-        let response = match &self.via {
-            None => {
-                let request = c.direct_request(request, lane);
-                c.module_on(channel).get_attr(request).await?
-            }
-            Some(via) => {
-                let proxied = ProxyGetAttrRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy_on(channel).get_attr(c.request(proxied)).await?
-            }
-        };
-        Ok(response.into_inner())
-    }
-
-    /// `Call` over `channel` (a lane's if `lane`).
-    pub async fn call(&self, channel: Channel, lane: bool, mut request: CallRequest) -> Result<ValueResponse, Status> {
-        let c = &self.connection;
-        request.session = self.session.clone();
-        let response = match &self.via {
-            None => {
-                let request = c.direct_request(request, lane);
-                c.module_on(channel).call(request).await?
-            }
-            Some(via) => {
-                let proxied = ProxyCallRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy_on(channel).call(c.request(proxied)).await?
-            }
-        };
-        Ok(response.into_inner())
-    }
-
-    pub async fn release(&self, ids: Vec<String>) -> Result<ReleaseResponse, Status> {
-        let c = &self.connection;
-        let request = ReleaseRequest { session: self.session.clone(), ids };
-        let response = match &self.via {
-            None => c.module().release(c.request(request)).await?,
-            Some(via) => {
-                let proxied = ProxyReleaseRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy().release(c.request(proxied)).await?
-            }
-        };
-        Ok(response.into_inner())
-    }
-
-    pub async fn describe(&self) -> Result<DescribeResponse, Status> {
-        let c = &self.connection;
-        let request = DescribeRequest { session: self.session.clone() };
-        let response = match &self.via {
-            None => c.module().describe(c.request(request)).await?,
-            Some(via) => {
-                let proxied = ProxyDescribeRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy().describe(c.request(proxied)).await?
-            }
-        };
-        Ok(response.into_inner())
-    }
-
-    /// Queues an id for the next batched `Release` (cheap; safe from a GC callback).
-    pub fn release_later(&self, id: String) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-    }
-
-    /// Sends every queued release now.
-    pub async fn flush(&self) -> Result<(), Status> {
-        loop {
-            let batch: Vec<String> = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let n = pending.len().min(RELEASE_BATCH);
-                pending.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                return Ok(());
-            }
-            if let Err(status) = self.release(batch.clone()).await {
-                // Keep them for the next attempt unless the server cannot hold them any more.
-                if status.code() == Code::Unavailable {
-                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
-                }
-                return Err(status);
-            }
-        }
-    }
-
-    /// Flushes releases every 200 ms and sends the heartbeat (an empty `Release`) every
-    /// `heartbeat`, until the route is dropped.
-    pub fn spawn_background(self: &Arc<Self>, heartbeat: Option<Duration>) {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        rt().spawn(async move {
-            let mut since_beat = Duration::ZERO;
-            loop {
-                tokio::time::sleep(FLUSH_EVERY).await;
-                since_beat += FLUSH_EVERY;
-                let Some(route) = weak.upgrade() else { return };
-                let _ = route.flush().await;
-                if let Some(every) = heartbeat {
-                    if since_beat >= every {
-                        since_beat = Duration::ZERO;
-                        let _ = route.release(Vec::new()).await;
-                    }
-                }
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tonic_health::ServingStatus as Report;
 
     use super::*;
     use crate::lane::MAX_BUSY_LANES;
-    use crate::proto::{value, value_response, Value};
+    use crate::proto::{value, value_response, CallRequest, ProxyTarget, Value, ValueResponse};
     use crate::testing::{connect, dead_address, never, Recorder, Stub, TestModuleServer, BOUND};
 
     fn call(connection: &Connection, route: &Route) -> Result<ValueResponse, Error> {
@@ -563,31 +479,6 @@ mod tests {
         let route = Route::new(connection.clone(), new_session_id(), Some(via));
         call(&connection, &route).unwrap();
         assert!(!recorder.seen()[0].lane);
-    }
-
-    #[test]
-    fn queued_releases_go_out_in_batches() {
-        let recorder = Recorder::default();
-        let server = TestModuleServer::start(recorder.clone());
-        let connection = connect(server.addr());
-        let route = direct(&connection);
-        for i in 0..(2 * RELEASE_BATCH + 76) {
-            route.release_later(format!("r{i}"));
-        }
-        rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap().unwrap();
-        assert_eq!(*recorder.releases.lock().unwrap(), vec![RELEASE_BATCH, RELEASE_BATCH, 76]);
-        assert!(route.pending.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn releases_that_cannot_be_sent_are_kept_for_the_next_flush() {
-        let connection = connect(dead_address());
-        let route = direct(&connection);
-        route.release_later("r1".into());
-        route.release_later("r2".into());
-        let sent = rt().block_on(async { tokio::time::timeout(BOUND, route.flush()).await }).unwrap();
-        assert_eq!(sent.unwrap_err().code(), Code::Unavailable);
-        assert_eq!(*route.pending.lock().unwrap(), vec!["r1".to_owned(), "r2".to_owned()]);
     }
 
     fn kind(addr: std::net::SocketAddr) -> Result<ServerKind, Error> {

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use crate::client;
 use crate::codec::qualified_name;
-use crate::proto::RemoteError;
+use crate::proto::{ProxyTarget, RemoteError};
 use crate::wire::is_oversize;
 
 /// `err` and its causes, outermost first, joined by ": " (a status as "CODE message").
@@ -92,11 +92,34 @@ fn exceptions(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import("jac_splice.exceptions")
 }
 
-/// Where a refused call went, for an error that says what to do about it.
+/// Where a call went, so its error can name it (and say what to do about a refusal).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer<'a> {
     pub address: &'a str,
     pub token_sent: bool,
+    /// The jac-orc python-module deployment a routed call was for.
+    pub via: Option<&'a ProxyTarget>,
+}
+
+impl Peer<'_> {
+    /// `message`, led by where the call went unless it already says: the deployment and jac-orc
+    /// for a routed call, else the address.
+    fn locate(&self, message: &str) -> String {
+        match self.via {
+            Some(via) => format!("{} through jac-orc at {}: {message}", deployment_name(via), self.address),
+            None if message.contains(self.address) => message.to_owned(),
+            None => format!("{}: {message}", self.address),
+        }
+    }
+}
+
+/// "python-module deployment NS/NAME" ("NAME in jac-orc's default namespace" without one).
+pub fn deployment_name(via: &ProxyTarget) -> String {
+    if via.namespace.is_empty() {
+        format!("python-module deployment {} (jac-orc's default namespace)", via.deployment)
+    } else {
+        format!("python-module deployment {}/{}", via.namespace, via.deployment)
+    }
 }
 
 /// A gRPC status as a `jac_splice.TransportError` (subclass chosen by code).
@@ -104,9 +127,44 @@ pub fn status_to_pyerr(py: Python<'_>, status: &Status, peer: Peer<'_>) -> PyErr
     status_in_context(py, status, None, peer)
 }
 
+/// A call on a closed connection: `jac_splice.ClosedError`, naming where it went.
+pub fn closed_error(py: Python<'_>, peer: Peer<'_>) -> PyErr {
+    let message = peer.locate(&format!(
+        "this connection to {} was closed (Splice.close()); connect again with jac_splice.connect()",
+        peer.address
+    ));
+    exception(py, "ClosedError", &message)
+}
+
+/// `what` arrived and numpy cannot be imported: `jac_splice.NumpyRequiredError` (an
+/// `ImportError`) naming the extra that installs it, caused by the import's error.
+pub fn numpy_required(py: Python<'_>, what: &str, cause: PyErr) -> PyErr {
+    let executable = py
+        .import("sys")
+        .and_then(|sys| sys.getattr("executable"))
+        .and_then(|e| e.extract::<String>())
+        .unwrap_or_else(|_| "this Python".to_owned());
+    let message = format!(
+        "{what} arrived, but numpy cannot be imported by {executable} ({cause}); install it with: pip install \
+         'jac-splice[numpy]'"
+    );
+    let err = exception(py, "NumpyRequiredError", &message);
+    err.set_cause(py, Some(cause));
+    err
+}
+
+/// An instance of the `jac_splice.exceptions` class `name` with `message`.
+fn exception(py: Python<'_>, name: &str, message: &str) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let exc = exceptions(py)?.getattr(name)?.call1((message,))?;
+        Ok(PyErr::from_value(exc))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
 /// What a refused call's exception says: who refused, why, and what to do.
 fn refused_message(status: &Status, peer: Peer<'_>) -> String {
-    let Peer { address, token_sent } = peer;
+    let Peer { address, token_sent, .. } = peer;
     let reason = status.message();
     match (status.code(), token_sent) {
         (Code::Unauthenticated, false) => format!(
@@ -125,7 +183,7 @@ fn refused_message(status: &Status, peer: Peer<'_>) -> String {
 /// Like `status_to_pyerr`, the message after `context` if given.
 fn status_in_context(py: Python<'_>, status: &Status, context: Option<&str>, peer: Peer<'_>) -> PyErr {
     if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) {
-        return transport_error(py, status.code(), &refused_message(status, peer));
+        return transport_error(py, status.code(), &peer.locate(&refused_message(status, peer)));
     }
     let broken = status.code() == Code::Unknown && status.message().contains("transport error");
     let code = if is_oversize(status) {
@@ -146,7 +204,7 @@ fn status_in_context(py: Python<'_>, status: &Status, context: Option<&str>, pee
             let _ = write!(message, " ({})", chain(source));
         }
     }
-    transport_error(py, code, &message)
+    transport_error(py, code, &peer.locate(&message))
 }
 
 fn transport_error(py: Python<'_>, code: Code, message: &str) -> PyErr {
@@ -164,7 +222,7 @@ pub fn client_to_pyerr(py: Python<'_>, err: &client::Error, peer: Peer<'_>) -> P
         E::BadTarget { .. } | E::BadToken(_) | E::CaWithoutTls { .. } | E::Tls { .. } => {
             PyValueError::new_err(chain(err))
         }
-        E::Lane(_) => transport_error(py, Code::Internal, &chain(err)),
+        E::Lane(_) => transport_error(py, Code::Internal, &peer.locate(&chain(err))),
         E::Rpc(status) => status_to_pyerr(py, status, peer),
         E::Unreachable { address, source } => {
             let mut context = format!("cannot reach {address}");
@@ -177,13 +235,8 @@ pub fn client_to_pyerr(py: Python<'_>, err: &client::Error, peer: Peer<'_>) -> P
             status_in_context(py, source, Some(&format!("{address}: the health check failed")), peer)
         }
         E::NotServing { .. } => transport_error(py, Code::Unavailable, &chain(err)),
-        E::NotSplice { .. } => {
-            let build = || -> PyResult<PyErr> {
-                let exc = exceptions(py)?.getattr("NotASpliceServerError")?.call1((chain(err),))?;
-                Ok(PyErr::from_value(exc))
-            };
-            build().unwrap_or_else(|e| e)
-        }
+        E::NotSplice { .. } => exception(py, "NotASpliceServerError", &chain(err)),
+        E::Closed => closed_error(py, peer),
     }
 }
 
@@ -200,6 +253,22 @@ pub fn remote_to_pyerr(py: Python<'_>, err: RemoteError) -> PyErr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_lead_with_the_deployment_and_jac_orc_or_the_address() {
+        let via = ProxyTarget { deployment: "numpy".into(), namespace: "default".into() };
+        let routed = Peer { address: "127.0.0.1:8000", token_sent: true, via: Some(&via) };
+        assert_eq!(
+            routed.locate("cannot reach 127.0.0.1:8000: refused"),
+            "python-module deployment default/numpy through jac-orc at 127.0.0.1:8000: cannot reach 127.0.0.1:8000: \
+             refused"
+        );
+        let direct = Peer { address: "127.0.0.1:5", token_sent: false, via: None };
+        assert_eq!(direct.locate("unknown reference id"), "127.0.0.1:5: unknown reference id");
+        assert_eq!(direct.locate("cannot reach 127.0.0.1:5"), "cannot reach 127.0.0.1:5", "said once");
+        let unnamed = ProxyTarget { deployment: "calc".into(), namespace: String::new() };
+        assert_eq!(deployment_name(&unnamed), "python-module deployment calc (jac-orc's default namespace)");
+    }
 
     #[test]
     fn a_chain_names_every_cause_and_spells_statuses_as_code_and_message() {

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{self, DecodeError};
@@ -26,7 +27,7 @@ use crate::proto::{
 use crate::refs::RefTable;
 use crate::server::{self, from_lane, run_blocking, Security, ServerHandle};
 use crate::surface::{self, Refused};
-use crate::wire::{BUILTINS, OPERATOR};
+use crate::wire::{BUILTINS, OPERATOR, SPLICE};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -144,11 +145,14 @@ impl Host {
 
     fn call(&self, py: Python<'_>, request: CallRequest) -> Outcome {
         let session = request.session.as_str();
-        let target = self.resolve(py, session, &request.target)?;
+        let target = match request.target.as_str() {
+            SPLICE => None,
+            target => Some(self.resolve(py, session, target)?),
+        };
         // Arguments are references the session holds (or the served module, ""); the reserved
         // targets are not references, or `builtins` itself could be passed to served code.
         let mut lookup = |r: WireRef| match r.id.as_str() {
-            BUILTINS | OPERATOR => Err(DecodeError::UnknownRef(r.id)),
+            id if surface::is_reserved(id) => Err(DecodeError::UnknownRef(r.id)),
             id => self.resolve(py, session, id).map_err(|_| DecodeError::UnknownRef(r.id)),
         };
         let mut args = Vec::with_capacity(request.args.len());
@@ -167,14 +171,76 @@ impl Host {
             Ok(()) => {}
             Err(DecodeError::UnknownRef(id)) => return Err(unknown_ref(&id)),
             Err(DecodeError::Malformed(what)) => return Err(Status::invalid_argument(what)),
-            Err(DecodeError::Python(err)) => return self.finish(py, session, Err(err.into())),
+            Err(err) => return self.finish(py, session, Err(err.into_pyerr(py).into())),
         }
+        let Some(target) = target else {
+            // `@splice`: `surface::check_call` let only `describe` through.
+            let result = match (args.as_slice(), kwargs.is_empty()) {
+                ([obj], true) => describe(obj).map_err(Failure::from),
+                _ => Err(PyTypeError::new_err("@splice.describe takes exactly one argument").into()),
+            };
+            return self.finish(py, session, result);
+        };
         let result = self.walk(target, &request.path).and_then(|callee| {
             let args = PyTuple::new(py, args)?;
             Ok(callee.call(args, Some(&kwargs))?)
         });
         self.finish(py, session, result)
     }
+}
+
+/// `@splice.describe(obj)`: what a proxy shows as the object's own, as plain data only (the
+/// text of a signature, never the `Signature` with its defaults and annotations):
+/// `kind` ("module", "class", "function" for any routine, else "object"), `doc`, `name`,
+/// `qualname`, `module` (`None` when absent or not text), `signature` (`str(inspect.signature(obj))`
+/// of a callable) or `signature_error` (why there is none), and `type_level`: whether the
+/// object's doc is its type's and it has no name of its own, so a client may reuse the answer
+/// for every instance of the type.
+fn describe<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let inspect = py.import("inspect")?;
+    let is = |predicate: &str| -> PyResult<bool> { inspect.call_method1(predicate, (obj,))?.is_truthy() };
+    let kind = if is("ismodule")? {
+        "module"
+    } else if is("isclass")? {
+        "class"
+    } else if is("isroutine")? {
+        "function"
+    } else {
+        "object"
+    };
+    // A failing property reads as "absent": the answer is for display, and one odd attribute
+    // must not hide the others.
+    let text = |name: &str| -> Option<String> {
+        obj.getattr(name).ok().and_then(|value| value.cast_into::<PyString>().ok()).map(|s| s.to_string())
+    };
+    let doc = obj.getattr("__doc__").ok();
+    let out = PyDict::new(py);
+    out.set_item("kind", kind)?;
+    out.set_item("doc", doc.as_ref().and_then(|d| d.cast::<PyString>().ok()).map(|s| s.to_string()))?;
+    let (name, qualname) = (text("__name__"), text("__qualname__"));
+    let type_doc = obj.get_type().getattr("__doc__").ok();
+    let doc_is_the_types = match (&doc, &type_doc) {
+        (Some(doc), Some(type_doc)) => doc.is(type_doc),
+        (None, None) => true,
+        _ => false,
+    };
+    let type_level = kind == "object" && !obj.is_callable() && doc_is_the_types && name.is_none() && qualname.is_none();
+    out.set_item("name", name)?;
+    out.set_item("qualname", qualname)?;
+    out.set_item("module", text("__module__"))?;
+    out.set_item("type_level", type_level)?;
+    let (signature, signature_error) = if obj.is_callable() {
+        match inspect.call_method1("signature", (obj,)).and_then(|sig| sig.str()) {
+            Ok(sig) => (Some(sig.to_string()), None),
+            Err(err) => (None, Some(format!("{}: {}", codec::type_name(err.value(py))?, err.value(py).str()?))),
+        }
+    } else {
+        (None, Some("not callable".to_owned()))
+    };
+    out.set_item("signature", signature)?;
+    out.set_item("signature_error", signature_error)?;
+    Ok(out.into_any())
 }
 
 /// Importing `builtins` or `operator` failed: the interpreter itself is broken.

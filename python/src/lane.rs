@@ -7,7 +7,7 @@
 //! thread), up to `MAX_BUSY_LANES`; callers beyond that share the pooled channels, where HTTP/2
 //! carries many calls per segment and the server runs them on its pool (fewer segments,
 //! wake-ups and server threads per call than a lane each).
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,8 @@ pub struct Lanes {
     connector: Connector,
     busy: AtomicUsize,
     idle: Mutex<Vec<Lane>>,
+    /// Set by `close`: no lane is handed out or kept any more.
+    closed: AtomicBool,
 }
 
 impl Lanes {
@@ -97,12 +99,29 @@ impl Lanes {
     /// connection's thread and answers pings only between calls. A dead server still shows as a
     /// closed connection (and TCP keepalive covers a silent peer).
     pub fn new(endpoint: Endpoint, connector: Connector) -> Self {
-        Self { endpoint, connector, busy: AtomicUsize::new(0), idle: Mutex::new(Vec::new()) }
+        Self {
+            endpoint,
+            connector,
+            busy: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Drops the idle lanes (closing their connections); lanes in use are dropped when handed
+    /// back, and `take` hands out none from now on.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(idle);
     }
 
     /// An idle lane (the most recently used one) or a new one; `None` when `MAX_BUSY_LANES`
     /// calls already run on lanes. Every lane taken must be handed back with `put`.
     pub fn take(&self) -> Result<Option<Lane>, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let busy = self.busy.fetch_add(1, Ordering::AcqRel);
         if busy >= MAX_BUSY_LANES {
             self.busy.fetch_sub(1, Ordering::AcqRel);
@@ -127,7 +146,7 @@ impl Lanes {
         self.busy.fetch_sub(1, Ordering::AcqRel);
         lane.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_LANES {
+        if idle.len() < MAX_IDLE_LANES && !self.closed.load(Ordering::Acquire) {
             idle.push(lane);
         } else {
             drop(idle);
@@ -181,6 +200,18 @@ mod tests {
             lanes.put(lane);
         }
         assert!(lanes.idle_count() <= MAX_IDLE_LANES);
+    }
+
+    #[test]
+    fn closed_lanes_hand_out_none_and_keep_none() {
+        let lanes = lanes();
+        let out = lanes.take().unwrap().unwrap();
+        lanes.put(lanes.take().unwrap().unwrap());
+        lanes.close();
+        assert_eq!(lanes.idle_count(), 0, "idle lanes are dropped");
+        assert!(lanes.take().unwrap().is_none());
+        lanes.put(out);
+        assert_eq!(lanes.idle_count(), 0, "a lane handed back after close is dropped");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod host;
 mod lane;
 mod proto;
 mod refs;
+mod route;
 mod runtime;
 mod server;
 mod surface;
@@ -37,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // What module servers serve beyond the module (`surface.rs`); the proxies ask for no more.
     m.add("BUILTIN_HELPERS", surface::BUILTIN_HELPERS.to_vec())?;
     m.add("OPERATOR_HELPERS", surface::OPERATOR_HELPERS.to_vec())?;
+    m.add("SPLICE_HELPERS", surface::SPLICE_HELPERS.to_vec())?;
     m.add("PROTOCOL_ATTRIBUTES", surface::PROTOCOL_ATTRIBUTES.to_vec())?;
     m.add_class::<bindings::Client>()?;
     m.add_class::<bindings::RemoteRef>()?;

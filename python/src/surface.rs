@@ -7,9 +7,11 @@
 //! `os`, and `f.__globals__["__builtins__"]` reaches `eval` from any function. The served module
 //! itself stays callable in full: a deployment is a code-execution endpoint for its callers, and
 //! these rules only take away the gadgets every server would otherwise add on top of the module.
+//! The server's own `@splice` helpers return text only (names, docs, a signature's text), never
+//! an object.
 //! (`host.rs` adds the rules that need the objects: no module outside the served one, no frames.)
 use crate::proto::{value, CallRequest, Value};
-use crate::wire::{BUILTINS, OPERATOR};
+use crate::wire::{BUILTINS, OPERATOR, SPLICE};
 
 /// `builtins` functions the proxies call (`jac_splice/proxy.py`): attribute writes, `dir`, the
 /// conversions (`bool`, `bytes`, `complex`, `float`, `int`, `str`) and `format`, `repr`, `len`,
@@ -68,6 +70,13 @@ pub const OPERATOR_HELPERS: &[&str] = &[
     "xor",
 ];
 
+/// The server's own helpers (`host.rs`), on the `@splice` target: `describe(obj)` answers an
+/// object's kind, `__doc__`, `__name__`, `__qualname__`, `__module__` and
+/// `str(inspect.signature(obj))` as plain strings, so `help()` and `inspect.signature` work on
+/// proxies without serving `inspect` itself (a `Signature` object would hand out the defaults and
+/// annotations it holds, which `__defaults__` being refused keeps out of reach).
+pub const SPLICE_HELPERS: &[&str] = &["describe"];
+
 /// The dunder names a path may hold: plain data about an object (names, docs, versions,
 /// `__all__` for `from m import *`) and the context-manager protocol proxies call. Never
 /// `__class__`, `__dict__`, `__globals__`, `__code__`, `__subclasses__`, `__reduce__`, `__init__`, ...
@@ -98,15 +107,22 @@ impl From<Refused> for tonic::Status {
 }
 
 fn helpers(target: &str) -> String {
-    if target == BUILTINS { BUILTIN_HELPERS } else { OPERATOR_HELPERS }.join(", ")
+    reserved(target).map_or(&[][..], |(_, helpers)| helpers).join(", ")
 }
 
 fn reserved(target: &str) -> Option<(&'static str, &'static [&'static str])> {
     match target {
         BUILTINS => Some((BUILTINS, BUILTIN_HELPERS)),
         OPERATOR => Some((OPERATOR, OPERATOR_HELPERS)),
+        SPLICE => Some((SPLICE, SPLICE_HELPERS)),
         _ => None,
     }
+}
+
+/// Whether `id` names a reserved target (never a reference: such targets cannot be passed as
+/// arguments, or `builtins` itself could be handed to served code).
+pub fn is_reserved(id: &str) -> bool {
+    reserved(id).is_some()
 }
 
 /// `__x__` (Python's special names); `__x` and `_x` are ordinary (private) names.
@@ -178,6 +194,21 @@ mod tests {
         for helper in OPERATOR_HELPERS {
             assert_eq!(check_call(&call(OPERATOR, &[helper], vec![])), Ok(()), "{helper}");
         }
+        assert_eq!(check_call(&call(SPLICE, &["describe"], vec![Value::default()])), Ok(()));
+    }
+
+    #[test]
+    fn the_splice_target_serves_describe_alone_and_is_not_an_object() {
+        for name in ["signature", "getsource", "getattr", "eval", "__import__", "describe_all"] {
+            let refused = check_call(&call(SPLICE, &[name], vec![])).unwrap_err();
+            assert_eq!(refused, Refused::Helper { target: SPLICE, name: name.into() });
+            assert!(refused.to_string().contains("(describe)"), "{refused}");
+        }
+        assert_eq!(check_get_attr(SPLICE, &path(&["describe"])), Err(Refused::ReservedTarget { target: SPLICE }));
+        assert!(check_call(&call(SPLICE, &[], vec![])).is_err());
+        assert!(check_call(&call(SPLICE, &["describe", "__self__"], vec![])).is_err());
+        assert!([BUILTINS, OPERATOR, SPLICE].into_iter().all(is_reserved));
+        assert!(!is_reserved("") && !is_reserved("r1"));
     }
 
     #[test]

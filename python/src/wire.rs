@@ -25,6 +25,9 @@ pub use crate::proto::orchestrator_server::SERVICE_NAME as ORCHESTRATOR_SERVICE;
 /// `jac_splice/proxy.py` sends the same strings.
 pub const BUILTINS: &str = "@builtins";
 pub const OPERATOR: &str = "@operator";
+/// The target of the server's own helpers (no Python module behind it): `describe`, what
+/// proxies show as an object's name, docs and signature (`host.rs`).
+pub const SPLICE: &str = "@splice";
 
 /// tonic reports a message over the size limit as OUT_OF_RANGE "message length too large" (on
 /// either side); gRPC's convention is RESOURCE_EXHAUSTED, which the server sends instead and the

@@ -91,12 +91,16 @@ def start_server(
     port: int = 0,
     env: dict[str, str] | None = None,
     stderr_path: Path | None = None,
+    python: str = sys.executable,
+    base_env: dict[str, str] | None = None,
 ) -> ModuleServerProcess:
-    """Starts a module server; ``env`` adds variables, ``stderr_path`` keeps its stderr there."""
+    """Starts a module server; ``env`` adds variables (to ``base_env``, else this process's
+    environment with the tests folder on PYTHONPATH), ``stderr_path`` keeps its stderr there,
+    ``python`` is the interpreter that runs it."""
     stderr = open(stderr_path, "w") if stderr_path else subprocess.PIPE  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jac_splice.server", module, "--port", str(port), *args],
-        env=server_env(**(env or {})),
+        [python, "-m", "jac_splice.server", module, "--port", str(port), *args],
+        env=dict(base_env, **(env or {})) if base_env is not None else server_env(**(env or {})),
         cwd=str(TESTS),  # not python/, whose jac_splice source would shadow the installed one
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -123,8 +127,18 @@ def server_factory() -> Iterator[Callable[..., ModuleServerProcess]]:
         port: int = 0,
         env: dict[str, str] | None = None,
         stderr_path: Path | None = None,
+        python: str = sys.executable,
+        base_env: dict[str, str] | None = None,
     ) -> ModuleServerProcess:
-        server = start_server(module, *args, port=port, env=env, stderr_path=stderr_path)
+        server = start_server(
+            module,
+            *args,
+            port=port,
+            env=env,
+            stderr_path=stderr_path,
+            python=python,
+            base_env=base_env,
+        )
         started.append(server)
         return server
 

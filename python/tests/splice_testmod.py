@@ -17,6 +17,8 @@ __version__ = "1.2.3"
 
 ANSWER = 42
 _live: weakref.WeakSet[Thing] = weakref.WeakSet()
+_UNSET = object()  # a default whose repr ("<object object at 0x...>") is no Python literal
+builtin_max = max  # a builtin without a signature
 
 
 class CustomKeyError(KeyError):
@@ -102,6 +104,28 @@ class Gate:
 
 def identity(x: Any) -> Any:
     return x
+
+
+def documented(
+    a: Any,
+    b: int = 2,
+    /,
+    c: str = "x",
+    *rest: Any,
+    scale: float = 1.5,
+    where: Any = _UNSET,
+    **options: Any,
+) -> str:
+    """Adds things up.
+
+    A second paragraph, for help().
+    """
+    return "documented"
+
+
+def set_box_doc(doc: str) -> None:
+    """Changes Box's docstring (proxies cache an instance's doc per remote type)."""
+    Box.__doc__ = doc
 
 
 def pid() -> int:

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import jac_splice
-from jac_splice import NotASpliceServerError, UnavailableError
+from jac_splice import ClosedError, NotASpliceServerError, UnavailableError
 
 ORCHESTRATOR = "jac.splice.v1.Orchestrator"
 
@@ -89,3 +89,51 @@ def test_an_address_nobody_listens_on_is_unavailable_and_named() -> None:
         address = f"127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(UnavailableError, match=f"cannot reach {address}"):
         jac_splice.connect(address).import_module("numpy")
+
+
+def test_a_splice_says_what_it_is_connected_to_and_never_the_token(server: Any) -> None:
+    splice = jac_splice.connect(server.address, token="secret-token-not-to-show")
+    assert repr(splice) == f"<jac_splice.Splice {server.address}: not contacted yet>"
+    with pytest.raises(jac_splice.AuthenticationError):
+        splice.import_module("splice_testmod")  # the session server has a token of its own
+    found = jac_splice.connect(server.address)
+    found.import_module("splice_testmod")
+    assert repr(found) == f"<jac_splice.Splice {server.address}: module server of 'splice_testmod'>"
+    found.close()
+    assert repr(found) == f"<jac_splice.Splice {server.address}: closed>"
+    assert "secret" not in repr(splice)
+
+
+def test_close_releases_what_the_proxies_hold_and_later_calls_raise_closed_error(
+    server_factory: Any,
+) -> None:
+    server = server_factory("splice_testmod")
+    observer = jac_splice.connect(server.address)
+    splice = jac_splice.connect(server.address)
+    tm = splice.import_module("splice_testmod")
+    things = [tm.make_thing(i) for i in range(5)]
+    box = tm.Box([1])
+    assert observer.describe()["total_refs"] >= 6
+    splice.close()
+    # Released by close itself: no lease had to run out.
+    assert observer.describe()["total_refs"] == 0
+    assert observer.import_module("splice_testmod").live_things() == 0
+    assert splice.closed
+    thing = things[0]
+    for attempt in (lambda: tm.pid(), lambda: thing.bump(), splice.describe):
+        with pytest.raises(ClosedError, match=f"connection to {server.address} was closed"):
+            attempt()
+    with pytest.raises(ClosedError):
+        splice.import_module("splice_testmod")
+    assert repr(box) == f"<remote splice_testmod.Box on {server.address} (ClosedError)>"
+    splice.close()  # again: nothing to do
+
+
+def test_a_splice_is_a_context_manager_that_closes_on_exit(server_factory: Any) -> None:
+    server = server_factory("splice_testmod")
+    with jac_splice.connect(server.address) as splice:
+        assert splice.import_module("splice_testmod").ANSWER == 42
+        assert not splice.closed
+    assert splice.closed
+    with pytest.raises(ClosedError):
+        splice.describe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 import jac_splice
-from jac_splice import RemoteError, ResourceExhaustedError, UnavailableError
+from jac_splice import NotFoundError, RemoteError, ResourceExhaustedError, UnavailableError
 
 from conftest import TESTS, server_env
 
@@ -84,3 +85,16 @@ def test_server_killed_mid_call_fails_fast_and_a_restart_serves_again(server_fac
     assert errors and isinstance(errors[0], UnavailableError), errors
     restarted = server_factory(port=server.port, env=token)
     assert tm.pid() == restarted.proc.pid
+
+
+def test_transport_errors_name_the_address(server_factory: Any) -> None:
+    server = server_factory("splice_testmod")
+    splice = jac_splice.connect(server.address)
+    tm = splice.import_module("splice_testmod")
+    with pytest.raises(NotFoundError, match=f"^NOT_FOUND: {re.escape(server.address)}: unknown"):
+        splice.client.call("r-no-such-id", [], ())
+    assert tm.pid() == server.proc.pid
+    server.stop()
+    with pytest.raises(UnavailableError) as info:
+        tm.pid()
+    assert server.address in str(info.value), info.value

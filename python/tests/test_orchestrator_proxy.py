@@ -31,7 +31,12 @@ from typing import Any
 import pytest
 
 import jac_splice
-from jac_splice.exceptions import AuthenticationError, DeploymentLookupError, PermissionDeniedError
+from jac_splice.exceptions import (
+    AuthenticationError,
+    DeploymentLookupError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"jac-orc listening on (\S+:\d+)")
@@ -304,6 +309,29 @@ def test_escapes_are_refused_through_the_proxy(
             client.call(target, path, args)
     # The module itself is still served.
     assert remote_json.dumps({"a": 1}) == '{"a": 1}'
+
+
+def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Path) -> None:
+    # A jac-orc of this test's own, stopped by it: the others keep theirs.
+    orc = start_orchestrator(require_binary(), tmp_path)
+    try:
+        orc.deploy_module("down-json", "json")
+        splice = jac_splice.connect(orc.url, orc.token)
+        # Found by ListDeployments, so its namespace is known; named without one, it is not.
+        remote = splice.import_module("json")
+        assert remote.loads("[1]") == [1]
+        assert repr(remote) == "<remote module 'json' on default/down-json>"
+        named = splice.import_module("json", deployment="down-json")
+        assert repr(named.loads) == "<remote function json.loads on down-json>"
+        assert "deployments in use: default/down-json, down-json" in repr(splice)
+    finally:
+        orc.stop()
+    with pytest.raises(UnavailableError) as info:
+        remote.loads("[2]")
+    message = str(info.value)
+    assert orc.address in message and "python-module deployment default/down-json" in message, (
+        message
+    )
 
 
 def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jac_splice
 from jac_splice import AuthenticationError, PermissionDeniedError, proxy
-from jac_splice._native import BUILTIN_HELPERS, OPERATOR_HELPERS
+from jac_splice._native import BUILTIN_HELPERS, OPERATOR_HELPERS, SPLICE_HELPERS
 from jac_splice.credentials import find_token, server_token_path
 
 from conftest import TESTS, ModuleServerProcess, server_env
@@ -167,9 +167,28 @@ def test_the_proxies_ask_for_no_helper_the_servers_refuse() -> None:
     operators_used = set(re.findall(r'_jac_splice_fn\(OPERATOR, "(\w+)"', source))
     operators_used |= {*proxy._BINARY.values(), *proxy._COMPARE.values(), *proxy._UNARY.values()}
     operators_used |= {"i" + op.rstrip("_") for op in proxy._BINARY.values()}
+    splice_used = set(re.findall(r'_jac_splice_fn\(SPLICE, "(\w+)"', source))
     assert {"len", "repr", "iter", "next", "setattr"} <= builtins_used
     assert builtins_used <= set(BUILTIN_HELPERS), builtins_used - set(BUILTIN_HELPERS)
     assert operators_used <= set(OPERATOR_HELPERS), operators_used - set(OPERATOR_HELPERS)
+    assert splice_used == set(SPLICE_HELPERS) == {"describe"}
+
+
+def test_describe_answers_text_only_and_is_the_one_splice_helper(
+    guarded: ModuleServerProcess,
+) -> None:
+    splice = jac_splice.connect(guarded.address, token=CALL_TOKEN)
+    tm = splice.import_module("splice_testmod")
+    for obj in (tm, tm.make_thing, tm.make_thing(1), tm.Box, tm.builtin_max):
+        said = splice.client.call("@splice", ["describe"], (obj,))
+        assert all(isinstance(v, (str, bool, type(None))) for v in said.values()), said
+    for name in ("signature", "getattr", "eval", "__import__"):
+        with pytest.raises(PermissionDeniedError, match=f"@splice.{name} is not served"):
+            splice.client.call("@splice", [name], (tm,))
+    with pytest.raises(PermissionDeniedError, match="not served as an object"):
+        splice.client.get_attr("@splice", ["describe"])
+    with pytest.raises(TypeError, match="exactly one argument"):
+        splice.client.call("@splice", ["describe"], (tm, tm))
 
 
 @pytest.mark.parametrize(
@@ -292,7 +311,7 @@ def test_proxies_answer_unserved_dunders_locally_as_missing(
     assert not hasattr(tm, "__globals__")
     # The protocol's own dunders and the proxy protocols still work.
     assert tm.__version__ == "1.2.3" and tm.Box.__name__ == "Box"
-    assert len(box) == 2 and list(box) == [1, 2] and box[1] == 2 and repr(box) == "Box([1, 2])"
+    assert len(box) == 2 and list(box) == [1, 2] and box[1] == 2 and str(box) == "Box([1, 2])"
     assert (box + [3]).items == [1, 2, 3] and box == tm.Box([1, 2]) and 2 in box
     assert f"{box}" == "Box([1, 2])" and "make_thing" in dir(tm)
     with box as entered:  # __enter__/__exit__ through the proxy

@@ -136,9 +136,11 @@ async fn deploy_dry_run_on_kubernetes_is_a_server_side_dry_run_that_changes_noth
     assert!(data["redis-config"].contains("maxmemory 64mb"), "{data:?}");
     assert_eq!(on(&server, &["get", "redis", "cache", "-n", &ns, "-o", "json"]).json(), record);
 
-    // What the API server rejects is reported as the deploy would report it, and applies nothing.
-    let r = on(&server, &["deploy", "redis", "cache", "-n", &ns, "--set", "cpu=-1", "--dry-run"]);
-    assert!(r.err().contains("deployment.apps/cache was rejected"), "{}", r.stderr);
+    // What the API server rejects is reported as the deploy would report it, and applies nothing:
+    // a Service name must start with a letter (DNS-1035), which a deployment name need not.
+    let r = on(&server, &["deploy", "redis", "1cache", "-n", &ns, "--dry-run"]);
+    assert!(r.err().contains("service/1cache was rejected"), "{}", r.stderr);
+    assert!(on(&server, &["get", "redis", "1cache", "-n", &ns]).err().contains("not found"));
     assert_eq!(rv().await, before);
 
     let status = on(&server, &["status", "redis", "cache", "-n", &ns]).out().to_string();
