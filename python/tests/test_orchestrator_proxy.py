@@ -335,8 +335,9 @@ def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Pa
 
 
 def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: Path) -> None:
-    # A jac-orc of its own: nothing serves json there until the import deploys it.
-    orc = start_orchestrator(require_binary(), tmp_path)
+    # A jac-orc of its own: nothing serves json there until the import deploys it, and only
+    # json may be deployed on import.
+    orc = start_orchestrator(require_binary(), tmp_path, "--ensure-allow", "json")
     try:
         splice = jac_splice.connect(orc.url, token=orc.token)
         with pytest.raises(DeploymentLookupError, match="no python-module deployment of 'json'"):
@@ -355,6 +356,8 @@ def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: 
         assert (found["deployed"], found["name"], found["status"]) == (False, "json", "deployed")
         with pytest.raises(ValueError, match="leave out deployment="):
             splice.import_module("json", deployment="json", deploy=True)
+        with pytest.raises(PermissionDeniedError, match="base64.*--ensure-allow"):
+            splice.import_module("base64", deploy=True)
     finally:
         orc.stop()
 
