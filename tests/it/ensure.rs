@@ -196,3 +196,37 @@ async fn serve_ensure_allow_limits_deploying_on_import_to_the_listed_modules() {
     assert!(err.message().contains("\"base64\"") && err.message().contains("--ensure-allow"), "{err:?}");
     served.stop().await;
 }
+
+#[tokio::test]
+async fn ensure_module_whose_name_another_module_holds_gets_a_hashed_name() {
+    let server = TestServer::start().await;
+    // `json` is taken by a deployment serving math.
+    let by_hand = json!({"module": "python-module", "config": {"name": "json", "module": "math"}, "wait": true});
+    let r = within(server.http().post(format!("{}/deployment", server.url())).json(&by_hand).send()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut grpc = server.grpc().await;
+    let ensured = within(grpc.ensure_module(ensure("json"))).await.expect("deployed").into_inner();
+    let name = ensured.deployment.unwrap().name;
+    assert!(ensured.deployed);
+    assert!(name.starts_with("json-") && name.len() == "json-".len() + 6, "{name}");
+    // Both stay, each serving its own module; the next call finds the hashed one.
+    assert_eq!(serving(&server, "math").await[0].name, "json");
+    let again = within(grpc.ensure_module(ensure("json"))).await.expect("found").into_inner();
+    assert_eq!((again.deployed, again.deployment.unwrap().name), (false, name));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ensure_module_that_cannot_start_fails_naming_why_and_the_next_call_tries_again() {
+    let server = TestServer::start().await;
+    let mut grpc = server.grpc().await;
+    let missing = "splice_no_such_module";
+    for _ in 0..2 {
+        let err = within(grpc.ensure_module(ensure(missing))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains(&format!("No module named '{missing}'")), "{err:?}");
+        // A first deploy that fails leaves nothing behind on the local backend.
+        assert!(serving(&server, missing).await.is_empty());
+    }
+    server.stop().await;
+}

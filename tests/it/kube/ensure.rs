@@ -46,3 +46,30 @@ async fn ensure_module_on_kube_deploys_once_for_racing_callers_and_labels_its_ob
     let again = timed(svc.ensure_module(&Caller::Operator, &req)).await.expect("found");
     assert!(!again.deployed);
 }
+
+#[tokio::test]
+async fn ensure_module_on_kube_deploys_a_failed_on_demand_deployment_again() {
+    let Some(mut c) = Cluster::connect().await else {
+        return;
+    };
+    let ns = c.namespace("ensure-again").await;
+    let backend = c.backend(&ns);
+    let svc = service(&backend, &ns);
+    // Nobody marks the pod ready: the first call times out and the record says failed.
+    let quick = EnsureRequest { module: "math".into(), wait: Some(Duration::from_secs(2)), ..EnsureRequest::default() };
+    let err = timed(svc.ensure_module(&Caller::Operator, &quick)).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let id = jac_splice_orc::identity::DeploymentId::new(ns.clone(), "python-module", "math").unwrap();
+    assert_eq!(timed(backend.get(&id)).await.unwrap().unwrap().status, Status::Failed);
+
+    // The next call deploys it again (not hands out the failed one) and waits for it.
+    let kubelet = {
+        let (client, ns) = (c.client.clone(), ns.clone());
+        tokio::spawn(async move { mark_ready(&client, &ns, "jac-orc/module-server=math").await })
+    };
+    let req = EnsureRequest { wait: Some(Duration::from_secs(60)), ..quick };
+    let again = timed(svc.ensure_module(&Caller::Operator, &req)).await.expect("deployed again");
+    timed(kubelet).await.unwrap();
+    assert!(again.deployed);
+    assert_eq!((again.deployment.name.as_str(), again.deployment.status), ("math", Status::Deployed));
+}
