@@ -365,3 +365,27 @@ def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: 
 def test_deploy_on_import_needs_a_jac_orc_target(splice: jac_splice.Splice) -> None:
     with pytest.raises(ValueError, match="needs a jac-orc target"):
         splice.import_module("splice_testmod", deploy=True)
+
+
+def test_the_import_hook_deploys_a_configured_module_on_first_import(tmp_path: Path) -> None:
+    from jac_splice.jac_plugin import load_config
+
+    orc = start_orchestrator(require_binary(), tmp_path)
+    config_file = tmp_path / "splice.json"
+    # colorsys: stdlib, and imported nowhere here, so `import` reaches the hook.
+    modules = {"colorsys": {"packages": [], "idle_timeout": 90}}
+    config_file.write_text(json.dumps({"server": orc.url, "token": orc.token, "modules": modules}))
+    config = load_config({"JAC_SPLICE_CONFIG": str(config_file)})
+    hook = jac_splice.remote_imports(
+        config["modules"], config["server"], token=config["token"], deploy=config["deploy"]
+    )
+    try:
+        import colorsys
+
+        assert isinstance(colorsys, jac_splice.RemoteModule)
+        assert abs(colorsys.ONE_THIRD - 1 / 3) < 1e-12
+        deployed = orc.rest("GET", "/deployment?on_demand=true")["default"]["python-module"]
+        assert deployed["colorsys"]["config"]["idle-timeout"] == "90s", deployed
+    finally:
+        hook.uninstall()
+        orc.stop()
