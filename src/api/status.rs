@@ -55,6 +55,7 @@ fn classify(e: &Error) -> Class {
             }
         },
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
+        Error::NotAllowedOnImport { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "NOT_ALLOWED_ON_IMPORT"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),

@@ -237,8 +237,11 @@ pub(crate) async fn status(a: IdArgs) -> Result<()> {
 }
 
 pub(crate) async fn list(a: ListArgs) -> Result<()> {
-    let req =
-        pb::ListDeploymentsRequest { namespace: a.namespace.unwrap_or_default(), module: a.module.unwrap_or_default() };
+    let req = pb::ListDeploymentsRequest {
+        namespace: a.namespace.unwrap_or_default(),
+        module: a.module.unwrap_or_default(),
+        on_demand: a.on_demand,
+    };
     let r = connect(&a.client).await?.list_deployments(req).await.map_err(server_error(None))?.into_inner();
     let views = r.deployments.iter().map(DeploymentView::try_from).collect::<Result<Vec<_>, _>>()?;
     output::print(a.output, &Deployments(views))

@@ -31,6 +31,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             .max_message_bytes(cfg.max_message_bytes)
             .max_buffered_bytes(cfg.max_buffered_bytes),
         edge: cfg.edge.clone(),
+        ensure: cfg.ensure.clone(),
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
     let service = Arc::new(Service::new(catalog, backend.clone(), settings).with_authorizer(security.authorizer));

@@ -85,9 +85,15 @@ impl Service {
     /// applied yet, so any error here leaves every deployment as it was.
     pub async fn prepare(&self, caller: &Caller, req: &DeploymentRequest) -> Result<Prepared> {
         let started = Instant::now();
-        let Resolution { template, config, mut resolved, id } = self.resolve(req)?;
-        self.permit_apply(caller, &id).await?;
-        let lock = self.locks.hold(&id).await;
+        let resolution = self.resolve(req)?;
+        self.permit_apply(caller, &resolution.id).await?;
+        let lock = self.locks.hold(&resolution.id).await;
+        self.plan(resolution, started, lock).await
+    }
+
+    /// Plans a resolved request whose deployment's `lock` the caller holds.
+    pub(super) async fn plan(&self, resolution: Resolution, started: Instant, lock: Held) -> Result<Prepared> {
+        let Resolution { template, config, mut resolved, id } = resolution;
         // Secrets are generated here, under the lock: a concurrent first deploy waits, then
         // finds this one's record and keeps its secrets (a new password would break clients).
         if resolved.reports.iter().any(|r| r.generated) {
@@ -100,7 +106,7 @@ impl Service {
     }
 
     /// `create` on a new deployment, `update` on one that exists.
-    async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
+    pub(super) async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
         let verb = match caller {
             Caller::User(_) if self.backend.get(id).await?.is_some() => Verb::Update,
             _ => Verb::Create,

@@ -11,6 +11,7 @@
 
 mod access;
 mod deploy;
+mod ensure;
 mod install;
 mod leader;
 mod probes;
