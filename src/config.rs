@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Where pip finds python-module packages on the local backend.
     pub pip: crate::backend::local::PipSource,
     pub edge: EdgeConfig,
+    /// What may be deployed on first import.
+    pub ensure: crate::service::EnsurePolicy,
 }
 
 /// Authentication, TLS and connection limits of `serve`.

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pb;
 pub mod plan;
 pub mod proxy;
+pub mod reconcile;
 pub mod server;
 pub mod service;
 pub mod startup;

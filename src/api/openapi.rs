@@ -8,6 +8,7 @@ use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
 
 pub const TAG_DEPLOYMENTS: &str = "deployments";
 pub const TAG_TEMPLATES: &str = "templates";
+pub const TAG_MODULES: &str = "modules";
 pub const TAG_SERVER: &str = "server";
 
 /// The name of the bearer-token scheme every operation but health and this document needs.
@@ -35,6 +36,7 @@ pub(crate) fn base() -> OpenApi {
         .tags(Some([
             tag(TAG_DEPLOYMENTS, "Render, deploy, inspect and undeploy deployments"),
             tag(TAG_TEMPLATES, "The template catalog"),
+            tag(TAG_MODULES, "Python modules deployed on first import"),
             tag(TAG_SERVER, "The server itself"),
         ]))
         .components(Some(

@@ -118,6 +118,12 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", value_name = "ORIGIN", env = "JAC_ORC_CORS_ORIGINS", value_delimiter = ',',
         value_parser = crate::api::layers::parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Modules and packages that may be deployed on first import (EnsureModule,
+    /// `import_module(..., deploy=True)`), comma separated: a module is allowed when it or a
+    /// package it belongs to is listed (`sklearn` allows `sklearn.linear_model`), a package when
+    /// its project name is. Default: any; an empty list allows none.
+    #[arg(long = "ensure-allow", value_name = "NAME", env = "JAC_ORC_ENSURE_ALLOW", value_delimiter = ',')]
+    pub ensure_allow: Option<Vec<String>>,
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -250,6 +256,7 @@ impl ServeArgs {
             max_buffered_bytes: self.proxy_max_buffered_bytes,
             pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
             edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
+            ensure: self.ensure_allow.map(crate::service::EnsurePolicy::allow).unwrap_or_default(),
         })
     }
 }
@@ -401,6 +408,10 @@ pub struct DeployArgs {
     /// Take over fields owned by other field managers.
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Kubernetes: leave objects changed or deleted behind the orchestrator's back as they are
+    /// (reported as drift instead of applied again).
+    #[arg(long)]
+    pub no_self_heal: bool,
     /// Show what the deploy would change and change nothing (on Kubernetes: a server-side dry
     /// run of every object); nothing is recorded.
     #[arg(long, conflicts_with = "wait")]
@@ -440,6 +451,9 @@ pub struct ListArgs {
     pub namespace: Option<String>,
     #[arg(short, long)]
     pub module: Option<String>,
+    /// Only deployments made on first import (`import_module(..., deploy=True)`, EnsureModule).
+    #[arg(long)]
+    pub on_demand: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]

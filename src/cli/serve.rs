@@ -1,6 +1,7 @@
 //! `jac-orc serve`: wires the settings into a catalog, a backend (chosen and said why), its
-//! security (`security`), the service layer and the server (and `--metrics-listen`), replays
-//! startup `MODULES` (readiness waits for it), and stops the workloads on SIGTERM.
+//! security (`security`), the service layer and the server (and `--metrics-listen`), starts the
+//! backend's loops (kube: leader election and the reconcile loop; local: its reconcile pass),
+//! replays startup `MODULES` (readiness waits for it), and stops the workloads on SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::backend::Backend;
 use crate::catalog::Catalog;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::proxy::ProxyConfig;
+use crate::reconcile::{self, ControllerConfig, KubeLoops, LeaseConfig, LocalLoop};
 use crate::service::{Readiness, Service, Settings};
 use crate::{server, startup};
 
@@ -21,7 +23,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         Some(p) => Catalog::with_override(p).with_context(|| format!("--manifests-path {}", p.display()))?,
         None => Catalog::builtin(),
     });
-    let (backend, local, kube_client) = choose_backend(&cfg).await?;
+    let Chosen { backend, local, kube, client: kube_client } = choose_backend(&cfg).await?;
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         restricted_namespace: cfg.restricted_namespace,
@@ -29,6 +31,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             .max_message_bytes(cfg.max_message_bytes)
             .max_buffered_bytes(cfg.max_buffered_bytes),
         edge: cfg.edge.clone(),
+        ensure: cfg.ensure.clone(),
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
     let startup_requests = match &cfg.modules {
@@ -50,6 +53,29 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             .with_authorizer(security.authorizer)
             .with_readiness(readiness.clone()),
     );
+    let loops = match kube {
+        Some((kube, mut loops)) => {
+            match kube.migrate_records().await {
+                Ok(m) if m == Default::default() => {}
+                Ok(m) => tracing::info!(
+                    converted = m.converted,
+                    already = m.already,
+                    skipped = m.skipped,
+                    "old deployment records migrated to JacDeployments"
+                ),
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(e)),
+                    "old deployment records not migrated; retried at the next start"
+                ),
+            }
+            let scope = cfg.restricted_namespace.then(|| cfg.namespace.clone());
+            loops.start(kube, service.clone(), ControllerConfig::default().namespace(scope));
+            Some(loops)
+        }
+        None => None,
+    };
+    let local_loop =
+        local.as_ref().map(|l| LocalLoop::start(l.clone(), service.clone(), reconcile::local::DEFAULT_PERIOD));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -80,8 +106,15 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         stop.cancel();
         let _ = task.await;
     }
+    if let Some(loops) = loops {
+        loops.stop().await;
+    }
     tracing::info!("stopping workloads");
     backend.shutdown().await;
+    // After the shutdown, so a pass in flight ends at its next step instead of starting workloads.
+    if let Some(l) = local_loop {
+        l.stop().await;
+    }
     Ok(())
 }
 
@@ -106,20 +139,23 @@ async fn serve_metrics(
     Ok((stop, task))
 }
 
-/// The backend to serve with, the local backend when that is the one (it restores workloads),
-/// and the Kubernetes client when it is the kube backend (it reviews tokens and access).
-type Chosen = (Arc<dyn Backend>, Option<Arc<LocalBackend>>, Option<kube::Client>);
+/// The backend to serve with; the local backend when that is the one (it restores workloads);
+/// the kube backend, its loops (election, reconcile) and its client (it reviews tokens and
+/// access) when that is the one.
+struct Chosen {
+    backend: Arc<dyn Backend>,
+    local: Option<Arc<LocalBackend>>,
+    kube: Option<(Arc<KubeBackend>, KubeLoops)>,
+    client: Option<kube::Client>,
+}
 
 /// `--backend auto|kube|local`: kube when a cluster is configured and answers, else local; one
-/// log line says which and why. Configuration that is there but cannot be loaded (a `KUBECONFIG`
-/// naming no file, a file that does not parse) is an error even with `auto`: falling back to
-/// local workloads would hide it. A cluster that is configured but does not answer still falls
-/// back under `auto`, with a warning.
+/// log line says which and why.
 async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
     let local = || -> Result<Chosen> {
         let options = LocalOptions { data_dir: cfg.data_dir.clone(), python: cfg.python.clone(), pip: cfg.pip.clone() };
         let l = Arc::new(LocalBackend::open(options)?);
-        Ok((l.clone(), Some(l), None))
+        Ok(Chosen { backend: l.clone(), local: Some(l), kube: None, client: None })
     };
     if cfg.backend == BackendChoice::Local {
         tracing::info!(reason = "--backend local", "backend: local (child processes on 127.0.0.1)");
@@ -148,10 +184,15 @@ async fn choose_backend(cfg: &ServeConfig) -> Result<Chosen> {
             if cfg.pip.index_url.is_some() || cfg.pip.find_links.is_some() {
                 tracing::warn!("--pip-index-url and --pip-find-links apply to the local backend; module pods read the index from the Secret jac-orc-pip (key index-url) in their namespace");
             }
+            let identity = reconcile::replica_identity();
+            let loops = KubeLoops::elect(client.clone(), LeaseConfig::new(&cfg.namespace, &identity));
             let options = KubeOptions::default()
                 .orchestrator_namespace(&cfg.namespace)
-                .restricted_namespace(cfg.restricted_namespace);
-            Ok((Arc::new(KubeBackend::new(client.clone(), options)), None, Some(client)))
+                .restricted_namespace(cfg.restricted_namespace)
+                .leadership(loops.leading())
+                .identity(identity);
+            let kube = Arc::new(KubeBackend::new(client.clone(), options));
+            Ok(Chosen { backend: kube.clone(), local: None, kube: Some((kube, loops)), client: Some(client) })
         }
         Err(e) if cfg.backend == BackendChoice::Auto => {
             tracing::warn!(reason = %found.reason, error = %e, "backend: local (the configured cluster does not answer)");

@@ -48,7 +48,7 @@ impl Service {
     }
 
     /// Applies a prepared deployment in the background and returns its events.
-    fn apply(&self, prepared: Prepared, opts: ApplyOptions) -> DeployStream {
+    pub(super) fn apply(&self, prepared: Prepared, opts: ApplyOptions) -> DeployStream {
         let Prepared { plan, started, lock } = prepared;
         let backend = self.backend.clone();
         let id = plan.id.clone();

@@ -7,6 +7,7 @@ mod cli;
 mod deploy;
 mod dry_run;
 mod edge;
+mod ensure;
 mod grpc_web;
 mod inputs;
 mod kube;

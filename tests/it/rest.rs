@@ -141,6 +141,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("get", "/templates"),
         ("post", "/deployment"),
         ("post", "/deployment/dry_run"),
+        ("post", "/module/ensure"),
     ];
     assert_eq!(documented, expected.map(|(m, p)| (m.to_string(), p.to_string())));
     let ids: std::collections::BTreeSet<&str> = paths

@@ -329,6 +329,8 @@ impl KubeServe {
         let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("readable kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kubeconfig");
         let client = kube::Client::try_from(config).expect("client");
+        // Deployments are JacDeployments: the served API writes them.
+        crate::kube::install_crd(&client).await;
         let namespace = format!("jo-{tag}-{}", std::process::id());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
         within(kube::Api::<Namespace>::all(client.clone()).create(&Default::default(), &ns)).await.expect("namespace");

@@ -1,6 +1,6 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
 //! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
-//! `GET /templates` and `GET /openapi.json`. Each handler turns JSON into a request, calls the
+//! `GET /templates`, `POST /module/ensure` (deploy on first import) and `GET /openapi.json`. Each handler turns JSON into a request, calls the
 //! service layer as the request's [`Caller`] and returns its view; errors go through the one
 //! table in [`super::status`].
 //!
@@ -21,15 +21,15 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{self, TAG_DEPLOYMENTS, TAG_SERVER, TAG_TEMPLATES};
+use super::openapi::{self, TAG_DEPLOYMENTS, TAG_MODULES, TAG_SERVER, TAG_TEMPLATES};
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
-use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery, PathParams, QueryParams};
+use body::{DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams};
 use stream::{StreamLine, NDJSON};
 
 use crate::auth::Caller;
 use crate::service::views::{
-    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView,
+    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Outcome, Run, TemplateView,
 };
 use crate::service::Service;
 
@@ -47,6 +47,7 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(dry_run))
         .routes(routes!(get_one, undeploy))
         .routes(routes!(secrets))
+        .routes(routes!(ensure_module))
         .split_for_parts()
 }
 
@@ -174,7 +175,8 @@ async fn list(
     caller: Caller,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<DeploymentTree>, ApiError> {
-    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
+    let on_demand = q.on_demand.unwrap_or(false);
+    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref(), on_demand).await?;
     Ok(Json(views.into_iter().collect()))
 }
 
@@ -225,4 +227,22 @@ async fn undeploy(
         return Ok(stream::ndjson(stream));
     }
     Ok(stream::collect(stream, Run::Undeploy).await?.into_response())
+}
+
+/// The python-module deployment serving a Python module, deployed and awaited first when none
+/// does (`get` on `jacdeployments` when found, `create` when it deploys).
+#[utoipa::path(post, path = "/module/ensure", operation_id = "ensureModule", tag = TAG_MODULES,
+    request_body = EnsureBody,
+    responses((status = OK, description = "The deployment serving the module (ready, when this call deployed it)", body = EnsureView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = CONFLICT, response = inline(ErrorBody)),
+              (status = PRECONDITION_FAILED, response = inline(ErrorBody)), (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)),
+              (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
+async fn ensure_module(
+    State(service): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<EnsureBody>,
+) -> Result<Json<EnsureView>, ApiError> {
+    Ok(Json(service.ensure_module(&caller, &body.request()?).await?))
 }
