@@ -283,8 +283,11 @@ impl Backend for KubeBackend {
             progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
         }
         if !self.is_leader() {
+            // The generation before this write tells an unchanged redeploy (the spec, and with it
+            // the generation, stays) from a change the leader still has to apply.
+            let before = self.records().resource(&plan.id).await?.and_then(|jd| jd.metadata.generation);
             let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
-            return follow::deploy(self, &jd, &plan, opts, progress).await;
+            return follow::deploy(self, &jd, before, &plan, opts, progress).await;
         }
         let _held = self.hold(&plan.id).await;
         // The resource is the first trace, so a crash mid-apply can still be undeployed.

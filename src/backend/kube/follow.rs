@@ -44,9 +44,11 @@ fn error_of(jd: &JacDeployment) -> Error {
     }
 }
 
+/// `before`: the resource's generation before the caller's write (`None`: it did not exist).
 pub(crate) async fn deploy(
     backend: &KubeBackend,
     jd: &JacDeployment,
+    before: Option<i64>,
     plan: &Plan,
     opts: &crate::backend::ApplyOptions,
     progress: &Progress,
@@ -78,7 +80,10 @@ pub(crate) async fn deploy(
             return Ok(record);
         }
     };
-    report_objects(&current, generation, progress).await;
+    // Same generation as before the write: the spec did not change, so the leader applies
+    // nothing and the revision on record is an earlier deploy's, not this one's.
+    let unchanged = before == Some(generation);
+    report_objects(&current, generation, unchanged, progress).await;
     if current.status.as_ref().is_some_and(|s| s.status == "failed") {
         return Err(error_of(&current));
     }
@@ -108,12 +113,12 @@ pub(crate) async fn deploy(
 }
 
 /// What the leader did to each object, from the revision it recorded for `generation`.
-async fn report_objects(jd: &JacDeployment, generation: i64, progress: &Progress) {
+async fn report_objects(jd: &JacDeployment, generation: i64, unchanged: bool, progress: &Progress) {
     let Some(status) = &jd.status else { return };
     let changes: Vec<&str> = status
         .applied_revision
         .iter()
-        .filter(|r| r.generation == generation)
+        .filter(|r| r.generation == generation && !unchanged)
         .flat_map(|r| r.changes.iter().map(String::as_str))
         .collect();
     for entry in &status.inventory {
