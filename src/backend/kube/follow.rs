@@ -35,8 +35,14 @@ fn settled(jd: &JacDeployment) -> bool {
 fn error_of(jd: &JacDeployment) -> Error {
     let status = jd.status.clone().unwrap_or_default();
     let object = format!("jacdeployment.jac-orc.io/{}", jd.name_any());
-    let reason = status.condition(DEGRADED).map(|c| c.reason.clone()).unwrap_or_default();
-    let message = status.message;
+    let degraded = status.condition(DEGRADED);
+    let reason = degraded.map(|c| c.reason.clone()).unwrap_or_default();
+    // A workload that failed after the apply is told in Degraded (the status line stays
+    // "deployed" with the apply's message): its message is what the caller needs.
+    let message = match degraded.map(|c| c.message.clone()).filter(|m| !m.is_empty()) {
+        Some(m) => m,
+        None => status.message.clone(),
+    };
     match reason.as_str() {
         "WorkloadFailed" => Error::WorkloadFailed { object, reason: message },
         "Rejected" | "InvalidSpec" | "RestrictedNamespace" => Error::Rejected { object, message },
