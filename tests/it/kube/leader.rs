@@ -85,6 +85,17 @@ async fn two_orchestrators_elect_one_leader_and_the_other_takes_over_when_it_sto
     .await;
     assert_eq!(applied_by, [leader.name.to_string()], "only the leader applies");
 
+    // The same deploy again on the follower: the spec (and its generation) stays, so every
+    // object is unchanged, not the first revision's "created" lines again.
+    let (tx, rx) = progress();
+    let record = timed(follower.backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap();
+    drop(tx);
+    assert_eq!(record.status, Status::Deployed, "{record:?}");
+    let got = lines(&drain(rx));
+    for line in ["service/shared unchanged", "deployment.apps/shared unchanged", "configmap/shared unchanged"] {
+        assert!(got.contains(&line.to_string()), "{got:?}");
+    }
+
     // The leader stops (and releases the Lease): the other takes over and acts on an edit.
     let leader_name = leader.name;
     leader.loops.stop().await;
