@@ -330,6 +330,12 @@ impl Backend for KubeBackend {
         self.records().list().await
     }
 
+    /// The API server's `/version`, which every identity may read: a listing would be a
+    /// cluster-wide read on every probe, and forbidden to an install whose Role is namespaced.
+    async fn check_reachable(&self) -> Result<()> {
+        self.client.apiserver_version().await.map(|_| ()).map_err(|e| errors::api_error("/version", e))
+    }
+
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
         let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut out = Vec::new();

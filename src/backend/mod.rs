@@ -161,6 +161,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     async fn list(&self) -> Result<Vec<DeploymentRecord>>;
 
+    /// Answers when the backend can serve requests (readiness). By default a listing; backends
+    /// whose listing is costly or needs more permission than serving does say so cheaper.
+    async fn check_reachable(&self) -> Result<()> {
+        self.list().await.map(|_| ())
+    }
+
     /// gRPC endpoints (`host:port`) of a python-module deployment's ready module servers.
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>>;
 

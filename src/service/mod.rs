@@ -189,14 +189,14 @@ impl Service {
         &self.readiness
     }
 
-    /// Ready: startup has finished and the backend answers a listing within
+    /// Ready: startup has finished and the backend answers (`Backend::check_reachable`) within
     /// [`readiness::BACKEND_CHECK_TIMEOUT`]. Needs no permission (probes carry no token).
     pub async fn check_ready(&self) -> Result<()> {
         if !self.readiness.is_started() {
             return Err(NotReady::Starting.into());
         }
-        match tokio::time::timeout(readiness::BACKEND_CHECK_TIMEOUT, self.backend.list()).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(readiness::BACKEND_CHECK_TIMEOUT, self.backend.check_reachable()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(NotReady::Backend(Box::new(e)).into()),
             Err(_) => Err(NotReady::BackendTimeout(readiness::BACKEND_CHECK_TIMEOUT).into()),
         }
