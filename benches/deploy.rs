@@ -113,6 +113,23 @@ fn benches(c: &mut Criterion) {
                 let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
                 kube::Client::try_from(cfg).unwrap()
             });
+            // What an install provides (manifests/): the JacDeployment CRD and the orchestrator's
+            // own namespace, which the backend never creates.
+            rt.block_on(async {
+                use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+                use kube::CustomResourceExt;
+                let crd = jac_splice_orc::backend::kube::resource::JacDeployment::crd();
+                let crds = kube::Api::<CustomResourceDefinition>::all(client.clone());
+                let name = crd.metadata.name.clone().unwrap();
+                let params = kube::api::PatchParams::apply("jac-orc-bench").force();
+                crds.patch(&name, &params, &kube::api::Patch::Apply(&crd)).await.expect("the CRD installs");
+                let established = kube::runtime::wait::conditions::is_crd_established();
+                let wait = kube::runtime::wait::await_condition(crds, &name, established);
+                tokio::time::timeout(Duration::from_secs(60), wait).await.expect("CRD established in time").unwrap();
+                let api = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+                let object = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+                api.create(&Default::default(), &object).await.expect("the bench namespace")
+            });
             let backend = Arc::new(KubeBackend::new(client.clone(), KubeOptions::default().orchestrator_namespace(ns.clone())));
             bench_backend(c, "kube", &rt, backend, &ns);
             rt.block_on(async {

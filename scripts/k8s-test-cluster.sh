@@ -238,9 +238,10 @@ cmd_start() {
     bash -c "[ \"\$(curl -sk -H 'Authorization: Bearer $token' https://127.0.0.1:$api_port/readyz)\" = ok ]"
 
   # deployment/replicaset/statefulset make Deployments produce ReplicaSets and Pods (tests stand in
-  # for the kubelet); namespace + garbagecollector finish namespace deletion and cascading deletes.
+  # for the kubelet); namespace + garbagecollector finish namespace deletion and cascading deletes;
+  # clusterrole-aggregation fills aggregated ClusterRoles (jac-orc's roles into view/edit/admin).
   "$bin/kube-controller-manager" --kubeconfig="$dir/kubeconfig" \
-    --controllers=deployment,replicaset,statefulset,namespace,garbagecollector \
+    --controllers=deployment,replicaset,statefulset,namespace,garbagecollector,clusterrole-aggregation \
     --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --port=0 \
     >"$dir/controller-manager.log" 2>&1 </dev/null &
   echo $! > "$dir/controller-manager.pid"
@@ -555,7 +556,7 @@ cmd_start_node() {
     bash -c "[ \"\$(curl -sk -H 'Authorization: Bearer $tok' https://$NODE_IP:$API_PORT/readyz)\" = ok ]"
   # --root-ca-file: the CA pods find in their token secret = the apiserver's self-signed serving chain.
   node_start_proc controller-manager "$bin/kube-controller-manager" --kubeconfig="$NODE_STATE/admin.kubeconfig" \
-    --controllers=deployment,replicaset,statefulset,namespace,garbagecollector,endpoint,endpointslice,nodelifecycle,podgc,serviceaccount,serviceaccount-token \
+    --controllers=deployment,replicaset,statefulset,namespace,garbagecollector,endpoint,endpointslice,nodelifecycle,podgc,serviceaccount,serviceaccount-token,clusterrole-aggregation \
     --service-account-private-key-file="$p/sa.key" --root-ca-file="$NODE_STATE/certs/apiserver.crt" \
     --use-service-account-credentials=false --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --port=0
   node_start_proc scheduler "$bin/kube-scheduler" --kubeconfig="$NODE_STATE/scheduler.kubeconfig" \

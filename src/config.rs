@@ -16,6 +16,8 @@ pub enum BackendChoice {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// A second listener serving only `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub manifests_path: Option<PathBuf>,
     pub namespace: String,
@@ -33,6 +35,8 @@ pub struct ServeConfig {
     /// Where pip finds python-module packages on the local backend.
     pub pip: crate::backend::local::PipSource,
     pub edge: EdgeConfig,
+    /// What may be deployed on first import.
+    pub ensure: crate::service::EnsurePolicy,
 }
 
 /// Authentication, TLS and connection limits of `serve`.

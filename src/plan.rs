@@ -251,6 +251,33 @@ impl Plan {
     }
 }
 
+/// A deployment's desired state as a `JacDeployment` (or the local state file) holds it: the
+/// identity, the template version and every value it sets, secret values included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub id: DeploymentId,
+    /// Empty means "latest".
+    pub version: String,
+    pub config: Map<String, Value>,
+}
+
+/// Why a desired state does not render into a plan: the text a status shows.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PlanError {
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Renders desired states into plans exactly as the API's deploys do (the service layer
+/// implements it), so the reconcile loop applies what a Deploy would have applied.
+#[async_trait::async_trait]
+pub trait Planner: Send + Sync + std::fmt::Debug + 'static {
+    /// The plan for `desired`; secret placeholders it does not set are generated.
+    async fn plan(&self, desired: &Desired) -> Result<Plan, PlanError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

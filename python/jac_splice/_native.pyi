@@ -77,6 +77,18 @@ class Client:
     def flush(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
     def list_deployments(self, namespace: str = ..., module: str = ...) -> list[dict[str, Any]]: ...
+    def ensure_module(
+        self,
+        module: str,
+        *,
+        namespace: str = ...,
+        packages: list[str] = ...,
+        cpu: str = ...,
+        memory: str = ...,
+        replicas: int = ...,
+        idle_timeout: str = ...,
+        wait_timeout_seconds: int = ...,
+    ) -> dict[str, Any]: ...
 
 @final
 class ModuleServer:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never eval
 
 PYTHON_MODULE = "python-module"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+_log = logging.getLogger("jac_splice")
 
 CA = Union[str, "os.PathLike[str]", bytes]
 """A CA to trust for https:// targets: a PEM file's path, or the PEM itself as bytes."""
@@ -115,16 +119,49 @@ class Splice:
         return dict(self._route(deployment, namespace or "").describe())
 
     def import_module(
-        self, name: str, deployment: str | None = None, namespace: str | None = None
+        self,
+        name: str,
+        deployment: str | None = None,
+        namespace: str | None = None,
+        *,
+        deploy: bool = False,
+        packages: Sequence[str] | None = None,
+        cpu: str | float | None = None,
+        memory: str | int | None = None,
+        replicas: int | None = None,
+        idle_timeout: float | str | None = None,
+        wait_timeout: float | None = None,
     ) -> RemoteModule:
         """The remote module ``name`` as a proxy.
 
         With a module server target, ``name`` must be its module (or a submodule of it). With a
         jac-orc target, the python-module deployment serving ``name`` is looked up with
-        ``ListDeployments`` unless ``deployment`` is given.
+        ``ListDeployments`` unless ``deployment`` is given. With ``deploy=True`` and none
+        serving it, jac-orc deploys one first and this waits until it is ready (see
+        :meth:`ensure_module` for the settings, used only when it deploys).
         """
+        if deploy and deployment is not None:
+            raise ValueError(
+                "deploy=True finds or deploys the deployment itself: leave out deployment="
+            )
         if deployment is None and not self._probe():
+            if deploy:
+                raise ValueError(
+                    f"deploy=True needs a jac-orc target; {self.target} is a module server"
+                )
             return self._direct_module(name)
+        if deployment is None and deploy and not self._serving(name, namespace)[0]:
+            ensured = self.ensure_module(
+                name,
+                namespace=namespace,
+                packages=packages,
+                cpu=cpu,
+                memory=memory,
+                replicas=replicas,
+                idle_timeout=idle_timeout,
+                wait_timeout=wait_timeout,
+            )
+            deployment, namespace = str(ensured["name"]), str(ensured["namespace"])
         if deployment is None:
             deployment, namespace = self.resolve_deployment(name, namespace)
         client = self._route(deployment, namespace or "")
@@ -143,15 +180,69 @@ class Splice:
                 self._routes[key] = self._client.via_proxy(deployment, namespace)
             return self._routes[key]
 
-    def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
-        """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+    def ensure_module(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        packages: Sequence[str] | None = None,
+        cpu: str | float | None = None,
+        memory: str | int | None = None,
+        replicas: int | None = None,
+        idle_timeout: float | str | None = None,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """jac-orc's python-module deployment serving ``name``, deployed first when none does.
+
+        Calls ``EnsureModule``, which waits until a deployment it makes is ready (at most
+        ``wait_timeout`` seconds, default the server's 300); racing callers get the same one.
+        ``packages`` are PEP 508 requirements, ``cpu``/``memory`` Kubernetes quantities
+        ("250m", "256Mi"), ``idle_timeout`` seconds or a duration string ("90s", "10m"). Returns
+        the deployment as :meth:`Client.list_deployments` does, with ``deployed`` (whether this
+        call deployed it). Raises :class:`DeploymentLookupError` if it is not ready.
+        """
+        if not self._probe():
+            raise ValueError(
+                f"ensure_module needs a jac-orc target; {self.target} is a module server"
+            )
+        if replicas is not None and replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        _log.info(
+            "asking jac-orc at %s for a deployment of %r (deploying it if none)", self.target, name
+        )
+        found = self._client.ensure_module(
+            name,
+            namespace=namespace or "",
+            packages=list(packages or []),
+            cpu=_text(cpu),
+            memory=_text(memory),
+            replicas=replicas or 0,
+            idle_timeout=_text(idle_timeout),
+            wait_timeout_seconds=0 if wait_timeout is None else max(1, round(wait_timeout)),
+        )
+        where = f"{found['namespace']}/{found['name']}"
+        if found["status"] != "deployed":
+            raise DeploymentLookupError(
+                f"jac-orc's deployment {where} of {name!r} is {found['status']}: {found['message']}"
+            )
+        _log.info("%s %s serves %r", "deployed" if found["deployed"] else "found", where, name)
+        return found
+
+    def _serving(
+        self, name: str, namespace: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """jac-orc's python-module deployments of ``name`` (or its top-level package), and all."""
         self._probe()
         deployments: list[dict[str, Any]] = self._client.list_deployments(
             namespace or "", PYTHON_MODULE
         )
         top = name.split(".")[0]
         modules = [d for d in deployments if d.get("module") == PYTHON_MODULE]
-        matches = [d for d in modules if d["config"].get("module") in (name, top)]
+        return [d for d in modules if d["config"].get("module") in (name, top)], modules
+
+    def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
+        """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+        matches, modules = self._serving(name, namespace)
         if len(matches) == 1:
             return str(matches[0]["name"]), str(matches[0]["namespace"])
         candidates = ", ".join(
@@ -210,6 +301,17 @@ class Splice:
         else:
             state = f"module server of {self._served!r}"
         return f"<jac_splice.Splice {self.target}: {state}>"
+
+
+def _text(value: str | float | None) -> str:
+    """A setting as EnsureModule carries it: "" for the server's default, whole numbers bare."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number or a string, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _module_proxy(client: Client, served: str, name: str) -> RemoteModule:

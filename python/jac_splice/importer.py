@@ -7,9 +7,9 @@ import importlib.abc
 import importlib.machinery
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jac_splice._native import use_numpy
 from jac_splice.client import CA, Splice, connect
@@ -49,6 +49,7 @@ class RemoteImports(importlib.abc.MetaPathFinder):
         servers: dict[str, str | Splice] | None = None,
         *,
         ca: CA | None = None,
+        deploy: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.names = frozenset(names)
         self.splice = server if isinstance(server, Splice) else connect(server, token, ca=ca)
@@ -57,6 +58,7 @@ class RemoteImports(importlib.abc.MetaPathFinder):
             for name, s in (servers or {}).items()
         }
         self.deployments = dict(deployments or {})
+        self.deploy = {name: dict(settings) for name, settings in (deploy or {}).items()}
         self.namespace = namespace
         self._loaded: dict[str, RemoteModule] = {}
         self._lock = threading.Lock()
@@ -83,7 +85,14 @@ class RemoteImports(importlib.abc.MetaPathFinder):
                 top = fullname.split(".")[0]
                 deployment = self.deployments.get(top)
                 splice = self.servers.get(top, self.splice)
-                module = splice.import_module(fullname, deployment, self.namespace)
+                settings = self.deploy.get(top)
+                if deployment is None and settings is not None:
+                    # Deployed by jac-orc on first import unless something serves it already.
+                    module = splice.import_module(
+                        fullname, None, self.namespace, deploy=True, **settings
+                    )
+                else:
+                    module = splice.import_module(fullname, deployment, self.namespace)
                 self._loaded[fullname] = module
             return module
 
@@ -143,6 +152,7 @@ def remote_imports(
     servers: dict[str, str | Splice] | None = None,
     *,
     ca: CA | None = None,
+    deploy: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RemoteImports:
     """Installs (and returns) a finder that imports ``names`` from ``server``.
 
@@ -150,5 +160,11 @@ def remote_imports(
     ``servers`` overrides it per top-level module name (a module server serves one module).
     ``deployments`` optionally maps a module name to its jac-orc deployment. ``token`` and
     ``ca`` are as for :func:`jac_splice.connect` (without a token, each connection finds its own).
+    ``deploy`` maps a top-level module name to the settings jac-orc deploys it with on first
+    import when nothing serves it (``packages``, ``cpu``, ``memory``, ``replicas``,
+    ``idle_timeout``, ``wait_timeout``; see :meth:`Splice.import_module` with ``deploy=True``).
     """
-    return RemoteImports(names, server, token, deployments, namespace, servers, ca=ca).install()
+    hook = RemoteImports(
+        names, server, token, deployments, namespace, servers, ca=ca, deploy=deploy
+    )
+    return hook.install()

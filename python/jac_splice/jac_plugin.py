@@ -8,7 +8,10 @@ Configuration (environment):
 * ``JAC_SPLICE_CONFIG``: a JSON file ``{"server": "...", "modules": ["numpy"], "token": "...",
   "ca": "ca.pem", "servers": {"scipy": "127.0.0.1:50052"}, "deployments": {"numpy":
   "np-deployment"}, "namespace": "..."}`` (environment wins; ``servers`` sends a module to its
-  own server).
+  own server). ``modules`` may instead map each module to its settings for deploying it on
+  first import through jac-orc: ``{"numpy": {"packages": ["numpy"], "cpu": "500m", "memory":
+  "512Mi", "replicas": 1, "idle_timeout": "10m"}, "scipy": {"deploy": false}}`` (``deploy``
+  defaults to true; ``null`` settings deploy with the template's defaults).
 * ``JAC_SPLICE_TOKEN``: the bearer token every call carries (a module server's call token, or
   jac-orc's token); without one each connection finds its own (see ``jac_splice.credentials``).
 * ``JAC_SPLICE_CA``: PEM file of the CA to trust for ``https://`` servers (else the system's).
@@ -26,6 +29,30 @@ from typing import Any
 from jac_splice.importer import RemoteImports, remote_imports
 
 _installed: RemoteImports | None = None
+
+DEPLOY_SETTINGS = frozenset(
+    {"packages", "cpu", "memory", "replicas", "idle_timeout", "wait_timeout"}
+)
+"""What a module's entry in ``modules`` may set besides ``deploy``."""
+
+
+def _deploy_settings(modules: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The modules to deploy on first import, with their settings (``deploy`` removed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, given in modules.items():
+        settings = dict(given or {})
+        deploy = settings.pop("deploy", True)
+        if not isinstance(deploy, bool):
+            raise TypeError(f"JAC_SPLICE_CONFIG: modules.{name}.deploy must be true or false")
+        unknown = sorted(set(settings) - DEPLOY_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"JAC_SPLICE_CONFIG: modules.{name} has unknown settings {unknown}; "
+                f"known: deploy, {', '.join(sorted(DEPLOY_SETTINGS))}"
+            )
+        if deploy:
+            out[name.strip()] = settings
+    return out
 
 
 def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -45,6 +72,8 @@ def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
     modules = config.get("modules", [])
     if isinstance(modules, str):
         modules = modules.split(",")
+    if isinstance(modules, dict):
+        config["deploy"] = _deploy_settings(modules)
     config["modules"] = [m.strip() for m in modules if m.strip()]
     return config
 
@@ -66,6 +95,7 @@ def install(environ: dict[str, str] | None = None) -> RemoteImports | None:
         namespace=config.get("namespace"),
         servers=config.get("servers"),
         ca=config.get("ca"),
+        deploy=config.get("deploy"),
     )
     return _installed
 

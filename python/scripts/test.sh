@@ -29,7 +29,7 @@ step "test tools"
 "$PY" -m pip install -q \
   "maturin==1.16.0" "pytest>=8" "pytest-timeout>=2.3" "numpy>=2" "rpyc>=6" \
   "grpcio>=1.70" "grpcio-tools>=1.70" "grpcio-health-checking>=1.70" "mypy>=1.15" \
-  "ruff==0.17.6" "jaclang==0.10.2"
+  "ruff==0.17.6" "jaclang==0.10.2" "prometheus-client>=0.20"
 
 step "native crate: cargo fmt --check"
 cargo fmt --check

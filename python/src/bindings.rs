@@ -15,7 +15,8 @@ use crate::codec::{self, DecodeError};
 use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
 use crate::host::{RunningServer, ServerConfig};
 use crate::proto::{
-    value, value_response, CallRequest, Kwarg, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
+    value, value_response, CallRequest, Deployment, EnsureModuleRequest, Kwarg, ProxyTarget, RemoteRef as WireRef,
+    Value, ValueResponse,
 };
 use crate::runtime::{block_on_interruptible, rt, SLICE};
 use crate::server::{tls_acceptor, Security};
@@ -343,26 +344,69 @@ impl Client {
             .map_err(|s| self.status_error(py, &s))?;
         let out = PyList::empty(py);
         for d in response.deployments {
-            let item = PyDict::new(py);
-            item.set_item("namespace", d.namespace)?;
-            item.set_item("module", d.module)?;
-            item.set_item("name", d.name)?;
-            // The enum's name without its prefix, as REST spells it ("deployed").
-            let status = crate::proto::DeploymentStatus::try_from(d.status).unwrap_or_default().as_str_name();
-            let status = status.trim_start_matches("DEPLOYMENT_STATUS_").to_ascii_lowercase();
-            item.set_item("status", status)?;
-            item.set_item("endpoints", d.endpoints)?;
-            let config = PyDict::new(py);
-            for (key, value) in d.config.map(|s| s.fields).unwrap_or_default() {
-                if let Some(prost_types::value::Kind::StringValue(s)) = value.kind {
-                    config.set_item(key, s)?;
-                }
-            }
-            item.set_item("config", config)?;
-            out.append(item)?;
+            out.append(deployment_dict(py, d)?)?;
         }
         Ok(out)
     }
+
+    /// jac-orc's python-module deployment serving `module` (the `list_deployments` dict, plus
+    /// `deployed`: whether this call deployed it), deployed and awaited first when none does.
+    /// `idle_timeout` is seconds or a duration string ("90s", "10m"); empty values and 0 take
+    /// the server's defaults.
+    #[pyo3(signature = (module, *, namespace=String::new(), packages=Vec::new(), cpu=String::new(), memory=String::new(), replicas=0, idle_timeout=String::new(), wait_timeout_seconds=0))]
+    #[allow(clippy::too_many_arguments)] // one per field of the request, all keyword-only
+    fn ensure_module<'py>(
+        &self,
+        py: Python<'py>,
+        module: String,
+        namespace: String,
+        packages: Vec<String>,
+        cpu: String,
+        memory: String,
+        replicas: u32,
+        idle_timeout: String,
+        wait_timeout_seconds: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let connection = self.connection.clone();
+        let request = EnsureModuleRequest {
+            module,
+            packages,
+            cpu,
+            memory,
+            replicas,
+            idle_timeout,
+            namespace,
+            wait_timeout_seconds,
+        };
+        let response = wait_for(py, async move { connection.ensure_module(request).await })?
+            .map_err(|s| self.status_error(py, &s))?;
+        let item = deployment_dict(py, response.deployment.unwrap_or_default())?;
+        item.set_item("deployed", response.deployed)?;
+        Ok(item)
+    }
+}
+
+/// A deployment as a dict: namespace, module, name, status (as REST spells it), endpoints and
+/// the string values of its config.
+fn deployment_dict(py: Python<'_>, d: Deployment) -> PyResult<Bound<'_, PyDict>> {
+    let item = PyDict::new(py);
+    item.set_item("namespace", d.namespace)?;
+    item.set_item("module", d.module)?;
+    item.set_item("name", d.name)?;
+    // The enum's name without its prefix, as REST spells it ("deployed").
+    let status = crate::proto::DeploymentStatus::try_from(d.status).unwrap_or_default().as_str_name();
+    let status = status.trim_start_matches("DEPLOYMENT_STATUS_").to_ascii_lowercase();
+    item.set_item("status", status)?;
+    item.set_item("endpoints", d.endpoints)?;
+    item.set_item("message", d.message)?;
+    let config = PyDict::new(py);
+    for (key, value) in d.config.map(|s| s.fields).unwrap_or_default() {
+        if let Some(prost_types::value::Kind::StringValue(s)) = value.kind {
+            config.set_item(key, s)?;
+        }
+    }
+    item.set_item("config", config)?;
+    Ok(item)
 }
 
 /// A module server running on the shared runtime.

@@ -18,7 +18,7 @@ use crate::lane::{self, Lanes};
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
-use crate::proto::{ListDeploymentsRequest, ListDeploymentsResponse};
+use crate::proto::{EnsureModuleRequest, EnsureModuleResponse, ListDeploymentsRequest, ListDeploymentsResponse};
 pub use crate::route::Route;
 use crate::runtime::{block_on_interruptible, rt};
 use crate::wire::{CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, ORCHESTRATOR_SERVICE, STREAM_WINDOW};
@@ -314,8 +314,17 @@ impl Connection {
 
     pub async fn list_deployments(&self, namespace: String, module: String) -> Result<ListDeploymentsResponse, Status> {
         let mut client = OrchestratorClient::new(self.channel()?);
-        let response = client.list_deployments(self.request(ListDeploymentsRequest { namespace, module })).await?;
+        let response = client
+            .list_deployments(self.request(ListDeploymentsRequest { namespace, module, on_demand: false }))
+            .await?;
         Ok(response.into_inner())
+    }
+
+    /// jac-orc's python-module deployment serving a module, deployed first when none does; the
+    /// call lasts until it is ready (the server bounds that wait).
+    pub async fn ensure_module(&self, request: EnsureModuleRequest) -> Result<EnsureModuleResponse, Status> {
+        let mut client = OrchestratorClient::new(self.channel()?);
+        Ok(client.ensure_module(self.request(request)).await?.into_inner())
     }
 
     async fn health(&self, service: &str) -> Result<ServingStatus, Status> {

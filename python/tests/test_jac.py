@@ -81,3 +81,24 @@ def test_the_plugin_reads_token_and_ca_from_the_environment(tmp_path: Path) -> N
         "/etc/ca.pem",
         ["numpy"],
     )
+
+
+def test_modules_with_settings_are_deployed_on_import_unless_deploy_is_false(
+    tmp_path: Path,
+) -> None:
+    config_file = tmp_path / "splice.json"
+    modules = {
+        "numpy": {"packages": ["numpy"], "cpu": "500m", "idle_timeout": "10m"},
+        "scipy": {"deploy": False},
+        "json": None,
+    }
+    config_file.write_text(json.dumps({"server": "h:1", "modules": modules}))
+    config = load_config({"JAC_SPLICE_CONFIG": str(config_file)})
+    assert config["modules"] == ["numpy", "scipy", "json"]
+    assert config["deploy"] == {
+        "numpy": {"packages": ["numpy"], "cpu": "500m", "idle_timeout": "10m"},
+        "json": {},
+    }
+    config_file.write_text(json.dumps({"modules": {"numpy": {"gpus": 1}}}))
+    with pytest.raises(ValueError, match="unknown settings \\['gpus'\\]"):
+        load_config({"JAC_SPLICE_CONFIG": str(config_file)})

@@ -332,3 +332,60 @@ def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Pa
     assert orc.address in message and "python-module deployment default/down-json" in message, (
         message
     )
+
+
+def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: Path) -> None:
+    # A jac-orc of its own: nothing serves json there until the import deploys it, and only
+    # json may be deployed on import.
+    orc = start_orchestrator(require_binary(), tmp_path, "--ensure-allow", "json")
+    try:
+        splice = jac_splice.connect(orc.url, token=orc.token)
+        with pytest.raises(DeploymentLookupError, match="no python-module deployment of 'json'"):
+            splice.import_module("json")
+        remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
+        assert remote.dumps([1]) == "[1]"
+        deployments = orc.rest("GET", "/deployment")["default"]["python-module"]
+        assert list(deployments) == ["json"], deployments
+        config = deployments["json"]["config"]
+        assert (config["on-demand"], config["idle-timeout"]) == (True, "600s"), config
+        # Another importer finds it: still one deployment, and the same module server.
+        again = jac_splice.connect(orc.url, token=orc.token).import_module("json", deploy=True)
+        assert again.loads("[2]") == [2]
+        assert list(orc.rest("GET", "/deployment")["default"]["python-module"]) == ["json"]
+        found = splice.ensure_module("json")
+        assert (found["deployed"], found["name"], found["status"]) == (False, "json", "deployed")
+        with pytest.raises(ValueError, match="leave out deployment="):
+            splice.import_module("json", deployment="json", deploy=True)
+        with pytest.raises(PermissionDeniedError, match="base64.*--ensure-allow"):
+            splice.import_module("base64", deploy=True)
+    finally:
+        orc.stop()
+
+
+def test_deploy_on_import_needs_a_jac_orc_target(splice: jac_splice.Splice) -> None:
+    with pytest.raises(ValueError, match="needs a jac-orc target"):
+        splice.import_module("splice_testmod", deploy=True)
+
+
+def test_the_import_hook_deploys_a_configured_module_on_first_import(tmp_path: Path) -> None:
+    from jac_splice.jac_plugin import load_config
+
+    orc = start_orchestrator(require_binary(), tmp_path)
+    config_file = tmp_path / "splice.json"
+    # colorsys: stdlib, and imported nowhere here, so `import` reaches the hook.
+    modules = {"colorsys": {"packages": [], "idle_timeout": 90}}
+    config_file.write_text(json.dumps({"server": orc.url, "token": orc.token, "modules": modules}))
+    config = load_config({"JAC_SPLICE_CONFIG": str(config_file)})
+    hook = jac_splice.remote_imports(
+        config["modules"], config["server"], token=config["token"], deploy=config["deploy"]
+    )
+    try:
+        import colorsys
+
+        assert isinstance(colorsys, jac_splice.RemoteModule)
+        assert abs(colorsys.ONE_THIRD - 1 / 3) < 1e-12
+        deployed = orc.rest("GET", "/deployment?on_demand=true")["default"]["python-module"]
+        assert deployed["colorsys"]["config"]["idle-timeout"] == "90s", deployed
+    finally:
+        hook.uninstall()
+        orc.stop()

@@ -76,6 +76,7 @@ impl Orchestrator for OrchestratorApi {
                 s => Duration::from_secs(u64::from(s)),
             }),
             force_conflicts: r.force_conflicts,
+            self_heal: r.self_heal,
             dry_run: r.dry_run,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
@@ -119,7 +120,8 @@ impl Orchestrator for OrchestratorApi {
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
-        let views = self.service.list(&caller, Some(&r.namespace), Some(&r.module)).await.map_err(status)?;
+        let (namespace, module) = (Some(r.namespace.as_str()), Some(r.module.as_str()));
+        let views = self.service.list(&caller, namespace, module, r.on_demand).await.map_err(status)?;
         Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(convert::deployment).collect() }))
     }
 
@@ -130,5 +132,29 @@ impl Orchestrator for OrchestratorApi {
         let caller = Caller::from_extensions(request.extensions());
         let templates = self.service.templates(&caller).await.map_err(status)?;
         Ok(Response::new(pb::ListTemplatesResponse { templates: templates.iter().map(convert::template).collect() }))
+    }
+
+    async fn ensure_module(
+        &self,
+        request: Request<pb::EnsureModuleRequest>,
+    ) -> Result<Response<pb::EnsureModuleResponse>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
+        let r = request.into_inner();
+        let text = |s: String| Some(s).filter(|s| !s.is_empty());
+        let req = service::EnsureRequest {
+            module: r.module,
+            packages: r.packages,
+            cpu: text(r.cpu).map(Into::into),
+            memory: text(r.memory).map(Into::into),
+            replicas: Some(r.replicas).filter(|n| *n != 0),
+            idle_timeout: text(r.idle_timeout).map(Into::into),
+            namespace: text(r.namespace),
+            wait: Some(r.wait_timeout_seconds).filter(|s| *s != 0).map(|s| Duration::from_secs(u64::from(s))),
+        };
+        let view = self.service.ensure_module(&caller, &req).await.map_err(status)?;
+        Ok(Response::new(pb::EnsureModuleResponse {
+            deployment: Some(convert::deployment(&view.deployment)),
+            deployed: view.deployed,
+        }))
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod docs;
 pub mod grpc;
 pub mod layers;
 pub mod module_proxy;

@@ -8,6 +8,7 @@ use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
 
 pub const TAG_DEPLOYMENTS: &str = "deployments";
 pub const TAG_TEMPLATES: &str = "templates";
+pub const TAG_MODULES: &str = "modules";
 pub const TAG_SERVER: &str = "server";
 
 /// The name of the bearer-token scheme every operation but health and this document needs.
@@ -27,13 +28,15 @@ pub(crate) fn base() -> OpenApi {
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
                     "JSON view of the jac.splice.v1.Orchestrator gRPC service (same port). Every operation \
-                     except /healthz and /openapi.json needs `authorization: Bearer <token>`.",
+                     except /healthz, /readyz and /openapi.json needs `authorization: Bearer <token>` \
+                     (/metrics only from peers that are not loopback). Swagger UI is at /docs, ReDoc at /redoc.",
                 ))
                 .build(),
         )
         .tags(Some([
             tag(TAG_DEPLOYMENTS, "Render, deploy, inspect and undeploy deployments"),
             tag(TAG_TEMPLATES, "The template catalog"),
+            tag(TAG_MODULES, "Python modules deployed on first import"),
             tag(TAG_SERVER, "The server itself"),
         ]))
         .components(Some(

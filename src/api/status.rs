@@ -55,9 +55,11 @@ fn classify(e: &Error) -> Class {
             }
         },
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
+        Error::NotAllowedOnImport { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "NOT_ALLOWED_ON_IMPORT"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
+        Error::NotReady(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "NOT_READY"),
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")
@@ -244,7 +246,14 @@ fn classify_kube(k: &KubeError) -> Class {
         K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_) => {
             class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
         }
-        K::BadRecord { .. } | K::RecordWithoutKey { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        K::BadRecord { .. } | K::RecordWithoutKey { .. } | K::Encode { .. } => {
+            class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
+        }
+        K::LeaderReported { reason, .. } => match reason.as_str() {
+            "Conflict" => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
+            "Forbidden" => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
+            _ => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        },
     }
 }
 

@@ -203,6 +203,7 @@ impl Authorizer {
         if allowed {
             return Ok(());
         }
+        crate::metrics::global().auth_denial(crate::metrics::Denial::Forbidden);
         Err(Error::Denied(Box::new(Denied {
             user: identity.user.clone(),
             verb,

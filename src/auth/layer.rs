@@ -197,7 +197,10 @@ where
                     Ok(identity) => {
                         req.extensions_mut().insert(identity);
                     }
-                    Err(refusal) => return Ok(refusal.response(&req, &shared.config)),
+                    Err(refusal) => {
+                        crate::metrics::global().auth_denial(refusal.denial());
+                        return Ok(refusal.response(&req, &shared.config));
+                    }
                 }
             }
             inner.call(req).await.map(|r| r.map(Body::new))
@@ -261,6 +264,16 @@ enum Refusal {
 }
 
 impl Refusal {
+    fn denial(self) -> crate::metrics::Denial {
+        use crate::metrics::Denial;
+        match self {
+            Refusal::Missing => Denial::MissingToken,
+            Refusal::Malformed => Denial::Malformed,
+            Refusal::Invalid => Denial::InvalidToken,
+            Refusal::Unavailable => Denial::Unverifiable,
+        }
+    }
+
     fn message(self, config: &AuthConfig) -> String {
         let hint = config.hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default();
         match self {

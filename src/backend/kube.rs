@@ -1,47 +1,65 @@
 //! Kubernetes backend: server-side apply (field manager `jac-orc`) through legacy discovery and
-//! `DynamicObject`, readiness waits, one labelled record Secret per deployment, and undeploy by
-//! the record's objects plus the deployment's labels.
+//! `DynamicObject`, readiness waits, one `JacDeployment` resource per deployment as its record,
+//! and undeploy by the record's objects plus the deployment's labels.
 //!
-//! The submodules each own one concern: [`discovery`] resolves kinds, [`apply`] applies one
-//! object and classifies the result, [`probes`] adapts gRPC probes to the server's version,
-//! [`readiness`] waits for workloads, [`records`] stores [`DeploymentRecord`]s, [`delete`]
-//! undeploys, [`errors`] maps API failures, and [`detect`] decides whether a cluster is
-//! reachable from this process at all.
+//! The submodules each own one concern: [`resource`] defines the `JacDeployment` custom
+//! resource, [`records`] stores deployments as such resources, [`sync`] is the one apply path
+//! (the API's deploys and the reconcile loop share it), [`rollout`] computes the config-hash
+//! annotation, [`conditions`] the status, [`follow`] lets a replica that does not lead follow
+//! the leader's work, [`migrate`] converts the records of earlier versions, [`discovery`]
+//! resolves kinds, [`apply`] applies one object and classifies the result, [`probes`] adapts
+//! gRPC probes to the server's version, [`readiness`] waits for workloads, [`delete`]
+//! undeploys, [`events`] publishes Events, [`errors`] maps API failures, and [`detect`] decides
+//! whether a cluster is reachable from this process at all.
 //!
-//! A deploy validates every object with a server-side dry run before it applies the first one,
-//! so an object the API server rejects leaves nothing behind: no earlier objects, no record, and
-//! no target namespace this deploy would have created. A deploy with `dry_run` ([`dry_run`])
-//! stops at such dry runs, one per object, and reports what each apply would do.
+//! A deploy validates every object with a server-side dry run before it writes the resource or
+//! applies the first object, so an object the API server rejects leaves nothing behind: no
+//! earlier objects, no record, and no target namespace this deploy would have created. A deploy
+//! with `dry_run` ([`dry_run`]) stops at such dry runs, one per object, and reports what each
+//! apply would do.
+//!
+//! Only the leader (see `reconcile::leader`) applies. A replica that does not lead writes the
+//! desired state into the resource and follows the leader's status for its caller.
 
 mod apply;
+mod conditions;
 mod delete;
+mod desired;
 mod detect;
 mod discovery;
 mod dry_run;
 mod errors;
+mod events;
+mod follow;
+pub mod migrate;
 mod probes;
 mod readiness;
 mod records;
+pub mod resource;
+mod sync;
 
 #[cfg(test)]
 mod mock_tests;
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Endpoints;
+use kube::api::{Api, DeleteParams};
 use serde_json::Value;
+use tokio::sync::{watch, Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result, Status};
+pub use super::rollout::ANNOTATION_CONFIG_HASH;
+use super::{ApplyOptions, Backend, DeploymentRecord, Error, ObjectEvent, Progress, Result};
 use crate::identity::NamespaceRule;
-use crate::plan::{DeploymentId, Kind, ObjectRef, Plan, Section};
+use crate::plan::{DeploymentId, Kind, Plan};
 /// Numeric resource quantities as strings, as this backend applies them (`jac-orc template`
 /// prints manifests the same way, so `kubectl apply --server-side` accepts them too).
 pub(crate) use apply::normalize_quantities;
 use apply::ServerFeatures;
+pub use desired::Step;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
 pub use errors::Error as KubeError;
@@ -53,20 +71,27 @@ pub const FIELD_MANAGER: &str = "jac-orc";
 /// How long a CustomResourceDefinition may take to become Established before apply gives up.
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Server-side dry runs in flight at once while validating a plan.
-const DRY_RUN_CONCURRENCY: usize = 8;
+/// How long a replica that does not lead follows the leader's apply of a deploy that does not
+/// wait for readiness.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings of a [`KubeBackend`].
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
-    /// Namespace the orchestrator runs in; deployment records live here.
+    /// Namespace the orchestrator runs in (its Lease lives here).
     pub orchestrator_namespace: String,
     /// Field manager for server-side apply (`jac-orc`).
     pub field_manager: String,
     /// Restricted mode (the original's inverted `CLUSTER_WIDE=true`): every deployment must
     /// target `orchestrator_namespace`. The service layer rewrites the namespace; this backend
-    /// refuses plans that escape it, as a second line of defence.
+    /// refuses plans that escape it, as a second line of defence, and reads records there only.
     pub restricted_namespace: bool,
+    /// Whether this replica leads (`reconcile::leader`); `None`: it always does (one replica).
+    pub leadership: Option<watch::Receiver<bool>>,
+    /// This replica's name in Events (the pod's name).
+    pub identity: Option<String>,
+    /// How long a deploy on a replica that does not lead follows the leader's status.
+    pub follow_timeout: Duration,
 }
 
 impl Default for KubeOptions {
@@ -75,6 +100,9 @@ impl Default for KubeOptions {
             orchestrator_namespace: "default".into(),
             field_manager: FIELD_MANAGER.into(),
             restricted_namespace: false,
+            leadership: None,
+            identity: None,
+            follow_timeout: FOLLOW_TIMEOUT,
         }
     }
 }
@@ -91,6 +119,25 @@ impl KubeOptions {
         self.restricted_namespace = restricted;
         self
     }
+
+    /// Applies only while `leading` says so; otherwise deploys are handed to the leader.
+    #[must_use]
+    pub fn leadership(mut self, leading: watch::Receiver<bool>) -> Self {
+        self.leadership = Some(leading);
+        self
+    }
+
+    #[must_use]
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    #[must_use]
+    pub fn follow_timeout(mut self, timeout: Duration) -> Self {
+        self.follow_timeout = timeout;
+        self
+    }
 }
 
 /// Deploys plans into a Kubernetes cluster.
@@ -99,9 +146,12 @@ pub struct KubeBackend {
     client: kube::Client,
     options: KubeOptions,
     resolver: Resolver,
+    events: events::Events,
+    /// Serialises the API's applies and the reconcile loop's work on one deployment.
+    locks: Arc<Mutex<HashMap<DeploymentId, Arc<AsyncMutex<()>>>>>,
     /// Learnt from `/version` on first use (a server is not upgraded under a running orchestrator
     /// often enough to ask on every deploy).
-    server: std::sync::Arc<tokio::sync::OnceCell<ServerFeatures>>,
+    server: Arc<tokio::sync::OnceCell<ServerFeatures>>,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -113,7 +163,8 @@ impl std::fmt::Debug for KubeBackend {
 impl KubeBackend {
     pub fn new(client: kube::Client, options: KubeOptions) -> Self {
         let resolver = Resolver::new(client.clone());
-        KubeBackend { client, options, resolver, server: Default::default() }
+        let events = events::Events::new(client.clone(), options.identity.clone());
+        KubeBackend { client, options, resolver, events, locks: Arc::default(), server: Default::default() }
     }
 
     pub fn options(&self) -> &KubeOptions {
@@ -124,8 +175,24 @@ impl KubeBackend {
         &self.client
     }
 
-    fn records(&self) -> records::Records {
-        records::Records::new(self.client.clone(), &self.options.orchestrator_namespace, &self.options.field_manager)
+    /// Whether this replica applies (it leads, or no election runs).
+    pub fn is_leader(&self) -> bool {
+        self.options.leadership.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    pub(crate) fn records(&self) -> records::Records {
+        let scope = if self.options.restricted_namespace {
+            records::Scope::Namespace(self.options.orchestrator_namespace.clone())
+        } else {
+            records::Scope::All
+        };
+        records::Records::new(self.client.clone(), &self.options.field_manager, scope)
+    }
+
+    /// Holds deployment `id` until the guard is dropped.
+    pub(crate) async fn hold(&self, id: &DeploymentId) -> OwnedMutexGuard<()> {
+        let lock = self.locks.lock().expect("locks").entry(id.clone()).or_default().clone();
+        lock.lock_owned().await
     }
 
     async fn server_features(&self) -> Result<ServerFeatures> {
@@ -141,73 +208,14 @@ impl KubeBackend {
             .cloned()
     }
 
-    fn applier<'a>(&'a self, opts: &ApplyOptions, server: &'a ServerFeatures) -> apply::Applier<'a> {
+    fn applier<'a>(&'a self, force: bool, server: &'a ServerFeatures) -> apply::Applier<'a> {
         apply::Applier {
             client: &self.client,
             resolver: &self.resolver,
             field_manager: &self.options.field_manager,
-            force: opts.force_conflicts,
+            force,
             crd_timeout: CRD_ESTABLISH_TIMEOUT,
             server,
-        }
-    }
-
-    /// Server-side dry runs of every object the API server can check now, in plan order, a few
-    /// at a time. Skipped: custom resources whose CRD the plan itself applies, and objects in a
-    /// Namespace the plan itself creates (neither exists until the plan runs). The error names
-    /// the index of the first object that failed.
-    async fn validate(&self, plan: &Plan, applier: &apply::Applier<'_>) -> Result<(), (usize, Error)> {
-        let defined = crd_defined_kinds(plan);
-        let plan_namespaces: BTreeSet<&str> =
-            plan.objects.iter().filter(|o| o.object.is_namespace()).map(|o| o.object.name.as_str()).collect();
-        // Plain loops, not iterator closures: async_trait's futures must be `Send` for any lifetime.
-        let mut checks = Vec::new();
-        for (i, o) in plan.objects.iter().enumerate() {
-            let own_kind = defined.contains(&(o.object.group().to_string(), o.object.kind.clone()));
-            let ns = apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace).namespace;
-            let in_new_namespace = ns.as_deref().is_some_and(|ns| plan_namespaces.contains(ns));
-            if own_kind || in_new_namespace {
-                continue;
-            }
-            checks.push(async move { applier.dry_run(o, &plan.id, &plan.version).await.map_err(|e| (i, e)) });
-        }
-        let results: Vec<Result<bool, (usize, Error)>> =
-            futures::stream::iter(checks).buffered(DRY_RUN_CONCURRENCY).collect().await;
-        match results.into_iter().find_map(Result::err) {
-            Some(failure) => Err(failure),
-            None => Ok(()),
-        }
-    }
-
-    /// Deletes a namespace this deploy created before it was rejected. Best effort: the error is
-    /// the rejection, not the cleanup.
-    async fn remove_created_namespace(&self, namespace: &str) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        if let Err(e) = api.delete(namespace, &DeleteParams::background()).await {
-            tracing::warn!(namespace, error = %e, "could not delete the namespace of a rejected deploy");
-        }
-    }
-
-    /// Creates the deployment's target namespace when it is missing (as the original did before
-    /// `kubectl apply`). Returns whether it was created.
-    async fn ensure_namespace(&self, namespace: &str) -> Result<bool> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        if api.get_opt(namespace).await.map_err(|e| errors::api_error(&format!("namespace/{namespace}"), e))?.is_some()
-        {
-            return Ok(false);
-        }
-        let ns = Namespace {
-            metadata: ObjectMeta { name: Some(namespace.to_string()), ..Default::default() },
-            ..Default::default()
-        };
-        match api
-            .create(&PostParams { field_manager: Some(self.options.field_manager.clone()), ..Default::default() }, &ns)
-            .await
-        {
-            Ok(_) => Ok(true),
-            // Another deploy into the same namespace won the race: fine.
-            Err(e) if errors::status_code(&e) == Some(409) => Ok(false),
-            Err(e) => Err(errors::api_error(&format!("namespace/{namespace}"), e)),
         }
     }
 
@@ -223,48 +231,6 @@ impl KubeBackend {
         }
         Ok(())
     }
-
-    /// Stores the record unless an identical one (ignoring the timestamp) is already stored, so
-    /// an unchanged redeploy writes nothing at all.
-    async fn store_record(&self, record: &DeploymentRecord, previous: Option<&DeploymentRecord>) -> Result<()> {
-        if let Some(prev) = previous {
-            if records::same_content(prev, record) {
-                return Ok(());
-            }
-        }
-        self.records().put(record).await
-    }
-}
-
-/// (group, kind) of the custom resources the plan's own CRDs define.
-fn crd_defined_kinds(plan: &Plan) -> BTreeSet<(String, String)> {
-    plan.objects
-        .iter()
-        .filter(|o| o.object.is_crd())
-        .filter_map(|o| {
-            let group = o.manifest.pointer("/spec/group")?.as_str()?;
-            let kind = o.manifest.pointer("/spec/names/kind")?.as_str()?;
-            Some((group.to_string(), kind.to_string()))
-        })
-        .collect()
-}
-
-/// `name.namespace.svc:port` addresses of the plan's Services (what consumers connect to).
-fn service_endpoints(objects: &[ObjectRef], plan: &Plan) -> Vec<String> {
-    let mut out = Vec::new();
-    for (o, planned) in objects.iter().zip(&plan.objects) {
-        if !o.is(Kind::SERVICE) {
-            continue;
-        }
-        let ns = o.namespace.as_deref().unwrap_or(&plan.id.namespace);
-        let ports = planned.manifest.pointer("/spec/ports").and_then(Value::as_array);
-        for port in ports.into_iter().flatten() {
-            if let Some(p) = port.get("port").and_then(Value::as_u64) {
-                out.push(format!("{}.{ns}.svc:{p}", o.name));
-            }
-        }
-    }
-    out
 }
 
 #[async_trait]
@@ -277,7 +243,7 @@ impl Backend for KubeBackend {
         self.check_namespace_rule(plan)?;
         // Every kind must be known now, except those the plan's own CRDs define: an unknown kind
         // found halfway through would leave the deployment half-applied.
-        let defined = crd_defined_kinds(plan);
+        let defined = sync::crd_defined_kinds(plan);
         for o in &plan.objects {
             if defined.contains(&(o.object.group().to_string(), o.object.kind.clone())) {
                 continue;
@@ -293,106 +259,67 @@ impl Backend for KubeBackend {
 
     async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> Result<DeploymentRecord> {
         self.check_namespace_rule(plan)?;
+        let plan = sync::annotated(plan);
         let server = self.server_features().await?;
-        let applier = self.applier(opts, &server);
+        let applier = self.applier(opts.force_conflicts, &server);
+        // A preview writes nothing, so it needs no leadership: any replica answers it.
         if opts.dry_run {
-            return self.dry_run(plan, &applier, progress).await;
+            return self.dry_run(&plan, &applier, progress).await;
         }
-        let records = self.records();
-        let previous = records.get(&plan.id).await?;
         // The orchestrator's own namespace exists (we run there), and a namespaced install may
         // not even read Namespace objects. Created first: namespaced objects can be validated
         // only inside an existing namespace.
         let own = plan.id.namespace == self.options.orchestrator_namespace;
         let created_namespace = !own && self.ensure_namespace(&plan.id.namespace).await?;
-        if let Err((i, e)) = self.validate(plan, &applier).await {
-            let o = &plan.objects[i];
-            let object = apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace);
-            progress.send(ObjectEvent::new(object, super::Action::Failed).with_message(e.to_string())).await;
+        if let Err(rejection) = self.validate(&plan, &applier).await {
+            let e = self.report_rejection(&plan, rejection, progress).await;
             if created_namespace {
                 self.remove_created_namespace(&plan.id.namespace).await;
             }
-            tracing::info!(deployment = %plan.id, error = %e, "rejected by the server-side dry run; nothing applied");
             return Err(e);
         }
         if created_namespace {
-            let ns = ObjectRef {
-                api_version: "v1".into(),
-                kind: "Namespace".into(),
-                name: plan.id.namespace.clone(),
-                namespace: None,
-                section: Section::Dependencies,
-                file: String::new(),
-            };
+            let ns = sync::namespace_ref(&plan.id.namespace);
             progress.send(ObjectEvent::new(ns, super::Action::Created).with_message("target namespace")).await;
         }
-        let mut record = DeploymentRecord {
-            id: plan.id.clone(),
-            version: plan.version.clone(),
-            config: plan.config.clone(),
-            secret_keys: plan.secret_keys.clone(),
-            endpoints: Vec::new(),
-            status: Status::Deploying,
-            message: String::new(),
-            // Every planned object, namespaces resolved, so undeploy can clean up even after a
-            // failure halfway through.
-            objects: plan
-                .objects
-                .iter()
-                .map(|o| apply::resolved_ref(&o.object, &o.manifest, &plan.id.namespace))
-                .collect(),
-            backend: self.kind(),
-            updated_at: super::now_rfc3339(),
-        };
-        // A first deploy leaves a trace before touching anything, so a crash mid-apply can still
-        // be undeployed; a redeploy keeps the old record until the outcome is known.
-        if previous.is_none() {
-            records.put(&record).await?;
+        if !self.is_leader() {
+            // The generation before this write tells an unchanged redeploy (the spec, and with it
+            // the generation, stays) from a change the leader still has to apply.
+            let before = self.records().resource(&plan.id).await?.and_then(|jd| jd.metadata.generation);
+            let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+            return follow::deploy(self, &jd, before, &plan, opts, progress).await;
         }
-
-        let result = self.apply_objects(plan, &applier, progress, &mut record).await;
-        let readiness = match result {
-            Ok(()) => match opts.wait {
-                Some(timeout) => {
-                    readiness::wait(&self.client, &self.resolver, &record.objects, timeout, progress).await
-                }
-                None => Ok(readiness::Outcome::NotRequested),
-            },
-            Err(e) => Err(e),
-        };
-        record.endpoints = service_endpoints(&record.objects, plan);
-        match readiness {
-            Ok(outcome) => {
-                record.status = Status::Deployed;
-                record.message = outcome.message().to_string();
-                if let Some(prev) = &previous {
-                    // Unchanged content keeps its timestamp: nothing is rewritten.
-                    if records::same_content(prev, &record) {
-                        record.updated_at = prev.updated_at.clone();
-                    }
-                }
-                self.store_record(&record, previous.as_ref()).await?;
-                Ok(record)
-            }
-            Err(e) => {
-                record.status = Status::Failed;
-                record.message = e.to_string();
-                if let Err(store) = self.records().put(&record).await {
-                    tracing::error!(deployment = %plan.id, error = %store, "could not store the failed deployment record");
-                }
-                Err(e)
-            }
+        let _held = self.hold(&plan.id).await;
+        // The resource is the first trace, so a crash mid-apply can still be undeployed.
+        let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+        let report = self.apply_and_record(&jd, &plan, &applier, opts.wait, progress).await;
+        match report.error {
+            Some(e) => Err(e),
+            None => Ok(report.record),
         }
     }
 
     async fn delete(&self, id: &DeploymentId, progress: &Progress) -> Result<()> {
         let records = self.records();
-        let Some(record) = records.get(id).await? else {
+        let Some(jd) = records.resource(id).await? else {
             return Err(Error::NotFound(id.clone()));
         };
-        let others: Vec<DeploymentRecord> = records.list().await?.into_iter().filter(|r| &r.id != id).collect();
-        delete::undeploy(&self.client, &self.resolver, &record, &others, progress).await?;
-        records.delete(id).await
+        let label = format!("jacdeployment.jac-orc.io/{}", id.name);
+        // The intent first: a crash halfway through leaves a resource being deleted, which the
+        // reconcile loop finishes, never one it would apply again.
+        let api = records.api(&id.namespace);
+        match api.delete(&id.name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if errors::is_not_found(&e) => return Err(Error::NotFound(id.clone())),
+            Err(e) => return Err(errors::api_error(&label, e)),
+        }
+        if !self.is_leader() {
+            return follow::undeploy(self, &jd, progress).await;
+        }
+        let _held = self.hold(id).await;
+        let current = api.get_opt(&id.name).await.map_err(|e| errors::api_error(&label, e))?;
+        // Gone already: it had no finalizer (kubectl created it and no reconcile loop ran).
+        self.cleanup(current.as_ref().unwrap_or(&jd), progress).await
     }
 
     async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>> {
@@ -401,6 +328,12 @@ impl Backend for KubeBackend {
 
     async fn list(&self) -> Result<Vec<DeploymentRecord>> {
         self.records().list().await
+    }
+
+    /// The API server's `/version`, which every identity may read: a listing would be a
+    /// cluster-wide read on every probe, and forbidden to an install whose Role is namespaced.
+    async fn check_reachable(&self) -> Result<()> {
+        self.client.apiserver_version().await.map(|_| ()).map_err(|e| errors::api_error("/version", e))
     }
 
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>> {
@@ -415,35 +348,6 @@ impl Backend for KubeBackend {
             }
         }
         Ok(out)
-    }
-}
-
-impl KubeBackend {
-    async fn apply_objects(
-        &self,
-        plan: &Plan,
-        applier: &apply::Applier<'_>,
-        progress: &Progress,
-        record: &mut DeploymentRecord,
-    ) -> Result<()> {
-        for (i, planned) in plan.objects.iter().enumerate() {
-            match applier.apply(planned, &plan.id, &plan.version).await {
-                Ok((object, action)) => {
-                    record.objects[i] = object.clone();
-                    progress.send(ObjectEvent::new(object, action)).await;
-                }
-                Err(e) => {
-                    progress
-                        .send(
-                            ObjectEvent::new(record.objects[i].clone(), super::Action::Failed)
-                                .with_message(e.to_string()),
-                        )
-                        .await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -468,6 +372,7 @@ fn grpc_addresses(ep: &Endpoints) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{ObjectRef, Section};
 
     fn plan_in(ns: &str, object_ns: Option<&str>) -> Plan {
         let mut manifest = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});

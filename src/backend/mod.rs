@@ -7,6 +7,7 @@
 pub mod kube;
 pub mod local;
 pub mod progress;
+pub mod rollout;
 
 use std::time::Duration;
 
@@ -129,6 +130,9 @@ pub struct ApplyOptions {
     /// Wait for readiness; `None` returns once every object is applied.
     pub wait: Option<Duration>,
     pub force_conflicts: bool,
+    /// Kubernetes: heal drift (`Some(false)`: only report it); `None` keeps the deployment's
+    /// setting. The local backend always restarts what died.
+    pub self_heal: Option<bool>,
     /// Report what the apply would do and change nothing: no object, process or record is
     /// written (kube: every apply with `dryRun=All`; local: compared with the recorded objects).
     /// The returned record is the one a real apply would store, with [`DRY_RUN`] as its message.
@@ -156,6 +160,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>>;
 
     async fn list(&self) -> Result<Vec<DeploymentRecord>>;
+
+    /// Answers when the backend can serve requests (readiness). By default a listing; backends
+    /// whose listing is costly or needs more permission than serving does say so cheaper.
+    async fn check_reachable(&self) -> Result<()> {
+        self.list().await.map(|_| ())
+    }
 
     /// gRPC endpoints (`host:port`) of a python-module deployment's ready module servers.
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>>;

@@ -20,11 +20,23 @@ use crate::server::Limits;
     about = "Deploy services from templates and Python modules as microservices (gRPC-first)."
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jac_splice_orc=debug`.
-    #[arg(long, global = true, env = "JAC_ORC_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jac_splice_orc=debug` [default:
+    /// info; the original's LOGGER_LEVEL is accepted too, deprecated].
+    #[arg(long, global = true, env = "JAC_ORC_LOG")]
+    pub log: Option<String>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, global = true, value_enum, env = "JAC_ORC_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message` and the event's fields).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,9 +67,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address for gRPC, grpc-web and REST together.
-    #[arg(long, env = "JAC_ORC_LISTEN", default_value = "127.0.0.1:8000")]
-    pub listen: SocketAddr,
+    /// Address for gRPC, grpc-web and REST together [default: 127.0.0.1:8000; the original's
+    /// HOST and PORT are accepted too, deprecated].
+    #[arg(long, env = "JAC_ORC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Also serve `/metrics` (only that, without authentication) on this address.
+    #[arg(long, env = "JAC_ORC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Local state (deployment records, workload data and logs).
     #[arg(long, env = "JAC_ORC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -102,6 +118,12 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", value_name = "ORIGIN", env = "JAC_ORC_CORS_ORIGINS", value_delimiter = ',',
         value_parser = crate::api::layers::parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Modules and packages that may be deployed on first import (EnsureModule,
+    /// `import_module(..., deploy=True)`), comma separated: a module is allowed when it or a
+    /// package it belongs to is listed (`sklearn` allows `sklearn.linear_model`), a package when
+    /// its project name is. Default: any; an empty list allows none.
+    #[arg(long = "ensure-allow", value_name = "NAME", env = "JAC_ORC_ENSURE_ALLOW", value_delimiter = ',')]
+    pub ensure_allow: Option<Vec<String>>,
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -208,14 +230,19 @@ fn parse_dir(text: &str) -> Result<PathBuf, String> {
 }
 
 impl ServeArgs {
-    pub fn into_config(self) -> ServeConfig {
+    /// The settings; `HOST`/`PORT` (the original's names) fill in a listen address not given.
+    pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let host = std::env::var("HOST").ok().filter(|v| !v.trim().is_empty());
+        let port = std::env::var("PORT").ok().filter(|v| !v.trim().is_empty());
+        let listen = listen_address(self.listen, host.as_deref(), port.as_deref()).map_err(anyhow::Error::msg)?;
         // The original's variable restricts when "true", despite its name.
         let restricted = match &self.restricted_namespace {
             Some(v) => config::truthy(v),
             None => std::env::var("CLUSTER_WIDE").is_ok_and(|v| v.trim() == "true"),
         };
-        ServeConfig {
-            listen: self.listen,
+        Ok(ServeConfig {
+            listen,
+            metrics_listen: self.metrics_listen,
             data_dir: self.data_dir.unwrap_or_else(config::default_data_dir),
             manifests_path: self.manifests_path,
             namespace: self.namespace,
@@ -229,8 +256,47 @@ impl ServeArgs {
             max_buffered_bytes: self.proxy_max_buffered_bytes,
             pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
             edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
-        }
+            ensure: self.ensure_allow.map(crate::service::EnsurePolicy::allow).unwrap_or_default(),
+        })
     }
+}
+
+/// Default of `--listen`.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+
+/// `--listen` / `JAC_ORC_LISTEN` when given; else the original's `HOST` and `PORT` (either may be
+/// missing: the default's host or port stands in), with a deprecation line; else the default.
+fn listen_address(flag: Option<SocketAddr>, host: Option<&str>, port: Option<&str>) -> Result<SocketAddr, String> {
+    if let Some(addr) = flag {
+        if host.is_some() || port.is_some() {
+            tracing::warn!("HOST/PORT are ignored: --listen (JAC_ORC_LISTEN) is set");
+        }
+        return Ok(addr);
+    }
+    let default: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid default");
+    if host.is_none() && port.is_none() {
+        return Ok(default);
+    }
+    let port = match port {
+        Some(p) => p.trim().parse::<u16>().map_err(|_| format!("PORT={p:?} is not a port number"))?,
+        None => default.port(),
+    };
+    let ip = match host.map(str::trim) {
+        None => default.ip(),
+        // The original's uvicorn took host names too; this one is the only one common there.
+        Some("localhost") => std::net::Ipv4Addr::LOCALHOST.into(),
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("HOST={h:?} is not an IP address (use --listen ADDR:PORT)"))?,
+    };
+    let addr = SocketAddr::new(ip, port);
+    tracing::warn!(
+        listen = %addr,
+        "HOST and PORT are deprecated (the original's names): use --listen {addr} or JAC_ORC_LISTEN={addr}"
+    );
+    Ok(addr)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -342,6 +408,10 @@ pub struct DeployArgs {
     /// Take over fields owned by other field managers.
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Kubernetes: leave objects changed or deleted behind the orchestrator's back as they are
+    /// (reported as drift instead of applied again).
+    #[arg(long)]
+    pub no_self_heal: bool,
     /// Show what the deploy would change and change nothing (on Kubernetes: a server-side dry
     /// run of every object); nothing is recorded.
     #[arg(long, conflicts_with = "wait")]
@@ -381,6 +451,9 @@ pub struct ListArgs {
     pub namespace: Option<String>,
     #[arg(short, long)]
     pub module: Option<String>,
+    /// Only deployments made on first import (`import_module(..., deploy=True)`, EnsureModule).
+    #[arg(long)]
+    pub on_demand: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
@@ -434,7 +507,7 @@ mod tests {
         let serve = |args: &[&str]| {
             let argv = ["jac-orc", "serve"].iter().chain(args).copied();
             Cli::try_parse_from(argv).map(|c| match c.command {
-                Command::Serve(a) => a.into_config(),
+                Command::Serve(a) => a.into_config().expect("valid settings"),
                 other => panic!("{other:?}"),
             })
         };
@@ -456,5 +529,27 @@ mod tests {
         assert_eq!(cfg.pip.index_url.as_deref(), Some("https://u:p@idx.example/simple"));
         assert!(cfg.pip.find_links.unwrap().is_absolute());
         assert_eq!(serve(&[]).unwrap().max_buffered_bytes, crate::proxy::DEFAULT_MAX_BUFFERED_BYTES);
+    }
+
+    #[test]
+    fn host_and_port_stand_in_for_a_listen_address_not_given() {
+        let given: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(listen_address(Some(given), Some("0.0.0.0"), Some("1")).unwrap(), given);
+        assert_eq!(listen_address(None, None, None).unwrap().to_string(), DEFAULT_LISTEN);
+        assert_eq!(listen_address(None, Some("0.0.0.0"), Some("8080")).unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(listen_address(None, None, Some("8081")).unwrap().to_string(), "127.0.0.1:8081");
+        assert_eq!(listen_address(None, Some("::1"), None).unwrap().to_string(), "[::1]:8000");
+        assert_eq!(listen_address(None, Some("localhost"), Some("1")).unwrap().to_string(), "127.0.0.1:1");
+        assert!(listen_address(None, None, Some("http")).unwrap_err().contains("PORT=\"http\""));
+        assert!(listen_address(None, Some("example.org"), None).unwrap_err().contains("HOST=\"example.org\""));
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked() {
+        let cli = Cli::try_parse_from(["jac-orc", "list"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from(["jac-orc", "serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["jac-orc", "serve", "--log-format", "xml"]).is_err());
     }
 }

@@ -128,6 +128,7 @@ pub(crate) async fn deploy(a: DeployArgs) -> Result<()> {
         wait: a.wait,
         wait_timeout_seconds: a.timeout,
         force_conflicts: a.force_conflicts,
+        self_heal: a.no_self_heal.then_some(false),
         dry_run: a.dry_run,
     };
     let stream = connect(&a.client).await?.deploy(req).await.map_err(server_error(Some(&values)))?.into_inner();
@@ -236,8 +237,11 @@ pub(crate) async fn status(a: IdArgs) -> Result<()> {
 }
 
 pub(crate) async fn list(a: ListArgs) -> Result<()> {
-    let req =
-        pb::ListDeploymentsRequest { namespace: a.namespace.unwrap_or_default(), module: a.module.unwrap_or_default() };
+    let req = pb::ListDeploymentsRequest {
+        namespace: a.namespace.unwrap_or_default(),
+        module: a.module.unwrap_or_default(),
+        on_demand: a.on_demand,
+    };
     let r = connect(&a.client).await?.list_deployments(req).await.map_err(server_error(None))?.into_inner();
     let views = r.deployments.iter().map(DeploymentView::try_from).collect::<Result<Vec<_>, _>>()?;
     output::print(a.output, &Deployments(views))

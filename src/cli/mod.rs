@@ -27,10 +27,15 @@ pub use args::{Cli, Command};
 
 /// Runs one command to its end.
 pub fn run(cli: Cli) -> Result<()> {
-    init_tracing(&cli.log);
+    let legacy = std::env::var("LOGGER_LEVEL").ok().filter(|v| !v.trim().is_empty());
+    let (filter, deprecated) = log_filter(cli.log.as_deref(), legacy.as_deref());
+    init_tracing(&filter, cli.log_format);
+    if let Some(line) = deprecated {
+        tracing::warn!("{line}");
+    }
     runtime()?.block_on(async move {
         match cli.command {
-            Command::Serve(a) => serve::serve((*a).into_config()).await,
+            Command::Serve(a) => serve::serve((*a).into_config()?).await,
             Command::DryRun(a) => client::dry_run(a).await,
             Command::Template(a) => template::run(a),
             Command::Deploy(a) => client::deploy(a).await,
@@ -47,16 +52,43 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Whether an error is a closed standard output (`jac-orc list | head`): a quiet exit.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe))
+    // Only a failed write to stdout: `jac-orc probe` against a TLS port once exited 0 because
+    // the server's hang-up surfaced as a BrokenPipe inside the connection error.
+    e.chain().any(|c| c.downcast_ref::<output::StdoutError>().is_some_and(|s| s.0.kind() == ErrorKind::BrokenPipe))
 }
 
-/// Logs go to stderr (colored on a terminal), filtered by `--log` / `JAC_ORC_LOG`.
-fn init_tracing(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// The log filter: `--log` / `JAC_ORC_LOG`, else the original's `LOGGER_LEVEL` (a Python
+/// logging level name, with the deprecation line to log), else `info`.
+fn log_filter(flag: Option<&str>, legacy: Option<&str>) -> (String, Option<String>) {
+    match (flag, legacy) {
+        (Some(f), Some(_)) => (f.to_string(), Some("LOGGER_LEVEL is ignored: --log (JAC_ORC_LOG) is set".into())),
+        (Some(f), None) => (f.to_string(), None),
+        (None, Some(level)) => {
+            let filter = match level.trim().to_ascii_lowercase().as_str() {
+                "warning" => "warn".to_string(),
+                "critical" | "fatal" => "error".to_string(),
+                "notset" => "trace".to_string(),
+                other => other.to_string(),
+            };
+            let line =
+                format!("LOGGER_LEVEL is deprecated (the original's name): use --log {filter} or JAC_ORC_LOG={filter}");
+            (filter, Some(line))
+        }
+        (None, None) => ("info".into(), None),
+    }
+}
+
+/// Logs go to stderr, filtered by [`log_filter`]: text (colored on a terminal) or one JSON
+/// object per line, the event's fields beside `message`.
+fn init_tracing(filter: &str, format: args::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        args::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        args::LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+        }
+    }
 }
 
 /// The async runtime; `JAC_ORC_WORKER_THREADS` sizes it (default: one worker per core).
@@ -69,4 +101,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         builder.worker_threads(n);
     }
     builder.build().context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn only_a_closed_stdout_is_a_quiet_broken_pipe() {
+        use std::io::{Error, ErrorKind};
+        let closed = anyhow::Error::from(super::output::StdoutError(Error::from(ErrorKind::BrokenPipe)));
+        assert!(super::is_broken_pipe(&closed.context("listing")));
+        // A peer that hung up: a failure, whatever the kind of the io::Error inside.
+        let hung_up = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe)).context("health check failed");
+        assert!(!super::is_broken_pipe(&hung_up));
+        let other = anyhow::Error::from(super::output::StdoutError(Error::from(ErrorKind::Other)));
+        assert!(!super::is_broken_pipe(&other));
+    }
+
+    #[test]
+    fn logger_level_is_the_filter_when_no_log_flag_is_given() {
+        assert_eq!(log_filter(None, None), ("info".into(), None));
+        assert_eq!(log_filter(Some("debug"), None), ("debug".into(), None));
+        let (filter, line) = log_filter(None, Some("WARNING"));
+        assert_eq!(filter, "warn");
+        assert!(line.unwrap().contains("LOGGER_LEVEL is deprecated"));
+        assert_eq!(log_filter(None, Some("DEBUG")).0, "debug");
+        let (filter, line) = log_filter(Some("error"), Some("DEBUG"));
+        assert_eq!(filter, "error");
+        assert!(line.unwrap().contains("ignored"));
+    }
 }

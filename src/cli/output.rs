@@ -19,28 +19,39 @@ pub(crate) trait Tabular {
     fn table(&self, out: &mut dyn Write) -> io::Result<()>;
 }
 
+/// A write to standard output failed. Only this error says "stdout is closed": a network
+/// error deep in a chain can carry an `io::Error` of kind `BrokenPipe` too (a server that
+/// hung up), and that must stay a failure (see [`super::is_broken_pipe`]).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output")]
+pub(crate) struct StdoutError(#[source] pub(crate) io::Error);
+
+fn to_stdout(written: io::Result<()>, out: &mut dyn Write) -> Result<()> {
+    written.and_then(|()| out.flush()).map_err(|e| StdoutError(e).into())
+}
+
 /// Prints a view in the chosen form.
 pub(crate) fn print<T: Serialize + Tabular>(output: Output, value: &T) -> Result<()> {
     let mut out = io::stdout().lock();
-    match output {
-        Output::Table => value.table(&mut out)?,
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
-        Output::Yaml => write!(out, "{}", serde_norway::to_string(value)?)?,
-    }
-    Ok(out.flush()?)
+    let written = match output {
+        Output::Table => value.table(&mut out),
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => write!(out, "{}", serde_norway::to_string(value)?),
+    };
+    to_stdout(written, &mut out)
 }
 
 /// Writes text as it is (a completion script, a YAML stream).
 pub(crate) fn text(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    Ok(out.flush()?)
+    let written = out.write_all(text.as_bytes());
+    to_stdout(written, &mut out)
 }
 
 pub(crate) fn line(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{text}")?;
-    Ok(out.flush()?)
+    let written = writeln!(out, "{text}");
+    to_stdout(written, &mut out)
 }
 
 /// Aligned columns: every column as wide as its widest cell, two spaces apart, the last one

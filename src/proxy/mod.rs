@@ -197,6 +197,13 @@ impl Method {
     }
 }
 
+/// When a proxied call started and how long its caller gives it (`grpc-timeout`).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    started: Instant,
+    timeout: Option<Duration>,
+}
+
 /// Resolution, channel pool and forwarding; shared by every proxied call.
 #[derive(Debug)]
 pub struct ModuleProxy {
@@ -240,7 +247,9 @@ impl ModuleProxy {
         let caller = Caller::from_extensions(request.extensions());
         let (parts, body) = request.into_parts();
         let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
-        let forward = self.clone().forward_streaming(method, caller, body, timeout, started, to_status);
+        let mut target = String::new();
+        let budget = Budget { started, timeout };
+        let forward = self.clone().forward_streaming(method, caller, body, budget, to_status, &mut target);
         let result = match timeout {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
@@ -248,6 +257,18 @@ impl ModuleProxy {
                 Err(_) => Err(to_status(Error::DeadlineExceeded { timeout: t, endpoint: None })),
             },
         };
+        // The code known at the response head: the proxy's own error, a trailers-only status, or
+        // OK for a response that streams (its end is the module server's).
+        let code = match &result {
+            Err(status) => status.code(),
+            Ok(response) => response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+        };
+        crate::metrics::global().proxy_call(&target, code, started.elapsed());
         result.unwrap_or_else(|status| status.into_http())
     }
 
@@ -256,10 +277,11 @@ impl ModuleProxy {
         method: Method,
         caller: Caller,
         mut body: tonic::body::Body,
-        timeout: Option<Duration>,
-        started: Instant,
+        budget: Budget,
         to_status: fn(Error) -> tonic::Status,
+        label: &mut String,
     ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
+        let Budget { started, timeout } = budget;
         use http_body_util::BodyExt;
         let limit = self.config.max_message_bytes;
         let buffer_limit = self.config.max_buffered_bytes;
@@ -311,6 +333,7 @@ impl ModuleProxy {
             }
         };
         let id = self.deployment_id(target).map_err(to_status)?;
+        *label = format!("{}/{}", id.namespace, id.name);
         self.authorizer
             .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
             .await

@@ -82,6 +82,7 @@ impl Resolver {
             Err(backend::Error::NotFound(_)) => return Err(Error::NotFound(id.clone())),
             Err(e) => return Err(Error::Backend(e)),
         };
+        crate::metrics::global().endpoints_ready(&format!("{}/{}", id.namespace, id.name), endpoints.len());
         if endpoints.is_empty() {
             // Not cached: the module server may be back any moment. The record's endpoints
             // (where it runs when it is up) make the error actionable.

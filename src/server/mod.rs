@@ -7,6 +7,7 @@
 //! layer ([`Options::auth`]) before any surface sees it.
 
 mod connection;
+mod health;
 pub mod limits;
 
 use std::future::Future;
@@ -40,8 +41,7 @@ pub async fn app(service: Arc<Service>) -> Result<Router, Error> {
 /// The router and, for the fast path of [`serve`], the `ModuleProxy` service inside it.
 async fn app_parts(service: Arc<Service>) -> Result<(Router, ModuleProxyServer), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<OrchestratorServer<OrchestratorApi>>().await;
-    health.set_serving::<ModuleProxyServer>().await;
+    health::report(health, &service).await;
     let settings = service.settings();
     let module_proxy = ModuleProxyServer::new(Arc::new(ModuleProxy::new(
         service.backend().clone(),

@@ -48,15 +48,19 @@ impl Service {
     }
 
     /// Applies a prepared deployment in the background and returns its events.
-    fn apply(&self, prepared: Prepared, opts: ApplyOptions) -> DeployStream {
+    pub(super) fn apply(&self, prepared: Prepared, opts: ApplyOptions) -> DeployStream {
         let Prepared { plan, started, lock } = prepared;
         let backend = self.backend.clone();
         let id = plan.id.clone();
         let what = if opts.dry_run { "dry run of a deploy" } else { "deploying" };
         tracing::info!(deployment = %id, version = %plan.version, "{what}");
         DeployStream::spawn("deploy", id, started, lock, move |progress| async move {
-            let record = backend.apply(&plan, &opts, &progress).await?;
-            Ok(DeploymentView::from(&record))
+            let outcome = backend.apply(&plan, &opts, &progress).await;
+            if !opts.dry_run {
+                // Counted in the run's task, so a caller who left is still counted.
+                crate::metrics::global().deploy(&plan.id.module, outcome.is_ok(), started.elapsed());
+            }
+            Ok(DeploymentView::from(&outcome?))
         })
     }
 

@@ -16,12 +16,16 @@
 //! | get / list | get / list | `jacdeployments` | its (list: the one asked, else all) | deployment / - |
 //! | secrets | get | `jacdeployments/secrets` | its | deployment |
 //! | templates | list | `templates` | - | - |
+//! | ensure module | get (found) / create (deploys) | `jacdeployments` | target | deployment |
 //!
 //! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
 mod deploy;
+mod ensure;
 mod locks;
+mod planner;
 mod prepare;
+pub mod readiness;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod views;
@@ -36,9 +40,11 @@ use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event};
+pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
-pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Summary, TemplateView};
+pub use readiness::{NotReady, Readiness};
+pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -61,6 +67,9 @@ pub enum Error {
     /// The caller may not do this (or it could not be decided).
     #[error(transparent)]
     Authorization(#[from] auth::authorize::Error),
+    /// The operator's `--ensure-allow` list does not name this module or package.
+    #[error("{what} {name:?} may not be deployed on import: the server's --ensure-allow list does not name it")]
+    NotAllowedOnImport { what: &'static str, name: String },
     /// The task running a deploy or undeploy ended without an outcome (it panicked).
     #[error("the {run} run of {id} stopped without an outcome")]
     RunAborted {
@@ -69,6 +78,9 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// `/readyz` and the health service: startup is not finished or the backend does not answer.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
 }
 
 impl Error {
@@ -78,6 +90,9 @@ impl Error {
             Error::Catalog(e) => e.field(),
             Error::Identity(e) => Some(e.field().to_string()),
             Error::Invalid { field, .. } => Some(field.clone()),
+            Error::NotAllowedOnImport { what, .. } => {
+                Some(if *what == "module" { "module" } else { "packages" }.into())
+            }
             _ => None,
         }
     }
@@ -111,6 +126,8 @@ pub struct Settings {
     pub proxy: crate::proxy::ProxyConfig,
     /// The HTTP edge's browser and request-head rules (CORS allowlist, URI limit).
     pub edge: crate::config::EdgeConfig,
+    /// What may be deployed on first import (`EnsureModule`).
+    pub ensure: EnsurePolicy,
 }
 
 impl Settings {
@@ -126,6 +143,7 @@ impl Default for Settings {
             restricted_namespace: false,
             proxy: crate::proxy::ProxyConfig::default(),
             edge: crate::config::EdgeConfig::default(),
+            ensure: EnsurePolicy::default(),
         }
     }
 }
@@ -138,6 +156,7 @@ pub struct Service {
     rule: NamespaceRule,
     locks: Locks,
     authorizer: Arc<Authorizer>,
+    readiness: Readiness,
 }
 
 impl Service {
@@ -147,7 +166,40 @@ impl Service {
     pub fn new(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, settings: Settings) -> Self {
         let rule = settings.namespace_rule();
         let authorizer = Arc::new(Authorizer::groups());
-        Service { catalog, backend, settings, rule, locks: Locks::default(), authorizer }
+        Service {
+            catalog,
+            backend,
+            settings,
+            rule,
+            locks: Locks::default(),
+            authorizer,
+            readiness: Readiness::started(),
+        }
+    }
+
+    /// Reports not ready until `readiness` says startup has finished (`serve` passes a pending
+    /// one and marks it after the `MODULES` replay).
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Ready: startup has finished and the backend answers (`Backend::check_reachable`) within
+    /// [`readiness::BACKEND_CHECK_TIMEOUT`]. Needs no permission (probes carry no token).
+    pub async fn check_ready(&self) -> Result<()> {
+        if !self.readiness.is_started() {
+            return Err(NotReady::Starting.into());
+        }
+        match tokio::time::timeout(readiness::BACKEND_CHECK_TIMEOUT, self.backend.check_reachable()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NotReady::Backend(Box::new(e)).into()),
+            Err(_) => Err(NotReady::BackendTimeout(readiness::BACKEND_CHECK_TIMEOUT).into()),
+        }
     }
 
     /// Decides every operation with `authorizer` (SubjectAccessReviews on the kube backend).
@@ -220,18 +272,22 @@ impl Service {
         Ok(view)
     }
 
-    /// Deployments, optionally of one namespace and one module (empty matches all), in id order.
+    /// Deployments, optionally of one namespace and one module (empty matches all), and only
+    /// those made on first import when `on_demand`, in id order.
     pub async fn list(
         &self,
         caller: &Caller,
         namespace: Option<&str>,
         module: Option<&str>,
+        on_demand: bool,
     ) -> Result<Vec<DeploymentView>> {
         let namespace = namespace.filter(|ns| !ns.is_empty());
         self.permit(caller, Verb::List, Resource::JacDeployments, namespace, None).await?;
         let mut records = self.backend.list().await?;
         records.retain(|r| {
-            namespace.is_none_or(|ns| r.id.namespace == ns) && module.is_none_or(|m| m.is_empty() || r.id.module == m)
+            namespace.is_none_or(|ns| r.id.namespace == ns)
+                && module.is_none_or(|m| m.is_empty() || r.id.module == m)
+                && (!on_demand || ensure::is_on_demand(r))
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records.iter().map(DeploymentView::from).collect())

@@ -27,12 +27,12 @@ pub struct Prepared {
 }
 
 /// A request checked against its template.
-struct Resolution {
-    template: Arc<TemplateVersion>,
+pub(super) struct Resolution {
+    pub(super) template: Arc<TemplateVersion>,
     /// The request's values with the namespace rule applied.
-    config: Map<String, Value>,
-    resolved: Resolved,
-    id: DeploymentId,
+    pub(super) config: Map<String, Value>,
+    pub(super) resolved: Resolved,
+    pub(super) id: DeploymentId,
 }
 
 /// A request rendered with no backend: the objects a deploy would apply, labelled as the
@@ -85,31 +85,28 @@ impl Service {
     /// applied yet, so any error here leaves every deployment as it was.
     pub async fn prepare(&self, caller: &Caller, req: &DeploymentRequest) -> Result<Prepared> {
         let started = Instant::now();
-        let Resolution { template, config, mut resolved, id } = self.resolve(req)?;
-        self.permit_apply(caller, &id).await?;
-        let lock = self.locks.hold(&id).await;
+        let resolution = self.resolve(req)?;
+        self.permit_apply(caller, &resolution.id).await?;
+        let lock = self.locks.hold(&resolution.id).await;
+        self.plan(resolution, started, lock).await
+    }
+
+    /// Plans a resolved request whose deployment's `lock` the caller holds.
+    pub(super) async fn plan(&self, resolution: Resolution, started: Instant, lock: Held) -> Result<Prepared> {
+        let Resolution { template, config, mut resolved, id } = resolution;
         // Secrets are generated here, under the lock: a concurrent first deploy waits, then
         // finds this one's record and keeps its secrets (a new password would break clients).
         if resolved.reports.iter().any(|r| r.generated) {
             let existing = self.backend.get(&id).await?;
             resolved = template.resolve(&config, existing.as_ref().map(|r| &r.config))?;
         }
-        let objects = planned_objects(&template, &resolved.values, &id)?;
-        let local = template.render_local(&resolved.values)?;
-        let plan = Plan {
-            id,
-            version: template.version.clone(),
-            secret_keys: resolved.secret_keys(),
-            config: resolved.values,
-            objects,
-            local,
-        };
+        let plan = plan_of(&template, resolved, id)?;
         self.backend.preflight(&plan).await?;
         Ok(Prepared { plan, started, lock })
     }
 
     /// `create` on a new deployment, `update` on one that exists.
-    async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
+    pub(super) async fn permit_apply(&self, caller: &Caller, id: &DeploymentId) -> Result<()> {
         let verb = match caller {
             Caller::User(_) if self.backend.get(id).await?.is_some() => Verb::Update,
             _ => Verb::Create,
@@ -117,7 +114,7 @@ impl Service {
         self.permit(caller, verb, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await
     }
 
-    fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
+    pub(super) fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
         resolve(&self.catalog, &self.rule, req)
     }
 }
@@ -172,6 +169,21 @@ fn identity(rule: &NamespaceRule, template: &TemplateVersion, values: &Map<Strin
         None => template.module.clone(),
     };
     Ok(DeploymentId::from_config(namespace, template.module.clone(), name)?)
+}
+
+/// The plan of resolved values: rendered, labelled, in apply order (a deploy's, and the
+/// reconcile loops' through the [`crate::plan::Planner`]).
+pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId) -> Result<Plan> {
+    let objects = planned_objects(template, &resolved.values, &id)?;
+    let local = template.render_local(&resolved.values)?;
+    Ok(Plan {
+        id,
+        version: template.version.clone(),
+        secret_keys: resolved.secret_keys(),
+        config: resolved.values,
+        objects,
+        local,
+    })
 }
 
 /// The placeholder the service fills with its own namespace (see `with_namespace`).

@@ -20,6 +20,8 @@ pub(crate) const ABANDONED: &str = "readiness not awaited: the caller left";
 pub(crate) struct Recording {
     records: Mutex<HashMap<DeploymentId, DeploymentRecord>>,
     pub(crate) applied: Mutex<Vec<Plan>>,
+    /// When set, listing fails as an unreachable backend's does.
+    pub(crate) down: std::sync::atomic::AtomicBool,
 }
 
 impl Recording {
@@ -89,6 +91,9 @@ impl Backend for Recording {
     }
 
     async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(backend::Error::Kube(crate::backend::kube::KubeError::ProbeTimeout(Duration::from_secs(1))));
+        }
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }
 

@@ -211,6 +211,14 @@ impl From<&DeploymentRecord> for DeploymentView {
     }
 }
 
+/// What `EnsureModule` (`POST /module/ensure`) answers: the deployment serving the module.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct EnsureView {
+    pub deployment: DeploymentView,
+    /// Whether this call deployed it (false: it existed, or a racing caller deployed it).
+    pub deployed: bool,
+}
+
 /// The values of a deployment's secret placeholders, for callers allowed
 /// `jacdeployments/secrets` (`GetDeploymentSecrets`, `GET /deployment/{ns}/{module}/{name}/secrets`).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

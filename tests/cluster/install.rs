@@ -198,7 +198,9 @@ async fn templates_from_a_config_map_volume_load() {
             "env": [{"name": "MANIFESTS_PATH", "value": "/templates"}]}]}}}});
     let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(node.client.clone(), &ns);
     timed(deployments.patch("jac-orc", &PatchParams::default(), &Patch::Strategic(&patch))).await.unwrap();
-    let pod = ready_pod(&node.client, &ns, "app=jac-orc", Some(orc.pod_name())).await;
+    // Two replicas run: the new template's pod is the one that mounts the ConfigMap, not merely
+    // another Ready pod (the old ReplicaSet's second pod is one until the rollout replaces it).
+    let pod = ready_pod_mounting(&node.client, &ns, "templates").await;
     let orc = node.orchestrator(ns.clone(), pod);
     let (status, templates) = orc.get("/templates").await;
     assert_eq!(status, 200, "{templates}");
@@ -215,4 +217,22 @@ async fn templates_from_a_config_map_volume_load() {
         text.contains("fromcm") && text.contains("maxmemory"),
         "rendered with the ConfigMap's placeholders: {text}"
     );
+}
+
+/// Waits (bounded) for a Ready jac-orc pod whose spec has the volume `volume`.
+async fn ready_pod_mounting(client: &kube::Client, ns: &str, volume: &str) -> k8s_openapi::api::core::v1::Pod {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let started = std::time::Instant::now();
+    while started.elapsed() < STEP {
+        let pods = timed(api.list(&kube::api::ListParams::default().labels("app=jac-orc"))).await.unwrap();
+        let mounting = |p: &&k8s_openapi::api::core::v1::Pod| {
+            p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.name == volume)
+        };
+        if let Some(p) = pods.items.iter().filter(mounting).find(|p| is_ready(p)) {
+            return p.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let why = crate::support::diagnose(client, ns, "app=jac-orc").await;
+    panic!("no Ready jac-orc pod mounting {volume} in {ns} after {STEP:?}\n{why}");
 }

@@ -11,5 +11,6 @@
 mod failures;
 mod images;
 mod install;
+mod rollout;
 mod support;
 mod workloads;

@@ -119,15 +119,26 @@ impl Node {
         let ns = self.namespace(tag).await;
         let file = manifest_path("jac-orc.yaml");
         let started = Instant::now();
-        match edit {
-            None => {
-                self.kubectl(&["apply", "-n", &ns, "-f", file.to_str().unwrap()]).await;
+        let text = match edit {
+            None => std::fs::read_to_string(&file).unwrap(),
+            Some(edit) => edit(&std::fs::read_to_string(&file).unwrap()),
+        };
+        // The manifest's cluster-scoped objects (the aggregated ClusterRoles) are shared by the
+        // tests installing at once: kubectl's get-then-create may lose that race with
+        // AlreadyExists, and applying again then updates them (bounded).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (ok, out, err) = self.kubectl_status(&["apply", "-n", &ns, "-f", "-"], Some(&text)).await;
+            if ok {
+                break;
             }
-            Some(edit) => {
-                let text = edit(&std::fs::read_to_string(&file).unwrap());
-                let (ok, out, err) = self.kubectl_status(&["apply", "-n", &ns, "-f", "-"], Some(&text)).await;
-                assert!(ok, "kubectl apply: {err}{out}");
-            }
+            assert!(
+                attempt < 4 && err.contains("AlreadyExists"),
+                "kubectl apply -n {ns} -f {}: {err}{out}",
+                file.display()
+            );
+            eprintln!("kubectl apply raced another install (attempt {attempt}): {}", err.trim());
         }
         // The header's two binding lines: CRDs, and system:auth-delegator (TokenReview and
         // SubjectAccessReview of every caller).

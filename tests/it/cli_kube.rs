@@ -87,10 +87,13 @@ async fn template_output_with_no_server_is_accepted_by_the_api_server() {
 }
 
 /// The deployment record Secrets in the orchestrator's namespace.
+/// Deployment records in `ns`: JacDeployments, and the Secrets jac-orc labels as its own.
 async fn records(client: &kube::Client, ns: &str) -> usize {
+    use jac_splice_orc::backend::kube::resource::JacDeployment;
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let all = within(api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=jac-orc"))).await.unwrap();
-    all.items.len()
+    let jds = within(Api::<JacDeployment>::namespaced(client.clone(), ns).list(&ListParams::default())).await.unwrap();
+    all.items.len() + jds.items.len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,7 +133,9 @@ async fn deploy_dry_run_on_kubernetes_is_a_server_side_dry_run_that_changes_noth
         on(&server, &["deploy", "redis", "cache", "-n", &ns, "--set", "memory=128mb", "--dry-run"]).out().to_string();
     assert!(out.lines().any(|l| l == "configmap/cache configured (server dry run)"), "{out}");
     assert!(out.lines().any(|l| l == "service/cache unchanged (server dry run)"), "{out}");
-    assert!(out.lines().any(|l| l == "deployment.apps/cache unchanged (server dry run)"), "{out}");
+    // The Deployment's pod template carries the ConfigMap's digest (jac-orc.io/config-hash), so
+    // a changed ConfigMap configures it too: that is what rolls the pods.
+    assert!(out.lines().any(|l| l == "deployment.apps/cache configured (server dry run)"), "{out}");
     assert_eq!(rv().await, before);
     let data = within(cms.get("cache")).await.unwrap().data.unwrap();
     assert!(data["redis-config"].contains("maxmemory 64mb"), "{data:?}");

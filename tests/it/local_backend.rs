@@ -2,13 +2,16 @@
 //! temporary data dirs: workloads outlive a kill -9 of the orchestrator and are adopted (same
 //! pid, same port) by the next serve; a crash loop leaves every deployment answering on its
 //! recorded endpoint with exactly one process; one serve per data dir; a private state file with
-//! each secret once; failed first deploys leave nothing; a caller that leaves stops the wait.
+//! each secret once; failed first deploys leave nothing; a caller that leaves stops the wait;
+//! the state file is the desired state (`desired.rs`: config changes restart, the object store
+//! is healed).
 //!
 //! Processes are found through /proc: a workload is a process whose working directory,
 //! command line or environment carries the data dir. Every process a test starts is stopped by
 //! PID, by the test or by [`Lab`]'s drop guard. Waits are bounded; durations are never asserted.
 
 mod crash_loop;
+mod desired;
 pub(crate) mod lab;
 
 use std::os::unix::fs::PermissionsExt;

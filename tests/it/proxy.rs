@@ -18,7 +18,7 @@ use crate::support::{struct_of, within, TestServer, ADMIN};
 const SESSION: &str = "proxy-test";
 
 /// Deploys a python-module deployment serving `module` and returns its endpoint.
-async fn deploy_module(server: &TestServer, name: &str, module: &str) -> String {
+pub(crate) async fn deploy_module(server: &TestServer, name: &str, module: &str) -> String {
     let mut c = server.grpc().await;
     let request = pb::DeployRequest {
         module: "python-module".into(),
@@ -51,7 +51,7 @@ pub(crate) async fn call_token(server: &TestServer, name: &str) -> String {
     secrets["call-token"].as_str().expect("the caller may see the call token").to_string()
 }
 
-fn target(deployment: &str) -> Option<pb::ProxyTarget> {
+pub(crate) fn target(deployment: &str) -> Option<pb::ProxyTarget> {
     Some(pb::ProxyTarget { deployment: deployment.into(), namespace: String::new() })
 }
 
@@ -59,7 +59,7 @@ fn value(kind: Kind) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-fn call(deployment: &str, target_ref: &str, path: &[&str], args: Vec<Kind>) -> pb::ProxyCallRequest {
+pub(crate) fn call(deployment: &str, target_ref: &str, path: &[&str], args: Vec<Kind>) -> pb::ProxyCallRequest {
     pb::ProxyCallRequest {
         target: target(deployment),
         request: Some(pb::CallRequest {
@@ -79,7 +79,7 @@ fn describe(deployment: &str) -> pb::ProxyDescribeRequest {
     }
 }
 
-fn kind(response: pb::ValueResponse) -> Kind {
+pub(crate) fn kind(response: pb::ValueResponse) -> Kind {
     match response.result {
         Some(Outcome::Value(v)) => v.kind.expect("value kind"),
         other => panic!("expected a value, got {other:?}"),

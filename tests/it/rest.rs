@@ -135,10 +135,13 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("get", "/deployment/{namespace}/{module}/{name}"),
         ("get", "/deployment/{namespace}/{module}/{name}/secrets"),
         ("get", "/healthz"),
+        ("get", "/metrics"),
         ("get", "/openapi.json"),
+        ("get", "/readyz"),
         ("get", "/templates"),
         ("post", "/deployment"),
         ("post", "/deployment/dry_run"),
+        ("post", "/module/ensure"),
     ];
     assert_eq!(documented, expected.map(|(m, p)| (m.to_string(), p.to_string())));
     let ids: std::collections::BTreeSet<&str> = paths
@@ -150,6 +153,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer", "{doc}");
     assert_eq!(doc["security"], json!([{"bearer": []}]));
     assert_eq!(paths["/healthz"]["get"]["security"], json!([{}]), "health is open");
+    assert_eq!(paths["/readyz"]["get"]["security"], json!([{}]), "readiness is open");
 
     // Each documented operation reaches a route of its own (never the JSON 404 for unknown
     // paths, never 405): the document and the router come from one registration.

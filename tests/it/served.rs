@@ -15,6 +15,8 @@ pub(crate) struct Served {
     pub(crate) data: tempfile::TempDir,
     prefix: Vec<String>,
     args: Vec<String>,
+    /// Extra environment, set after the harness's own (so it may override it).
+    env: Vec<(String, String)>,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -24,7 +26,15 @@ impl Served {
     /// (`prefix` e.g. `prlimit --nofile=256:256 --`) and waits until it announces its address.
     pub(crate) async fn start(prefix: &[&str], args: &[&str]) -> Served {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Self::start_in(tempfile::tempdir().expect("tempdir"), owned(prefix), owned(args)).await
+        Self::start_in(tempfile::tempdir().expect("tempdir"), owned(prefix), owned(args), Vec::new()).await
+    }
+
+    /// [`Served::start`] with extra environment variables (an empty value removes one). When
+    /// they set `HOST` or `PORT`, no `--listen` is passed, so those decide the address.
+    pub(crate) async fn start_env(args: &[&str], env: &[(&str, &str)]) -> Served {
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_in(tempfile::tempdir().expect("tempdir"), Vec::new(), args, env).await
     }
 
     /// Stops it (SIGTERM, a clean exit) and starts it again on the same data dir.
@@ -32,19 +42,30 @@ impl Served {
         self.terminate();
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"));
         let (prefix, args) = (std::mem::take(&mut self.prefix), std::mem::take(&mut self.args));
-        Self::start_in(data, prefix, args).await
+        let env = std::mem::take(&mut self.env);
+        Self::start_in(data, prefix, args, env).await
     }
 
-    async fn start_in(data: tempfile::TempDir, prefix: Vec<String>, args: Vec<String>) -> Served {
+    async fn start_in(
+        data: tempfile::TempDir,
+        prefix: Vec<String>,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Served {
         use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_jac-orc");
         let (program, rest): (String, Vec<String>) = match prefix.split_first() {
             Some((p, rest)) => (p.clone(), rest.iter().cloned().chain([bin.to_string()]).collect()),
             None => (bin.to_string(), Vec::new()),
         };
-        let mut child = Command::new(program)
+        let legacy_listen = env.iter().any(|(k, v)| (k == "HOST" || k == "PORT") && !v.is_empty());
+        let listen: &[&str] = if legacy_listen { &[] } else { &["--listen", "127.0.0.1:0"] };
+        let mut command = Command::new(program);
+        command
             .args(rest)
-            .args(["serve", "--backend", "local", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--backend", "local"])
+            .args(listen)
+            .arg("--data-dir")
             .arg(data.path())
             .args(&args)
             .env("JAC_ORC_LOG", "info,jac_splice_orc::server=debug")
@@ -53,15 +74,26 @@ impl Served {
             .env_remove("JAC_ORC_TOKEN_FILE")
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("JAC_ORC_LISTEN")
+            .env_remove("HOST")
+            .env_remove("PORT")
+            .env_remove("LOGGER_LEVEL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("jac-orc serve starts");
+            .stderr(Stdio::piped());
+        for (k, v) in &env {
+            // An empty value removes a variable the harness sets (e.g. JAC_ORC_LOG).
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
+        }
+        let mut child = command.spawn().expect("jac-orc serve starts");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (lines, sink) = (std::io::BufReader::new(child.stderr.take().unwrap()).lines(), log.clone());
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
-        let mut served = Served { addr: String::new(), data, prefix, args, child, log };
+        let mut served = Served { addr: String::new(), data, prefix, args, env, child, log };
         let line = served.wait_for_log("jac-orc listening on ").await;
         served.addr = line.split("jac-orc listening on ").nth(1).and_then(|r| r.split(' ').next()).unwrap().into();
         served

@@ -112,6 +112,8 @@ pub(crate) struct Options {
     pub data_dir: Option<PathBuf>,
     /// How the server serves (default: [`auth_layer`], plaintext, default limits).
     pub server: Option<jac_splice_orc::server::Options>,
+    /// Startup state (default: started, nothing pending).
+    pub readiness: Option<jac_splice_orc::service::Readiness>,
 }
 
 impl TestServer {
@@ -135,7 +137,11 @@ impl TestServer {
         );
         backend.restore().await;
         let catalog = Arc::new(opts.catalog.unwrap_or_else(Catalog::builtin));
-        let service = Arc::new(Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings));
+        let mut service = Service::new(catalog, backend.clone() as Arc<dyn Backend>, opts.settings);
+        if let Some(r) = opts.readiness {
+            service = service.with_readiness(r);
+        }
+        let service = Arc::new(service);
         let server = opts.server.unwrap_or_else(|| jac_splice_orc::server::Options::new(auth_layer()));
         let (addr, tx, handle) = serve_with(service.clone(), server).await;
         TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
@@ -323,6 +329,8 @@ impl KubeServe {
         let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("readable kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kubeconfig");
         let client = kube::Client::try_from(config).expect("client");
+        // Deployments are JacDeployments: the served API writes them.
+        crate::kube::install_crd(&client).await;
         let namespace = format!("jo-{tag}-{}", std::process::id());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
         within(kube::Api::<Namespace>::all(client.clone()).create(&Default::default(), &ns)).await.expect("namespace");

@@ -145,8 +145,8 @@ async fn a_certificate_mounted_in_tls_dir_is_served_and_the_probe_follows_it_els
     let port = served.port().to_string();
     let (ok, _, err) = jac_orc(&["probe", "--port", &port, "--timeout", "5"], &[("JAC_ORC_TLS_DIR", &dir)]);
     assert!(ok, "the probe speaks TLS with the mounted certificate: {err}");
-    let (ok, _, _) = jac_orc(&["probe", "--port", &port, "--timeout", "5"], &[]);
-    assert!(!ok, "a plaintext probe gets no answer from a TLS port");
+    let (ok, out, err) = jac_orc(&["probe", "--port", &port, "--timeout", "5"], &[]);
+    assert!(!ok, "a plaintext probe gets no answer from a TLS port: {out}{err}");
     served.stop().await;
 
     // Nothing mounted: plaintext, and the probe (told the same dir) speaks plaintext too.

@@ -107,6 +107,10 @@ pub(super) struct DeploymentBody {
     /// Take over fields owned by other field managers (also `?force=`).
     #[serde(default)]
     force_conflicts: Option<bool>,
+    /// Kubernetes: apply again what is changed or deleted behind the orchestrator's back
+    /// (default: the deployment's setting, true for a new one).
+    #[serde(default)]
+    self_heal: Option<bool>,
     /// Report what the deploy would change and change nothing (deploy only; also `?dry_run=`).
     #[serde(default)]
     dry_run: Option<bool>,
@@ -128,8 +132,64 @@ impl DeploymentBody {
         ApplyOptions {
             wait: wait.then_some(timeout),
             force_conflicts: q.force.or(self.force_conflicts).unwrap_or(false),
+            self_heal: self.self_heal,
             dry_run: q.dry_run.or(self.dry_run).unwrap_or(false),
         }
+    }
+}
+
+/// The module to deploy on first import (`POST /module/ensure`); absent settings take the
+/// python-module template's defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EnsureBody {
+    /// Python import name, e.g. `numpy` or `sklearn.linear_model`.
+    #[schema(required = true, value_type = String)]
+    #[serde(default)]
+    module: Option<String>,
+    /// PEP 508 requirements installed before the module server starts.
+    #[serde(default)]
+    packages: Vec<String>,
+    /// CPU of each module server, a Kubernetes quantity (`"250m"`, `0.5`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    cpu: Option<Value>,
+    /// Memory of each module server (`"256Mi"`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    memory: Option<Value>,
+    /// Module servers (default 1).
+    #[serde(default)]
+    replicas: Option<u32>,
+    /// Seconds without a call before it may be scaled to zero: a number, or `"90s"`, `"10m"`,
+    /// `"1h"`; absent means never.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    idle_timeout: Option<Value>,
+    /// Target namespace (default: the orchestrator's).
+    #[serde(default)]
+    namespace: Option<String>,
+    /// Readiness timeout in seconds when it deploys (default 300).
+    #[serde(default)]
+    wait_timeout_seconds: Option<u64>,
+}
+
+impl EnsureBody {
+    pub(super) fn request(self) -> service::Result<service::EnsureRequest> {
+        let module = self.module.ok_or_else(|| service::Error::Invalid {
+            field: "module".into(),
+            reason: "missing: name the Python module, e.g. \"numpy\"".into(),
+        })?;
+        Ok(service::EnsureRequest {
+            module,
+            packages: self.packages,
+            cpu: self.cpu,
+            memory: self.memory,
+            replicas: self.replicas,
+            idle_timeout: self.idle_timeout,
+            namespace: self.namespace,
+            wait: self.wait_timeout_seconds.map(Duration::from_secs),
+        })
     }
 }
 
@@ -153,6 +213,8 @@ pub(super) struct ListQuery {
     pub(super) namespace: Option<String>,
     /// Only deployments of this template module.
     pub(super) module: Option<String>,
+    /// Only deployments made on first import (`POST /module/ensure`).
+    pub(super) on_demand: Option<bool>,
 }
 
 /// The path of one deployment.

@@ -1,6 +1,6 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
 //! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
-//! `GET /templates` and `GET /openapi.json`. Each handler turns JSON into a request, calls the
+//! `GET /templates`, `POST /module/ensure` (deploy on first import) and `GET /openapi.json`. Each handler turns JSON into a request, calls the
 //! service layer as the request's [`Caller`] and returns its view; errors go through the one
 //! table in [`super::status`].
 //!
@@ -21,15 +21,15 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{self, TAG_DEPLOYMENTS, TAG_SERVER, TAG_TEMPLATES};
+use super::openapi::{self, TAG_DEPLOYMENTS, TAG_MODULES, TAG_SERVER, TAG_TEMPLATES};
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
-use body::{DeployQuery, DeploymentBody, DeploymentPath, JsonBody, ListQuery, PathParams, QueryParams};
+use body::{DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams};
 use stream::{StreamLine, NDJSON};
 
 use crate::auth::Caller;
 use crate::service::views::{
-    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, Outcome, Run, TemplateView,
+    DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Outcome, Run, TemplateView,
 };
 use crate::service::Service;
 
@@ -39,12 +39,15 @@ type AppState = Arc<Service>;
 fn routes() -> (Router<AppState>, OpenApi) {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(templates))
         .routes(routes!(openapi_json))
         .routes(routes!(list, deploy))
         .routes(routes!(dry_run))
         .routes(routes!(get_one, undeploy))
         .routes(routes!(secrets))
+        .routes(routes!(ensure_module))
         .split_for_parts()
 }
 
@@ -54,6 +57,7 @@ pub fn router(service: Arc<Service>) -> Router {
     let (router, doc) = routes();
     router
         .route_layer(axum::middleware::from_fn(checks::require_json))
+        .merge(super::docs::router())
         .layer(axum::middleware::from_fn(checks::json_errors))
         .layer(Extension(Arc::new(doc)))
         .with_state(service)
@@ -70,6 +74,32 @@ pub async fn not_found(req: Request) -> ApiError {
         example = json!("OK"))))]
 async fn healthz() -> Json<&'static str> {
     Json("OK")
+}
+
+/// Readiness: startup (the `MODULES` replay) has finished and the backend answers. The gRPC
+/// health service and `jac-orc probe` report the same.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = TAG_SERVER, security(()),
+    responses((status = OK, description = "Ready for traffic", body = String, content_type = "application/json",
+        example = json!("OK")),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
+async fn readyz(State(service): State<AppState>) -> Result<Json<&'static str>, ApiError> {
+    service.check_ready().await?;
+    Ok(Json("OK"))
+}
+
+/// Prometheus metrics (text format 0.0.4). Open to loopback peers; elsewhere it needs a token
+/// unless the server runs with `--metrics-auth false`.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = TAG_SERVER,
+    responses((status = OK, description = "Every `jac_orc_` metric", body = String,
+        content_type = "text/plain; version=0.0.4"),
+              (status = UNAUTHORIZED, response = inline(ErrorBody))))]
+async fn metrics() -> Response {
+    metrics_response()
+}
+
+/// `/metrics` on the main port and on `--metrics-listen`.
+pub fn metrics_response() -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::global().render()).into_response()
 }
 
 /// This document.
@@ -145,7 +175,8 @@ async fn list(
     caller: Caller,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<DeploymentTree>, ApiError> {
-    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref()).await?;
+    let on_demand = q.on_demand.unwrap_or(false);
+    let views = service.list(&caller, q.namespace.as_deref(), q.module.as_deref(), on_demand).await?;
     Ok(Json(views.into_iter().collect()))
 }
 
@@ -196,4 +227,22 @@ async fn undeploy(
         return Ok(stream::ndjson(stream));
     }
     Ok(stream::collect(stream, Run::Undeploy).await?.into_response())
+}
+
+/// The python-module deployment serving a Python module, deployed and awaited first when none
+/// does (`get` on `jacdeployments` when found, `create` when it deploys).
+#[utoipa::path(post, path = "/module/ensure", operation_id = "ensureModule", tag = TAG_MODULES,
+    request_body = EnsureBody,
+    responses((status = OK, description = "The deployment serving the module (ready, when this call deployed it)", body = EnsureView),
+              (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
+              (status = FORBIDDEN, response = inline(ErrorBody)), (status = CONFLICT, response = inline(ErrorBody)),
+              (status = PRECONDITION_FAILED, response = inline(ErrorBody)), (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)),
+              (status = UNSUPPORTED_MEDIA_TYPE, response = inline(ErrorBody)), (status = UNPROCESSABLE_ENTITY, response = inline(ErrorBody)),
+              (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody)), (status = GATEWAY_TIMEOUT, response = inline(ErrorBody))))]
+async fn ensure_module(
+    State(service): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<EnsureBody>,
+) -> Result<Json<EnsureView>, ApiError> {
+    Ok(Json(service.ensure_module(&caller, &body.request()?).await?))
 }

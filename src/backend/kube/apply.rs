@@ -73,6 +73,32 @@ pub(crate) fn normalize_quantities(value: &mut Value) {
     }
 }
 
+/// Moves a Secret's `stringData` into `data` (base64), as the API server itself does when it
+/// stores the Secret. `stringData` is never stored, so under server-side apply a manifest that
+/// keeps it always differs from the live object, and every apply rewrites the Secret.
+pub(crate) fn string_data_as_data(manifest: &mut Value) {
+    if manifest.get("kind").and_then(Value::as_str) != Some("Secret")
+        || manifest.get("apiVersion").and_then(Value::as_str) != Some("v1")
+    {
+        return;
+    }
+    let Some(obj) = manifest.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = obj.remove("stringData") else { return };
+    let data = obj.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    let Some(data) = data.as_object_mut() else { return };
+    for (k, v) in strings {
+        let text = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let encoded = serde_json::to_value(k8s_openapi::ByteString(text.into_bytes())).unwrap_or_default();
+        data.insert(k, encoded);
+    }
+}
+
 /// What an apply did, from the object before (None: absent) and after.
 ///
 /// An unmoved resourceVersion proves nothing was written. A moved one can also come from a
@@ -100,6 +126,15 @@ pub(crate) fn classify_dry_run(before: Option<&DynamicObject>, after: &DynamicOb
 
 /// `unchanged` when the objects differ only in status and bookkeeping fields.
 fn classify_content(before: &DynamicObject, after: &DynamicObject) -> Action {
+    if same_content(before, after) {
+        Action::Unchanged
+    } else {
+        Action::Configured
+    }
+}
+
+/// Whether two versions of an object agree on everything but status and bookkeeping.
+pub(crate) fn same_content(a: &DynamicObject, b: &DynamicObject) -> bool {
     let strip = |o: &DynamicObject| {
         let mut v = serde_json::to_value(o).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
@@ -112,11 +147,7 @@ fn classify_content(before: &DynamicObject, after: &DynamicObject) -> Action {
         }
         v
     };
-    if strip(before) == strip(after) {
-        Action::Unchanged
-    } else {
-        Action::Configured
-    }
+    strip(a) == strip(b)
 }
 
 /// An API handle for `object` after discovery, with its namespace fixed in `manifest`.
@@ -187,6 +218,7 @@ impl Applier<'_> {
         // (tests, tools) get the same labels and undeploy by label finds everything.
         identity::label(&mut manifest, id, version);
         normalize_quantities(&mut manifest);
+        string_data_as_data(&mut manifest);
         probes::adapt(&mut manifest, self.server.grpc_probes, &label, &self.server.version)?;
         let mut object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
         let api = api_for(self.client, &resolved, &mut object, Some(&mut manifest), &id.namespace);
@@ -218,6 +250,25 @@ impl Applier<'_> {
             }
             Err(e) => Err(apply_error(&p.label, e)),
         }
+    }
+
+    /// Whether the live object differs from what applying it would make it: missing, or a field
+    /// this field manager sets changed by someone else (a server-side dry run of a forced apply,
+    /// compared with the live object). Fields only others set are theirs and never drift.
+    pub(crate) async fn drifted(&self, planned: &PlannedObject, id: &DeploymentId, version: &str) -> Result<bool> {
+        let Prepared { api, object, manifest, label } =
+            self.prepare(planned, id, version).await?.ok_or_else(|| no_match(&planned.object))?;
+        let Some(live) = api.get_opt(&object.name).await.map_err(|e| api_error(&label, e))? else {
+            return Ok(true);
+        };
+        if live.metadata.deletion_timestamp.is_some() {
+            return Ok(true);
+        }
+        let mut params = PatchParams::apply(self.field_manager).force();
+        params.dry_run = true;
+        let would =
+            api.patch(&object.name, &params, &Patch::Apply(&manifest)).await.map_err(|e| apply_error(&label, e))?;
+        Ok(!same_content(&live, &would))
     }
 
     /// What applying one object would do, by a server-side dry run of the apply: its exact
@@ -340,6 +391,21 @@ mod tests {
         assert_eq!(classify(Some(&obj("5", "a", "")), &obj("6", "b", "")), Action::Configured);
         // Only a controller's status write happened in between.
         assert_eq!(classify(Some(&obj("5", "a", "x")), &obj("6", "a", "y")), Action::Unchanged);
+    }
+
+    #[test]
+    fn secret_string_data_is_applied_as_data_and_wins_over_it() {
+        let mut m = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "n": 5}});
+        string_data_as_data(&mut m);
+        assert_eq!(
+            m,
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "bmV3", "keep": "eA==", "n": "NQ=="}})
+        );
+        let mut cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "stringData": {"a": "x"}});
+        string_data_as_data(&mut cm);
+        assert_eq!(cm["stringData"]["a"], "x", "other kinds are left alone");
     }
 
     #[test]

@@ -27,8 +27,9 @@ impl std::fmt::Debug for Detection {
     }
 }
 
-/// Finds cluster configuration. An explicit `kubeconfig` that cannot be loaded is an error;
-/// implicit sources that are absent mean "no cluster" (`client: None`).
+/// Finds cluster configuration. An explicit `kubeconfig`, or a `KUBECONFIG`, that cannot be
+/// loaded is an error; `~/.kube/config` and in-cluster credentials that are absent mean "no
+/// cluster" (`client: None`).
 pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
     if let Some(path) = kubeconfig {
         let client = from_file(path).await?;
@@ -45,7 +46,15 @@ pub async fn detect(kubeconfig: Option<&Path>) -> Result<Detection> {
     }
     let implicit = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         // KUBECONFIG may list several files; kube merges them, we only need the first to exist.
-        Some(v) => std::env::split_paths(&v).find(|p| p.exists()),
+        // Set but naming no file is a mistake to report, not "no cluster".
+        Some(v) => match std::env::split_paths(&v).find(|p| p.exists()) {
+            Some(p) => Some(p),
+            None => {
+                let listed = v.to_string_lossy().into_owned();
+                let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+                return Err(KubeError::config(format!("KUBECONFIG={listed}"), missing).into());
+            }
+        },
         None => home_kubeconfig().filter(|p| p.exists()),
     };
     match implicit {

@@ -6,7 +6,8 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 
-use super::{apply, errors, service_endpoints, KubeBackend};
+use super::sync::service_endpoints;
+use super::{apply, errors, KubeBackend};
 use crate::backend::{self, Action, DeploymentRecord, ObjectEvent, Progress, Result, Status};
 use crate::plan::{ObjectRef, Plan, Section};
 

@@ -76,6 +76,17 @@ pub enum Error {
     },
     #[error("{secret} has no {key}")]
     RecordWithoutKey { secret: String, key: &'static str },
+    /// Something this backend builds would not encode (a bug).
+    #[error("cannot encode {what}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A deploy or undeploy this replica handed to the leading orchestrator failed there; its
+    /// status says why (`reason` is the status condition's).
+    #[error("{object}: {message} (reported by the leading orchestrator, reason {reason})")]
+    LeaderReported { object: String, reason: String, message: String },
 }
 
 impl Error {

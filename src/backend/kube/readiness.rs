@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
+use super::conditions::Readiness;
 use super::discovery::{gvk_of, Resolver};
 use crate::backend::{Action, Error, ObjectEvent, Progress, Result};
 use crate::plan::{Kind, ObjectRef};
@@ -33,7 +34,6 @@ const FATAL_WAITING: &[&str] = &[
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    NotRequested,
     Ready,
     /// The client stopped listening; readiness is unknown.
     Abandoned,
@@ -42,7 +42,6 @@ pub(crate) enum Outcome {
 impl Outcome {
     pub(crate) fn message(self) -> &'static str {
         match self {
-            Outcome::NotRequested => "",
             Outcome::Ready => "ready",
             Outcome::Abandoned => "readiness not awaited: the client disconnected",
         }
@@ -110,6 +109,23 @@ pub(crate) async fn wait(
         tokio::time::sleep_until((now + POLL).min(deadline)).await;
     }
     Err(Error::Timeout { timeout, not_ready: pending.iter().map(|(o, _)| o.kubectl_name()).collect() })
+}
+
+/// One look at every workload, without waiting: what the reconcile loop records between looks.
+pub(crate) async fn snapshot(client: &kube::Client, resolver: &Resolver, objects: &[ObjectRef]) -> Readiness {
+    let mut waiting = Vec::new();
+    for o in objects.iter().filter(|o| is_target(o)) {
+        match check(client, resolver, o).await {
+            State::Ready => {}
+            State::Waiting(_) => waiting.push(o.kubectl_name()),
+            State::Failed(reason) => return Readiness::Failed(format!("{}: {reason}", o.kubectl_name())),
+        }
+    }
+    if waiting.is_empty() {
+        Readiness::Ready
+    } else {
+        Readiness::Waiting(waiting)
+    }
 }
 
 /// One look at one object. API failures count as "still waiting": a blip must not fail a deploy.

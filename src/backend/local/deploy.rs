@@ -1,7 +1,8 @@
 //! Apply and delete, one deployment at a time (per-deployment lock).
 //!
-//! Apply: objects are compared with the stored digests; an unchanged workload that runs (or
-//! can be adopted) is left alone. Otherwise the virtualenv is prepared first (a failure there
+//! Apply: objects are compared with the stored digests; a workload that runs (or can be
+//! adopted) with the same recipe and the same configuration digest (`backend::rollout`) is left
+//! alone. A successful apply writes the object store (`objects.rs`). Otherwise the virtualenv is prepared first (a failure there
 //! leaves a running redeploy untouched), then the record is written as `deploying` with its
 //! port, the old process stopped, the new one spawned and its identity recorded, and readiness
 //! awaited (stopping early when the caller has gone). A dry run stops after the comparison and
@@ -19,8 +20,9 @@ use super::readiness::{self, Outcome, Target};
 use super::state::{self, digest, secret_values, Entry, SealedRecipe, StoredObject, Workload};
 use super::supervisor::{Life, Start, Supervisor};
 use super::{endpoint, key, process_ref, venv, Inner, DEFAULT_READY_TIMEOUT, HOST};
+use crate::backend::rollout::plan_config_hash;
 use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
-use crate::plan::{DeploymentId, LocalRecipe, Plan};
+use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, PlannedObject};
 
 /// A port handed out to a first deploy, held until the record names it.
 struct Reserved {
@@ -43,6 +45,8 @@ struct Attempt {
     objects: Vec<StoredObject>,
     recipe: SealedRecipe,
     port: u16,
+    /// What the workload's configuration digests to (`backend::rollout`).
+    config_hash: Option<String>,
 }
 
 impl Inner {
@@ -53,13 +57,24 @@ impl Inner {
         progress: &Progress,
     ) -> Result<DeploymentRecord> {
         self.recover().await;
+        let lock = self.lock_for(&plan.id);
+        let _guard = lock.lock().await;
+        self.apply_held(plan, opts, progress).await
+    }
+
+    /// [`Inner::apply`] for a caller that holds the deployment's lock (the reconcile pass,
+    /// which must decide and apply without a Deploy slipping in between).
+    pub(super) async fn apply_held(
+        self: &Arc<Self>,
+        plan: &Plan,
+        opts: &ApplyOptions,
+        progress: &Progress,
+    ) -> Result<DeploymentRecord> {
         let id = &plan.id;
         let recipe = plan
             .local
             .clone()
             .ok_or_else(|| Error::NoLocalRecipe { module: id.module.clone(), version: plan.version.clone() })?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
         self.check_open()?;
         let prev = self.entry(id).await;
         if opts.dry_run {
@@ -87,11 +102,30 @@ impl Inner {
         };
         let sealed = SealedRecipe::seal(&recipe, &secret_values(&plan.config, &plan.secret_keys));
         let fresh = prev.as_ref().is_none_or(|p| p.fresh);
-        let attempt = Attempt { prev, fresh, record, objects, recipe: sealed, port };
-        if let Some(record) = self.keep_if_unchanged(&attempt, &recipe, progress).await? {
-            return Ok(record);
+        let config_hash = plan_config_hash(&plan.objects, &id.namespace);
+        let attempt = Attempt { prev, fresh, record, objects, recipe: sealed, port, config_hash };
+        let applied = match self.keep_if_unchanged(&attempt, &recipe, progress).await? {
+            Some(record) => Ok(record),
+            None => self.start(attempt, &recipe, reservation, opts, progress).await,
+        };
+        if applied.is_ok() {
+            self.store_objects(id, &plan.objects).await;
         }
-        self.start(attempt, &recipe, reservation, opts, progress).await
+        applied
+    }
+
+    /// Brings the object store of a deployment in line with its plan (under its lock). Returns
+    /// what had to be written; a failure is logged (the next reconcile pass tries again).
+    pub(super) async fn store_objects(&self, id: &DeploymentId, objects: &[PlannedObject]) -> Vec<ObjectRef> {
+        let dir = self.deployment_dir(id);
+        let objects = objects.to_vec();
+        match super::fs::blocking(move || super::objects::sync(&dir, &objects, false)).await {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(deployment = %id, error = %e, "could not write the local object store");
+                Vec::new()
+            }
+        }
     }
 
     /// What a deploy would do, changing nothing: each object compared with its stored digest,
@@ -109,7 +143,10 @@ impl Inner {
         let workload = prev.and_then(|p| p.workload.as_ref().map(|w| (p, w)));
         let (action, message, endpoints) = match workload {
             Some((p, w)) => {
-                let same = w.run && w.recipe.unseal(&p.record.config).ok().as_ref() == Some(recipe);
+                // As `keep_if_unchanged` decides: the same recipe and configuration digest.
+                let config_changed =
+                    w.config_hash.is_some() && w.config_hash != plan_config_hash(&plan.objects, &plan.id.namespace);
+                let same = w.run && !config_changed && w.recipe.unseal(&p.record.config).ok().as_ref() == Some(recipe);
                 let runs = self.running(&plan.id).is_some() || w.process.as_ref().is_some_and(Identity::is_alive);
                 let at = endpoint(w.port);
                 // As a deploy reports it: `unchanged` when kept, `started` (not an object
@@ -202,7 +239,11 @@ impl Inner {
     ) -> Result<Option<DeploymentRecord>> {
         let Some(prev) = &a.prev else { return Ok(None) };
         let Some(w) = prev.workload.as_ref().filter(|w| w.run) else { return Ok(None) };
+        // A changed configuration restarts the workload even when its command line is the same
+        // (a record of a previous version has no hash: it is taken as unchanged).
+        let config_changed = w.config_hash.is_some() && w.config_hash != a.config_hash;
         if w.recipe.unseal(&prev.record.config).ok().as_ref() != Some(recipe)
+            || config_changed
             || !self.ensure_supervised(&a.record.id, prev).await
         {
             return Ok(None);
@@ -220,7 +261,14 @@ impl Inner {
             record.updated_at = p.updated_at.clone();
         }
         let process = self.running(id);
-        let workload = Workload { recipe: a.recipe.clone(), port: a.port, process, run: true, legacy_pid: None };
+        let workload = Workload {
+            recipe: a.recipe.clone(),
+            port: a.port,
+            process,
+            run: true,
+            legacy_pid: None,
+            config_hash: a.config_hash.clone(),
+        };
         let entry =
             Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: false };
         self.update(|s| s.deployments.insert(key(id), entry)).await?;
@@ -328,7 +376,14 @@ impl Inner {
         // The intent, with its port, before anything starts.
         let mut record = a.record.clone();
         record.status = Status::Deploying;
-        let workload = Workload { recipe: a.recipe.clone(), port: a.port, process: None, run: true, legacy_pid: None };
+        let workload = Workload {
+            recipe: a.recipe.clone(),
+            port: a.port,
+            process: None,
+            run: true,
+            legacy_pid: None,
+            config_hash: a.config_hash.clone(),
+        };
         let entry =
             Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: a.fresh };
         self.update(|s| s.deployments.insert(key(&id), entry)).await?;
@@ -349,7 +404,9 @@ impl Inner {
         let pid = identity.pid;
         let target = Target { port: a.port, readiness: &recipe.readiness, object: &object };
         let timeout = opts.wait.unwrap_or(DEFAULT_READY_TIMEOUT);
+        let waiting = std::time::Instant::now();
         let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
+        crate::metrics::global().readiness_wait(&id.module, waited.is_ok(), waiting.elapsed());
         let confirmed = self.supervisors.lock().expect("supervisors").get(&id).is_some_and(Supervisor::confirm);
         let outcome = match waited {
             Ok(_) if !confirmed => {
@@ -412,7 +469,14 @@ impl Inner {
                 let mut record = a.record;
                 record.status = Status::Failed;
                 record.message = e.to_string();
-                let workload = Workload { recipe: a.recipe, port: a.port, process: None, run: false, legacy_pid: None };
+                let workload = Workload {
+                    recipe: a.recipe,
+                    port: a.port,
+                    process: None,
+                    run: false,
+                    legacy_pid: None,
+                    config_hash: a.config_hash.clone(),
+                };
                 Entry { record, objects: a.objects, workload: Some(workload), fresh: false }
             }
         };
@@ -439,6 +503,6 @@ impl Inner {
     }
 }
 
-fn same_object(a: &crate::plan::ObjectRef, b: &crate::plan::ObjectRef) -> bool {
+fn same_object(a: &ObjectRef, b: &ObjectRef) -> bool {
     a.api_version == b.api_version && a.kind == b.kind && a.name == b.name && a.namespace == b.namespace
 }

@@ -9,12 +9,16 @@
 //! workload starts and after every supervised restart; one `serve` per data dir (`lock.rs`).
 //!
 //! Files: `deploy.rs` apply and delete, `restore.rs` recovery after a restart, `supervisor.rs`
-//! restarts, `process.rs` spawning and identifying processes, `readiness.rs`, `venv.rs`.
+//! restarts, `process.rs` spawning and identifying processes, `readiness.rs`, `venv.rs`,
+//! `objects.rs` the object store, `desired.rs` the reconcile pass (the state file as desired
+//! state, as `JacDeployment`s are on Kubernetes).
 
 mod deploy;
+mod desired;
 mod error;
 mod fs;
 mod lock;
+mod objects;
 mod process;
 mod readiness;
 mod restore;
@@ -33,6 +37,7 @@ use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::{Mutex as AsyncMutex, OnceCell};
 
+pub use desired::Reconciled;
 pub use error::{Error, Result};
 pub use venv::PipSource;
 

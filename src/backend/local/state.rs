@@ -68,6 +68,11 @@ pub(super) struct Workload {
     /// A pid recorded by a previous version (no start time): reaped if it still runs the recipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) legacy_pid: Option<u32>,
+    /// Digest of the configuration the workload runs with (`backend::rollout`): a change
+    /// restarts it, as a new config hash rolls pods on Kubernetes. `None`: none, or recorded by a
+    /// previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) config_hash: Option<String>,
 }
 
 /// A recipe as stored: like [`LocalRecipe`], with secret values replaced by their names.
@@ -303,6 +308,7 @@ impl LegacyEntry {
                 process: None,
                 run,
                 legacy_pid: w.pid,
+                config_hash: None,
             }
         });
         let objects =

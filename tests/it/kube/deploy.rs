@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// The records a backend lists in namespace `ns` (a cluster-wide orchestrator lists every
+/// namespace's JacDeployments, other tests' included).
+async fn listed_in(backend: &KubeBackend, ns: &str) -> Vec<jac_splice_orc::backend::DeploymentRecord> {
+    let mut all = timed(backend.list()).await.unwrap();
+    all.retain(|r| r.id.namespace == ns);
+    all
+}
+
 // === tests ===
 
 #[tokio::test]
@@ -41,12 +49,12 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
         (s, c)
     };
     let objects_before = rvs(ns.clone(), c.client.clone()).await;
-    // An immediate redeploy changes nothing, not even the record.
-    let secrets = Api::<Secret>::namespaced(c.client.clone(), &ns);
-    let record_rv =
-        |list: Vec<Secret>| list.into_iter().map(|s| s.metadata.resource_version.unwrap()).collect::<Vec<_>>();
-    let before =
-        record_rv(timed(secrets.list(&ListParams::default().labels("jac-orc/record=true"))).await.unwrap().items);
+    // An immediate redeploy changes nothing, not even the record (the JacDeployment).
+    let resources = Api::<JacDeployment>::namespaced(c.client.clone(), &ns);
+    let record_rv = || async { timed(resources.get("cache")).await.unwrap().metadata.resource_version };
+    let before = record_rv().await;
+    let hash_before = config_hash(&c.client, &ns, "cache").await;
+    assert!(hash_before.as_deref().is_some_and(|h| h.starts_with("sha256:")), "{hash_before:?}");
     let (tx, rx) = progress();
     timed(backend.apply(&p, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
@@ -54,20 +62,21 @@ async fn redis_deploys_with_kubectl_lines_redeploys_unchanged_and_reconfigures()
         lines(&drain(rx)),
         ["service/cache unchanged", "deployment.apps/cache unchanged", "configmap/cache unchanged"]
     );
-    let after =
-        record_rv(timed(secrets.list(&ListParams::default().labels("jac-orc/record=true"))).await.unwrap().items);
-    assert_eq!(before, after, "an unchanged redeploy must not rewrite the record");
+    assert_eq!(before, record_rv().await, "an unchanged redeploy must not rewrite the record");
     assert_eq!(objects_before, rvs(ns.clone(), c.client.clone()).await, "an unchanged redeploy must not write objects");
 
-    // A changed value reconfigures exactly the object that uses it.
+    // A changed value reconfigures the object that holds it, and rolls the workload that mounts
+    // it (a new config hash on its pod template); the Service stays as it was.
     let p2 = plan(&svc, "redis", &ns, "cache", json!({"memory": "500mb"})).await;
     let (tx, rx) = progress();
     let record = timed(backend.apply(&p2, &ApplyOptions::default(), &tx)).await.unwrap();
     drop(tx);
     assert_eq!(
         lines(&drain(rx)),
-        ["service/cache unchanged", "deployment.apps/cache unchanged", "configmap/cache configured"]
+        ["service/cache unchanged", "deployment.apps/cache configured", "configmap/cache configured"]
     );
+    let hash_after = config_hash(&c.client, &ns, "cache").await;
+    assert!(hash_after.is_some() && hash_after != hash_before, "{hash_before:?} -> {hash_after:?}");
     assert_eq!(record.config["memory"], "500mb");
     let cm = timed(cms.get("cache")).await.unwrap();
     assert!(cm.data.unwrap()["redis-config"].contains("maxmemory 500mb"));
@@ -172,7 +181,7 @@ async fn undeploy_removes_one_deployment_and_leaves_another_alone() {
     let left =
         timed(Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels("pod=a"))).await.unwrap();
     assert!(left.items.is_empty(), "a's pods must go with it (foreground propagation)");
-    let ids: Vec<_> = timed(backend.list()).await.unwrap().into_iter().map(|r| r.id.name).collect();
+    let ids: Vec<_> = listed_in(&backend, &ns).await.into_iter().map(|r| r.id.name).collect();
     assert_eq!(ids, ["b"]);
     assert!(matches!(timed(backend.delete(&a.id, &Progress::discard())).await, Err(Error::NotFound(_))));
 }
@@ -189,9 +198,11 @@ async fn a_new_backend_instance_lists_the_same_records() {
     let stored = timed(first.apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
     drop(first);
 
-    let second =
-        KubeBackend::new(client_from(&c.path).await, KubeOptions::default().orchestrator_namespace(ns.clone()));
-    let listed = timed(second.list()).await.unwrap();
+    let second = Arc::new(KubeBackend::new(
+        client_from(&c.path).await,
+        KubeOptions::default().orchestrator_namespace(ns.clone()),
+    ));
+    let listed = listed_in(&second, &ns).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, p.id);
     assert_eq!(listed[0].config, stored.config);
@@ -218,7 +229,7 @@ async fn twenty_concurrent_deploys_keep_every_record_and_object() {
     for t in tasks {
         timed(t).await.unwrap().unwrap();
     }
-    let records = timed(backend.list()).await.unwrap();
+    let records = listed_in(&backend, &ns).await;
     assert_eq!(records.len(), 20);
     let cms = timed(
         Api::<ConfigMap>::namespaced(c.client.clone(), &ns).list(&ListParams::default().labels("jac-orc/module=redis")),
@@ -266,7 +277,7 @@ async fn a_rejected_object_fails_the_deploy_before_anything_is_applied_or_record
     let services = dynamic(&c.client, &ns, "v1", "Service", "services");
     assert!(!exists(&services, "cache").await, "no earlier object may be left behind");
     assert!(timed(backend.get(&p.id)).await.unwrap().is_none(), "no record of a deployment that never existed");
-    assert!(timed(backend.list()).await.unwrap().is_empty());
+    assert!(listed_in(&backend, &ns).await.is_empty());
 }
 
 #[tokio::test]
@@ -339,7 +350,7 @@ async fn field_manager_conflicts_are_reported_unless_forced() {
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let opts = ApplyOptions { wait: None, force_conflicts: true, dry_run: false };
+    let opts = ApplyOptions { wait: None, force_conflicts: true, ..Default::default() };
     let (tx, rx) = progress();
     timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     drop(tx);

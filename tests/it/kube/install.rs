@@ -129,6 +129,9 @@ const DEPLOY_NEEDS: &[(&str, &str)] = &[
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
     ("mongodbcommunity.mongodb.com", "mongodbcommunity"),
+    ("jac-orc.io", "jacdeployments"),
+    ("jac-orc.io", "jacdeployments/status"),
+    ("apps", "daemonsets"),
 ];
 
 #[tokio::test]
@@ -179,8 +182,110 @@ async fn namespaced_install_grants_what_deploy_needs_in_its_namespace_only() {
             "must not {verb} {group}/{resource} cluster-wide"
         );
     }
+    // Leader election and Events, in the namespace.
+    for (verb, group, resource) in [
+        ("get", "coordination.k8s.io", "leases"),
+        ("create", "coordination.k8s.io", "leases"),
+        ("update", "coordination.k8s.io", "leases"),
+        ("create", "events.k8s.io", "events"),
+        ("patch", "events.k8s.io", "events"),
+        ("create", "", "events"),
+        ("patch", "jac-orc.io", "jacdeployments/finalizers"),
+    ] {
+        assert!(allowed(&c.client, &sa, verb, group, resource, Some(&ns)).await, "{verb} {group}/{resource} in {ns}");
+    }
     assert_mode(&docs, true);
     unbind_cluster_role(&c.client, &ns).await;
+}
+
+/// Binds ClusterRole `role` to `user` in `ns` and waits (bounded) until `verb` on `resource` is
+/// allowed for that user (the authorizer learns bindings through an informer).
+async fn bind_user(client: &kube::Client, ns: &str, role: &str, user: &str) {
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{user}-{}", role.replace(':', "-"))},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]
+    }))
+    .unwrap();
+    let api = Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns);
+    timed(api.create(&PostParams::default(), &binding)).await.unwrap();
+}
+
+/// (verb, resource) pairs.
+type Grants = &'static [(&'static str, &'static str)];
+
+async fn user_may(client: &kube::Client, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "resourceAttributes": {"verb": verb, "group": "jac-orc.io", "resource": resource,
+                 "subresource": sub, "namespace": ns}}
+    });
+    let ar = kube::api::ApiResource {
+        group: "authorization.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "authorization.k8s.io/v1".into(),
+        kind: "SubjectAccessReview".into(),
+        plural: "subjectaccessreviews".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let out = timed(api.create(&PostParams::default(), &serde_json::from_value(review).unwrap())).await.unwrap();
+    out.data["status"]["allowed"].as_bool().unwrap_or(false)
+}
+
+#[tokio::test]
+async fn jac_orc_roles_grant_by_level_and_aggregate_into_kubernetes_view_edit_and_admin() {
+    let Some(mut c) = Cluster::connect().await else {
+        return;
+    };
+    let ns = c.namespace("roles").await;
+    apply_manifest(&c.client, "jac-orc.yaml", &ns).await;
+    // (role, user, what it must allow, what it must not)
+    let cases: [(&str, &str, Grants, Grants); 7] = [
+        (
+            "jac-orc:view",
+            "viewer",
+            &[("list", "jacdeployments"), ("get", "jacdeployments"), ("list", "templates")],
+            &[("create", "jacdeployments"), ("get", "jacdeployments/secrets"), ("call", "modules")],
+        ),
+        ("jac-orc:module-caller", "caller", &[("call", "modules")], &[("list", "jacdeployments")]),
+        (
+            "jac-orc:edit",
+            "editor",
+            &[
+                ("create", "jacdeployments"),
+                ("delete", "jacdeployments"),
+                ("get", "jacdeployments/secrets"),
+                ("call", "modules"),
+            ],
+            &[("update", "jacdeployments/status")],
+        ),
+        ("jac-orc:admin", "owner", &[("update", "jacdeployments/status"), ("create", "jacdeployments")], &[]),
+        // Kubernetes' own roles, through aggregation.
+        ("view", "k8s-viewer", &[("list", "jacdeployments")], &[("create", "jacdeployments"), ("call", "modules")]),
+        (
+            "edit",
+            "k8s-editor",
+            &[("create", "jacdeployments"), ("call", "modules"), ("get", "jacdeployments/secrets")],
+            &[],
+        ),
+        ("admin", "k8s-admin", &[("update", "jacdeployments/status"), ("call", "modules")], &[]),
+    ];
+    for (role, user, _, _) in &cases {
+        bind_user(&c.client, &ns, role, user).await;
+    }
+    for (role, user, yes, no) in cases {
+        for (verb, resource) in yes {
+            let what = format!("{role} lets {user} {verb} {resource}");
+            eventually(&what, || async { user_may(&c.client, user, verb, resource, &ns).await.then_some(()) }).await;
+        }
+        for (verb, resource) in no {
+            assert!(
+                !user_may(&c.client, user, verb, resource, &ns).await,
+                "{role} must not let {user} {verb} {resource}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

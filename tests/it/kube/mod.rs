@@ -11,9 +11,13 @@
 
 mod access;
 mod deploy;
+mod ensure;
 mod install;
+mod leader;
 mod probes;
 mod readiness;
+mod reconcile;
+mod resource;
 mod server;
 
 use std::collections::BTreeMap;
@@ -22,12 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jac_splice_orc::auth::Caller;
+use jac_splice_orc::backend::kube::resource::JacDeployment;
 use jac_splice_orc::backend::kube::{KubeBackend, KubeOptions};
 use jac_splice_orc::backend::{Action, ApplyOptions, Backend, Error, ObjectEvent, Progress, Status};
 use jac_splice_orc::catalog::Catalog;
 use jac_splice_orc::plan::{ObjectRef, Plan, PlannedObject, Section};
 use jac_splice_orc::service::{DeploymentRequest, Service, Settings};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -67,11 +72,31 @@ struct Cluster {
     namespaces: Vec<String>,
 }
 
+/// Installs the JacDeployment CRD (as `manifests/jac-orc-crd.yaml` does) once per test run.
+pub(crate) async fn install_crd(client: &kube::Client) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+            use kube::CustomResourceExt;
+            let crd = jac_splice_orc::backend::kube::resource::JacDeployment::crd();
+            let api = Api::<CustomResourceDefinition>::all(client.clone());
+            let name = crd.metadata.name.clone().unwrap();
+            timed(api.patch(&name, &PatchParams::apply("jac-orc-tests").force(), &Patch::Apply(&crd)))
+                .await
+                .expect("the JacDeployment CRD installs");
+            let established = kube::runtime::wait::conditions::is_crd_established();
+            timed(kube::runtime::wait::await_condition(api, &name, established)).await.expect("CRD established");
+        })
+        .await;
+}
+
 impl Cluster {
     /// `None` when the tests are skipped.
     async fn connect() -> Option<Cluster> {
         let path = kubeconfig_path()?;
         let client = client_from(&path).await;
+        install_crd(&client).await;
         Some(Cluster { path, client, namespaces: Vec::new() })
     }
 
@@ -92,6 +117,81 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Runs kubectl against the test cluster; panics (with its output) when it fails.
+    async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.path)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl runs");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            timed(input.write_all(text.as_bytes())).await.unwrap();
+        }
+        drop(input);
+        let out = timed(child.wait_with_output()).await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kubectl {args:?} failed: {stdout}{stderr}");
+        stdout.into_owned()
+    }
+
+    /// The reconcile loop over namespace `ns` (so tests running side by side keep to their own
+    /// deployments), with short requeues; stopped when the guard drops.
+    fn reconciler(&self, backend: &Arc<KubeBackend>, svc: &Arc<Service>, ns: &str) -> Reconciler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let config = jac_splice_orc::reconcile::ControllerConfig::default()
+            .namespace(Some(ns.to_string()))
+            .not_ready(Duration::from_secs(1))
+            .resync(Duration::from_secs(5))
+            .retry(Duration::from_secs(1));
+        let planner: Arc<dyn jac_splice_orc::plan::Planner> = svc.clone();
+        let task = tokio::spawn(jac_splice_orc::reconcile::run(
+            backend.clone(),
+            planner,
+            config,
+            stop.clone().cancelled_owned(),
+        ));
+        Reconciler { stop, task: Some(task) }
+    }
+}
+
+/// A running reconcile loop; dropping it stops the loop.
+struct Reconciler {
+    stop: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // The loop finishes the reconciles in flight on its own; nothing waits for it here.
+        drop(self.task.take());
+    }
+}
+
+/// Polls `check` (every 200 ms, for at most [`STEP`]) until it answers `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let rounds = STEP.as_millis() / 200;
+    for _ in 0..rounds {
+        if let Some(v) = timed(check()).await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within {}s", STEP.as_secs());
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let (path, namespaces) = (self.path.clone(), std::mem::take(&mut self.namespaces));
@@ -101,8 +201,20 @@ impl Drop for Cluster {
             rt.block_on(async {
                 let client = client_from(&path).await;
                 let api = Api::<Namespace>::all(client.clone());
-                let bindings = Api::<ClusterRoleBinding>::all(client);
+                let bindings = Api::<ClusterRoleBinding>::all(client.clone());
                 for ns in namespaces {
+                    // No reconcile loop may be left to run the undeploy finalizers: drop them, so
+                    // the namespace can go.
+                    let resources = Api::<JacDeployment>::namespaced(client.clone(), &ns);
+                    if let Ok(Ok(list)) = tokio::time::timeout(STEP, resources.list(&ListParams::default())).await {
+                        for jd in list.items {
+                            let name = jd.metadata.name.unwrap_or_default();
+                            let unblock = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+                            let _ =
+                                tokio::time::timeout(STEP, resources.patch(&name, &PatchParams::default(), &unblock))
+                                    .await;
+                        }
+                    }
                     let _ = tokio::time::timeout(STEP, api.delete(&ns, &DeleteParams::background())).await;
                     // The install tests bind ClusterRoles per namespace.
                     for name in [format!("jac-orc-{ns}"), format!("jac-orc-{ns}-auth")] {
@@ -208,6 +320,13 @@ async fn mark_ready(client: &kube::Client, ns: &str, selector: &str) {
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now()}]});
         set_pod_status(client, ns, &pod, status).await;
     }
+}
+
+/// The `jac-orc.io/config-hash` annotation of a Deployment's pod template.
+async fn config_hash(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let api = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
+    let d = timed(api.get(name)).await.unwrap();
+    d.spec?.template.metadata?.annotations?.get(jac_splice_orc::backend::kube::ANNOTATION_CONFIG_HASH).cloned()
 }
 
 async fn exists(api: &Api<DynamicObject>, name: &str) -> bool {

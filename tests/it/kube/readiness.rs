@@ -30,7 +30,7 @@ async fn wait_covers_the_operator_and_the_custom_resource() {
             timed(crs.patch_status("db", &PatchParams::default(), &Patch::Merge(&status))).await.unwrap();
         })
     };
-    let opts = ApplyOptions { wait: Some(Duration::from_secs(60)), force_conflicts: false, dry_run: false };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(60)), force_conflicts: false, ..Default::default() };
     let (tx, rx) = progress();
     let record = timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     timed(kubelet).await.unwrap();
@@ -54,7 +54,7 @@ async fn wait_times_out_naming_what_is_not_ready() {
     let svc = service(&backend, &ns);
     let p = plan(&svc, "redis", &ns, "cache", json!({})).await;
     // Nobody marks the pod ready.
-    let opts = ApplyOptions { wait: Some(Duration::from_secs(2)), force_conflicts: false, dry_run: false };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(2)), force_conflicts: false, ..Default::default() };
     let err = timed(backend.apply(&p, &opts, &Progress::discard())).await.unwrap_err();
     match &err {
         Error::Timeout { not_ready, .. } => assert_eq!(not_ready, &["deployment.apps/cache"]),
@@ -76,7 +76,7 @@ async fn wait_stops_when_the_client_goes_away_and_still_records_the_deploy() {
     let (tx, rx) = progress();
     drop(rx);
     // Far beyond the step bound: only stopping early can finish in time.
-    let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false, dry_run: false };
+    let opts = ApplyOptions { wait: Some(Duration::from_secs(600)), force_conflicts: false, ..Default::default() };
     let record = timed(backend.apply(&p, &opts, &tx)).await.unwrap();
     assert_eq!(record.status, Status::Deployed);
     assert!(record.message.contains("disconnected"), "{}", record.message);

@@ -59,11 +59,10 @@ async fn through_the_server_deploys_survive_a_restart_and_modules_replay_is_idem
     let svc = Arc::new(service(&backend, &ns));
     let (addr, stop, handle) = crate::support::serve(svc.clone()).await;
     let mut grpc = crate::support::grpc_client(&format!("http://{addr}"), Some(crate::support::ADMIN)).await;
-    let list =
-        timed(grpc.list_deployments(pb::ListDeploymentsRequest { namespace: ns.clone(), module: String::new() }))
-            .await
-            .unwrap()
-            .into_inner();
+    let list = timed(grpc.list_deployments(pb::ListDeploymentsRequest { namespace: ns.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = list.deployments.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["cache", "cache2"]);
 
