@@ -35,8 +35,9 @@ pub struct ServeConfig {
     /// Where pip finds python-module packages on the local backend.
     pub pip: crate::backend::local::PipSource,
     pub edge: EdgeConfig,
-    /// What may be deployed on first import.
-    pub ensure: crate::service::EnsurePolicy,
+    /// Modules and packages that may be deployed on first import (`None`: any); `serve` makes
+    /// the service's `EnsurePolicy` of it, so this file stays below the service layer.
+    pub ensure_allow: Option<Vec<String>>,
 }
 
 /// Authentication, TLS and connection limits of `serve`.

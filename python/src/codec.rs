@@ -19,7 +19,7 @@ use pyo3::types::{
     PyTuple, PyType,
 };
 
-use crate::errors::numpy_required;
+use crate::errors::{numpy_required, qualified_name};
 use crate::proto::{
     value::Kind, Complex, Dict, DictEntry, NdArray, NoneValue, NumpyScalar, RemoteRef as WireRef, Value, ValueList,
 };
@@ -442,12 +442,6 @@ fn decode_items<'py>(
 /// `module.QualName` of an object's type (`QualName` alone for builtins).
 pub fn type_name(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     qualified_name(&obj.get_type())
-}
-
-pub fn qualified_name(ty: &Bound<'_, PyType>) -> PyResult<String> {
-    let module: String = ty.getattr("__module__")?.extract()?;
-    let qualname: String = ty.getattr("__qualname__")?.extract()?;
-    Ok(if module == "builtins" { qualname } else { format!("{module}.{qualname}") })
 }
 
 #[cfg(test)]

@@ -10,9 +10,15 @@ use pyo3::types::PyType;
 use tonic::{Code, Status};
 
 use crate::client;
-use crate::codec::qualified_name;
 use crate::proto::{ProxyTarget, RemoteError};
 use crate::wire::is_oversize;
+
+/// `module.QualName` of a type (`QualName` alone for builtins): how errors and values name types.
+pub fn qualified_name(ty: &Bound<'_, PyType>) -> PyResult<String> {
+    let module: String = ty.getattr("__module__")?.extract()?;
+    let qualname: String = ty.getattr("__qualname__")?.extract()?;
+    Ok(if module == "builtins" { qualname } else { format!("{module}.{qualname}") })
+}
 
 /// `err` and its causes, outermost first, joined by ": " (a status as "CODE message").
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -256,7 +256,7 @@ impl ServeArgs {
             max_buffered_bytes: self.proxy_max_buffered_bytes,
             pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
             edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
-            ensure: self.ensure_allow.map(crate::service::EnsurePolicy::allow).unwrap_or_default(),
+            ensure_allow: self.ensure_allow,
         })
     }
 }
