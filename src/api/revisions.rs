@@ -19,7 +19,10 @@ fn id_of(namespace: String, module: String, name: String) -> Result<DeploymentId
     DeploymentId::new(namespace, module, name).map_err(|e| to_status(&e.into()))
 }
 
-pub(super) async fn history(service: &Service, request: Request<pb::HistoryRequest>) -> Result<pb::HistoryResponse, Status> {
+pub(super) async fn history(
+    service: &Service,
+    request: Request<pb::HistoryRequest>,
+) -> Result<pb::HistoryResponse, Status> {
     let caller = Caller::from_extensions(request.extensions());
     let r = request.into_inner();
     let id = id_of(r.namespace, r.module, r.name)?;

@@ -333,7 +333,12 @@ impl Backend for KubeBackend {
         self.revisions(id).await
     }
 
-    async fn record_revision(&self, id: &DeploymentId, revision: super::Revision, limit: usize) -> Result<super::Revision> {
+    async fn record_revision(
+        &self,
+        id: &DeploymentId,
+        revision: super::Revision,
+        limit: usize,
+    ) -> Result<super::Revision> {
         self.push_revision(id, revision, limit).await
     }
 

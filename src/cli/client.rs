@@ -27,11 +27,11 @@ use crate::service::views::{
 };
 use tonic::service::interceptor::InterceptedService;
 
-type Client = OrchestratorClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+pub(super) type Client = OrchestratorClient<InterceptedService<tonic::transport::Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` (marked sensitive) to every call, when there is a token.
 #[derive(Debug, Clone)]
-struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+pub(super) struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {

@@ -76,7 +76,14 @@ impl Tabular for History {
         let mut t = Table::new(&["REVISION", "VERSION", "TIME", "BY", "DESCRIPTION", "CONFIG"]);
         for r in &self.0 {
             let config = output::cell(&serde_json::Value::Object(r.config.clone()));
-            t.row([r.revision.to_string(), r.version.clone(), r.time.clone(), r.deployed_by.clone(), r.description.clone(), config]);
+            t.row([
+                r.revision.to_string(),
+                r.version.clone(),
+                r.time.clone(),
+                r.deployed_by.clone(),
+                r.description.clone(),
+                config,
+            ]);
         }
         t.write(out)
     }
@@ -131,10 +138,10 @@ pub(crate) async fn diff(a: DiffArgs) -> Result<()> {
     };
     output::print(a.output, &view)?;
     let changed = view.objects.iter().filter(|o| o.action != Action::Unchanged).count();
-    match view.changed {
-        true => Err(Changes(changed).into()),
-        false => Ok(()),
+    if view.changed {
+        return Err(Changes(changed).into());
     }
+    Ok(())
 }
 
 async fn diff_view(a: &DiffArgs) -> Result<DiffView> {
@@ -168,7 +175,7 @@ mod tests {
 
     #[test]
     fn diff_exit_codes_tell_changes_from_failures() {
-        assert_eq!(exit_code(&Changes(2).into()), Some((1, true)));
+        assert_eq!(exit_code(&anyhow::Error::from(Changes(2))), Some((1, true)));
         assert_eq!(exit_code(&anyhow::anyhow!("unreachable").context(DiffFailed)), Some((2, false)));
         assert_eq!(exit_code(&anyhow::anyhow!("other")), None);
     }

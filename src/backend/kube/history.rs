@@ -43,9 +43,8 @@ impl KubeBackend {
         let jd = self.records().resource(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
         let mut revisions = history_of(&jd)?;
         let stored = history::push(&mut revisions, revision, limit);
-        let text = serde_json::to_string(&revisions).map_err(|source| {
-            Error::Kube(KubeError::Encode { what: "the revision history".into(), source })
-        })?;
+        let text = serde_json::to_string(&revisions)
+            .map_err(|source| Error::Kube(KubeError::Encode { what: "the revision history".into(), source }))?;
         let body = json!({
             "apiVersion": "jac-orc.io/v1alpha1",
             "kind": "JacDeployment",

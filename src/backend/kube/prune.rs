@@ -26,7 +26,12 @@ pub(crate) fn dropped(jd: &JacDeployment, objects: &[ObjectRef]) -> Vec<ObjectRe
 impl KubeBackend {
     /// Deletes each of `dropped` that still carries `id`'s labels, reporting it `deleted`;
     /// returns their kubectl lines.
-    pub(crate) async fn prune(&self, id: &DeploymentId, dropped: Vec<ObjectRef>, progress: &Progress) -> Result<Vec<String>> {
+    pub(crate) async fn prune(
+        &self,
+        id: &DeploymentId,
+        dropped: Vec<ObjectRef>,
+        progress: &Progress,
+    ) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         for o in dropped {
             let label = o.kubectl_name();

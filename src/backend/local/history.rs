@@ -13,7 +13,12 @@ impl Inner {
     }
 
     /// Appends a revision (numbered and trimmed by [`history::push`]) and writes the state file.
-    pub(super) async fn record_revision(&self, id: &DeploymentId, revision: Revision, limit: usize) -> Result<Revision> {
+    pub(super) async fn record_revision(
+        &self,
+        id: &DeploymentId,
+        revision: Revision,
+        limit: usize,
+    ) -> Result<Revision> {
         self.update(|s| history::push(s.history.entry(key(id)).or_default(), revision, limit)).await
     }
 }
