@@ -180,7 +180,7 @@ async fn the_cli_reuses_values_and_rest_resets_them_unless_asked() {
     deploy(&mut c, "reuse", json!({"memory": "64mb"})).await;
     deploy(&mut c, "reuse", json!({})).await;
     assert_eq!(live_memory(&mut c, "reuse").await, "1000mb");
-    assert_eq!(history(&mut c, "reuse").await.len(), 7);
+    assert_eq!(history(&mut c, "reuse").await.len(), 8);
     ran(JacOrc::on(&server, &["undeploy", "redis", "reuse"])).out();
     server.stop().await;
 }

@@ -6,15 +6,15 @@ use super::*;
 use jac_splice_orc::backend::kube::ANNOTATION_HISTORY;
 use jac_splice_orc::service::DiffView;
 
-/// Module `pair`: version `v1` renders ConfigMaps `<name>-a` and `<name>-b`, `v2` only `<name>-a`;
-/// `token` is a generated secret both put in `<name>-a`.
+/// Module `pair`: version `v1` renders ConfigMaps `<name>` and `<second>` (default `duo-b`), `v2`
+/// only `<name>`; `token` is a generated secret both hold.
 fn pair_templates() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let placeholders = "placeholders:\n  name:\n    type: string\n    default: pair\n  namespace:\n    type: string\n    default: \"\"\n  greeting:\n    type: string\n    default: hello\n  token:\n    type: string\n    secret: true\n";
+    let placeholders = "placeholders:\n  name:\n    type: string\n    default: pair\n  second:\n    type: string\n    default: duo-b\n  namespace:\n    type: string\n    default: \"\"\n  greeting:\n    type: string\n    default: hello\n  token:\n    type: string\n    secret: true\n";
     let cm = |suffix: &str| {
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{name}}}}-{suffix}\n  namespace: {{{{namespace}}}}\ndata:\n  greeting: {{{{greeting}}}}\n  token: {{{{token}}}}\n")
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{{suffix}}}}}\n  namespace: {{{{namespace}}}}\ndata:\n  greeting: {{{{greeting}}}}\n  token: {{{{token}}}}\n")
     };
-    for (version, files) in [("v1", vec!["a", "b"]), ("v2", vec!["a"])] {
+    for (version, files) in [("v1", vec!["name", "second"]), ("v2", vec!["name"])] {
         let v = dir.path().join("pair").join(version);
         std::fs::create_dir_all(&v).unwrap();
         std::fs::write(v.join("placeholders.yaml"), placeholders).unwrap();
@@ -115,7 +115,7 @@ async fn a_new_version_prunes_what_it_no_longer_renders_and_a_rollback_brings_it
     let lines = deploy(&svc, versioned("v2")).await;
     assert!(lines.contains(&"configmap/duo-b deleted".to_string()), "{lines:?}");
     assert!(timed(cms.get_opt("duo-b")).await.unwrap().is_none(), "pruned");
-    assert!(timed(cms.get_opt("duo-a")).await.unwrap().is_some());
+    assert!(timed(cms.get_opt("duo")).await.unwrap().is_some());
 
     // The generated secret never reaches the history annotation; a rollback keeps it.
     let duo = id(&ns, "pair", "duo");
