@@ -38,6 +38,8 @@ pub struct ServeConfig {
     /// Modules and packages that may be deployed on first import (`None`: any); `serve` makes
     /// the service's `EnsurePolicy` of it, so this file stays below the service layer.
     pub ensure_allow: Option<Vec<String>>,
+    /// Revisions kept per deployment.
+    pub history_limit: usize,
 }
 
 /// Authentication, TLS and connection limits of `serve`.

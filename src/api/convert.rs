@@ -144,7 +144,7 @@ fn enum_of<D, P: From<D> + Into<i32>>(v: D) -> i32 {
 
 // === views → messages ===
 
-fn object_ref(o: &ObjectRef) -> pb::ObjectRef {
+pub(crate) fn object_ref(o: &ObjectRef) -> pb::ObjectRef {
     pb::ObjectRef {
         api_version: o.api_version.clone(),
         kind: o.kind.clone(),

@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct};
+use super::revisions;
 use super::status::to_status;
 use crate::auth::Caller;
 use crate::backend::ApplyOptions;
@@ -48,7 +49,7 @@ fn id_of(namespace: String, module: String, name: String) -> Result<DeploymentId
     DeploymentId::new(namespace, module, name).map_err(|e| status(e.into()))
 }
 
-fn events(stream: DeployStream) -> EventStream {
+pub(super) fn events(stream: DeployStream) -> EventStream {
     Box::pin(stream.map(|event| match event {
         Event::Object(ev) => Ok(pb::DeployEvent { event: Some(PbEvent::Object(convert::object_event(&ev))) }),
         Event::Done(summary) => Ok(pb::DeployEvent { event: Some(PbEvent::Summary(convert::summary(&summary))) }),
@@ -80,7 +81,10 @@ impl Orchestrator for OrchestratorApi {
             dry_run: r.dry_run,
         };
         // Bad input fails here, before any stream exists and before anything is applied.
-        let req = request_of(r.module, r.version, r.config);
+        let mut req = request_of(r.module, r.version, r.config);
+        if r.reuse_values {
+            req = self.service.with_previous_values(&req).await.map_err(status)?;
+        }
         let stream = self.service.deploy(&caller, &req, opts).await.map_err(status)?;
         Ok(Response::new(events(stream)))
     }
@@ -156,5 +160,19 @@ impl Orchestrator for OrchestratorApi {
             deployment: Some(convert::deployment(&view.deployment)),
             deployed: view.deployed,
         }))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        Ok(Response::new(revisions::history(&self.service, request).await?))
+    }
+
+    type RollbackStream = EventStream;
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        revisions::rollback(&self.service, request).await
+    }
+
+    async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        Ok(Response::new(revisions::diff(&self.service, request).await?))
     }
 }

@@ -10,4 +10,5 @@ pub mod layers;
 pub mod module_proxy;
 pub mod openapi;
 pub mod rest;
+pub mod revisions;
 pub mod status;

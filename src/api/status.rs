@@ -57,6 +57,8 @@ fn classify(e: &Error) -> Class {
         Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
         Error::NotAllowedOnImport { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "NOT_ALLOWED_ON_IMPORT"),
         Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+        Error::RevisionNotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "REVISION_NOT_FOUND"),
+        Error::NoPreviousRevision(_) => class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_PREVIOUS_REVISION"),
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
         Error::NotReady(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "NOT_READY"),

@@ -31,8 +31,10 @@ mod dry_run;
 mod errors;
 mod events;
 mod follow;
+mod history;
 pub mod migrate;
 mod probes;
+mod prune;
 mod readiness;
 mod records;
 pub mod resource;
@@ -63,6 +65,7 @@ pub use desired::Step;
 pub use detect::{detect, probe, Detection};
 use discovery::Resolver;
 pub use errors::Error as KubeError;
+pub use history::ANNOTATION_HISTORY;
 pub use probes::ANNOTATION_GRPC_PROBE_EXEC;
 
 /// Field manager of every server-side apply this backend makes.
@@ -324,6 +327,19 @@ impl Backend for KubeBackend {
 
     async fn get(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>> {
         self.records().get(id).await
+    }
+
+    async fn history(&self, id: &DeploymentId) -> Result<Vec<super::Revision>> {
+        self.revisions(id).await
+    }
+
+    async fn record_revision(
+        &self,
+        id: &DeploymentId,
+        revision: super::Revision,
+        limit: usize,
+    ) -> Result<super::Revision> {
+        self.push_revision(id, revision, limit).await
     }
 
     async fn list(&self) -> Result<Vec<DeploymentRecord>> {

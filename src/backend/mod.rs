@@ -4,6 +4,7 @@
 //! Backends own their deployment records (local: a JSON state file; kube: one labelled Secret
 //! per deployment), so a restarted orchestrator lists exactly what exists.
 
+pub mod history;
 pub mod kube;
 pub mod local;
 pub mod progress;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::plan::{DeploymentId, ObjectRef, Plan};
+pub use history::Revision;
 pub use progress::{Action, ObjectEvent, Progress};
 
 /// Value shown instead of a secret placeholder's value in Get/List.
@@ -166,6 +168,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn check_reachable(&self) -> Result<()> {
         self.list().await.map(|_| ())
     }
+
+    /// The deployment's revisions, oldest first (empty for one never deployed).
+    async fn history(&self, id: &DeploymentId) -> Result<Vec<Revision>>;
+
+    /// Appends a revision ([`history::push`]: numbered, the newest `limit` kept) to the
+    /// deployment's history and returns it as stored.
+    async fn record_revision(&self, id: &DeploymentId, revision: Revision, limit: usize) -> Result<Revision>;
 
     /// gRPC endpoints (`host:port`) of a python-module deployment's ready module servers.
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>>;

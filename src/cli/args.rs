@@ -63,6 +63,12 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Check a running jac-orc's gRPC health (the exec form of its readiness probe).
     Probe(super::probe::ProbeArgs),
+    /// List a deployment's revisions, oldest first.
+    History(IdArgs),
+    /// Deploy an earlier revision again (default: the previous one), as a new revision.
+    Rollback(super::revisions::RollbackArgs),
+    /// Show per object what a deploy would change against the live objects (exit 0: nothing, 1: something, 2: error).
+    Diff(super::revisions::DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +95,10 @@ pub struct ServeArgs {
     /// Deployments to apply at startup, in the original's MODULES JSON format (or @file).
     #[arg(long, env = "MODULES")]
     pub modules: Option<String>,
+    /// Revisions kept per deployment (history, rollback); the oldest go first.
+    #[arg(long, env = "JAC_ORC_HISTORY_LIMIT", default_value_t = crate::backend::history::DEFAULT_LIMIT,
+        value_parser = positive)]
+    pub history_limit: usize,
     /// Python interpreter for python-module deployments on the local backend.
     #[arg(long, env = "JAC_ORC_PYTHON", default_value = "python3")]
     pub python: String,
@@ -180,6 +190,14 @@ pub struct SecurityArgs {
     pub max_streams: u32,
 }
 
+/// A whole number of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
+}
+
 /// A positive number of seconds (`30`, `0.5`).
 fn seconds(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
@@ -257,6 +275,7 @@ impl ServeArgs {
             pip: crate::backend::local::PipSource { index_url: self.pip_index_url, find_links: self.pip_find_links },
             edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
             ensure_allow: self.ensure_allow,
+            history_limit: self.history_limit,
         })
     }
 }
@@ -416,6 +435,9 @@ pub struct DeployArgs {
     /// run of every object); nothing is recorded.
     #[arg(long, conflicts_with = "wait")]
     pub dry_run: bool,
+    /// Placeholders not given take their defaults, not the deployment's current values.
+    #[arg(long)]
+    pub reset_values: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]

@@ -27,11 +27,11 @@ use crate::service::views::{
 };
 use tonic::service::interceptor::InterceptedService;
 
-type Client = OrchestratorClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+pub(super) type Client = OrchestratorClient<InterceptedService<tonic::transport::Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` (marked sensitive) to every call, when there is a token.
 #[derive(Debug, Clone)]
-struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+pub(super) struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -63,11 +63,11 @@ impl ServerError {
     }
 }
 
-fn server_error(values: Option<&Values>) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+pub(super) fn server_error(values: Option<&Values>) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
     move |s| ServerError::new(&s, values).into()
 }
 
-async fn connect(args: &ClientArgs) -> Result<Client> {
+pub(super) async fn connect(args: &ClientArgs) -> Result<Client> {
     let token = admin_token::client_token(args.token.as_deref(), args.data_dir.as_deref(), &args.server)?;
     let bearer = match token {
         Some(t) => {
@@ -103,7 +103,7 @@ pub(crate) fn values_of(source: &SourceArgs, name: Option<&str>, namespace: &Tar
     Ok(values)
 }
 
-fn id_of(a: &IdArgs) -> Result<DeploymentId> {
+pub(super) fn id_of(a: &IdArgs) -> Result<DeploymentId> {
     Ok(DeploymentId::new(a.namespace.clone(), a.module.clone(), a.name.clone())?)
 }
 
@@ -130,6 +130,7 @@ pub(crate) async fn deploy(a: DeployArgs) -> Result<()> {
         force_conflicts: a.force_conflicts,
         self_heal: a.no_self_heal.then_some(false),
         dry_run: a.dry_run,
+        reuse_values: !a.reset_values,
     };
     let stream = connect(&a.client).await?.deploy(req).await.map_err(server_error(Some(&values)))?.into_inner();
     let run = if a.dry_run { Shown::DryRun } else { Shown::Deploy };
@@ -146,7 +147,7 @@ pub(crate) async fn undeploy(a: IdArgs) -> Result<()> {
 
 /// Which run is followed, and how its end is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shown {
+pub(super) enum Shown {
     Deploy,
     DryRun,
     Undeploy,
@@ -154,7 +155,7 @@ enum Shown {
 
 /// Prints a run as it happens: a live spinner on a terminal, plain lines when piped; with
 /// `-o json`/`yaml`, the collected [`Outcome`] once the run has ended.
-async fn follow(
+pub(super) async fn follow(
     mut stream: tonic::Streaming<pb::DeployEvent>,
     output: Output,
     what: &str,

@@ -14,6 +14,7 @@ mod client;
 mod completion;
 mod output;
 pub mod probe;
+mod revisions;
 mod security;
 mod serve;
 mod template;
@@ -46,6 +47,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Templates(a) => client::templates(a).await,
             Command::Completion(a) => completion::run(&a),
             Command::Probe(a) => Ok(probe::run(&a).await?),
+            Command::History(a) => revisions::history(a).await,
+            Command::Rollback(a) => revisions::rollback(a).await,
+            Command::Diff(a) => revisions::diff(a).await,
         }
     })
 }
@@ -55,6 +59,12 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     // Only a failed write to stdout: `jac-orc probe` against a TLS port once exited 0 because
     // the server's hang-up surfaced as a BrokenPipe inside the connection error.
     e.chain().any(|c| c.downcast_ref::<output::StdoutError>().is_some_and(|s| s.0.kind() == ErrorKind::BrokenPipe))
+}
+
+/// The exit status of a failed command (1 unless it says otherwise, as `diff` does) and
+/// whether its error is quiet (what it had to say is printed already).
+pub fn exit_status(e: &anyhow::Error) -> (u8, bool) {
+    revisions::exit_code(e).unwrap_or((1, false))
 }
 
 /// The log filter: `--log` / `JAC_ORC_LOG`, else the original's `LOGGER_LEVEL` (a Python

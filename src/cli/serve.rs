@@ -32,6 +32,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
             .max_buffered_bytes(cfg.max_buffered_bytes),
         edge: cfg.edge.clone(),
         ensure: cfg.ensure_allow.clone().map(crate::service::EnsurePolicy::allow).unwrap_or_default(),
+        history_limit: cfg.history_limit,
     };
     let security = super::security::setup(&cfg.security, &cfg.data_dir, cfg.listen, kube_client.as_ref())?;
     let startup_requests = match &cfg.modules {

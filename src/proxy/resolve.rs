@@ -151,6 +151,17 @@ mod tests {
         async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {
             Ok(vec![])
         }
+        async fn history(&self, _: &DeploymentId) -> backend::Result<Vec<backend::Revision>> {
+            Ok(vec![])
+        }
+        async fn record_revision(
+            &self,
+            _: &DeploymentId,
+            _: backend::Revision,
+            _: usize,
+        ) -> backend::Result<backend::Revision> {
+            Err(backend::Error::Rejected { object: "revision".into(), message: "not used by these tests".into() })
+        }
         async fn module_endpoints(&self, id: &DeploymentId) -> backend::Result<Vec<String>> {
             self.lookups.fetch_add(1, Ordering::Relaxed);
             if id.name != "known" {

@@ -19,6 +19,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use super::locks::Held;
+use super::revisions::RevisionNote;
 use super::views::{Counts, DeploymentView, Summary};
 use super::{DeploymentRequest, Error, Prepared, Result, Service};
 use crate::auth::{Caller, Resource, Verb};
@@ -44,13 +45,15 @@ impl Service {
     /// Validates, renders and checks the request (errors here mean nothing was applied), then
     /// applies it in the background and returns its events.
     pub async fn deploy(&self, caller: &Caller, req: &DeploymentRequest, opts: ApplyOptions) -> Result<DeployStream> {
-        Ok(self.apply(self.prepare(caller, req).await?, opts))
+        Ok(self.apply(self.prepare(caller, req).await?, opts, RevisionNote::deploy(caller)))
     }
 
-    /// Applies a prepared deployment in the background and returns its events.
-    pub(super) fn apply(&self, prepared: Prepared, opts: ApplyOptions) -> DeployStream {
+    /// Applies a prepared deployment in the background and returns its events; a successful
+    /// apply (not a dry run) is recorded as a revision with `note`.
+    pub(super) fn apply(&self, prepared: Prepared, opts: ApplyOptions, note: RevisionNote) -> DeployStream {
         let Prepared { plan, started, lock } = prepared;
         let backend = self.backend.clone();
+        let limit = self.settings.history_limit;
         let id = plan.id.clone();
         let what = if opts.dry_run { "dry run of a deploy" } else { "deploying" };
         tracing::info!(deployment = %id, version = %plan.version, "{what}");
@@ -60,7 +63,11 @@ impl Service {
                 // Counted in the run's task, so a caller who left is still counted.
                 crate::metrics::global().deploy(&plan.id.module, outcome.is_ok(), started.elapsed());
             }
-            Ok(DeploymentView::from(&outcome?))
+            let record = outcome?;
+            if !opts.dry_run {
+                note.record(backend.as_ref(), &record, limit).await;
+            }
+            Ok(DeploymentView::from(&record))
         })
     }
 

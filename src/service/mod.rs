@@ -17,6 +17,9 @@
 //! | secrets | get | `jacdeployments/secrets` | its | deployment |
 //! | templates | list | `templates` | - | - |
 //! | ensure module | get (found) / create (deploys) | `jacdeployments` | target | deployment |
+//! | history | get | `jacdeployments` | its | deployment |
+//! | diff | get, then as deploy | `jacdeployments` | target | deployment |
+//! | rollback | as deploy (update) | `jacdeployments` | its | deployment |
 //!
 //! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
@@ -26,6 +29,7 @@ mod locks;
 mod planner;
 mod prepare;
 pub mod readiness;
+mod revisions;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod views;
@@ -44,6 +48,7 @@ pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, 
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
 pub use readiness::{NotReady, Readiness};
+pub use revisions::DiffView;
 pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Summary, TemplateView};
 
 /// Default `--wait` timeout.
@@ -81,6 +86,10 @@ pub enum Error {
     /// `/readyz` and the health service: startup is not finished or the backend does not answer.
     #[error(transparent)]
     NotReady(#[from] NotReady),
+    #[error("revision {revision} of deployment {id} not found")]
+    RevisionNotFound { id: DeploymentId, revision: u64 },
+    #[error("deployment {0} has no revision before its current one to roll back to")]
+    NoPreviousRevision(DeploymentId),
 }
 
 impl Error {
@@ -90,6 +99,7 @@ impl Error {
             Error::Catalog(e) => e.field(),
             Error::Identity(e) => Some(e.field().to_string()),
             Error::Invalid { field, .. } => Some(field.clone()),
+            Error::RevisionNotFound { .. } => Some("revision".into()),
             Error::NotAllowedOnImport { what, .. } => {
                 Some(if *what == "module" { "module" } else { "packages" }.into())
             }
@@ -128,6 +138,8 @@ pub struct Settings {
     pub edge: crate::config::EdgeConfig,
     /// What may be deployed on first import (`EnsureModule`).
     pub ensure: EnsurePolicy,
+    /// Revisions kept per deployment (`serve --history-limit`).
+    pub history_limit: usize,
 }
 
 impl Settings {
@@ -144,6 +156,7 @@ impl Default for Settings {
             proxy: crate::proxy::ProxyConfig::default(),
             edge: crate::config::EdgeConfig::default(),
             ensure: EnsurePolicy::default(),
+            history_limit: backend::history::DEFAULT_LIMIT,
         }
     }
 }

@@ -20,6 +20,7 @@ pub(crate) const ABANDONED: &str = "readiness not awaited: the caller left";
 pub(crate) struct Recording {
     records: Mutex<HashMap<DeploymentId, DeploymentRecord>>,
     pub(crate) applied: Mutex<Vec<Plan>>,
+    histories: Mutex<HashMap<DeploymentId, Vec<backend::Revision>>>,
     /// When set, listing fails as an unreachable backend's does.
     pub(crate) down: std::sync::atomic::AtomicBool,
 }
@@ -44,6 +45,20 @@ impl Backend for Recording {
 
     async fn preflight(&self, _: &Plan) -> backend::Result<()> {
         Ok(())
+    }
+
+    async fn history(&self, id: &DeploymentId) -> backend::Result<Vec<backend::Revision>> {
+        Ok(self.histories.lock().unwrap().get(id).cloned().unwrap_or_default())
+    }
+
+    async fn record_revision(
+        &self,
+        id: &DeploymentId,
+        revision: backend::Revision,
+        limit: usize,
+    ) -> backend::Result<backend::Revision> {
+        let mut histories = self.histories.lock().unwrap();
+        Ok(backend::history::push(histories.entry(id.clone()).or_default(), revision, limit))
     }
 
     async fn apply(&self, plan: &Plan, opts: &ApplyOptions, progress: &Progress) -> backend::Result<DeploymentRecord> {
@@ -80,6 +95,7 @@ impl Backend for Recording {
 
     async fn delete(&self, id: &DeploymentId, progress: &Progress) -> backend::Result<()> {
         let record = self.records.lock().unwrap().remove(id);
+        self.histories.lock().unwrap().remove(id);
         for o in record.iter().flat_map(|r| r.objects.iter()) {
             progress.send(ObjectEvent::new(o.clone(), Action::Deleted)).await;
         }

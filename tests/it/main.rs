@@ -18,6 +18,7 @@ mod observability;
 mod proxy;
 mod reflection;
 mod rest;
+mod revisions;
 mod served;
 mod startup;
 mod support;

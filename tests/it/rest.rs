@@ -133,6 +133,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("delete", "/deployment/{namespace}/{module}/{name}"),
         ("get", "/deployment"),
         ("get", "/deployment/{namespace}/{module}/{name}"),
+        ("get", "/deployment/{namespace}/{module}/{name}/history"),
         ("get", "/deployment/{namespace}/{module}/{name}/secrets"),
         ("get", "/healthz"),
         ("get", "/metrics"),
@@ -141,6 +142,8 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("get", "/templates"),
         ("post", "/deployment"),
         ("post", "/deployment/dry_run"),
+        ("post", "/deployment/{namespace}/{module}/{name}/diff"),
+        ("post", "/deployment/{namespace}/{module}/{name}/rollback"),
         ("post", "/module/ensure"),
     ];
     assert_eq!(documented, expected.map(|(m, p)| (m.to_string(), p.to_string())));

@@ -114,6 +114,10 @@ pub(super) struct DeploymentBody {
     /// Report what the deploy would change and change nothing (deploy only; also `?dry_run=`).
     #[serde(default)]
     dry_run: Option<bool>,
+    /// Placeholders not in `config` take the deployment's current values instead of their
+    /// defaults (deploy only; default false, the original's semantics).
+    #[serde(default)]
+    reuse_values: Option<bool>,
 }
 
 impl DeploymentBody {
@@ -123,6 +127,10 @@ impl DeploymentBody {
             reason: "missing: name the template module, e.g. \"redis\"".into(),
         })?;
         Ok(DeploymentRequest { module, version: self.version.clone(), config: self.config.clone() })
+    }
+
+    pub(super) fn reuse_values(&self) -> bool {
+        self.reuse_values.unwrap_or(false)
     }
 
     /// Apply options from the query string, then the body.

@@ -9,6 +9,7 @@
 
 mod body;
 mod checks;
+mod revisions;
 mod stream;
 
 use std::sync::Arc;
@@ -48,6 +49,9 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(get_one, undeploy))
         .routes(routes!(secrets))
         .routes(routes!(ensure_module))
+        .routes(routes!(revisions::history))
+        .routes(routes!(revisions::rollback))
+        .routes(routes!(revisions::diff))
         .split_for_parts()
 }
 
@@ -157,7 +161,11 @@ async fn deploy(
     JsonBody(body): JsonBody<DeploymentBody>,
 ) -> Result<Response, ApiError> {
     // Bad input is answered here with its own status, before anything is applied.
-    let stream = service.deploy(&caller, &body.request()?, body.options(&q)).await?;
+    let mut req = body.request()?;
+    if body.reuse_values() {
+        req = service.with_previous_values(&req).await?;
+    }
+    let stream = service.deploy(&caller, &req, body.options(&q)).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }

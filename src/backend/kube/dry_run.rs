@@ -53,6 +53,12 @@ impl KubeBackend {
                 }
             }
         }
+        if let Some(jd) = self.records().resource(&plan.id).await? {
+            for o in super::prune::dropped(&jd, &objects) {
+                let ev = ObjectEvent::new(o, Action::Deleted).with_message("no longer in the template; server dry run");
+                progress.send(ev).await;
+            }
+        }
         Ok(DeploymentRecord {
             id: plan.id.clone(),
             version: plan.version.clone(),

@@ -192,6 +192,12 @@ impl KubeBackend {
                 }
             }
         }
+        if applied.is_ok() {
+            match self.prune(&plan.id, super::prune::dropped(jd, &objects), progress).await {
+                Ok(lines) => changes.extend(lines),
+                Err(e) => applied = Err(e),
+            }
+        }
         let outcome = match applied {
             Err(e) => Err(e),
             Ok(()) => match wait {

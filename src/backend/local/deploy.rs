@@ -497,7 +497,11 @@ impl Inner {
         for o in entry.objects.iter().rev() {
             progress.send(ObjectEvent::new(o.object.clone(), Action::Deleted)).await;
         }
-        self.update(|s| s.deployments.remove(&key(id))).await?;
+        self.update(|s| {
+            s.history.remove(&key(id));
+            s.deployments.remove(&key(id))
+        })
+        .await?;
         self.remove_dir(id).await;
         Ok(())
     }

@@ -17,6 +17,7 @@ mod deploy;
 mod desired;
 mod error;
 mod fs;
+mod history;
 mod lock;
 mod objects;
 mod process;
@@ -383,6 +384,19 @@ impl Backend for LocalBackend {
 
     async fn list(&self) -> super::Result<Vec<DeploymentRecord>> {
         Ok(self.inner.state.lock().await.file.deployments.values().map(|e| e.record.clone()).collect())
+    }
+
+    async fn history(&self, id: &DeploymentId) -> super::Result<Vec<super::Revision>> {
+        Ok(self.inner.history(id).await)
+    }
+
+    async fn record_revision(
+        &self,
+        id: &DeploymentId,
+        revision: super::Revision,
+        limit: usize,
+    ) -> super::Result<super::Revision> {
+        Ok(self.inner.record_revision(id, revision, limit).await?)
     }
 
     async fn module_endpoints(&self, id: &DeploymentId) -> super::Result<Vec<String>> {

@@ -30,11 +30,14 @@ pub(super) const FORMAT: u64 = 2;
 pub(super) struct StateFile {
     pub(super) format: u64,
     pub(super) deployments: BTreeMap<String, Entry>,
+    /// Each deployment's revisions, oldest first (`history.rs`); secrets redacted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) history: BTreeMap<String, Vec<crate::backend::Revision>>,
 }
 
 impl Default for StateFile {
     fn default() -> Self {
-        StateFile { format: FORMAT, deployments: BTreeMap::new() }
+        StateFile { format: FORMAT, deployments: BTreeMap::new(), history: BTreeMap::new() }
     }
 }
 
@@ -334,7 +337,7 @@ pub(super) fn load(path: &Path) -> Result<(StateFile, bool)> {
         None => {
             let legacy: LegacyFile = serde_json::from_value(value).map_err(corrupt)?;
             let deployments = legacy.deployments.into_iter().map(|(k, e)| (k, e.convert())).collect();
-            Ok((StateFile { format: FORMAT, deployments }, true))
+            Ok((StateFile { format: FORMAT, deployments, history: BTreeMap::new() }, true))
         }
     }
 }

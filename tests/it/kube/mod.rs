@@ -18,6 +18,7 @@ mod probes;
 mod readiness;
 mod reconcile;
 mod resource;
+mod revisions;
 mod server;
 
 use std::collections::BTreeMap;
