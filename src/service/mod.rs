@@ -26,6 +26,7 @@ mod locks;
 mod planner;
 mod prepare;
 pub mod readiness;
+pub mod references;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod views;
@@ -39,7 +40,7 @@ use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
-pub use deploy::{DeployStream, Event};
+pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
@@ -81,6 +82,9 @@ pub enum Error {
     /// `/readyz` and the health service: startup is not finished or the backend does not answer.
     #[error(transparent)]
     NotReady(#[from] NotReady),
+    /// A reference to another deployment's output, or an undeploy of a referenced deployment.
+    #[error(transparent)]
+    References(#[from] references::Error),
 }
 
 impl Error {
@@ -90,6 +94,7 @@ impl Error {
             Error::Catalog(e) => e.field(),
             Error::Identity(e) => Some(e.field().to_string()),
             Error::Invalid { field, .. } => Some(field.clone()),
+            Error::References(e) => e.field(),
             Error::NotAllowedOnImport { what, .. } => {
                 Some(if *what == "module" { "module" } else { "packages" }.into())
             }
@@ -250,7 +255,9 @@ impl Service {
     /// One deployment, secrets redacted.
     pub async fn get(&self, caller: &Caller, id: &DeploymentId) -> Result<DeploymentView> {
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
-        Ok(DeploymentView::from(&self.require(id).await?))
+        let mut view = DeploymentView::from(&self.require(id).await?);
+        view.dependents = self.dependents(id).await?;
+        Ok(view)
     }
 
     /// The values of a deployment's secret placeholders (generated passwords and the like). A
@@ -283,13 +290,14 @@ impl Service {
     ) -> Result<Vec<DeploymentView>> {
         let namespace = namespace.filter(|ns| !ns.is_empty());
         self.permit(caller, Verb::List, Resource::JacDeployments, namespace, None).await?;
-        let mut records = self.backend.list().await?;
+        let all = self.backend.list().await?;
+        let mut records = all.clone();
         records.retain(|r| {
             namespace.is_none_or(|ns| r.id.namespace == ns)
                 && module.is_none_or(|m| m.is_empty() || r.id.module == m)
                 && (!on_demand || ensure::is_on_demand(r))
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(records.iter().map(DeploymentView::from).collect())
+        Ok(records.iter().map(|r| DeploymentView::from(r).with_dependents(references::dependents_in(&all, &r.id))).collect())
     }
 }
