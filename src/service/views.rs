@@ -186,7 +186,7 @@ pub struct DeploymentView {
     pub updated_at: String,
     /// Deployments (`module/name`, same namespace) whose values reference this one's outputs;
     /// undeploying it is refused while there are any, unless `force_referenced`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dependents: Vec<String>,
 }
 
