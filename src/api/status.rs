@@ -61,7 +61,7 @@ fn classify(e: &Error) -> Class {
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
         Error::NotReady(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "NOT_READY"),
-        Error::References(r) => match r {
+        Error::References(r) => match r.as_ref() {
             references::Error::NotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "REFERENCE_NOT_FOUND"),
             references::Error::UnknownOutput { .. } => class(Code::NotFound, H::NOT_FOUND, "OUTPUT_NOT_FOUND"),
             references::Error::Referenced { .. } => {

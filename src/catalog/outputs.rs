@@ -207,10 +207,9 @@ impl Outputs {
         secret_keys: &[String],
         local: Option<&LocalEndpoint>,
     ) -> Result<OutputValue> {
-        let spec = self.get(name).ok_or_else(|| Error::BadTemplate {
-            origin: origin.to_string(),
-            message: format!("no output `{name}`"),
-        })?;
+        let spec = self
+            .get(name)
+            .ok_or_else(|| Error::BadTemplate { origin: origin.to_string(), message: format!("no output `{name}`") })?;
         let nonce = format!("{:016x}", rand::random::<u64>());
         let marker = |placeholder: &str| format!("\u{1}{nonce}:{placeholder}\u{1}");
         let mut ctx = config.clone();
@@ -223,9 +222,10 @@ impl Outputs {
             ctx.insert("local".into(), serde_json::json!({"host": l.host, "port": l.port}));
         }
         let render = |template: &str| {
-            self.registry
-                .render(&format!("{name}/{template}"), &ctx)
-                .map_err(|e| Error::Render { file: format!("{origin} output `{name}`"), message: e.reason().to_string() })
+            self.registry.render(&format!("{name}/{template}"), &ctx).map_err(|e| Error::Render {
+                file: format!("{origin} output `{name}`"),
+                message: e.reason().to_string(),
+            })
         };
         match &spec.kind {
             Kind::Secret { placeholder, key } => {
@@ -272,9 +272,8 @@ impl Outputs {
             let after = &rest[at + open.len()..];
             let end = after.find('\u{1}').unwrap_or(after.len());
             let placeholder = &after[..end];
-            let carrier = self.specs.iter().find(
-                |s| matches!(&s.kind, Kind::Secret { placeholder: p, .. } if p == placeholder),
-            );
+            let carrier =
+                self.specs.iter().find(|s| matches!(&s.kind, Kind::Secret { placeholder: p, .. } if p == placeholder));
             let Some(carrier) = carrier else {
                 return Err(Error::BadTemplate {
                     origin: origin.to_string(),

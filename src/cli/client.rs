@@ -14,7 +14,9 @@ use tokio_stream::StreamExt;
 use tonic_types::StatusExt;
 
 use super::args::TemplatesArgs;
-use super::args::{ClientArgs, DeployArgs, GetArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace, UndeployArgs};
+use super::args::{
+    ClientArgs, DeployArgs, GetArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace, UndeployArgs,
+};
 use super::output::{self, Deployments, StatusOf, Templates};
 use super::values::{Source, Values};
 use crate::api::convert::to_struct;

@@ -73,7 +73,12 @@ impl Service {
 
     /// [`Service::undeploy`]; a deployment other deployments reference is refused
     /// (`FailedPrecondition`, naming them) unless `opts.force_referenced`.
-    pub async fn undeploy_with(&self, caller: &Caller, id: &DeploymentId, opts: UndeployOptions) -> Result<DeployStream> {
+    pub async fn undeploy_with(
+        &self,
+        caller: &Caller,
+        id: &DeploymentId,
+        opts: UndeployOptions,
+    ) -> Result<DeployStream> {
         let started = Instant::now();
         self.permit(caller, Verb::Delete, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         let lock = self.locks.hold(id).await;

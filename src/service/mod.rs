@@ -84,7 +84,13 @@ pub enum Error {
     NotReady(#[from] NotReady),
     /// A reference to another deployment's output, or an undeploy of a referenced deployment.
     #[error(transparent)]
-    References(#[from] references::Error),
+    References(Box<references::Error>),
+}
+
+impl From<references::Error> for Error {
+    fn from(e: references::Error) -> Self {
+        Error::References(Box::new(e))
+    }
 }
 
 impl Error {
@@ -298,6 +304,9 @@ impl Service {
                 && (!on_demand || ensure::is_on_demand(r))
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(records.iter().map(|r| DeploymentView::from(r).with_dependents(references::dependents_in(&all, &r.id))).collect())
+        Ok(records
+            .iter()
+            .map(|r| DeploymentView::from(r).with_dependents(references::dependents_in(&all, &r.id)))
+            .collect())
     }
 }

@@ -130,11 +130,7 @@ impl Service {
 
     /// [`Service::resolve`] after resolving the request's references to other deployments'
     /// outputs (`caller` needs `get` on each; none for the reconcile loops).
-    pub(super) async fn resolve_wired(
-        &self,
-        caller: Option<&Caller>,
-        req: &DeploymentRequest,
-    ) -> Result<Resolution> {
+    pub(super) async fn resolve_wired(&self, caller: Option<&Caller>, req: &DeploymentRequest) -> Result<Resolution> {
         let (wired, wiring) = self.wire(caller, req).await?;
         Ok(Resolution { wiring, ..self.resolve(&wired)? })
     }
@@ -194,7 +190,12 @@ fn identity(rule: &NamespaceRule, template: &TemplateVersion, values: &Map<Strin
 
 /// The plan of resolved values: rendered, labelled, in apply order (a deploy's, and the
 /// reconcile loops' through the [`crate::plan::Planner`]).
-pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId, wiring: &Wiring) -> Result<Plan> {
+pub(super) fn plan_of(
+    template: &TemplateVersion,
+    resolved: Resolved,
+    id: DeploymentId,
+    wiring: &Wiring,
+) -> Result<Plan> {
     let objects = planned_objects(template, &resolved.values, &id)?;
     let local = template.render_local(&resolved.values)?;
     let mut plan = Plan {

@@ -50,7 +50,9 @@ pub enum Error {
         "placeholder `{placeholder}`: {reference} is (or holds) a Secret reference, which only a container's env can take, not {place}"
     )]
     SecretOutsideEnv { placeholder: String, reference: String, place: String },
-    #[error("placeholder `{placeholder}`: {reference} needs a server: references are resolved against deployed records")]
+    #[error(
+        "placeholder `{placeholder}`: {reference} needs a server: references are resolved against deployed records"
+    )]
     Offline { placeholder: String, reference: String },
     #[error("{id} is referenced by {}: undeploy those first, or pass force_referenced", .dependents.join(", "))]
     Referenced { id: DeploymentId, dependents: Vec<String> },

@@ -85,7 +85,6 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
         namespace: "default".into(),
         module: "redis".into(),
         name: "cache".into(),
-        ..Default::default()
     }))
     .await
     .unwrap()

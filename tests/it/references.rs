@@ -206,7 +206,12 @@ async fn a_secret_output_reaches_the_referencing_process_and_is_never_cleartext_
     let list = within(c.list_deployments(pb::ListDeploymentsRequest::default())).await.unwrap().into_inner();
     let listed = list.deployments.iter().find(|d| d.name == "v").unwrap();
     assert_eq!(listed.dependents, ["consumer/c"]);
-    let undeploy = pb::UndeployRequest { namespace: "default".into(), module: "vault".into(), name: "v".into(), ..Default::default() };
+    let undeploy = pb::UndeployRequest {
+        namespace: "default".into(),
+        module: "vault".into(),
+        name: "v".into(),
+        ..Default::default()
+    };
     let err = within(c.undeploy(undeploy.clone())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("consumer/c") && err.message().contains("force_referenced"), "{err:?}");
@@ -246,7 +251,11 @@ async fn bad_references_are_refused_naming_the_placeholder_and_nothing_changes()
     for (config, code, want) in [
         (json!({"redis-url": {"from": "vault/nope", "output": "url"}}), Code::NotFound, "vault/nope.url"),
         (json!({"redis-url": {"from": "vault/v", "output": "uri"}}), Code::NotFound, "valid outputs: password, url"),
-        (json!({"redis-url": {"from": "prod/vault/v", "output": "url"}}), Code::InvalidArgument, "cannot cross namespaces"),
+        (
+            json!({"redis-url": {"from": "prod/vault/v", "output": "url"}}),
+            Code::InvalidArgument,
+            "cannot cross namespaces",
+        ),
         (json!({"redis-url": {"from": "vault", "output": "url"}}), Code::InvalidArgument, "MODULE/NAME"),
         (json!({"redis-url": {"from": "vault/v", "output": "url", "x": 1}}), Code::InvalidArgument, "not `x`"),
     ] {
@@ -320,11 +329,15 @@ async fn a_redis_url_wires_a_jac_cloud_dry_run_over_grpc_and_from_the_cli() {
     let plain = within(c.dry_run(req)).await.unwrap().into_inner();
     assert_eq!(env_of(&plain.modules).0, Value::Null);
 
-    let cli = ran(JacOrc::on(&server, &["dry-run", "jac-cloud", "app", "--set", "redis-host=@redis/cache.url", "-o", "json"]));
+    let cli = ran(JacOrc::on(
+        &server,
+        &["dry-run", "jac-cloud", "app", "--set", "redis-host=@redis/cache.url", "-o", "json"],
+    ));
     let modules: std::collections::BTreeMap<String, String> =
         serde_json::from_value(cli.json()["modules"].clone()).unwrap();
     assert_eq!(env_of(&modules).0, json!([{"name": "REDIS_HOST", "value": url}]));
-    let literal = ran(JacOrc::on(&server, &["dry-run", "jac-cloud", "app", "--set", "redis-host=@@redis/x", "-o", "json"]));
+    let literal =
+        ran(JacOrc::on(&server, &["dry-run", "jac-cloud", "app", "--set", "redis-host=@@redis/x", "-o", "json"]));
     let modules: std::collections::BTreeMap<String, String> =
         serde_json::from_value(literal.json()["modules"].clone()).unwrap();
     assert_eq!(env_of(&modules).0, json!([{"name": "REDIS_HOST", "value": "@redis/x"}]));

@@ -25,7 +25,8 @@ use super::openapi::{self, TAG_DEPLOYMENTS, TAG_MODULES, TAG_SERVER, TAG_TEMPLAT
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
 use body::{
-    DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams, UndeployQuery,
+    DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams,
+    UndeployQuery,
 };
 use stream::{StreamLine, NDJSON};
 

@@ -327,10 +327,16 @@ impl Inner {
         let state = self.state.lock().await;
         let mut out = Vec::with_capacity(recipe.secret_env.len());
         for s in &recipe.secret_env {
-            let value = state.file.deployments.get(&super::key(&s.deployment)).and_then(|e| e.record.config.get(&s.placeholder));
+            let value = state
+                .file
+                .deployments
+                .get(&super::key(&s.deployment))
+                .and_then(|e| e.record.config.get(&s.placeholder));
             match value {
                 Some(v) => out.push((s.name.clone(), super::state::text_of(v))),
-                None => tracing::warn!(deployment = %id, referenced = %s.deployment, var = %s.name, "the referenced secret is gone; the var stays undefined"),
+                None => {
+                    tracing::warn!(deployment = %id, referenced = %s.deployment, var = %s.name, "the referenced secret is gone; the var stays undefined")
+                }
             }
         }
         out

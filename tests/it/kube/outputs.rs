@@ -73,7 +73,10 @@ async fn mongodb_redis_and_jac_cloud_are_wired_by_outputs_through_secret_referen
         assert_eq!(v.dependents, ["jac-cloud/app"], "{module}/{name}");
     }
     let err = timed(svc.undeploy(&Caller::Operator, &id(&ns, "redis", "cache"))).await.unwrap_err();
-    assert!(matches!(err, ServiceError::References(references::Error::Referenced { .. })), "{err}");
+    assert!(
+        matches!(&err, ServiceError::References(e) if matches!(**e, references::Error::Referenced { .. })),
+        "{err}"
+    );
     assert!(exists(&deployments, "cache").await, "refused: nothing was removed");
     let forced = UndeployOptions { force_referenced: true };
     let stream = timed(svc.undeploy_with(&Caller::Operator, &id(&ns, "redis", "cache"), forced)).await.unwrap();
