@@ -192,6 +192,57 @@ pub struct LocalRecipe {
     pub packages: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, RecipeText)>,
+    /// Env vars holding another deployment's secret, defined before `env` (which may expand
+    /// them as `$(NAME)`): the local backend's `valueFrom.secretKeyRef`, resolved at launch from
+    /// the referenced deployment's record, never stored with this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+}
+
+/// An env var taking the value of another deployment's secret placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    pub name: String,
+    pub deployment: DeploymentId,
+    pub placeholder: String,
+}
+
+/// Kubernetes' env expansion, as the kubelet does it: `defined` first, then each of `env` in
+/// order, whose `$(NAME)` takes the value of a var defined before it (else stays as written)
+/// and whose `$$` is a literal `$`.
+pub fn expand_env(defined: &[(String, String)], env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut known: std::collections::HashMap<String, String> = defined.iter().cloned().collect();
+    let mut out = defined.to_vec();
+    for (name, value) in env {
+        let value = expand(&value, &known);
+        known.insert(name.clone(), value.clone());
+        out.push((name, value));
+    }
+    out
+}
+
+fn expand(text: &str, known: &std::collections::HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+            match known.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A recipe with its slots filled: exactly what the backend executes.
@@ -346,6 +397,7 @@ mod tests {
             protocol: "redis".into(),
             packages: vec![],
             env: vec![("H".into(), RecipeText(vec![Segment::Slot(Slot::Host)]))],
+            secret_env: vec![],
         };
         let values =
             SlotValues { host: "127.0.0.1".into(), port: 6380, data_dir: "/d".into(), python: "python3".into() };
@@ -354,5 +406,20 @@ mod tests {
         assert_eq!(cmd.args, ["--port", "127.0.0.1:6380", "/d/x"]);
         assert_eq!(cmd.env, [("H".to_string(), "127.0.0.1".to_string())]);
         assert!(recipe.args[1].uses(Slot::Port) && !recipe.args[0].uses(Slot::Port));
+    }
+
+    #[test]
+    fn env_expands_vars_defined_before_as_the_kubelet_does() {
+        let defined = vec![("JAC_ORC_REF_DB_0".to_string(), "s3cr$t".to_string())];
+        let env = vec![
+            ("DB".to_string(), "mongodb://me:$(JAC_ORC_REF_DB_0)@h/x".to_string()),
+            ("COPY".to_string(), "$(DB)|$(LATER)|$$(DB)|$5|$(".to_string()),
+            ("LATER".to_string(), "l".to_string()),
+        ];
+        let out = expand_env(&defined, env);
+        assert_eq!(out[0], ("JAC_ORC_REF_DB_0".to_string(), "s3cr$t".to_string()));
+        assert_eq!(out[1].1, "mongodb://me:s3cr$t@h/x");
+        assert_eq!(out[2].1, "mongodb://me:s3cr$t@h/x|$(LATER)|$(DB)|$5|$(");
+        assert_eq!(out.len(), 4);
     }
 }

@@ -177,6 +177,7 @@ pub fn deployment(v: &DeploymentView) -> pb::Deployment {
         objects: v.objects.iter().map(object_ref).collect(),
         backend: enum_of::<_, pb::Backend>(v.backend),
         updated_at: v.updated_at.clone(),
+        dependents: v.dependents.clone(),
     }
 }
 
@@ -293,6 +294,7 @@ impl TryFrom<&pb::Deployment> for DeploymentView {
             objects: d.objects.iter().map(ObjectRef::try_from).collect::<Result<_>>()?,
             backend: pb::Backend::decode(d.backend)?,
             updated_at: d.updated_at.clone(),
+            dependents: d.dependents.clone(),
         })
     }
 }
@@ -422,6 +424,7 @@ mod tests {
             }],
             backend: backend::Kind::Kubernetes,
             updated_at: "2026-01-01T00:00:00Z".into(),
+            dependents: vec!["jac-cloud/app".into()],
         };
         let message = deployment(&view);
         assert_eq!(message.status, pb::DeploymentStatus::Failed as i32);

@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::identity::DeploymentId;
 use crate::pb::{self, deploy_event::Event as PbEvent, orchestrator_server::Orchestrator};
-use crate::service::{self, DeployStream, DeploymentRequest, Event, Service, DEFAULT_WAIT};
+use crate::service::{self, DeployStream, DeploymentRequest, Event, Service, UndeployOptions, DEFAULT_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorApi {
@@ -95,7 +95,8 @@ impl Orchestrator for OrchestratorApi {
         let caller = Caller::from_extensions(request.extensions());
         let r = request.into_inner();
         let id = id_of(r.namespace, r.module, r.name)?;
-        Ok(Response::new(events(self.service.undeploy(&caller, &id).await.map_err(status)?)))
+        let opts = UndeployOptions { force_referenced: r.force_referenced };
+        Ok(Response::new(events(self.service.undeploy_with(&caller, &id, opts).await.map_err(status)?)))
     }
 
     async fn get_deployment(

@@ -15,6 +15,7 @@ use crate::backend::{self, local};
 use crate::catalog;
 use crate::identity;
 use crate::proxy;
+use crate::service::references;
 use crate::service::views::Applied;
 use crate::service::Error;
 
@@ -62,6 +63,17 @@ fn classify(e: &Error) -> Class {
         Error::RunAborted { .. } => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL"),
         Error::Authorization(a) => classify_authorization(a),
         Error::NotReady(_) => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "NOT_READY"),
+        Error::References(r) => match r.as_ref() {
+            references::Error::NotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "REFERENCE_NOT_FOUND"),
+            references::Error::UnknownOutput { .. } => class(Code::NotFound, H::NOT_FOUND, "OUTPUT_NOT_FOUND"),
+            references::Error::Referenced { .. } => {
+                class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "DEPLOYMENT_REFERENCED")
+            }
+            references::Error::Malformed { .. }
+            | references::Error::CrossNamespace { .. }
+            | references::Error::SecretOutsideEnv { .. }
+            | references::Error::Offline { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_REFERENCE"),
+        },
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_PROXY_REQUEST")

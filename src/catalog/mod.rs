@@ -6,6 +6,7 @@
 //! `$g{}`/`$a{}`/`$d{}` placeholders, rendered by [`legacy`]).
 
 pub mod legacy;
+pub mod outputs;
 pub mod placeholders;
 pub mod quantity;
 pub mod render;

@@ -176,6 +176,9 @@ struct RawFile {
     #[serde(default)]
     description: String,
     placeholders: indexmap_like::OrderedMap<RawSpec>,
+    /// Read by [`super::outputs::Outputs::parse`].
+    #[serde(default, rename = "outputs")]
+    _outputs: Option<serde::de::IgnoredAny>,
 }
 
 /// serde_json's `preserve_order` map gives us declaration order without another crate.

@@ -6,6 +6,7 @@ use handlebars::Handlebars;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::outputs::Outputs;
 use super::placeholders::{self, Resolved, Spec, Type};
 use super::render::Compiled;
 use super::{legacy, Error, Result};
@@ -88,6 +89,8 @@ pub struct TemplateVersion {
     pub format: Format,
     pub description: String,
     pub specs: Vec<Spec>,
+    /// What other deployments may reference (`outputs:` in `placeholders.yaml`).
+    pub outputs: Outputs,
     dependencies: Option<Vec<(String, String)>>,
     modules: Vec<(String, String)>,
     local: Option<LocalSpec>,
@@ -110,6 +113,7 @@ impl TemplateVersion {
     fn native(raw: RawVersion, origin: &str, placeholders_text: &str) -> Result<Self> {
         let (description, specs) =
             placeholders::parse_file(placeholders_text, &format!("{origin}/{PLACEHOLDERS_FILE}"))?;
+        let outputs = Outputs::parse(placeholders_text, &format!("{origin}/{PLACEHOLDERS_FILE}"), &specs)?;
         let local = raw
             .top
             .iter()
@@ -148,6 +152,7 @@ impl TemplateVersion {
             format: Format::Native,
             description,
             specs,
+            outputs,
             dependencies,
             modules,
             local,
@@ -198,6 +203,7 @@ impl TemplateVersion {
             format: Format::Legacy,
             description: String::new(),
             specs,
+            outputs: Outputs::default(),
             dependencies: raw.dependencies,
             modules: raw.top,
             local: None,
@@ -336,6 +342,7 @@ impl TemplateVersion {
             protocol: spec.protocol.clone(),
             packages,
             env,
+            secret_env: Vec::new(),
         }))
     }
 }

@@ -50,7 +50,7 @@ pub enum Command {
     /// Deploy a template version as NAME, showing progress per object.
     Deploy(DeployArgs),
     /// Remove a deployment and everything it created.
-    Undeploy(IdArgs),
+    Undeploy(UndeployArgs),
     /// Show one deployment: its status, values, endpoints and objects.
     Get(GetArgs),
     /// Show how one deployment stands: status, message, endpoints, objects, last update.
@@ -455,6 +455,16 @@ pub struct IdArgs {
     pub output: Output,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UndeployArgs {
+    #[command(flatten)]
+    pub id: IdArgs,
+    /// Undeploy even while other deployments reference this one's outputs (see `get`'s
+    /// DEPENDENTS). Unrelated to `deploy --force-conflicts`.
+    #[arg(long)]
+    pub force_referenced: bool,
 }
 
 #[derive(Debug, Args)]

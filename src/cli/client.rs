@@ -14,7 +14,9 @@ use tokio_stream::StreamExt;
 use tonic_types::StatusExt;
 
 use super::args::TemplatesArgs;
-use super::args::{ClientArgs, DeployArgs, GetArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace};
+use super::args::{
+    ClientArgs, DeployArgs, GetArgs, IdArgs, ListArgs, Output, RenderArgs, SourceArgs, TargetNamespace, UndeployArgs,
+};
 use super::output::{self, Deployments, StatusOf, Templates};
 use super::values::{Source, Values};
 use crate::api::convert::to_struct;
@@ -137,10 +139,16 @@ pub(crate) async fn deploy(a: DeployArgs) -> Result<()> {
     follow(stream, a.output, &what, run, Some(&values)).await
 }
 
-pub(crate) async fn undeploy(a: IdArgs) -> Result<()> {
-    let id = id_of(&a)?;
+pub(crate) async fn undeploy(u: UndeployArgs) -> Result<()> {
+    let a = &u.id;
+    let id = id_of(a)?;
     let what = format!("undeploying {}/{}", id.module, id.name);
-    let req = pb::UndeployRequest { namespace: id.namespace, module: id.module, name: id.name };
+    let req = pb::UndeployRequest {
+        namespace: id.namespace,
+        module: id.module,
+        name: id.name,
+        force_referenced: u.force_referenced,
+    };
     let stream = connect(&a.client).await?.undeploy(req).await.map_err(server_error(None))?.into_inner();
     follow(stream, a.output, &what, Shown::Undeploy, None).await
 }

@@ -210,6 +210,9 @@ fn status_fields(d: &DeploymentView) -> Table {
     t.row(["VERSION", &d.version]);
     t.row(["UPDATED", &d.updated_at]);
     t.row(["ENDPOINTS".to_string(), if d.endpoints.is_empty() { "-".into() } else { d.endpoints.join(", ") }]);
+    if !d.dependents.is_empty() {
+        t.row(["DEPENDENTS".to_string(), d.dependents.join(", ")]);
+    }
     t
 }
 

@@ -3,6 +3,9 @@
 //! `--set`, then `--set-string` on top; then the positional NAME and `-n` are pinned, and a
 //! different value for `name` or `namespace` from anywhere else is a conflict naming both.
 //!
+//! `--set KEY=@MODULE/NAME.OUTPUT` takes another deployment's output (`@@` escapes a literal
+//! `@`; `--set-string` never reads references).
+//!
 //! Every top-level key remembers which sources gave it, so an error about `config.KEY` (from the
 //! server's field violation, or from the catalog offline) names the file or flag that set it.
 
@@ -56,6 +59,8 @@ pub enum Error {
     NotAMap { file: String, found: &'static str },
     #[error("`{0}` is not KEY=VALUE")]
     NotKeyValue(String),
+    #[error("--set {set}: {reason}")]
+    BadReference { set: String, reason: String },
     #[error("{key} is `{given}` from {given_by} but `{pinned}` from {pinned_by}")]
     Conflict { key: String, given: String, given_by: Source, pinned: String, pinned_by: Source },
 }
@@ -89,7 +94,8 @@ impl Values {
         }
         for s in set {
             let (key, raw) = split(s)?;
-            v.put(key, set_value(&raw), Source::Set);
+            let value = set_value(&raw).map_err(|reason| Error::BadReference { set: s.clone(), reason })?;
+            v.put(key, value, Source::Set);
         }
         for s in set_string {
             let (key, raw) = split(s)?;
@@ -166,10 +172,23 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-/// A `--set` value: JSON when it parses (`3`, `true`, `["a"]`, `{"k": 1}`), else the text.
-/// (Output references, `@module/name.output`, are read here once they exist.)
-fn set_value(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+/// A `--set` value: `@MODULE/NAME.OUTPUT` is another deployment's output (the JSON reference
+/// `{"from": "MODULE/NAME", "output": "OUTPUT"}`) and `@@…` a literal text starting with `@`;
+/// anything else is JSON when it parses (`3`, `true`, `["a"]`, `{"k": 1}`), else the text.
+fn set_value(raw: &str) -> Result<Value, String> {
+    if let Some(literal) = raw.strip_prefix("@@") {
+        return Ok(Value::String(format!("@{literal}")));
+    }
+    if let Some(reference) = raw.strip_prefix('@') {
+        let bad = || format!("`@{reference}` is not @MODULE/NAME.OUTPUT (write @@ for a literal @)");
+        let (from, output) = reference.rsplit_once('.').ok_or_else(bad)?;
+        let segments: Vec<&str> = from.split('/').collect();
+        if !(2..=3).contains(&segments.len()) || segments.iter().any(|s| s.is_empty()) || output.is_empty() {
+            return Err(bad());
+        }
+        return Ok(serde_json::json!({"from": from, "output": output}));
+    }
+    Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string())))
 }
 
 fn split(s: &str) -> Result<(String, String)> {
@@ -237,6 +256,36 @@ mod tests {
             json!({"replicas": 3, "name": "db", "l": ["a"], "password": "12345678"})
         );
         assert!(matches!(Values::from_parts(&[], &["novalue".into()], &[]), Err(Error::NotKeyValue(_))));
+    }
+
+    #[test]
+    fn at_values_are_output_references_and_double_at_escapes() {
+        let v = Values::from_parts(
+            &[],
+            &[
+                "database-host=@mongodb/testing-db.uri".into(),
+                "redis-host=@dev/redis/cache.url".into(),
+                "greeting=@@home".into(),
+                "plain=a@b".into(),
+            ],
+            &["literal=@mongodb/x.uri".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(v.map().clone()),
+            json!({
+                "database-host": {"from": "mongodb/testing-db", "output": "uri"},
+                "redis-host": {"from": "dev/redis/cache", "output": "url"},
+                "greeting": "@home",
+                "plain": "a@b",
+                "literal": "@mongodb/x.uri",
+            })
+        );
+        for bad in ["x=@mongodb", "x=@mongodb.uri", "x=@mongodb/db.", "x=@/db.uri", "x=@a/b/c/d.uri"] {
+            let err = Values::from_parts(&[], &[bad.into()], &[]).unwrap_err();
+            assert!(matches!(err, Error::BadReference { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("@@"), "{err}");
+        }
     }
 
     #[test]

@@ -75,10 +75,28 @@ impl Service {
     /// everything it created in the background and returns the events. The summary shows the
     /// deployment as it was.
     pub async fn undeploy(&self, caller: &Caller, id: &DeploymentId) -> Result<DeployStream> {
+        self.undeploy_with(caller, id, UndeployOptions::default()).await
+    }
+
+    /// [`Service::undeploy`]; a deployment other deployments reference is refused
+    /// (`FailedPrecondition`, naming them) unless `opts.force_referenced`.
+    pub async fn undeploy_with(
+        &self,
+        caller: &Caller,
+        id: &DeploymentId,
+        opts: UndeployOptions,
+    ) -> Result<DeployStream> {
         let started = Instant::now();
         self.permit(caller, Verb::Delete, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         let lock = self.locks.hold(id).await;
         let view = DeploymentView::from(&self.require(id).await?);
+        let dependents = self.dependents(id).await?;
+        if !dependents.is_empty() {
+            if !opts.force_referenced {
+                return Err(super::references::Error::Referenced { id: id.clone(), dependents }.into());
+            }
+            tracing::warn!(deployment = %id, dependents = ?dependents, "undeploying a referenced deployment (force_referenced)");
+        }
         let backend = self.backend.clone();
         let target = id.clone();
         tracing::info!(deployment = %id, "undeploying");
@@ -87,6 +105,14 @@ impl Service {
             Ok(view)
         }))
     }
+}
+
+/// Options of one undeploy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UndeployOptions {
+    /// Undeploy even while other deployments reference this one's outputs (they keep what they
+    /// were given; their next apply fails until the reference is changed).
+    pub force_referenced: bool,
 }
 
 /// The events of one deploy or undeploy run. Dropping it tells the run its caller has gone.

@@ -29,6 +29,7 @@ mod locks;
 mod planner;
 mod prepare;
 pub mod readiness;
+pub mod references;
 mod revisions;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -43,7 +44,7 @@ use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
-pub use deploy::{DeployStream, Event};
+pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
 pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
@@ -90,6 +91,15 @@ pub enum Error {
     RevisionNotFound { id: DeploymentId, revision: u64 },
     #[error("deployment {0} has no revision before its current one to roll back to")]
     NoPreviousRevision(DeploymentId),
+    /// A reference to another deployment's output, or an undeploy of a referenced deployment.
+    #[error(transparent)]
+    References(Box<references::Error>),
+}
+
+impl From<references::Error> for Error {
+    fn from(e: references::Error) -> Self {
+        Error::References(Box::new(e))
+    }
 }
 
 impl Error {
@@ -100,6 +110,7 @@ impl Error {
             Error::Identity(e) => Some(e.field().to_string()),
             Error::Invalid { field, .. } => Some(field.clone()),
             Error::RevisionNotFound { .. } => Some("revision".into()),
+            Error::References(e) => e.field(),
             Error::NotAllowedOnImport { what, .. } => {
                 Some(if *what == "module" { "module" } else { "packages" }.into())
             }
@@ -263,7 +274,9 @@ impl Service {
     /// One deployment, secrets redacted.
     pub async fn get(&self, caller: &Caller, id: &DeploymentId) -> Result<DeploymentView> {
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
-        Ok(DeploymentView::from(&self.require(id).await?))
+        let mut view = DeploymentView::from(&self.require(id).await?);
+        view.dependents = self.dependents(id).await?;
+        Ok(view)
     }
 
     /// The values of a deployment's secret placeholders (generated passwords and the like). A
@@ -296,13 +309,17 @@ impl Service {
     ) -> Result<Vec<DeploymentView>> {
         let namespace = namespace.filter(|ns| !ns.is_empty());
         self.permit(caller, Verb::List, Resource::JacDeployments, namespace, None).await?;
-        let mut records = self.backend.list().await?;
+        let all = self.backend.list().await?;
+        let mut records = all.clone();
         records.retain(|r| {
             namespace.is_none_or(|ns| r.id.namespace == ns)
                 && module.is_none_or(|m| m.is_empty() || r.id.module == m)
                 && (!on_demand || ensure::is_on_demand(r))
         });
         records.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(records.iter().map(DeploymentView::from).collect())
+        Ok(records
+            .iter()
+            .map(|r| DeploymentView::from(r).with_dependents(references::dependents_in(&all, &r.id)))
+            .collect())
     }
 }

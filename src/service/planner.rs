@@ -22,14 +22,14 @@ impl Service {
             }
         }
         let req = DeploymentRequest { module: id.module.clone(), version, config };
-        let Resolution { template, resolved, id: named, .. } = self.resolve(&req)?;
+        let Resolution { template, resolved, id: named, wiring, .. } = self.resolve_wired(None, &req).await?;
         if &named != id {
             return Err(Error::Invalid {
                 field: "config".into(),
                 reason: format!("the template names this deployment {named}, not {id}"),
             });
         }
-        let plan = plan_of(&template, resolved, named)?;
+        let plan = plan_of(&template, resolved, named, &wiring)?;
         self.backend.preflight(&plan).await?;
         Ok(plan)
     }

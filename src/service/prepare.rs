@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::locks::Held;
+use super::references::Wiring;
 use super::views::DryRunView;
 use super::{DeploymentRequest, Result, Service};
 use crate::auth::{Caller, Resource, Verb};
@@ -33,6 +34,8 @@ pub(super) struct Resolution {
     pub(super) config: Map<String, Value>,
     pub(super) resolved: Resolved,
     pub(super) id: DeploymentId,
+    /// The references among the request's values, resolved (see [`super::references`]).
+    pub(super) wiring: Wiring,
 }
 
 /// A request rendered with no backend: the objects a deploy would apply, labelled as the
@@ -49,6 +52,7 @@ pub struct Offline {
 /// Renders `req` from `catalog` under `rule` exactly as a deploy would plan it, with no server
 /// and no backend. Secrets not given are generated afresh: there is no record to remember them.
 pub fn render_offline(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> Result<Offline> {
+    super::references::refuse_offline(&req.config)?;
     let Resolution { template, resolved, id, .. } = resolve(catalog, rule, req)?;
     let objects = planned_objects(&template, &resolved.values, &id)?;
     Ok(Offline { id, version: template.version.clone(), objects, reports: resolved.reports })
@@ -72,11 +76,17 @@ fn planned_objects(
 impl Service {
     /// Renders without touching anything. The caller needs what the deploy would need.
     pub async fn dry_run(&self, caller: &Caller, req: &DeploymentRequest) -> Result<DryRunView> {
-        let r = self.resolve(req)?;
+        let r = self.resolve_wired(Some(caller), req).await?;
         self.permit_apply(caller, &r.id).await?;
         let rendered = r.template.render(&r.resolved.values)?;
-        let mut objects = r.template.objects(&rendered)?;
-        Plan::order_objects(&mut objects);
+        let objects = if r.wiring.is_empty() {
+            let mut objects = r.template.objects(&rendered)?;
+            Plan::order_objects(&mut objects);
+            objects
+        } else {
+            // Planned as a deploy plans it, so a reference a deploy would refuse is refused here.
+            plan_of(&r.template, r.resolved.clone(), r.id.clone(), &r.wiring)?.objects
+        };
         let objects = objects.into_iter().map(|o| o.object).collect();
         Ok(DryRunView::new(&r.template, &r.id, &r.resolved.reports, rendered, objects))
     }
@@ -85,7 +95,7 @@ impl Service {
     /// applied yet, so any error here leaves every deployment as it was.
     pub async fn prepare(&self, caller: &Caller, req: &DeploymentRequest) -> Result<Prepared> {
         let started = Instant::now();
-        let resolution = self.resolve(req)?;
+        let resolution = self.resolve_wired(Some(caller), req).await?;
         self.permit_apply(caller, &resolution.id).await?;
         let lock = self.locks.hold(&resolution.id).await;
         self.plan(resolution, started, lock).await
@@ -93,14 +103,14 @@ impl Service {
 
     /// Plans a resolved request whose deployment's `lock` the caller holds.
     pub(super) async fn plan(&self, resolution: Resolution, started: Instant, lock: Held) -> Result<Prepared> {
-        let Resolution { template, config, mut resolved, id } = resolution;
+        let Resolution { template, config, mut resolved, id, wiring } = resolution;
         // Secrets are generated here, under the lock: a concurrent first deploy waits, then
         // finds this one's record and keeps its secrets (a new password would break clients).
         if resolved.reports.iter().any(|r| r.generated) {
             let existing = self.backend.get(&id).await?;
             resolved = template.resolve(&config, existing.as_ref().map(|r| &r.config))?;
         }
-        let plan = plan_of(&template, resolved, id)?;
+        let plan = plan_of(&template, resolved, id, &wiring)?;
         self.backend.preflight(&plan).await?;
         Ok(Prepared { plan, started, lock })
     }
@@ -117,6 +127,13 @@ impl Service {
     pub(super) fn resolve(&self, req: &DeploymentRequest) -> Result<Resolution> {
         resolve(&self.catalog, &self.rule, req)
     }
+
+    /// [`Service::resolve`] after resolving the request's references to other deployments'
+    /// outputs (`caller` needs `get` on each; none for the reconcile loops).
+    pub(super) async fn resolve_wired(&self, caller: Option<&Caller>, req: &DeploymentRequest) -> Result<Resolution> {
+        let (wired, wiring) = self.wire(caller, req).await?;
+        Ok(Resolution { wiring, ..self.resolve(&wired)? })
+    }
 }
 
 fn resolve(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> Result<Resolution> {
@@ -124,14 +141,14 @@ fn resolve(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> 
     let config = with_namespace(rule, &template, &req.config)?;
     let resolved = template.resolve(&config, None)?;
     let id = identity(rule, &template, &resolved.values)?;
-    Ok(Resolution { template, config, resolved, id })
+    Ok(Resolution { template, config, resolved, id, wiring: Wiring::default() })
 }
 
 /// Applies the namespace rule to a template that takes a namespace: the one asked for
 /// (checked), else the orchestrator's. A template declaring [`ORCHESTRATOR_NAMESPACE`]
 /// (python-module's NetworkPolicy lets the orchestrator's pods in) gets the orchestrator's
 /// namespace there unless the request names one.
-fn with_namespace(
+pub(super) fn with_namespace(
     rule: &NamespaceRule,
     template: &TemplateVersion,
     config: &Map<String, Value>,
@@ -173,17 +190,24 @@ fn identity(rule: &NamespaceRule, template: &TemplateVersion, values: &Map<Strin
 
 /// The plan of resolved values: rendered, labelled, in apply order (a deploy's, and the
 /// reconcile loops' through the [`crate::plan::Planner`]).
-pub(super) fn plan_of(template: &TemplateVersion, resolved: Resolved, id: DeploymentId) -> Result<Plan> {
+pub(super) fn plan_of(
+    template: &TemplateVersion,
+    resolved: Resolved,
+    id: DeploymentId,
+    wiring: &Wiring,
+) -> Result<Plan> {
     let objects = planned_objects(template, &resolved.values, &id)?;
     let local = template.render_local(&resolved.values)?;
-    Ok(Plan {
+    let mut plan = Plan {
         id,
         version: template.version.clone(),
         secret_keys: resolved.secret_keys(),
         config: resolved.values,
         objects,
         local,
-    })
+    };
+    wiring.apply(&mut plan)?;
+    Ok(plan)
 }
 
 /// The placeholder the service fills with its own namespace (see `with_namespace`).

@@ -184,12 +184,22 @@ pub struct DeploymentView {
     pub backend: backend::Kind,
     /// RFC 3339.
     pub updated_at: String,
+    /// Deployments (`module/name`, same namespace) whose values reference this one's outputs;
+    /// undeploying it is refused while there are any, unless `force_referenced`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dependents: Vec<String>,
 }
 
 impl DeploymentView {
     /// The deployment this view shows.
     pub fn id(&self) -> DeploymentId {
         DeploymentId { namespace: self.namespace.clone(), module: self.module.clone(), name: self.name.clone() }
+    }
+
+    #[must_use]
+    pub fn with_dependents(mut self, dependents: Vec<String>) -> Self {
+        self.dependents = dependents;
+        self
     }
 }
 
@@ -207,6 +217,7 @@ impl From<&DeploymentRecord> for DeploymentView {
             objects: r.objects.clone(),
             backend: r.backend,
             updated_at: r.updated_at.clone(),
+            dependents: Vec::new(),
         }
     }
 }
@@ -420,6 +431,7 @@ mod tests {
             objects: vec![],
             backend: backend::Kind::Local,
             updated_at: "2026-01-01T00:00:00Z".into(),
+            dependents: vec![],
         };
         let summary = Summary { deployment, counts: Counts::default(), elapsed_ms: 7 };
         let deployed = serde_json::to_value(Outcome::new(Run::Deploy, Applied::default(), summary.clone())).unwrap();

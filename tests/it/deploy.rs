@@ -97,6 +97,7 @@ async fn redis_deploys_answers_ping_redeploys_unchanged_and_undeploy_stops_it() 
         namespace: "default".into(),
         module: "redis".into(),
         name: "cache".into(),
+        ..Default::default()
     }))
     .await
     .unwrap()
@@ -186,6 +187,7 @@ async fn undeploy_of_an_unknown_deployment_is_not_found() {
         namespace: "default".into(),
         module: "redis".into(),
         name: "nope".into(),
+        ..Default::default()
     }))
     .await
     .unwrap_err();

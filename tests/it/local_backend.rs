@@ -225,6 +225,7 @@ async fn a_caller_that_leaves_stops_the_readiness_wait_and_the_workload_keeps_ru
             protocol: "tcp".into(),
             packages: vec![],
             env: vec![],
+            secret_env: vec![],
         }),
     };
     let (tx, _rx) = tokio::sync::mpsc::channel(64);

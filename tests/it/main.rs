@@ -16,6 +16,7 @@ mod limits;
 mod local_backend;
 mod observability;
 mod proxy;
+mod references;
 mod reflection;
 mod rest;
 mod revisions;

@@ -216,6 +216,13 @@ pub(super) struct DeployQuery {
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+pub(super) struct UndeployQuery {
+    /// Undeploy even while other deployments reference this one's outputs (412 otherwise).
+    pub(super) force_referenced: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     /// Only deployments in this namespace.
     pub(super) namespace: Option<String>,

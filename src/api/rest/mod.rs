@@ -25,14 +25,17 @@ use utoipa_axum::routes;
 use super::openapi::{self, TAG_DEPLOYMENTS, TAG_MODULES, TAG_SERVER, TAG_TEMPLATES};
 use super::status::{ApiError, ErrorBody, RequestError};
 pub use body::MAX_BODY;
-use body::{DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams};
+use body::{
+    DeployQuery, DeploymentBody, DeploymentPath, EnsureBody, JsonBody, ListQuery, PathParams, QueryParams,
+    UndeployQuery,
+};
 use stream::{StreamLine, NDJSON};
 
 use crate::auth::Caller;
 use crate::service::views::{
     DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Outcome, Run, TemplateView,
 };
-use crate::service::Service;
+use crate::service::{Service, UndeployOptions};
 
 type AppState = Arc<Service>;
 
@@ -218,19 +221,22 @@ async fn secrets(
 
 /// Removes everything a deployment created (NDJSON streaming as for deploy).
 #[utoipa::path(delete, path = "/deployment/{namespace}/{module}/{name}", operation_id = "undeploy",
-    tag = TAG_DEPLOYMENTS, params(DeploymentPath),
+    tag = TAG_DEPLOYMENTS, params(DeploymentPath, UndeployQuery),
     responses((status = OK, description = "Removed", content(
                   (Outcome = "application/json"), (StreamLine = "application/x-ndjson"))),
               (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
               (status = FORBIDDEN, response = inline(ErrorBody)), (status = NOT_FOUND, response = inline(ErrorBody)),
+              (status = PRECONDITION_FAILED, response = inline(ErrorBody)),
               (status = SERVICE_UNAVAILABLE, response = inline(ErrorBody))))]
 async fn undeploy(
     State(service): State<AppState>,
     caller: Caller,
     PathParams(path): PathParams<DeploymentPath>,
+    QueryParams(q): QueryParams<UndeployQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stream = service.undeploy(&caller, &path.id()?).await?;
+    let opts = UndeployOptions { force_referenced: q.force_referenced.unwrap_or(false) };
+    let stream = service.undeploy_with(&caller, &path.id()?, opts).await?;
     if wants_ndjson(&headers) {
         return Ok(stream::ndjson(stream));
     }

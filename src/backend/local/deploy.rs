@@ -288,18 +288,27 @@ impl Inner {
         let Ok(recipe) = entry.workload.as_ref().map(|w| w.recipe.unseal(&entry.record.config)).transpose() else {
             return false;
         };
-        let Some(launch) = recipe.map(|r| self.launch(id, &r, entry.workload.as_ref().map_or(0, |w| w.port), None))
-        else {
+        let Some(recipe) = recipe else {
             return false;
         };
+        let launch = self.launch(id, &recipe, entry.workload.as_ref().map_or(0, |w| w.port), None).await;
         tracing::info!(deployment = %id, pid = identity.pid, "adopting a running workload");
         let s = Supervisor::start(id.clone(), launch, Start::Adopted(identity), true, self.journal());
         self.register(id, s).await.is_ok()
     }
 
     /// How to start this deployment's workload (`program`: the virtualenv's interpreter).
-    pub(super) fn launch(&self, id: &DeploymentId, recipe: &LocalRecipe, port: u16, program: Option<String>) -> Launch {
-        let command = recipe.command(&self.slots(id, port));
+    pub(super) async fn launch(
+        &self,
+        id: &DeploymentId,
+        recipe: &LocalRecipe,
+        port: u16,
+        program: Option<String>,
+    ) -> Launch {
+        let mut command = recipe.command(&self.slots(id, port));
+        if !recipe.secret_env.is_empty() {
+            command.env = crate::plan::expand_env(&self.secret_env(id, recipe).await, command.env);
+        }
         let dir = self.deployment_dir(id);
         Launch {
             object: process_ref(id).kubectl_name(),
@@ -309,6 +318,28 @@ impl Inner {
             cwd: dir.join("data"),
             dir,
         }
+    }
+
+    /// The values of the recipe's `secret_env`, from the referenced deployments' records (as
+    /// the kubelet resolves `secretKeyRef`). One whose record or value is gone stays undefined,
+    /// so `$(NAME)` stays as written, as on Kubernetes.
+    async fn secret_env(&self, id: &DeploymentId, recipe: &LocalRecipe) -> Vec<(String, String)> {
+        let state = self.state.lock().await;
+        let mut out = Vec::with_capacity(recipe.secret_env.len());
+        for s in &recipe.secret_env {
+            let value = state
+                .file
+                .deployments
+                .get(&super::key(&s.deployment))
+                .and_then(|e| e.record.config.get(&s.placeholder));
+            match value {
+                Some(v) => out.push((s.name.clone(), super::state::text_of(v))),
+                None => {
+                    tracing::warn!(deployment = %id, referenced = %s.deployment, var = %s.name, "the referenced secret is gone; the var stays undefined")
+                }
+            }
+        }
+        out
     }
 
     /// The interpreter to run with: the virtualenv's when the recipe installs packages.
@@ -395,7 +426,7 @@ impl Inner {
                 ObjectEvent::new(process_ref(&id), Action::Stopped).with_message("restarting with the new settings");
             progress.send(ev).await;
         }
-        let launch = self.launch(&id, recipe, a.port, program);
+        let launch = self.launch(&id, recipe, a.port, program).await;
         let object = launch.object.clone();
         let (identity, mut life) = match self.spawn_supervised(&id, launch, false).await {
             Ok(started) => started,

@@ -111,7 +111,7 @@ impl Inner {
         let Ok(recipe) = w.recipe.unseal(&entry.record.config) else { return false };
         let program = (!recipe.packages.is_empty())
             .then(|| self.deployment_dir(id).join("venv").join("bin").join("python").display().to_string());
-        let launch = self.launch(id, &recipe, w.port, program);
+        let launch = self.launch(id, &recipe, w.port, program).await;
         let confirmed = entry.record.status != Status::Deploying;
         tracing::info!(deployment = %id, pid = identity.pid, port = w.port, "adopting a running workload");
         let s = Supervisor::start(id.clone(), launch, Start::Adopted(identity), confirmed, self.journal());
@@ -151,7 +151,7 @@ impl Inner {
                 Some(life) => life,
                 None => {
                     let program = self.prepare(id, &recipe, w.port, &Progress::discard()).await?;
-                    let launch = self.launch(id, &recipe, w.port, program);
+                    let launch = self.launch(id, &recipe, w.port, program).await;
                     let (identity, life) = self.spawn_supervised(id, launch, !strict).await?;
                     tracing::info!(deployment = %id, pid = identity.pid, port = w.port, "started a recorded workload");
                     life

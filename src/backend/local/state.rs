@@ -20,7 +20,7 @@ use super::error::{Error, Result};
 pub(super) use super::fs::{blocking, create_private_dir, write_atomically};
 use super::process::Identity;
 use crate::backend::{DeploymentRecord, Status};
-use crate::plan::{LocalRecipe, ObjectRef, Readiness, RecipeText, Segment, Slot};
+use crate::plan::{LocalRecipe, ObjectRef, Readiness, RecipeText, SecretEnv, Segment, Slot};
 
 pub(super) const STATE_FILE: &str = "local-state.json";
 /// The format this version writes; files without a `format` key are the previous versions'.
@@ -89,6 +89,9 @@ pub(super) struct SealedRecipe {
     packages: Vec<Vec<Piece>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     env: Vec<(String, Vec<Part>)>,
+    /// Where env vars holding other deployments' secrets come from (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secret_env: Vec<SecretEnv>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +119,7 @@ pub(super) fn secret_values(config: &Map<String, Value>, secret_keys: &[String])
     out
 }
 
-fn text_of(v: &Value) -> String {
+pub(super) fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -167,6 +170,7 @@ impl SealedRecipe {
             protocol: recipe.protocol.clone(),
             packages: recipe.packages.iter().map(|p| seal_str(p, secrets)).collect(),
             env: recipe.env.iter().map(|(k, v)| (k.clone(), seal_text(v, secrets))).collect(),
+            secret_env: recipe.secret_env.clone(),
         }
     }
 
@@ -204,6 +208,7 @@ impl SealedRecipe {
             protocol: self.protocol.clone(),
             packages: self.packages.iter().map(|p| unseal_str(p)).collect::<Result<_>>()?,
             env: self.env.iter().map(|(k, v)| Ok((k.clone(), unseal_text(v)?))).collect::<Result<_>>()?,
+            secret_env: self.secret_env.clone(),
         })
     }
 }
@@ -304,6 +309,7 @@ impl LegacyEntry {
                 protocol: w.recipe.protocol,
                 packages: w.recipe.packages,
                 env,
+                secret_env: Vec::new(),
             };
             Workload {
                 recipe: SealedRecipe::seal(&recipe, &secrets),
@@ -426,6 +432,7 @@ mod tests {
             protocol: "redis".into(),
             packages: vec!["pkg --index-url https://t:s3cr3t-long@x".into()],
             env: vec![("PW".into(), text("s3cr3t-long"))],
+            secret_env: vec![],
         };
         let config = json!({"password": "s3cr3t-long", "short": "s"}).as_object().unwrap().clone();
         let secrets = secret_values(&config, &["password".into(), "short".into(), "missing".into()]);

@@ -14,6 +14,7 @@ mod deploy;
 mod ensure;
 mod install;
 mod leader;
+mod outputs;
 mod probes;
 mod readiness;
 mod reconcile;
