@@ -128,6 +128,21 @@ impl Service {
         resolve(&self.catalog, &self.rule, req)
     }
 
+    /// [`Service::resolve`] with the request's references to other deployments' outputs left
+    /// out (they take their defaults): enough for the deployment's identity and template, without
+    /// reading the referenced deployments. Errors in a reference itself are still reported.
+    pub(super) fn resolve_unwired(&self, req: &DeploymentRequest) -> Result<Resolution> {
+        let refs = super::references::references_in(&req.config)?;
+        if refs.is_empty() {
+            return self.resolve(req);
+        }
+        let mut unwired = req.clone();
+        for (placeholder, _) in refs {
+            unwired.config.remove(&placeholder);
+        }
+        self.resolve(&unwired)
+    }
+
     /// [`Service::resolve`] after resolving the request's references to other deployments'
     /// outputs (`caller` needs `get` on each; none for the reconcile loops).
     pub(super) async fn resolve_wired(&self, caller: Option<&Caller>, req: &DeploymentRequest) -> Result<Resolution> {

@@ -122,7 +122,7 @@ impl Service {
     /// What deploying `req` (with the current values for what it leaves out, when
     /// `reuse_values`) would change against the live objects. Changes nothing.
     pub async fn diff(&self, caller: &Caller, req: &DeploymentRequest, reuse_values: bool) -> Result<DiffView> {
-        let id = self.resolve(req)?.id;
+        let id = self.resolve_unwired(req)?.id;
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         let req = if reuse_values { self.with_previous_values(req).await? } else { req.clone() };
         let opts = ApplyOptions { dry_run: true, ..ApplyOptions::default() };
@@ -142,7 +142,7 @@ impl Service {
     /// (when it exists and the template version still declares the placeholder). Secrets are
     /// left out: a deploy keeps the deployment's secrets anyway.
     pub async fn with_previous_values(&self, req: &DeploymentRequest) -> Result<DeploymentRequest> {
-        let r = self.resolve(req)?;
+        let r = self.resolve_unwired(req)?;
         let Some(record) = self.backend.get(&r.id).await? else {
             return Ok(req.clone());
         };

@@ -21,6 +21,7 @@ mod reconcile;
 mod resource;
 mod revisions;
 mod server;
+mod stack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
