@@ -133,34 +133,33 @@ impl Resolver {
 
     /// The watched endpoint set of `id`, starting the watch on first use.
     async fn watched(&self, id: &DeploymentId) -> Result<Arc<[Endpoint]>> {
-        let mut set = {
+        // Decided under the lock, awaited after it.
+        let set = {
             let mut watches = self.watches.lock().expect("resolver lock");
             if watches.get(id).is_some_and(|w| matches!(*w.set.borrow(), Watched::Ended)) {
                 watches.remove(id);
             }
             match watches.get(id) {
-                Some(w) => w.set.clone(),
-                None => {
-                    let Some(stream) = self.backend.watch_endpoints(id) else {
-                        drop(watches);
-                        self.cannot_watch.store(true, Ordering::Relaxed);
-                        let listed = self.listed(id).await?;
-                        if let Some(c) = self.cache.lock().expect("resolver lock").get_mut(id) {
-                            if !listed.is_empty() {
-                                c.endpoints = Some(listed.clone());
-                            }
-                        }
-                        return Ok(listed);
-                    };
+                Some(w) => Some(w.set.clone()),
+                None => self.backend.watch_endpoints(id).map(|stream| {
                     let w = start_watch(id.clone(), stream);
                     let set = w.set.clone();
                     watches.insert(id.clone(), w);
                     set
-                }
+                }),
             }
         };
-        let first = tokio::time::timeout(FIRST_SET, set.wait_for(|w| !matches!(w, Watched::Pending))).await;
-        let now = match first {
+        let Some(mut set) = set else {
+            self.cannot_watch.store(true, Ordering::Relaxed);
+            let listed = self.listed(id).await?;
+            if let Some(c) = self.cache.lock().expect("resolver lock").get_mut(id) {
+                if !listed.is_empty() {
+                    c.endpoints = Some(listed.clone());
+                }
+            }
+            return Ok(listed);
+        };
+        let now = match tokio::time::timeout(FIRST_SET, set.wait_for(|w| !matches!(w, Watched::Pending))).await {
             Ok(Ok(now)) => now.clone(),
             _ => Watched::Ended,
         };
@@ -245,6 +244,8 @@ mod tests {
     struct Fake {
         endpoints: Mutex<Vec<String>>,
         lookups: AtomicU32,
+        /// Handed out by the first `watch_endpoints` (none: the backend cannot watch).
+        watch: Mutex<Option<backend::endpoints::EndpointStream>>,
     }
 
     fn id(name: &str) -> DeploymentId {
@@ -294,12 +295,16 @@ mod tests {
             }
             Ok(self.endpoints.lock().unwrap().clone())
         }
+        fn watch_endpoints(&self, _: &DeploymentId) -> Option<backend::endpoints::EndpointStream> {
+            self.watch.lock().unwrap().take()
+        }
     }
 
     fn resolver(endpoints: &[&str]) -> (Arc<Fake>, Resolver) {
         let fake = Arc::new(Fake {
             endpoints: Mutex::new(endpoints.iter().map(|e| e.to_string()).collect()),
             lookups: AtomicU32::new(0),
+            watch: Mutex::new(None),
         });
         let r = Resolver::new(fake.clone(), Duration::from_secs(3600), Duration::from_secs(3600));
         (fake, r)
@@ -351,5 +356,58 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fake.lookups.load(Ordering::Relaxed), 0);
+    }
+
+    /// Picks until `done` says yes (bounded: the watch task applies a change a moment later).
+    async fn pick_until(r: &Resolver, session: &str, done: impl Fn(&Result<Pick>) -> bool) -> Result<Pick> {
+        for _ in 0..2000 {
+            let pick = r.pick(&id("known"), session).await;
+            if done(&pick) {
+                return pick;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the watched change never reached the resolver");
+    }
+
+    #[tokio::test]
+    async fn a_watched_endpoint_set_is_followed_without_lookups_and_sessions_follow_it() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let fake = Arc::new(Fake {
+            endpoints: Mutex::new(vec![]),
+            lookups: AtomicU32::new(0),
+            watch: Mutex::new(Some(Box::pin(rx))),
+        });
+        let r = Resolver::new(fake.clone(), Duration::from_secs(3600), Duration::from_secs(3600));
+        let ep = |a: &str, i: &str| Endpoint::new(a, i);
+        tx.unbounded_send(Ok(vec![ep("a:1", "1"), ep("b:2", "2")])).unwrap();
+        let first = r.pick(&id("known"), "s").await.unwrap();
+        assert!(["a:1", "b:2"].contains(&first.endpoint.as_str()), "{first:?}");
+        assert!(first.lost.is_none());
+        for _ in 0..5 {
+            assert_eq!(r.pick(&id("known"), "s").await.unwrap().endpoint, first.endpoint, "the session sticks");
+        }
+
+        // Its replica leaves: the session moves to the other one and remembers the loss.
+        let other = if first.endpoint == "a:1" { ep("b:2", "2") } else { ep("a:1", "1") };
+        tx.unbounded_send(Ok(vec![other.clone()])).unwrap();
+        let moved = pick_until(&r, "s", |p| p.as_ref().is_ok_and(|p| p.endpoint != first.endpoint)).await.unwrap();
+        assert_eq!(moved.endpoint, other.address);
+        assert_eq!(moved.lost.map(|l| l.address), Some(first.endpoint.clone()));
+
+        // Nothing ready: no endpoint is picked.
+        tx.unbounded_send(Ok(vec![])).unwrap();
+        match pick_until(&r, "s", Result::is_err).await {
+            Err(e @ Error::NoReadyEndpoint { .. }) => assert!(e.to_string().contains("127.0.0.1:9"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.lookups.load(Ordering::Relaxed), 0, "the set came from the watch alone");
+
+        // The watch ends (deployment gone): the next call asks the backend, which has no watch now.
+        tx.unbounded_send(Err(backend::Error::NotFound(id("known")))).unwrap();
+        *fake.endpoints.lock().unwrap() = vec!["c:3".into()];
+        let listed = pick_until(&r, "", |p| p.is_ok()).await.unwrap();
+        assert_eq!(listed.endpoint, "c:3");
+        assert!(fake.lookups.load(Ordering::Relaxed) >= 1);
     }
 }

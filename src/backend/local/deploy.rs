@@ -24,7 +24,9 @@ use crate::backend::rollout::plan_config_hash;
 use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
 use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, PlannedObject};
 
-/// A port handed out to a first deploy, held until the record names it.
+/// A port handed out to a first deploy (held until the record names it) or to an extra replica
+/// (held while it runs).
+#[derive(Debug)]
 pub(super) struct Reserved {
     pub(super) port: u16,
     set: Arc<Mutex<std::collections::HashSet<u16>>>,
