@@ -332,10 +332,10 @@ impl ModuleProxy {
                     };
                     if let Some(session) = session {
                         let head = head.freeze();
-                    let already = head.len() - prefix;
-                    let rest = head.slice(prefix..);
-                    let remaining = inner_len.saturating_sub(already);
-                    let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
+                        let already = head.len() - prefix;
+                        let rest = head.slice(prefix..);
+                        let remaining = inner_len.saturating_sub(already);
+                        let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
                         let body =
                             stream::ForwardBody::new([stream::frame_header(inner_len), rest], Some(body), remaining);
                         break (target, session, body);
@@ -377,7 +377,8 @@ impl ModuleProxy {
             .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
             .await
             .map_err(|e| to_status(Error::Authorization(e)))?;
-        let resolve::Pick { endpoint, call_token, lost } = self.resolver.pick(&id, &session).await.map_err(to_status)?;
+        let resolve::Pick { endpoint, call_token, lost } =
+            self.resolver.pick(&id, &session).await.map_err(to_status)?;
         let mut sender = match self.pool.get(&endpoint).await {
             Ok(s) => s,
             Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),

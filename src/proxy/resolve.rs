@@ -199,8 +199,7 @@ impl Resolver {
             .and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok())
             .ok_or_else(|| Error::NoCallToken(id.clone()))?;
         call_token.set_sensitive(true);
-        let endpoints =
-            if self.cannot_watch.load(Ordering::Relaxed) { Some(self.listed(id).await?) } else { None };
+        let endpoints = if self.cannot_watch.load(Ordering::Relaxed) { Some(self.listed(id).await?) } else { None };
         let cached = Cached { at: Instant::now(), endpoints, call_token, known: record.endpoints };
         // A set without endpoints is not cached: the module server may be back any moment.
         if cached.endpoints.as_ref().is_none_or(|e| !e.is_empty()) {
@@ -240,7 +239,6 @@ mod tests {
     use crate::plan::Plan;
 
     /// A backend that knows one deployment and counts endpoint lookups.
-    #[derive(Debug)]
     struct Fake {
         endpoints: Mutex<Vec<String>>,
         lookups: AtomicU32,
@@ -250,6 +248,12 @@ mod tests {
 
     fn id(name: &str) -> DeploymentId {
         DeploymentId { namespace: "default".into(), module: "python-module".into(), name: name.into() }
+    }
+
+    impl std::fmt::Debug for Fake {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Fake").finish_non_exhaustive()
+        }
     }
 
     #[async_trait]

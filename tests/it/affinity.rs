@@ -11,6 +11,7 @@ use jac_splice_orc::pb::{self, value::Kind};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::proxy::{kind, target};
 use crate::support::{struct_of, within, TestServer, ADMIN};

@@ -75,7 +75,7 @@ pub(super) fn watch(
                 endpoints_changes(client.clone(), ns, service)
             }
         }));
-        follow(changes)
+        follow(changes.boxed())
     };
     stream::once(start).flatten().boxed()
 }
@@ -161,14 +161,14 @@ fn slice_changes(client: kube::Client, ns: String, service: String) -> stream::B
     let api: Api<EndpointSlice> = Api::namespaced(client, &ns);
     let config = watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service}"));
     let what = format!("endpointslices.discovery.k8s.io ({SERVICE_LABEL}={service}) in {ns}");
-    changes_of(service, watcher(api, config).default_backoff(), slice_ready, what)
+    changes_of(service, watcher::watcher(api, config).default_backoff(), slice_ready, what)
 }
 
 fn endpoints_changes(client: kube::Client, ns: String, service: String) -> stream::BoxStream<'static, Result<Change>> {
     let api: Api<Endpoints> = Api::namespaced(client, &ns);
     let config = watcher::Config::default().fields(&format!("metadata.name={service}"));
     let what = format!("endpoints/{service} in {ns}");
-    changes_of(service, watcher(api, config).default_backoff(), endpoints_ready, what)
+    changes_of(service, watcher::watcher(api, config).default_backoff(), endpoints_ready, what)
 }
 
 /// `ip:port`, bracketing IPv6.

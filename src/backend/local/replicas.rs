@@ -241,7 +241,8 @@ impl Inner {
             super::state::blocking(move || super::state::create_private_dir(&dir)).await?;
             let object = launch.object.clone();
             let (child, identity) = launch.spawn().await?;
-            let supervisor = Supervisor::start(id.clone(), launch, Start::Owned(child, identity), false, self.journal());
+            let supervisor =
+                Supervisor::start(id.clone(), launch, Start::Owned(child, identity), false, self.journal());
             let mut life = supervisor.life();
             let target = Target { port, readiness: &recipe.readiness, object: &object };
             let waited = readiness::wait(target, &mut life, true, timeout, progress).await;
@@ -292,7 +293,9 @@ impl Inner {
         }
         let quiet = Progress::discard();
         let started = match self.prepare(id, recipe, port, &quiet).await {
-            Ok(program) => self.scale_extras(id, recipe, program, want, false, super::DEFAULT_READY_TIMEOUT, &quiet).await,
+            Ok(program) => {
+                self.scale_extras(id, recipe, program, want, false, super::DEFAULT_READY_TIMEOUT, &quiet).await
+            }
             Err(e) => Err(e),
         };
         let extra = match started {

@@ -44,7 +44,11 @@ async fn the_endpoint_watch_follows_endpoint_slices_and_the_proxy_set_with_it() 
     assert!(timed(watch.next()).await.unwrap().unwrap().is_empty(), "no slices yet");
 
     let api = dynamic(&c.client, &ns, "discovery.k8s.io/v1", "EndpointSlice", "endpointslices");
-    let two = slice("rng-a", "rng", &[("10.1.0.1", "pod-1", true), ("10.1.0.2", "pod-2", true), ("10.1.0.3", "pod-3", false)]);
+    let two = slice(
+        "rng-a",
+        "rng",
+        &[("10.1.0.1", "pod-1", true), ("10.1.0.2", "pod-2", true), ("10.1.0.3", "pod-3", false)],
+    );
     timed(api.create(&PostParams::default(), &two)).await.unwrap();
     let set = timed(watch.next()).await.unwrap().unwrap();
     assert_eq!(addresses(&set), ["10.1.0.1:50051", "10.1.0.2:50051"]);
@@ -65,7 +69,8 @@ async fn the_endpoint_watch_follows_endpoint_slices_and_the_proxy_set_with_it() 
     assert_eq!(used.len(), 2, "{placed:?}");
 
     // The third pod becomes ready: the stream says so, placed sessions stay, new ones reach it.
-    let three = slice("rng-a", "rng", &[("10.1.0.1", "pod-1", true), ("10.1.0.2", "pod-2", true), ("10.1.0.3", "pod-3", true)]);
+    let three =
+        slice("rng-a", "rng", &[("10.1.0.1", "pod-1", true), ("10.1.0.2", "pod-2", true), ("10.1.0.3", "pod-3", true)]);
     timed(api.replace("rng-a", &PostParams::default(), &three)).await.unwrap();
     let set = timed(watch.next()).await.unwrap().unwrap();
     assert_eq!(addresses(&set), ["10.1.0.1:50051", "10.1.0.2:50051", "10.1.0.3:50051"]);
