@@ -449,7 +449,7 @@ mod tests {
         assert!(s.message().contains("127.0.0.1:1"), "{s:?}");
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "MODULE_SERVER_UNAVAILABLE");
         let gone = proxy_status(proxy::Error::ReplicaGone {
-            deployment: id.clone(),
+            deployment: Box::new(id.clone()),
             lost: "127.0.0.1:2".into(),
             message: "unknown reference id \"r1\"".into(),
         });

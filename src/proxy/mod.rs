@@ -79,7 +79,7 @@ pub enum Error {
     /// The session's replica went away and its objects with it: the reference is unknown to the
     /// replica now serving the session.
     #[error("the replica of deployment {deployment} that held this session ({lost}) went away, and the objects of the session went with it ({message}); new calls of the session go to another replica")]
-    ReplicaGone { deployment: DeploymentId, lost: String, message: String },
+    ReplicaGone { deployment: Box<DeploymentId>, lost: String, message: String },
     #[error("module server endpoint `{endpoint}` is not a valid address: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     #[error("cannot resolve the module servers: {0}")]
@@ -417,7 +417,7 @@ impl ModuleProxy {
         }
         if let Some(lost) = lost {
             if let Some(message) = not_found(&parts.headers) {
-                return Err(to_status(Error::ReplicaGone { deployment: id, lost: lost.address, message }));
+                return Err(to_status(Error::ReplicaGone { deployment: Box::new(id), lost: lost.address, message }));
             }
         }
         if let Some(message) = undecodable(&parts.headers) {

@@ -71,7 +71,7 @@ impl Sessions {
         };
         table.entries.insert(key, Entry { endpoint: endpoint.clone(), last: now, lost: lost.clone() });
         table.placements = table.placements.wrapping_add(1);
-        if table.placements % SWEEP_EVERY == 0 {
+        if table.placements.is_multiple_of(SWEEP_EVERY) {
             table.entries.retain(|_, e| now.saturating_duration_since(e.last) < ttl);
         }
         Some(Route { endpoint, lost })

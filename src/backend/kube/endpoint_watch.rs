@@ -181,7 +181,7 @@ fn address(ip: &str, port: i32) -> String {
 }
 
 /// The port named `grpc`, or the only one.
-fn grpc_port<'a, P>(ports: &'a [P], name: impl Fn(&P) -> Option<&str>) -> Option<&'a P> {
+fn grpc_port<P>(ports: &[P], name: impl Fn(&P) -> Option<&str>) -> Option<&P> {
     ports.iter().find(|p| name(p) == Some("grpc")).or(if ports.len() == 1 { ports.first() } else { None })
 }
 

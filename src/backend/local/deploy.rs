@@ -265,9 +265,7 @@ impl Inner {
         let want = replicas::wanted(&record.config);
         let have = 1 + self.extras.lock().expect("extras").get(id).map_or(0, Vec::len);
         let program = if want > have { self.prepare(id, recipe, a.port, progress).await? } else { None };
-        record
-            .endpoints
-            .extend(self.scale_extras(id, recipe, program, want, false, DEFAULT_READY_TIMEOUT, progress).await?);
+        record.endpoints.extend(self.scale_extras(id, recipe, program, want, DEFAULT_READY_TIMEOUT, progress).await?);
         let process = self.running(id);
         let workload = Workload {
             recipe: a.recipe.clone(),
@@ -431,7 +429,7 @@ impl Inner {
             }
         };
         let want = replicas::wanted(&record.config);
-        match self.scale_extras(&id, recipe, program, want, false, timeout, progress).await {
+        match self.scale_extras(&id, recipe, program, want, timeout, progress).await {
             Ok(extra) => record.endpoints.extend(extra),
             Err(e) => {
                 self.stop_workload(&id, None).await;

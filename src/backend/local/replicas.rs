@@ -200,21 +200,17 @@ impl Inner {
     }
 
     /// Runs `want` replicas in all: extras beyond it are stopped, missing ones started (each
-    /// awaited until ready, within `timeout`). `restart`: the settings changed, so the running
-    /// extras are replaced. Returns the extras' endpoints.
+    /// awaited until ready, within `timeout`). Returns the extras' endpoints. (Changed settings
+    /// restart every replica: [`Inner::stop_workload`] stops the extras with replica 0.)
     pub(super) async fn scale_extras(
         self: &Arc<Self>,
         id: &DeploymentId,
         recipe: &LocalRecipe,
         program: Option<String>,
         want: usize,
-        restart: bool,
         timeout: Duration,
         progress: &Progress,
     ) -> Result<Vec<String>> {
-        if restart {
-            self.stop_extras(id).await;
-        }
         let surplus = {
             let mut map = self.extras.lock().expect("extras");
             match map.get_mut(id) {
@@ -293,9 +289,7 @@ impl Inner {
         }
         let quiet = Progress::discard();
         let started = match self.prepare(id, recipe, port, &quiet).await {
-            Ok(program) => {
-                self.scale_extras(id, recipe, program, want, false, super::DEFAULT_READY_TIMEOUT, &quiet).await
-            }
+            Ok(program) => self.scale_extras(id, recipe, program, want, super::DEFAULT_READY_TIMEOUT, &quiet).await,
             Err(e) => Err(e),
         };
         let extra = match started {
