@@ -82,6 +82,7 @@ fn classify(e: &Error) -> Class {
                 class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "PROXY_BUFFER_LIMIT")
             }
             proxy::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+            proxy::Error::ReplicaGone { .. } => class(Code::NotFound, H::NOT_FOUND, "REPLICA_GONE"),
             proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => {
                 class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "MODULE_SERVER_UNAVAILABLE")
             }
@@ -461,6 +462,15 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("127.0.0.1:1"), "{s:?}");
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "MODULE_SERVER_UNAVAILABLE");
+        let gone = proxy_status(proxy::Error::ReplicaGone {
+            deployment: Box::new(id.clone()),
+            lost: "127.0.0.1:2".into(),
+            message: "unknown reference id \"r1\"".into(),
+        });
+        assert_eq!(gone.code(), Code::NotFound);
+        assert_eq!(gone.get_error_details().error_info().unwrap().reason, "REPLICA_GONE");
+        assert!(gone.message().contains("default/python-module/np") || gone.message().contains("np"), "{gone:?}");
+        assert!(gone.message().contains("went away") && gone.message().contains("127.0.0.1:2"), "{gone:?}");
         assert_eq!(proxy_status(proxy::Error::NotFound(id)).code(), Code::NotFound);
         let late = proxy::Error::DeadlineExceeded { timeout: std::time::Duration::from_millis(5), endpoint: None };
         assert_eq!(proxy_status(late).code(), Code::DeadlineExceeded);

@@ -28,6 +28,7 @@ mod desired;
 mod detect;
 mod discovery;
 mod dry_run;
+mod endpoint_watch;
 mod errors;
 mod events;
 mod follow;
@@ -155,6 +156,8 @@ pub struct KubeBackend {
     /// Learnt from `/version` on first use (a server is not upgraded under a running orchestrator
     /// often enough to ask on every deploy).
     server: Arc<tokio::sync::OnceCell<ServerFeatures>>,
+    /// Whether `discovery.k8s.io/v1` EndpointSlices are served, learnt on the first endpoint watch.
+    slices: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -167,7 +170,15 @@ impl KubeBackend {
     pub fn new(client: kube::Client, options: KubeOptions) -> Self {
         let resolver = Resolver::new(client.clone());
         let events = events::Events::new(client.clone(), options.identity.clone());
-        KubeBackend { client, options, resolver, events, locks: Arc::default(), server: Default::default() }
+        KubeBackend {
+            client,
+            options,
+            resolver,
+            events,
+            locks: Arc::default(),
+            server: Default::default(),
+            slices: Default::default(),
+        }
     }
 
     pub fn options(&self) -> &KubeOptions {
@@ -364,6 +375,11 @@ impl Backend for KubeBackend {
             }
         }
         Ok(out)
+    }
+
+    /// EndpointSlices where served (1.21+), Endpoints otherwise (`endpoint_watch.rs`).
+    fn watch_endpoints(&self, id: &DeploymentId) -> Option<super::endpoints::EndpointStream> {
+        Some(endpoint_watch::watch(self.client.clone(), self.records(), self.slices.clone(), id.clone()))
     }
 }
 

@@ -4,6 +4,7 @@
 //! Backends own their deployment records (local: a JSON state file; kube: one labelled Secret
 //! per deployment), so a restarted orchestrator lists exactly what exists.
 
+pub mod endpoints;
 pub mod history;
 pub mod kube;
 pub mod local;
@@ -178,6 +179,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// gRPC endpoints (`host:port`) of a python-module deployment's ready module servers.
     async fn module_endpoints(&self, id: &DeploymentId) -> Result<Vec<String>>;
+
+    /// The ready module servers of a python-module deployment as they change (see
+    /// [`endpoints::EndpointStream`]); `None` when this backend cannot watch them (the proxy
+    /// then asks [`Backend::module_endpoints`]).
+    fn watch_endpoints(&self, _id: &DeploymentId) -> Option<endpoints::EndpointStream> {
+        None
+    }
 
     /// Stops background work (child processes keep running only if the backend says so).
     async fn shutdown(&self) {}

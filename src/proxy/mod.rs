@@ -14,12 +14,19 @@
 //! module servers were started with), so module servers answer only through jac-orc or callers
 //! holding that token.
 //!
+//! Replicas: every call of one client session (field 1 of the module server's request) goes to
+//! the same replica while it lives ([`sessions`], placed by [`affinity`]); the endpoint set
+//! follows the backend's watch ([`resolve`]). When a session's replica went away, the new
+//! replica's NotFound for an old reference becomes [`Error::ReplicaGone`].
+//!
 //! The gRPC edge that serves this is [`crate::api::module_proxy`].
 
+pub mod affinity;
 pub mod codec;
 pub mod deadline;
 pub mod pool;
 pub mod resolve;
+pub mod sessions;
 pub mod stream;
 
 use std::sync::Arc;
@@ -45,6 +52,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// repeated field 2, fields after it) is held whole, and never more than this.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 << 20;
 
+/// Default time a session stays bound to its replica after its last call: longer than the
+/// module server's reference lease, so no live reference outlives its binding.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -65,6 +76,10 @@ pub enum Error {
     Unreachable { endpoint: String, deployment: DeploymentId, reason: String },
     #[error("deadline of {}ms exceeded{}", .timeout.as_millis(), endpoint_suffix(.endpoint))]
     DeadlineExceeded { timeout: Duration, endpoint: Option<String> },
+    /// The session's replica went away and its objects with it: the reference is unknown to the
+    /// replica now serving the session.
+    #[error("the replica of deployment {deployment} that held this session ({lost}) went away, and the objects of the session went with it ({message}); new calls of the session go to another replica")]
+    ReplicaGone { deployment: Box<DeploymentId>, lost: String, message: String },
     #[error("module server endpoint `{endpoint}` is not a valid address: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     #[error("cannot resolve the module servers: {0}")]
@@ -107,6 +122,8 @@ pub struct ProxyConfig {
     pub max_buffered_bytes: usize,
     /// How long a resolved endpoint list is reused before asking the backend again.
     pub resolve_ttl: Duration,
+    /// How long a session stays bound to its replica after its last call.
+    pub session_ttl: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     /// HTTP/2 windows: large, so a 64 MiB ndarray is not throttled by WINDOW_UPDATE round trips.
@@ -122,6 +139,7 @@ impl Default for ProxyConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             resolve_ttl: Duration::from_secs(1),
+            session_ttl: DEFAULT_SESSION_TTL,
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
             stream_window: 64 << 20,
@@ -147,6 +165,12 @@ impl ProxyConfig {
     #[must_use]
     pub fn resolve_ttl(mut self, ttl: Duration) -> Self {
         self.resolve_ttl = ttl;
+        self
+    }
+
+    #[must_use]
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
         self
     }
 
@@ -222,7 +246,7 @@ impl ModuleProxy {
         authorizer: Arc<Authorizer>,
     ) -> Self {
         ModuleProxy {
-            resolver: resolve::Resolver::new(backend, config.resolve_ttl),
+            resolver: resolve::Resolver::new(backend, config.resolve_ttl, config.session_ttl),
             pool: pool::Pool::new(config.clone()),
             default_namespace,
             config,
@@ -287,7 +311,7 @@ impl ModuleProxy {
         let buffer_limit = self.config.max_buffered_bytes;
         let over_buffer = |needed: usize| to_status(Error::BufferLimit { needed, limit: buffer_limit });
         let mut head = bytes::BytesMut::new();
-        let (target, upstream_body) = loop {
+        let (target, session, upstream_body) = loop {
             match stream::plan(&head).map_err(|e| to_status(e.into()))? {
                 stream::Plan::NeedMore if head.len() > buffer_limit => {
                     // A huge field before field 2 (or an unfinished field 1).
@@ -298,13 +322,24 @@ impl ModuleProxy {
                     if inner_len > limit {
                         return Err(too_large(inner_len, limit));
                     }
-                    let head = head.freeze();
-                    let already = head.len() - prefix;
-                    let rest = head.slice(prefix..);
-                    let remaining = inner_len.saturating_sub(already);
-                    let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
-                    let body = stream::ForwardBody::new([stream::frame_header(inner_len), rest], Some(body), remaining);
-                    break (target, body);
+                    let session = match sessions::session_field(&head[prefix..], inner_len) {
+                        sessions::SessionField::NeedMore if head.len() > buffer_limit => {
+                            return Err(over_buffer(head.len()));
+                        }
+                        sessions::SessionField::NeedMore => None,
+                        sessions::SessionField::Found(s) => Some(s),
+                        sessions::SessionField::Absent => Some(String::new()),
+                    };
+                    if let Some(session) = session {
+                        let head = head.freeze();
+                        let already = head.len() - prefix;
+                        let rest = head.slice(prefix..);
+                        let remaining = inner_len.saturating_sub(already);
+                        let rest = if already > inner_len { rest.slice(..inner_len) } else { rest };
+                        let body =
+                            stream::ForwardBody::new([stream::frame_header(inner_len), rest], Some(body), remaining);
+                        break (target, session, body);
+                    }
                 }
                 stream::Plan::Whole { len } => {
                     if len > limit {
@@ -317,8 +352,12 @@ impl ModuleProxy {
                     if head.len() >= stream::FRAME_HEADER + len {
                         let message = head.freeze().slice(stream::FRAME_HEADER..stream::FRAME_HEADER + len);
                         let codec::Split { target, inner } = codec::split(message).map_err(|e| to_status(e.into()))?;
+                        let session = match sessions::session_field(&inner, inner.len()) {
+                            sessions::SessionField::Found(s) => s,
+                            _ => String::new(),
+                        };
                         let body = stream::ForwardBody::new([stream::frame_header(inner.len()), inner], None, 0);
-                        break (target, body);
+                        break (target, session, body);
                     }
                 }
             }
@@ -338,7 +377,8 @@ impl ModuleProxy {
             .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
             .await
             .map_err(|e| to_status(Error::Authorization(e)))?;
-        let resolve::Pick { endpoint, call_token } = self.resolver.pick(&id).await.map_err(to_status)?;
+        let resolve::Pick { endpoint, call_token, lost } =
+            self.resolver.pick(&id, &session).await.map_err(to_status)?;
         let mut sender = match self.pool.get(&endpoint).await {
             Ok(s) => s,
             Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
@@ -374,6 +414,11 @@ impl ModuleProxy {
             // nothing about the caller (already authorized), so it is not passed on as such.
             tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
             return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
+        }
+        if let Some(lost) = lost {
+            if let Some(message) = not_found(&parts.headers) {
+                return Err(to_status(Error::ReplicaGone { deployment: Box::new(id), lost: lost.address, message }));
+            }
         }
         if let Some(message) = undecodable(&parts.headers) {
             return Err(to_status(Error::Undecodable(message)));
@@ -458,6 +503,12 @@ fn undecodable(headers: &http::HeaderMap) -> Option<String> {
     let status = tonic::Status::from_header_map(headers)?;
     let decode = status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf");
     decode.then(|| status.message().to_string())
+}
+
+/// The message of a trailers-only NOT_FOUND (the module server does not know a reference).
+fn not_found(headers: &http::HeaderMap) -> Option<String> {
+    let status = tonic::Status::from_header_map(headers)?;
+    (status.code() == tonic::Code::NotFound).then(|| status.message().to_string())
 }
 
 fn too_large(len: usize, limit: usize) -> tonic::Status {

@@ -2,6 +2,9 @@
 
     driver.py numpy TARGET                          numpy through jac-orc's ModuleProxy
     driver.py calls TARGET DEPLOYMENT NAMESPACE S   plain-value calls for S seconds (retrying)
+    driver.py affinity TARGET DEPLOYMENT NAMESPACE  sessions across replicas: prints one line, waits
+                                                    for a line on stdin (a replica was deleted),
+                                                    prints another
 
 Each prints one JSON line for the Rust test to check (nothing is asserted here). jac-orc's token
 comes from JAC_ORC_TOKEN (the cluster admin's kubeconfig token, which its TokenReview accepts).
@@ -17,6 +20,9 @@ from typing import Any
 
 import jac_splice
 from jac_splice._native import Client
+from jac_splice.exceptions import NotFoundError, UnavailableError
+
+SEED = 20261202
 
 
 def numpy(target: str) -> dict[str, Any]:
@@ -72,7 +78,61 @@ def calls(target: str, deployment: str, namespace: str, seconds: float) -> dict[
     }
 
 
+def _host(client: Client) -> str:
+    """The pod answering this session, as numpy reads its /etc/hostname."""
+    return bytes(client.call("", ["fromfile"], ("/etc/hostname",), {"dtype": "uint8"})).decode().strip()
+
+
+def _draws(client: Client, n: int) -> tuple[Any, list[float]]:
+    """A numpy Generator of this session and its first n draws, one call each."""
+    rng = client.call("", ["random", "default_rng"], (SEED,))
+    return rng, [float(client.call(rng.id, ["random"], ())) for _ in range(n)]
+
+
+def affinity(target: str, deployment: str, namespace: str) -> None:
+    """One session's Generator over 100 calls, 30 sessions' pods; then (after the test deleted
+    the first session's pod) its old reference and new work."""
+    root = Client(target, token=os.environ["JAC_ORC_TOKEN"])
+    keeper = root.via_proxy(deployment, namespace)
+    rng, drawn = _draws(keeper, 100)
+    _, expected = _draws(root.via_proxy(deployment, namespace), 100)
+    try:
+        import numpy
+
+        local: list[float] | None = numpy.random.default_rng(SEED).random(100).tolist()
+    except ImportError:
+        local = None
+    sessions = [root.via_proxy(deployment, namespace) for _ in range(30)]
+    hosts = [_host(s) for s in sessions]
+    stable = all(_host(s) == h for s, h in zip(sessions, hosts))
+    first = {
+        "same_state": drawn == expected,
+        "matches_local": None if local is None else drawn == local,
+        "hosts": sorted(set(hosts)),
+        "stable": stable,
+        "keeper_host": _host(keeper),
+    }
+    print(json.dumps(first), flush=True)
+    sys.stdin.readline()
+    gone = ""
+    for _ in range(300):
+        try:
+            keeper.call(rng.id, ["random"], ())
+            gone = "the old reference still answered"
+            break
+        except NotFoundError as e:
+            gone = str(e)
+            break
+        except UnavailableError:
+            time.sleep(0.1)
+    _, again = _draws(keeper, 10)
+    print(json.dumps({"gone": gone, "again_ok": again == expected[:10], "new_host": _host(keeper)}), flush=True)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["affinity"] and len(argv) == 4:
+        affinity(argv[1], argv[2], argv[3])
+        return 0
     if argv[:1] == ["numpy"] and len(argv) == 2:
         result = numpy(argv[1])
     elif argv[:1] == ["calls"] and len(argv) == 5:

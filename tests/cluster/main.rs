@@ -8,6 +8,7 @@
 //! namespace and deletes it at the end. Timings (install → Ready, deploy → pod Ready → first call,
 //! fail-fast) are printed as `[timing]` lines, never asserted; waits are bounded generously.
 
+mod affinity;
 mod failures;
 mod images;
 mod install;

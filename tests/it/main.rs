@@ -2,6 +2,7 @@
 //! loopback port and talks to it with real gRPC, grpc-web and HTTP clients.
 
 mod access;
+mod affinity;
 mod auth;
 mod cli;
 mod deploy;

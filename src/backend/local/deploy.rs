@@ -19,14 +19,16 @@ use super::process::{Identity, Launch};
 use super::readiness::{self, Outcome, Target};
 use super::state::{self, digest, secret_values, Entry, SealedRecipe, StoredObject, Workload};
 use super::supervisor::{Life, Start, Supervisor};
-use super::{endpoint, key, process_ref, venv, Inner, DEFAULT_READY_TIMEOUT, HOST};
+use super::{endpoint, key, process_ref, replicas, venv, Inner, DEFAULT_READY_TIMEOUT, HOST};
 use crate::backend::rollout::plan_config_hash;
 use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
 use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, PlannedObject};
 
-/// A port handed out to a first deploy, held until the record names it.
-struct Reserved {
-    port: u16,
+/// A port handed out to a first deploy (held until the record names it) or to an extra replica
+/// (held while it runs).
+#[derive(Debug)]
+pub(super) struct Reserved {
+    pub(super) port: u16,
     set: Arc<Mutex<std::collections::HashSet<u16>>>,
 }
 
@@ -207,7 +209,7 @@ impl Inner {
     }
 
     /// A port no record or pending deploy uses.
-    async fn reserve_port(&self) -> Result<Reserved> {
+    pub(super) async fn reserve_port(&self) -> Result<Reserved> {
         let used: std::collections::HashSet<u16> = self
             .state
             .lock()
@@ -260,6 +262,10 @@ impl Inner {
         {
             record.updated_at = p.updated_at.clone();
         }
+        let want = replicas::wanted(&record.config);
+        let have = 1 + self.extras.lock().expect("extras").get(id).map_or(0, Vec::len);
+        let program = if want > have { self.prepare(id, recipe, a.port, progress).await? } else { None };
+        record.endpoints.extend(self.scale_extras(id, recipe, program, want, DEFAULT_READY_TIMEOUT, progress).await?);
         let process = self.running(id);
         let workload = Workload {
             recipe: a.recipe.clone(),
@@ -317,6 +323,7 @@ impl Inner {
             env: command.env,
             cwd: dir.join("data"),
             dir,
+            port,
         }
     }
 
@@ -426,7 +433,7 @@ impl Inner {
                 ObjectEvent::new(process_ref(&id), Action::Stopped).with_message("restarting with the new settings");
             progress.send(ev).await;
         }
-        let launch = self.launch(&id, recipe, a.port, program).await;
+        let launch = self.launch(&id, recipe, a.port, program.clone()).await;
         let object = launch.object.clone();
         let (identity, mut life) = match self.spawn_supervised(&id, launch, false).await {
             Ok(started) => started,
@@ -452,6 +459,14 @@ impl Inner {
                 return self.fail(a, true, e, progress).await;
             }
         };
+        let want = replicas::wanted(&record.config);
+        match self.scale_extras(&id, recipe, program, want, timeout, progress).await {
+            Ok(extra) => record.endpoints.extend(extra),
+            Err(e) => {
+                self.stop_workload(&id, None).await;
+                return self.fail(a, true, e, progress).await;
+            }
+        }
         let mut message = format!("{} ready on {} (pid {pid})", recipe.protocol, endpoint(a.port));
         if outcome == Outcome::Abandoned {
             message = format!("{} started on {} (pid {pid}); {}", recipe.protocol, endpoint(a.port), outcome.message());
@@ -533,6 +548,7 @@ impl Inner {
             s.deployments.remove(&key(id))
         })
         .await?;
+        self.endpoints_changed();
         self.remove_dir(id).await;
         Ok(())
     }

@@ -22,6 +22,7 @@ mod lock;
 mod objects;
 mod process;
 mod readiness;
+mod replicas;
 mod restore;
 mod state;
 mod supervisor;
@@ -78,6 +79,10 @@ struct Inner {
     store: Store,
     state: AsyncMutex<State>,
     supervisors: Mutex<HashMap<DeploymentId, Supervisor>>,
+    /// Replicas 1..N of deployments that run more than one (`replicas.rs`).
+    extras: Mutex<HashMap<DeploymentId, Vec<replicas::Extra>>>,
+    /// Bumped whenever a process becomes ready or stops being so (endpoint watchers).
+    changes: tokio::sync::watch::Sender<u64>,
     /// Serializes apply, delete and restore per deployment.
     locks: Mutex<HashMap<DeploymentId, Arc<AsyncMutex<()>>>>,
     /// Ports handed to first deploys that are not recorded yet.
@@ -137,6 +142,8 @@ impl LocalBackend {
             store: Store::new(path),
             state: AsyncMutex::new(State::new(file)),
             supervisors: Mutex::default(),
+            extras: Mutex::default(),
+            changes: tokio::sync::watch::channel(0).0,
             locks: Mutex::default(),
             reserved: Arc::default(),
             recovered: OnceCell::new(),
@@ -162,6 +169,9 @@ impl LocalBackend {
         self.inner.closing.store(true, Ordering::SeqCst);
         for s in self.inner.supervisors.lock().expect("supervisors").values() {
             s.kill_now();
+        }
+        for e in self.inner.extras.lock().expect("extras").values().flatten() {
+            e.supervisor.kill_now();
         }
     }
 }
@@ -244,9 +254,10 @@ impl Inner {
         }
     }
 
-    /// Stops the deployment's workload: through its supervisor, or (not supervised, e.g. before
+    /// Stops the deployment's workload (every replica): through its supervisor, or (not supervised, e.g. before
     /// a restore reached it) by its recorded identity. Whether anything ran.
     async fn stop_workload(&self, id: &DeploymentId, recorded: Option<&Identity>) -> bool {
+        let extras = self.stop_extras(id).await > 0;
         let supervisor = self.supervisors.lock().expect("supervisors").remove(id);
         let stopped = match supervisor {
             Some(s) => {
@@ -260,7 +271,7 @@ impl Inner {
             },
         };
         process::remove_pidfile(&self.deployment_dir(id)).await;
-        stopped
+        stopped || extras
     }
 
     async fn remove_dir(&self, id: &DeploymentId) {
@@ -280,7 +291,9 @@ impl Inner {
         self.closing.store(true, Ordering::SeqCst);
         // Bounded: an apply that registers after `closing` is refused, so this drains.
         for _ in 0..16 {
-            let all: Vec<Supervisor> = self.supervisors.lock().expect("supervisors").drain().map(|(_, s)| s).collect();
+            let mut all: Vec<Supervisor> =
+                self.supervisors.lock().expect("supervisors").drain().map(|(_, s)| s).collect();
+            all.extend(self.extras.lock().expect("extras").drain().flat_map(|(_, v)| v).map(|e| e.supervisor));
             if all.is_empty() {
                 break;
             }
@@ -325,6 +338,10 @@ impl Journal for Inner {
         if let Err(e) = saved {
             tracing::error!(deployment = %id, error = %e, "could not record the failed workload");
         }
+    }
+
+    fn endpoints_changed(&self) {
+        Inner::endpoints_changed(self);
     }
 }
 
@@ -400,11 +417,13 @@ impl Backend for LocalBackend {
     }
 
     async fn module_endpoints(&self, id: &DeploymentId) -> super::Result<Vec<String>> {
-        let entry = self.inner.entry(id).await.ok_or_else(|| super::Error::NotFound(id.clone()))?;
-        if self.inner.running(id).is_none() {
-            return Ok(Vec::new());
-        }
-        Ok(entry.record.endpoints)
+        Ok(self.inner.ready_endpoints(id).await?.into_iter().map(|e| e.address).collect())
+    }
+
+    /// Follows the deployment's processes (replica 0 and the extras) as they become ready,
+    /// restart or stop: every change of a supervised process wakes the watchers.
+    fn watch_endpoints(&self, id: &DeploymentId) -> Option<super::endpoints::EndpointStream> {
+        Some(replicas::watch(self.inner.clone(), id.clone()))
     }
 
     /// Stops every workload (records stay: the next start brings them back on the same ports)

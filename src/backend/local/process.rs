@@ -146,6 +146,8 @@ pub(super) struct Launch {
     pub(super) dir: PathBuf,
     /// The working directory (inside `dir`).
     pub(super) cwd: PathBuf,
+    /// Where it serves (0: nowhere known); a replica counts as ready once it accepts there.
+    pub(super) port: u16,
 }
 
 impl Launch {
@@ -386,6 +388,7 @@ mod tests {
             env: vec![],
             dir: dir.clone(),
             cwd: dir.join("data"),
+            port: 0,
         };
         let (mut child, identity) = launch.spawn().await.unwrap();
         assert_eq!(read_pidfile(&dir), Some(identity.clone()));

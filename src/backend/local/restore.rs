@@ -159,7 +159,11 @@ impl Inner {
             };
             let object = super::process_ref(id).kubectl_name();
             let target = Target { port: w.port, readiness: &recipe.readiness, object: &object };
-            readiness::wait(target, &mut life, strict, DEFAULT_READY_TIMEOUT, &Progress::discard()).await
+            let waited = readiness::wait(target, &mut life, strict, DEFAULT_READY_TIMEOUT, &Progress::discard()).await;
+            if waited.is_ok() {
+                self.bring_up_extras(id, &entry.record.config, &recipe, w.port).await;
+            }
+            waited
         }
         .await;
         if self.check_open().is_err() {

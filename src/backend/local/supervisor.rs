@@ -57,6 +57,8 @@ pub(super) trait Journal: Send + Sync {
     async fn restarted(&self, id: &DeploymentId, old: Option<Identity>, new: Identity);
     /// Supervision ended after repeated deaths; `last` was the last process.
     async fn gave_up(&self, id: &DeploymentId, last: Option<Identity>, reason: String);
+    /// A process became ready or stopped being so (endpoint watchers look again).
+    fn endpoints_changed(&self) {}
 }
 
 /// How supervision begins.
@@ -71,6 +73,8 @@ pub(super) struct Supervisor {
     stop: CancellationToken,
     mode: Arc<AtomicU8>,
     life: watch::Receiver<Life>,
+    /// The running process once it accepts connections on its port.
+    ready: watch::Receiver<Option<Identity>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,9 +92,10 @@ impl Supervisor {
         let (tx, life) = watch::channel(Life::Running(identity));
         let stop = CancellationToken::new();
         let mode = Arc::new(AtomicU8::new(if confirmed { CONFIRMED } else { PROBATION }));
+        let ready = super::replicas::track_ready(launch.port, life.clone(), journal.clone());
         let run = Run { id, launch, stop: stop.clone(), mode: mode.clone(), life: tx, journal };
         let task = tokio::spawn(run.supervise(start));
-        Supervisor { stop, mode, life, task }
+        Supervisor { stop, mode, life, ready, task }
     }
 
     /// Ends probation; `false` when the workload already died in it.
@@ -111,6 +116,12 @@ impl Supervisor {
             Life::Running(i) => Some(i.clone()),
             _ => None,
         }
+    }
+
+    /// The process, once it accepts connections on its port (a restarted one is not ready
+    /// until it listens again).
+    pub(super) fn ready(&self) -> Option<Identity> {
+        self.ready.borrow().clone()
     }
 
     /// Stops the workload (SIGTERM to its group, SIGKILL after [`STOP_GRACE`]) and waits,

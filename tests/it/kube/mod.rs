@@ -11,6 +11,7 @@
 
 mod access;
 mod deploy;
+mod endpoint_watch;
 mod ensure;
 mod install;
 mod leader;
