@@ -197,8 +197,12 @@ async fn redeploys_scale_the_processes_and_placed_sessions_stay_put() {
         running.insert(pid_of(&mut proxy, "scaled", &format!("last-{i:02}")).await);
     }
     let mut c = server.grpc().await;
-    let request =
-        pb::UndeployRequest { namespace: "default".into(), module: "python-module".into(), name: "scaled".into() };
+    let request = pb::UndeployRequest {
+        namespace: "default".into(),
+        module: "python-module".into(),
+        name: "scaled".into(),
+        ..Default::default()
+    };
     let mut stream = within(c.undeploy(request)).await.unwrap().into_inner();
     while let Some(item) = within(stream.next()).await {
         item.expect("undeploy succeeds");
