@@ -2,21 +2,21 @@
 //! the service layer (as the request's [`Caller`], which the auth layer put in its extensions)
 //! and encodes its views, nothing more.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct};
+use super::events::events;
+pub use super::events::EventStream;
 use super::revisions;
 use super::status::to_status;
 use crate::auth::Caller;
 use crate::backend::ApplyOptions;
 use crate::identity::DeploymentId;
-use crate::pb::{self, deploy_event::Event as PbEvent, orchestrator_server::Orchestrator};
-use crate::service::{self, DeployStream, DeploymentRequest, Event, Service, UndeployOptions, DEFAULT_WAIT};
+use crate::pb::{self, orchestrator_server::Orchestrator};
+use crate::service::{self, DeploymentRequest, Service, UndeployOptions, DEFAULT_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorApi {
@@ -28,10 +28,6 @@ impl OrchestratorApi {
         OrchestratorApi { service }
     }
 }
-
-/// The events of a Deploy or Undeploy call: one per object, then a summary, or a final error
-/// status. It owns the service's stream, so a client that goes away cancels the run's waits.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeployEvent, Status>> + Send>>;
 
 fn status(e: service::Error) -> Status {
     to_status(&e)
@@ -47,14 +43,6 @@ fn request_of(module: String, version: String, config: Option<prost_types::Struc
 
 fn id_of(namespace: String, module: String, name: String) -> Result<DeploymentId, Status> {
     DeploymentId::new(namespace, module, name).map_err(|e| status(e.into()))
-}
-
-pub(super) fn events(stream: DeployStream) -> EventStream {
-    Box::pin(stream.map(|event| match event {
-        Event::Object(ev) => Ok(pb::DeployEvent { event: Some(PbEvent::Object(convert::object_event(&ev))) }),
-        Event::Done(summary) => Ok(pb::DeployEvent { event: Some(PbEvent::Summary(convert::summary(&summary))) }),
-        Event::Failed(e) => Err(status(e)),
-    }))
 }
 
 #[tonic::async_trait]

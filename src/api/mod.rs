@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod convert;
 pub mod docs;
+pub mod events;
 pub mod grpc;
 pub mod layers;
 pub mod module_proxy;

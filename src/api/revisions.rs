@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct, to_struct, Error, Result};
-use super::grpc::{events, EventStream};
+use super::events::{events, EventStream};
 use super::status::to_status;
 use crate::auth::Caller;
 use crate::backend::{ApplyOptions, ObjectEvent, Revision};

@@ -72,7 +72,9 @@ fn classify(e: &Error) -> Class {
             references::Error::Malformed { .. }
             | references::Error::CrossNamespace { .. }
             | references::Error::SecretOutsideEnv { .. }
-            | references::Error::Offline { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_REFERENCE"),
+            | references::Error::OfflineReference { .. } => {
+                class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_REFERENCE")
+            }
         },
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {

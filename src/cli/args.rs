@@ -66,9 +66,40 @@ pub enum Command {
     /// List a deployment's revisions, oldest first.
     History(IdArgs),
     /// Deploy an earlier revision again (default: the previous one), as a new revision.
-    Rollback(super::revisions::RollbackArgs),
+    Rollback(RollbackArgs),
     /// Show per object what a deploy would change against the live objects (exit 0: nothing, 1: something, 2: error).
-    Diff(super::revisions::DiffArgs),
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub id: IdArgs,
+    /// The revision to deploy again (default: the one before the current).
+    pub revision: Option<u64>,
+    /// Wait until every workload is ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// Readiness timeout in seconds (with --wait).
+    #[arg(long, default_value_t = crate::service::DEFAULT_WAIT.as_secs() as u32)]
+    pub timeout: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Deployment name.
+    pub name: String,
+    #[command(flatten)]
+    pub namespace: TargetNamespace,
+    /// Placeholders not given take their defaults, not the deployment's current values.
+    #[arg(long)]
+    pub reset_values: bool,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,47 +5,15 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
-use clap::Args;
 use serde::Serialize;
 
-use super::args::{ClientArgs, IdArgs, Output, SourceArgs, TargetNamespace};
+use super::args::{DiffArgs, IdArgs, RollbackArgs};
 use super::client::{connect, follow, id_of, server_error, values_of, Shown};
 use super::output::{self, Table, Tabular};
 use crate::api::convert::to_struct;
 use crate::backend::{Action, Revision};
 use crate::pb;
 use crate::service::DiffView;
-
-#[derive(Debug, Args)]
-pub struct RollbackArgs {
-    #[command(flatten)]
-    pub id: IdArgs,
-    /// The revision to deploy again (default: the one before the current).
-    pub revision: Option<u64>,
-    /// Wait until every workload is ready.
-    #[arg(long)]
-    pub wait: bool,
-    /// Readiness timeout in seconds (with --wait).
-    #[arg(long, default_value_t = crate::service::DEFAULT_WAIT.as_secs() as u32)]
-    pub timeout: u32,
-}
-
-#[derive(Debug, Args)]
-pub struct DiffArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-    /// Deployment name.
-    pub name: String,
-    #[command(flatten)]
-    pub namespace: TargetNamespace,
-    /// Placeholders not given take their defaults, not the deployment's current values.
-    #[arg(long)]
-    pub reset_values: bool,
-    #[arg(short, long, value_enum, default_value = "table")]
-    pub output: Output,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
 
 /// `jac-orc diff` found something a deploy would change: exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +37,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> Option<(u8, bool)> {
 /// A deployment's revisions, oldest first (`-o json`: the array REST returns).
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
-struct History(Vec<Revision>);
+struct RevisionList(Vec<Revision>);
 
-impl Tabular for History {
+impl Tabular for RevisionList {
     fn table(&self, out: &mut dyn Write) -> io::Result<()> {
         let mut t = Table::new(&["REVISION", "VERSION", "TIME", "BY", "DESCRIPTION", "CONFIG"]);
         for r in &self.0 {
@@ -113,7 +81,7 @@ pub(crate) async fn history(a: IdArgs) -> Result<()> {
     let req = pb::HistoryRequest { namespace: id.namespace, module: id.module, name: id.name };
     let r = connect(&a.client).await?.history(req).await.map_err(server_error(None))?.into_inner();
     let revisions = r.revisions.iter().map(Revision::try_from).collect::<Result<Vec<_>, _>>()?;
-    output::print(a.output, &History(revisions))
+    output::print(a.output, &RevisionList(revisions))
 }
 
 pub(crate) async fn rollback(a: RollbackArgs) -> Result<()> {

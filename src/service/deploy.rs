@@ -19,7 +19,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use super::locks::Held;
-use super::revisions::RevisionNote;
+use super::revision_note::RevisionNote;
 use super::views::{Counts, DeploymentView, Summary};
 use super::{DeploymentRequest, Error, Prepared, Result, Service};
 use crate::auth::{Caller, Resource, Verb};

@@ -278,7 +278,7 @@ impl Service {
         tracing::info!(module = %req.module, deployment = %r.id, "deploying on first import");
         let prepared = self.plan(r, started, lock).await?;
         let opts = ApplyOptions { wait: Some(req.wait.unwrap_or(DEFAULT_WAIT)), ..ApplyOptions::default() };
-        let summary = self.apply(prepared, opts, super::revisions::RevisionNote::deploy(caller)).finish().await?;
+        let summary = self.apply(prepared, opts, super::revision_note::RevisionNote::deploy(caller)).finish().await?;
         Ok(EnsureView { deployment: summary.deployment, deployed: true })
     }
 

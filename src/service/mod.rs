@@ -26,10 +26,12 @@
 mod deploy;
 mod ensure;
 mod locks;
+mod namespacing;
 mod planner;
 mod prepare;
 pub mod readiness;
 pub mod references;
+mod revision_note;
 mod revisions;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -47,7 +49,8 @@ use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
-pub use prepare::{render_offline, Offline, Prepared, ORCHESTRATOR_NAMESPACE};
+pub use namespacing::ORCHESTRATOR_NAMESPACE;
+pub use prepare::{render_offline, Offline, Prepared};
 pub use readiness::{NotReady, Readiness};
 pub use revisions::DiffView;
 pub use views::{DeploymentSecretsView, DeploymentTree, DeploymentView, DryRunView, EnsureView, Summary, TemplateView};

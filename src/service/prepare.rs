@@ -9,11 +9,12 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::locks::Held;
+use super::namespacing::{with_namespace, wrong_type};
 use super::references::Wiring;
 use super::views::DryRunView;
 use super::{DeploymentRequest, Result, Service};
 use crate::auth::{Caller, Resource, Verb};
-use crate::catalog::{self, placeholders::kind_of, Catalog, Report, Resolved, TemplateVersion};
+use crate::catalog::{Catalog, Report, Resolved, TemplateVersion};
 use crate::identity::{self, DeploymentId, NamespaceRule};
 use crate::plan::{Plan, PlannedObject};
 
@@ -159,35 +160,6 @@ fn resolve(catalog: &Catalog, rule: &NamespaceRule, req: &DeploymentRequest) -> 
     Ok(Resolution { template, config, resolved, id, wiring: Wiring::default() })
 }
 
-/// Applies the namespace rule to a template that takes a namespace: the one asked for
-/// (checked), else the orchestrator's. A template declaring [`ORCHESTRATOR_NAMESPACE`]
-/// (python-module's NetworkPolicy lets the orchestrator's pods in) gets the orchestrator's
-/// namespace there unless the request names one.
-pub(super) fn with_namespace(
-    rule: &NamespaceRule,
-    template: &TemplateVersion,
-    config: &Map<String, Value>,
-) -> Result<Map<String, Value>> {
-    let mut config = config.clone();
-    if template.declares(ORCHESTRATOR_NAMESPACE) {
-        let given = config.get(ORCHESTRATOR_NAMESPACE).is_some_and(|v| v.as_str() != Some(""));
-        if !given {
-            config.insert(ORCHESTRATOR_NAMESPACE.into(), Value::String(rule.home().to_string()));
-        }
-    }
-    if !template.declares("namespace") {
-        return Ok(config);
-    }
-    let requested = match config.get("namespace") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(ns)) => Some(ns.as_str()),
-        Some(other) => return Err(wrong_type("namespace", other).into()),
-    };
-    let namespace = rule.target(requested)?;
-    config.insert("namespace".into(), Value::String(namespace));
-    Ok(config)
-}
-
 /// The deployment a request's resolved values name: `namespace` (else the orchestrator's)
 /// and `name` (else the module's).
 fn identity(rule: &NamespaceRule, template: &TemplateVersion, values: &Map<String, Value>) -> Result<DeploymentId> {
@@ -223,13 +195,6 @@ pub(super) fn plan_of(
     };
     wiring.apply(&mut plan)?;
     Ok(plan)
-}
-
-/// The placeholder the service fills with its own namespace (see `with_namespace`).
-pub const ORCHESTRATOR_NAMESPACE: &str = "orchestrator-namespace";
-
-fn wrong_type(name: &str, got: &Value) -> catalog::Error {
-    catalog::Error::WrongType { name: name.into(), expected: "string", got: kind_of(got) }
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub enum Error {
     #[error(
         "placeholder `{placeholder}`: {reference} needs a server: references are resolved against deployed records"
     )]
-    Offline { placeholder: String, reference: String },
+    OfflineReference { placeholder: String, reference: String },
     #[error("{id} is referenced by {}: undeploy those first, or pass force_referenced", .dependents.join(", "))]
     Referenced { id: DeploymentId, dependents: Vec<String> },
 }
@@ -67,7 +67,7 @@ impl Error {
             | Error::NotFound { placeholder, .. }
             | Error::UnknownOutput { placeholder, .. }
             | Error::SecretOutsideEnv { placeholder, .. }
-            | Error::Offline { placeholder, .. } => Some(format!("config.{placeholder}")),
+            | Error::OfflineReference { placeholder, .. } => Some(format!("config.{placeholder}")),
             Error::Referenced { .. } => None,
         }
     }
@@ -156,7 +156,7 @@ pub fn references_in(config: &Map<String, Value>) -> Result<Vec<(String, Referen
 /// Refuses references where there is no server to resolve them (`jac-orc template`).
 pub fn refuse_offline(config: &Map<String, Value>) -> Result<(), Error> {
     match references_in(config)?.into_iter().next() {
-        Some((placeholder, r)) => Err(Error::Offline { placeholder, reference: r.to_string() }),
+        Some((placeholder, r)) => Err(Error::OfflineReference { placeholder, reference: r.to_string() }),
         None => Ok(()),
     }
 }
@@ -343,7 +343,7 @@ impl Service {
             return Ok((req.clone(), wiring));
         }
         let template = self.catalog.load(&req.module, req.version())?;
-        let config = super::prepare::with_namespace(&self.rule, &template, &req.config)?;
+        let config = super::namespacing::with_namespace(&self.rule, &template, &req.config)?;
         let namespace = match config.get("namespace").and_then(Value::as_str) {
             Some(ns) if !ns.is_empty() => ns.to_string(),
             _ => self.rule.home().to_string(),

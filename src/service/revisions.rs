@@ -22,37 +22,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::deploy::{DeployStream, Event};
-use super::prepare::ORCHESTRATOR_NAMESPACE;
+use super::namespacing::ORCHESTRATOR_NAMESPACE;
+use super::revision_note::RevisionNote;
 use super::{DeploymentRequest, Error, Result, Service};
 use crate::auth::{Caller, Resource, Verb};
-use crate::backend::{Action, ApplyOptions, DeploymentRecord, ObjectEvent, Revision};
+use crate::backend::{Action, ApplyOptions, ObjectEvent, Revision};
 use crate::identity::DeploymentId;
-
-/// Who made a revision and why, given to the run that records it.
-#[derive(Debug, Clone)]
-pub(super) struct RevisionNote {
-    pub(super) by: String,
-    pub(super) description: String,
-}
-
-impl RevisionNote {
-    pub(super) fn deploy(caller: &Caller) -> Self {
-        RevisionNote { by: caller.name().to_string(), description: "deploy".into() }
-    }
-
-    fn rollback(caller: &Caller, to: u64) -> Self {
-        RevisionNote { by: caller.name().to_string(), description: format!("rollback to {to}") }
-    }
-
-    /// Records the revision `record` makes; a failure is logged (the deploy itself is done).
-    pub(super) async fn record(self, backend: &dyn crate::backend::Backend, record: &DeploymentRecord, limit: usize) {
-        let revision = Revision::of(record, &self.by, self.description);
-        match backend.record_revision(&record.id, revision, limit).await {
-            Ok(r) => tracing::info!(deployment = %record.id, revision = r.revision, "revision recorded"),
-            Err(e) => tracing::error!(deployment = %record.id, error = %e, "could not record the revision"),
-        }
-    }
-}
 
 /// What a deploy of a request would change, object by object.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

@@ -10,11 +10,12 @@
 //! it created (record, directory, virtualenv); a failed redeploy keeps its record (failed) and
 //! data.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::error::{Error, Result};
+use super::ports::Reserved;
 use super::process::{Identity, Launch};
 use super::readiness::{self, Outcome, Target};
 use super::state::{self, digest, secret_values, Entry, SealedRecipe, StoredObject, Workload};
@@ -23,20 +24,6 @@ use super::{endpoint, key, process_ref, replicas, venv, Inner, DEFAULT_READY_TIM
 use crate::backend::rollout::plan_config_hash;
 use crate::backend::{now_rfc3339, Action, ApplyOptions, DeploymentRecord, ObjectEvent, Progress, Status};
 use crate::plan::{DeploymentId, LocalRecipe, ObjectRef, Plan, PlannedObject};
-
-/// A port handed out to a first deploy (held until the record names it) or to an extra replica
-/// (held while it runs).
-#[derive(Debug)]
-pub(super) struct Reserved {
-    pub(super) port: u16,
-    set: Arc<Mutex<std::collections::HashSet<u16>>>,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        self.set.lock().expect("reserved ports").remove(&self.port);
-    }
-}
 
 /// One apply's facts, for the failure paths.
 struct Attempt {
@@ -226,7 +213,7 @@ impl Inner {
                 .map_err(Error::NoFreePort)?;
             let mut reserved = self.reserved.lock().expect("reserved ports");
             if !used.contains(&port) && reserved.insert(port) {
-                return Ok(Reserved { port, set: self.reserved.clone() });
+                return Ok(Reserved::new(port, self.reserved.clone()));
             }
         }
         Err(Error::NoFreePort(std::io::Error::other("every port offered was already taken by a deployment")))

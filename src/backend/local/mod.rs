@@ -20,6 +20,7 @@ mod fs;
 mod history;
 mod lock;
 mod objects;
+mod ports;
 mod process;
 mod readiness;
 mod replicas;

@@ -8,31 +8,28 @@
 //! extras. After an orchestrator restart the extras are started afresh (the reaping of
 //! `restore.rs` stops old ones: they carry the deployment's marker).
 //!
-//! Readiness of each process ([`track_ready`]) follows its supervisor's life: it counts once it
+//! Readiness of each process ([`super::supervisor::track_ready`]) follows its supervisor's life: it counts once it
 //! accepts TCP connections on its port, and from then on the watchers of
 //! [`crate::backend::Backend::watch_endpoints`] see it.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use super::deploy::Reserved;
 use super::error::{Error, Result};
+use super::ports::Reserved;
 use super::process::Identity;
 use super::readiness::{self, Target};
-use super::supervisor::{Journal, Life, Start, Supervisor};
-use super::{endpoint, Inner, HOST};
+use super::supervisor::{accepts, Start, Supervisor};
+use super::{endpoint, Inner};
 use crate::backend::endpoints::{Endpoint, EndpointStream};
 use crate::backend::{Action, ObjectEvent, Progress};
 use crate::plan::{DeploymentId, LocalRecipe};
 
 /// The most processes one local deployment runs.
 pub(super) const MAX_REPLICAS: usize = 16;
-const READY_POLL: Duration = Duration::from_millis(50);
-/// How long a (re)started process may take to listen before it is no longer watched for it.
-const READY_ROUNDS: u32 = 2400;
 
 /// One extra replica (index ≥ 1).
 #[derive(Debug)]
@@ -46,65 +43,6 @@ pub(super) struct Extra {
 /// The replicas a deployment's configuration asks for (`replicas`; 1 when absent).
 pub(super) fn wanted(config: &Map<String, Value>) -> usize {
     config.get("replicas").and_then(Value::as_u64).map_or(1, |n| (n as usize).clamp(1, MAX_REPLICAS))
-}
-
-/// Follows a supervised process's life and says when it accepts connections on `port` (at
-/// once for `port` 0), telling the journal about every change.
-pub(super) fn track_ready(
-    port: u16,
-    mut life: watch::Receiver<Life>,
-    journal: Weak<dyn Journal>,
-) -> watch::Receiver<Option<Identity>> {
-    let (tx, rx) = watch::channel(None);
-    let publish = move |ready: Option<Identity>| {
-        if tx.send_if_modified(|now| std::mem::replace(now, ready) != *now) {
-            if let Some(j) = journal.upgrade() {
-                j.endpoints_changed();
-            }
-        }
-    };
-    tokio::spawn(async move {
-        loop {
-            let current = life.borrow_and_update().clone();
-            let mut relook = false;
-            match current {
-                Life::Running(identity) => {
-                    let mut up = false;
-                    for _ in 0..READY_ROUNDS {
-                        if port == 0 || accepts(port).await {
-                            up = true;
-                            break;
-                        }
-                        tokio::select! {
-                            changed = life.changed() => {
-                                if changed.is_err() {
-                                    publish(None);
-                                    return;
-                                }
-                                relook = true;
-                                break;
-                            }
-                            () = tokio::time::sleep(READY_POLL) => {}
-                        }
-                    }
-                    publish(up.then_some(identity));
-                }
-                _ => publish(None),
-            }
-            if !relook && life.changed().await.is_err() {
-                publish(None);
-                return;
-            }
-        }
-    });
-    rx
-}
-
-async fn accepts(port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((HOST, port))).await,
-        Ok(Ok(_))
-    )
 }
 
 /// What tells replicas apart across restarts on one address.

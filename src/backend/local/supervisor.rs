@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::process::{self, Identity, Launch};
+use super::HOST;
 use crate::plan::DeploymentId;
 
 /// How long a workload may take to stop after SIGTERM before it gets SIGKILL.
@@ -92,7 +93,7 @@ impl Supervisor {
         let (tx, life) = watch::channel(Life::Running(identity));
         let stop = CancellationToken::new();
         let mode = Arc::new(AtomicU8::new(if confirmed { CONFIRMED } else { PROBATION }));
-        let ready = super::replicas::track_ready(launch.port, life.clone(), journal.clone());
+        let ready = track_ready(launch.port, life.clone(), journal.clone());
         let run = Run { id, launch, stop: stop.clone(), mode: mode.clone(), life: tx, journal };
         let task = tokio::spawn(run.supervise(start));
         Supervisor { stop, mode, life, ready, task }
@@ -279,4 +280,67 @@ pub(super) fn log_tail(path: &std::path::Path) -> String {
     } else {
         tail
     }
+}
+
+const READY_POLL: Duration = Duration::from_millis(50);
+/// How long a (re)started process may take to listen before it is no longer watched for it.
+const READY_ROUNDS: u32 = 2400;
+
+/// Follows a supervised process's life and says when it accepts connections on `port` (at
+/// once for `port` 0), telling the journal about every change.
+pub(super) fn track_ready(
+    port: u16,
+    mut life: watch::Receiver<Life>,
+    journal: Weak<dyn Journal>,
+) -> watch::Receiver<Option<Identity>> {
+    let (tx, rx) = watch::channel(None);
+    let publish = move |ready: Option<Identity>| {
+        if tx.send_if_modified(|now| std::mem::replace(now, ready) != *now) {
+            if let Some(j) = journal.upgrade() {
+                j.endpoints_changed();
+            }
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let current = life.borrow_and_update().clone();
+            let mut relook = false;
+            match current {
+                Life::Running(identity) => {
+                    let mut up = false;
+                    for _ in 0..READY_ROUNDS {
+                        if port == 0 || accepts(port).await {
+                            up = true;
+                            break;
+                        }
+                        tokio::select! {
+                            changed = life.changed() => {
+                                if changed.is_err() {
+                                    publish(None);
+                                    return;
+                                }
+                                relook = true;
+                                break;
+                            }
+                            () = tokio::time::sleep(READY_POLL) => {}
+                        }
+                    }
+                    publish(up.then_some(identity));
+                }
+                _ => publish(None),
+            }
+            if !relook && life.changed().await.is_err() {
+                publish(None);
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub(super) async fn accepts(port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((HOST, port))).await,
+        Ok(Ok(_))
+    )
 }
