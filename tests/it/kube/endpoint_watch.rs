@@ -60,7 +60,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..100 {
+    for _ in 0..600 {
         if f().await {
             return true;
         }
