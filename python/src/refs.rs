@@ -18,6 +18,9 @@ pub struct RefTable<T> {
     sessions: Mutex<HashMap<String, Session<T>>>,
     lease: Duration,
     next_id: AtomicU64,
+    /// Differs between tables (so between module-server processes): a reference from a replica
+    /// that went away is unknown to the replica its session moves to, never another object.
+    incarnation: String,
 }
 
 /// Reference counts, for `Describe`.
@@ -30,7 +33,7 @@ pub struct Counts {
 
 impl<T> RefTable<T> {
     pub fn new(lease: Duration) -> Self {
-        Self { sessions: Mutex::new(HashMap::new()), lease, next_id: AtomicU64::new(1) }
+        Self { sessions: Mutex::new(HashMap::new()), lease, next_id: AtomicU64::new(1), incarnation: incarnation() }
     }
 
     pub fn lease(&self) -> Duration {
@@ -55,7 +58,7 @@ impl<T> RefTable<T> {
 
     /// Stores `obj` for `session` and returns its new id.
     pub fn insert(&self, session: &str, obj: T) -> String {
-        let id = format!("r{:x}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!("r{}-{:x}", self.incarnation, self.next_id.fetch_add(1, Ordering::Relaxed));
         let deadline = Instant::now() + self.lease;
         let mut sessions = self.lock();
         let entry = sessions.entry(session.to_owned()).or_insert_with(|| Session { refs: HashMap::new(), deadline });
@@ -107,6 +110,20 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// A short id unlikely to repeat across processes and tables: the process id, the time and the
+/// standard library's per-process random hash keys, hashed.
+fn incarnation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static TABLES: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(TABLES.fetch_add(1, Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    format!("{:08x}", h.finish() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +147,14 @@ mod tests {
         freed.sort();
         assert_eq!(freed, vec![1, 2]);
         assert_eq!(t.counts("s").sessions, 0);
+    }
+
+    #[test]
+    fn ids_of_two_tables_never_coincide() {
+        let (a, b) = (RefTable::new(Duration::from_secs(60)), RefTable::new(Duration::from_secs(60)));
+        let ids_a: Vec<String> = (0..5).map(|i| a.insert("s", i)).collect();
+        let first_b = b.insert("s", 0);
+        assert!(!ids_a.contains(&first_b), "{ids_a:?} {first_b}");
+        assert_eq!(a.get("s", &first_b, |v| *v), None, "a reference of another table is unknown here");
     }
 }
