@@ -59,12 +59,24 @@ async fn three_replicas_keep_each_session_on_its_pod_and_report_a_deleted_one() 
     let victim = first["keeper_host"].as_str().unwrap().to_string();
     assert!(names.contains(&victim), "{first}");
     let deleted = Instant::now();
-    timed(Api::<Pod>::namespaced(node.client.clone(), &ns).delete(&victim, &DeleteParams::default())).await.unwrap();
+    let api = Api::<Pod>::namespaced(node.client.clone(), &ns);
+    timed(api.delete(&victim, &DeleteParams::default().grace_period(1))).await.unwrap();
+    // The replica is gone once its pod is (a terminating pod may still answer its sessions).
+    let mut gone = false;
+    for _ in 0..240 {
+        if timed(api.get_opt(&victim)).await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(gone, "pod {victim} still exists 60 s after its deletion");
     let mut stdin = child.stdin.take().unwrap();
     timed(stdin.write_all(b"deleted\n")).await.unwrap();
     let second = line(&mut lines).await;
     eprintln!("[result] affinity after deleting {victim}: {second}");
     timing("affinity: pod deleted → the session's next answer", deleted.elapsed());
+    assert!(second.get("error").is_none(), "the driver failed after the deletion: {second}");
     let gone = second["gone"].as_str().unwrap();
     assert!(gone.contains("went away") && gone.contains("np3"), "NotFound naming the gone replica: {second}");
     assert_eq!(second["again_ok"], true, "new work of the session carries on: {second}");
