@@ -6,24 +6,7 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::support::{redis_available, redis_ping, struct_of, within, KubeServe, Options, TestServer};
-
-async fn run(
-    stream: tonic::Streaming<pb::DeployEvent>,
-) -> (Vec<pb::ObjectEvent>, Result<pb::DeploySummary, tonic::Status>) {
-    let mut stream = stream;
-    let mut events = Vec::new();
-    let mut summary = None;
-    while let Some(item) = within(stream.next()).await {
-        match item {
-            Ok(pb::DeployEvent { event: Some(Event::Object(o)) }) => events.push(o),
-            Ok(pb::DeployEvent { event: Some(Event::Summary(s)) }) => summary = Some(Ok(s)),
-            Ok(_) => {}
-            Err(s) => summary = Some(Err(s)),
-        }
-    }
-    (events, summary.expect("stream ended without summary or error"))
-}
+use crate::support::{redis_available, redis_ping, run, struct_of, within, KubeServe, Options, TestServer};
 
 fn redis_request(name: &str, memory: &str) -> pb::DeployRequest {
     pb::DeployRequest {

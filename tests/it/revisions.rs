@@ -1,32 +1,13 @@
 //! Revisions on the local backend through gRPC, REST and the CLI: history, rollback, diff
 //! (against the object store and the running workload), reused values and the history limit.
 
-use jac_splice_orc::pb::{self, deploy_event::Event};
+use jac_splice_orc::pb;
 use jac_splice_orc::service::Settings;
 use serde_json::{json, Value};
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::cli::{ran, JacOrc};
-use crate::support::{redis_available, struct_of, within, Grpc, Options, TestServer, VIEWER};
-
-/// Reads a Deploy or Rollback stream to its end: the object events and the summary (or error).
-async fn run(
-    stream: tonic::Streaming<pb::DeployEvent>,
-) -> (Vec<pb::ObjectEvent>, Result<pb::DeploySummary, tonic::Status>) {
-    let mut stream = stream;
-    let mut events = Vec::new();
-    let mut summary = None;
-    while let Some(item) = within(stream.next()).await {
-        match item {
-            Ok(pb::DeployEvent { event: Some(Event::Object(o)) }) => events.push(o),
-            Ok(pb::DeployEvent { event: Some(Event::Summary(s)) }) => summary = Some(Ok(s)),
-            Ok(_) => {}
-            Err(s) => summary = Some(Err(s)),
-        }
-    }
-    (events, summary.expect("stream ended without summary or error"))
-}
+use crate::support::{redis_available, run, struct_of, within, Grpc, Options, TestServer, VIEWER};
 
 async fn deploy(c: &mut Grpc, name: &str, config: Value) -> pb::DeploySummary {
     let mut config = config;

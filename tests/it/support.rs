@@ -412,3 +412,22 @@ impl Drop for KubeServe {
         let _ = self.child.kill();
     }
 }
+
+/// Reads a Deploy, Undeploy or Rollback stream to its end: the object events and the summary (or
+/// the error status).
+pub(crate) async fn run(
+    stream: tonic::Streaming<pb::DeployEvent>,
+) -> (Vec<pb::ObjectEvent>, Result<pb::DeploySummary, tonic::Status>) {
+    let mut stream = stream;
+    let mut events = Vec::new();
+    let mut summary = None;
+    while let Some(item) = within(tokio_stream::StreamExt::next(&mut stream)).await {
+        match item {
+            Ok(pb::DeployEvent { event: Some(pb::deploy_event::Event::Object(o)) }) => events.push(o),
+            Ok(pb::DeployEvent { event: Some(pb::deploy_event::Event::Summary(s)) }) => summary = Some(Ok(s)),
+            Ok(_) => {}
+            Err(s) => summary = Some(Err(s)),
+        }
+    }
+    (events, summary.expect("stream ended without summary or error"))
+}
