@@ -9,6 +9,7 @@
 mod connection;
 mod health;
 pub mod limits;
+mod reflection;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tower::ServiceExt;
 
 use crate::api::{grpc::OrchestratorApi, module_proxy::ModuleProxyServer, rest};
 use crate::auth::AuthLayer;
-use crate::pb::{self, orchestrator_server::OrchestratorServer};
+use crate::pb::orchestrator_server::OrchestratorServer;
 use crate::proxy::ModuleProxy;
 use crate::service::Service;
 pub use limits::Limits;
@@ -49,14 +50,7 @@ async fn app_parts(service: Arc<Service>) -> Result<(Router, ModuleProxyServer),
         settings.proxy.clone(),
         service.authorizer().clone(),
     )));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection, reflection_alpha) = (reflection::builder()?.build_v1()?, reflection::builder()?.build_v1alpha()?);
     let grpc = tonic::service::Routes::new(OrchestratorServer::new(OrchestratorApi::new(service.clone())))
         .add_service(module_proxy.clone())
         .add_service(health_service)

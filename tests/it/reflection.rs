@@ -49,3 +49,42 @@ async fn health_reports_serving() {
     }
     server.stop().await;
 }
+
+/// What grpcurl (1.8, v1alpha reflection) sees: the services this server answers, not the module
+/// servers' ModuleService, and the error details of a failed call decoded by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_only_served_services_and_decodes_error_info() {
+    let Some(grpcurl) = crate::tls::grpcurl() else { return };
+    let served = crate::served::Served::start(&[], &[]).await;
+    let target = served.addr.clone();
+    let bearer = format!("authorization: Bearer {}", served.admin_token());
+    let grpcurl_run = |args: &[&str]| {
+        let mut all = vec!["-plaintext", "-H", bearer.as_str()];
+        all.push(target.as_str());
+        all.extend_from_slice(args);
+        tokio::task::block_in_place(|| crate::tls::run(&grpcurl, &all, &[]))
+    };
+    let (ok, out, err) = grpcurl_run(&["list"]);
+    assert!(ok, "{err}{out}");
+    for want in ["jac.splice.v1.Orchestrator", "jac.splice.v1.ModuleProxy", "grpc.health.v1.Health"] {
+        assert!(out.lines().any(|l| l == want), "{want} missing from {out}");
+    }
+    assert!(!out.contains("ModuleService"), "ModuleService answers Unimplemented here: {out}");
+
+    let (ok, out, err) = grpcurl_run(&["describe", "google.rpc.ErrorInfo"]);
+    assert!(ok && out.contains("reason"), "{err}{out}");
+
+    let body = r#"{"namespace":"default","module":"redis","name":"absent"}"#;
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        crate::tls::run(
+            &grpcurl,
+            &["-plaintext", "-H", &bearer, "-d", body, &target, "jac.splice.v1.Orchestrator/GetDeployment"],
+            &[],
+        )
+    });
+    let text = format!("{out}{err}");
+    assert!(!ok && text.contains("NotFound"), "{text}");
+    assert!(text.contains("google.rpc.ErrorInfo") && text.contains("DEPLOYMENT_NOT_FOUND"), "{text}");
+    assert!(!text.contains("not recognized"), "the details decode: {text}");
+    served.stop().await;
+}

