@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub ensure_allow: Option<Vec<String>>,
     /// Revisions kept per deployment.
     pub history_limit: usize,
+    /// How long a `GetModuleAccess` answer is valid for.
+    pub module_access_ttl: std::time::Duration,
 }
 
 /// Authentication, TLS and connection limits of `serve`.

@@ -164,4 +164,11 @@ impl Orchestrator for OrchestratorApi {
     async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
         Ok(Response::new(revisions::diff(&self.service, request).await?))
     }
+
+    async fn get_module_access(
+        &self,
+        request: Request<pb::GetModuleAccessRequest>,
+    ) -> Result<Response<pb::ModuleAccess>, Status> {
+        Ok(Response::new(super::module_access::get_module_access(&self.service, request).await?))
+    }
 }

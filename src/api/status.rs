@@ -15,9 +15,9 @@ use crate::backend::{self, local};
 use crate::catalog;
 use crate::identity;
 use crate::proxy;
-use crate::service::references;
 use crate::service::views::Applied;
 use crate::service::Error;
+use crate::service::{access, references};
 
 #[derive(Debug, Clone, Copy)]
 struct Class {
@@ -75,6 +75,15 @@ fn classify(e: &Error) -> Class {
             | references::Error::OfflineReference { .. } => {
                 class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_REFERENCE")
             }
+        },
+        Error::Access(a) => match a.as_ref() {
+            access::Error::Invalid { .. } => class(Code::InvalidArgument, H::BAD_REQUEST, "INVALID_ARGUMENT"),
+            access::Error::NotFound { .. } => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
+            access::Error::NoReadyServer { .. } => {
+                class(Code::FailedPrecondition, H::PRECONDITION_FAILED, "NO_READY_MODULE_SERVER")
+            }
+            access::Error::NoCallToken { .. } => class(Code::FailedPrecondition, H::BAD_REQUEST, "NO_CALL_TOKEN"),
+            access::Error::Backend { source, .. } => classify_backend(source),
         },
         Error::Proxy(p) => match p {
             proxy::Error::Malformed(_) | proxy::Error::NoDeployment | proxy::Error::Undecodable(_) => {

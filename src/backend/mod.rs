@@ -193,7 +193,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
 /// Current time as RFC 3339 (UTC, seconds), without pulling in a date crate.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339_after(std::time::Duration::ZERO)
+}
+
+/// The time `after` from now as RFC 3339 (UTC, seconds).
+pub fn rfc3339_after(after: std::time::Duration) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = (now + after).as_secs();
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);

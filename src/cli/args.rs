@@ -130,6 +130,10 @@ pub struct ServeArgs {
     #[arg(long, env = "JAC_ORC_HISTORY_LIMIT", default_value_t = crate::backend::history::DEFAULT_LIMIT,
         value_parser = positive)]
     pub history_limit: usize,
+    /// Seconds a GetModuleAccess answer (module server endpoints and call token) is valid for;
+    /// direct clients ask again after it.
+    #[arg(long, env = "JAC_ORC_MODULE_ACCESS_TTL", default_value = "60", value_parser = seconds)]
+    pub module_access_ttl: Duration,
     /// Python interpreter for python-module deployments on the local backend.
     #[arg(long, env = "JAC_ORC_PYTHON", default_value = "python3")]
     pub python: String,
@@ -307,6 +311,7 @@ impl ServeArgs {
             edge: config::EdgeConfig { cors_origins: self.cors_origins, ..config::EdgeConfig::default() },
             ensure_allow: self.ensure_allow,
             history_limit: self.history_limit,
+            module_access_ttl: self.module_access_ttl,
         })
     }
 }
@@ -592,6 +597,9 @@ mod tests {
         assert_eq!(cfg.pip.index_url.as_deref(), Some("https://u:p@idx.example/simple"));
         assert!(cfg.pip.find_links.unwrap().is_absolute());
         assert_eq!(serve(&[]).unwrap().max_buffered_bytes, crate::proxy::DEFAULT_MAX_BUFFERED_BYTES);
+        assert_eq!(serve(&[]).unwrap().module_access_ttl, crate::proxy::DEFAULT_ACCESS_TTL);
+        assert_eq!(serve(&["--module-access-ttl", "2.5"]).unwrap().module_access_ttl, Duration::from_millis(2500));
+        assert!(serve(&["--module-access-ttl", "0"]).is_err());
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         restricted_namespace: cfg.restricted_namespace,
         proxy: ProxyConfig::default()
             .max_message_bytes(cfg.max_message_bytes)
-            .max_buffered_bytes(cfg.max_buffered_bytes),
+            .max_buffered_bytes(cfg.max_buffered_bytes)
+            .access_ttl(cfg.module_access_ttl),
         edge: cfg.edge.clone(),
         ensure: cfg.ensure_allow.clone().map(crate::service::EnsurePolicy::allow).unwrap_or_default(),
         history_limit: cfg.history_limit,

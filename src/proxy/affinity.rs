@@ -62,6 +62,24 @@ mod tests {
         assert_ne!(score("ab", "c"), score("a", "bc"), "the separator keeps the parts apart");
     }
 
+    /// The same vectors pin the copy of this hash in the Python client (`python/src/affinity.rs`),
+    /// which places sessions itself for direct access (`GetModuleAccess`): both must pick the
+    /// same replica for a session.
+    #[test]
+    fn placement_matches_the_vectors_pinned_in_the_python_client() {
+        assert_eq!(score("s", "a:1"), 0xc2de_fe8c_b355_c250);
+        assert_eq!(score("s", "a:2"), 0x251b_4c87_989d_c672);
+        assert_eq!(score("session-0", "10.0.0.1:50051"), 0x2c5b_7391_9a3d_0cfb);
+        assert_eq!(score("", ""), 0x4f2d_b50f_1240_40cd);
+        let eps: Vec<Endpoint> =
+            ["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"].iter().map(|a| Endpoint::new(*a, "")).collect();
+        let expected = ["3", "3", "2", "2", "3", "1", "3", "2"];
+        for (i, host) in expected.iter().enumerate() {
+            let placed = place(&format!("session-{i}"), &eps).unwrap();
+            assert_eq!(placed.address, format!("10.0.0.{host}:50051"), "session-{i}");
+        }
+    }
+
     #[test]
     fn sessions_spread_over_every_endpoint() {
         let eps = endpoints(3);

@@ -56,6 +56,9 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 << 20;
 /// module server's reference lease, so no live reference outlives its binding.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 
+/// Default time a `GetModuleAccess` answer (endpoints and call token) is valid for.
+pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -131,6 +134,8 @@ pub struct ProxyConfig {
     pub connection_window: u32,
     /// Let hyper size the windows from measured bandwidth-delay (overrides the fixed ones).
     pub adaptive_window: bool,
+    /// How long a `GetModuleAccess` answer is valid for (clients ask again after it).
+    pub access_ttl: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -145,6 +150,7 @@ impl Default for ProxyConfig {
             stream_window: 64 << 20,
             connection_window: 256 << 20,
             adaptive_window: false,
+            access_ttl: DEFAULT_ACCESS_TTL,
         }
     }
 }
@@ -171,6 +177,12 @@ impl ProxyConfig {
     #[must_use]
     pub fn session_ttl(mut self, ttl: Duration) -> Self {
         self.session_ttl = ttl;
+        self
+    }
+
+    #[must_use]
+    pub fn access_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl;
         self
     }
 

@@ -20,9 +20,11 @@
 //! | history | get | `jacdeployments` | its | deployment |
 //! | diff | get, then as deploy | `jacdeployments` | target | deployment |
 //! | rollback | as deploy (update) | `jacdeployments` | its | deployment |
+//! | module access | call | `modules` | its | deployment |
 //!
 //! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
+pub mod access;
 mod deploy;
 mod ensure;
 mod locks;
@@ -46,6 +48,7 @@ use crate::auth::{self, Authorizer, Caller, Resource, Verb};
 use crate::backend::{self, Backend, DeploymentRecord};
 use crate::catalog::{self, Catalog};
 use crate::identity::{self, DeploymentId, NamespaceRule};
+pub use access::{AccessRequest, ModuleAccessView};
 pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
@@ -97,6 +100,15 @@ pub enum Error {
     /// A reference to another deployment's output, or an undeploy of a referenced deployment.
     #[error(transparent)]
     References(Box<references::Error>),
+    /// Direct access to a deployment's module servers (`GetModuleAccess`).
+    #[error(transparent)]
+    Access(Box<access::Error>),
+}
+
+impl From<access::Error> for Error {
+    fn from(e: access::Error) -> Self {
+        Error::Access(Box::new(e))
+    }
 }
 
 impl From<references::Error> for Error {
@@ -114,6 +126,7 @@ impl Error {
             Error::Invalid { field, .. } => Some(field.clone()),
             Error::RevisionNotFound { .. } => Some("revision".into()),
             Error::References(e) => e.field(),
+            Error::Access(e) => e.field().map(Into::into),
             Error::NotAllowedOnImport { what, .. } => {
                 Some(if *what == "module" { "module" } else { "packages" }.into())
             }

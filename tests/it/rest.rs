@@ -137,6 +137,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("get", "/deployment/{namespace}/{module}/{name}/secrets"),
         ("get", "/healthz"),
         ("get", "/metrics"),
+        ("get", "/module/access/{namespace}/{deployment}"),
         ("get", "/openapi.json"),
         ("get", "/readyz"),
         ("get", "/templates"),
@@ -164,7 +165,10 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         let url = format!(
             "{}{}",
             server.url(),
-            path.replace("{namespace}", "default").replace("{module}", "redis").replace("{name}", "nope")
+            path.replace("{namespace}", "default")
+                .replace("{module}", "redis")
+                .replace("{name}", "nope")
+                .replace("{deployment}", "nope")
         );
         let req = http.request(method.to_uppercase().parse().unwrap(), url);
         let req = if method == "post" { req.json(&json!({})) } else { req };

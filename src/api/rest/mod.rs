@@ -1,12 +1,14 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
 //! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
-//! `GET /templates`, `POST /module/ensure` (deploy on first import) and `GET /openapi.json`. Each handler turns JSON into a request, calls the
+//! `GET /templates`, `POST /module/ensure` (deploy on first import), `GET /module/access/…`
+//! (direct access to module servers) and `GET /openapi.json`. Each handler turns JSON into a request, calls the
 //! service layer as the request's [`Caller`] and returns its view; errors go through the one
 //! table in [`super::status`].
 //!
 //! Routes and the OpenAPI document come from the same registration (`utoipa_axum::routes!`),
 //! so the document cannot drift from the routes.
 
+mod access;
 mod body;
 mod checks;
 mod revisions;
@@ -52,6 +54,7 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(get_one, undeploy))
         .routes(routes!(secrets))
         .routes(routes!(ensure_module))
+        .routes(routes!(access::module_access))
         .routes(routes!(revisions::history))
         .routes(routes!(revisions::rollback))
         .routes(routes!(revisions::diff))
