@@ -109,8 +109,12 @@ class Orchestrator:
             self.proc.stderr.close()
 
 
-def start_orchestrator(binary: str, data_dir: Path, *args: str) -> Orchestrator:
-    env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
+def start_orchestrator(
+    binary: str, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Orchestrator:
+    """Starts ``jac-orc serve`` on a free loopback port; ``env`` adds variables (its module
+    servers inherit them)."""
+    env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1", **(env or {}))
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args],
         env=env,
