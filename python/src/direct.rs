@@ -258,3 +258,139 @@ fn never_sent(status: &Status) -> bool {
     }
     status.message().contains("Connection refused") || status.message().contains("tcp connect error")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{Access, CallToken};
+    use crate::client::new_session_id;
+    use crate::proto::CallRequest;
+    use crate::runtime::rt;
+    use crate::server::Security;
+    use crate::testing::{connect, dead_address, Recorder, TestModuleServer, BOUND};
+    use crate::testing_orchestrator::{self as orchestrator, access, not_ready, Script};
+
+    fn settings() -> Settings {
+        Settings { max_message_bytes: 4 << 20, channels: 1, connect_timeout: BOUND, heartbeat: None }
+    }
+
+    fn session(stub: &crate::testing::Stub, module: &str) -> Arc<Direct> {
+        let target = ProxyTarget { deployment: "d".into(), namespace: "default".into() };
+        Direct::new(connect(stub.addr), target, module.into(), new_session_id(), settings())
+    }
+
+    fn route(direct: &Direct) -> Result<Arc<Route>, client::Error> {
+        rt().block_on(async { tokio::time::timeout(BOUND, direct.route()).await }).unwrap()
+    }
+
+    fn call(route: &Route) -> Result<crate::proto::ValueResponse, Status> {
+        rt().block_on(async {
+            let channel = route.connection().channel()?;
+            tokio::time::timeout(BOUND, route.call_within(channel, false, CallRequest::default(), None)).await.unwrap()
+        })
+    }
+
+    #[test]
+    fn a_deployment_without_a_ready_module_server_is_woken_once_then_asked_again_until_one_is() {
+        let server = TestModuleServer::start(Recorder::default());
+        let script = Script::default();
+        script.answer([Err(not_ready()), Err(not_ready()), Ok(access(&[server.addr().to_string()], "t"))]);
+        let stub = orchestrator::start(script.clone());
+        let direct = session(&stub, "numpy");
+        let route = route(&direct).expect("ready after the wake");
+        assert_eq!(script.ensured(), ["numpy"], "one EnsureModule");
+        assert_eq!(script.asked(), 3);
+        assert!(call(&route).is_ok());
+        assert_eq!(direct.endpoint(), Some(server.addr().to_string()));
+    }
+
+    #[test]
+    fn without_its_module_a_sleeping_deployment_is_not_woken_and_the_answer_stands() {
+        let script = Script::default();
+        script.answer([Err(not_ready())]);
+        let stub = orchestrator::start(script.clone());
+        let err = route(&session(&stub, "")).unwrap_err();
+        assert!(matches!(&err, client::Error::Rpc(s) if s.code() == Code::FailedPrecondition), "{err:?}");
+        assert!(script.ensured().is_empty());
+        // Other refusals are never retried.
+        script.answer([Err(Status::permission_denied("user vera may not call modules"))]);
+        let err = route(&session(&stub, "numpy")).unwrap_err();
+        assert!(matches!(&err, client::Error::Rpc(s) if s.code() == Code::PermissionDenied), "{err:?}");
+        assert!(script.ensured().is_empty());
+    }
+
+    #[test]
+    fn the_session_goes_where_rendezvous_hashing_puts_it_and_stays_while_listed() {
+        let script = Script::default();
+        let two: Vec<String> = ["127.0.0.1:1", "127.0.0.1:2"].map(String::from).to_vec();
+        script.answer([Ok(access(&two, "t"))]);
+        let stub = orchestrator::start(script.clone());
+        let direct = session(&stub, "m");
+        route(&direct).unwrap();
+        let placed = direct.endpoint().unwrap();
+        assert_eq!(Some(&placed), affinity::place(&direct.session, &two));
+
+        // A replica joins: the session stays (as ModuleProxy's session table keeps it).
+        let mut three = two.clone();
+        three.push("127.0.0.1:3".into());
+        script.answer([Ok(access(&three, "t"))]);
+        assert!(direct.failed(&client::Error::Rpc(Status::unauthenticated("refused"))), "sent again");
+        route(&direct).unwrap();
+        assert_eq!(direct.endpoint(), Some(placed.clone()));
+
+        // Its replica leaves: the session moves to where the hash puts it among the rest.
+        let rest: Vec<String> = three.iter().filter(|a| **a != placed).cloned().collect();
+        script.answer([Ok(access(&rest, "t"))]);
+        assert!(!direct.failed(&client::Error::Rpc(Status::unavailable("connection reset mid-call"))));
+        route(&direct).unwrap();
+        assert_eq!(direct.endpoint().as_ref(), affinity::place(&direct.session, &rest));
+        assert_eq!(script.asked(), 3);
+        // Errors of the served code's own make nothing asked again.
+        assert!(!direct.failed(&client::Error::Rpc(Status::invalid_argument("bad"))));
+        route(&direct).unwrap();
+        assert_eq!(script.asked(), 3);
+    }
+
+    #[test]
+    fn a_new_call_token_is_followed_after_the_module_server_refuses_the_old_one() {
+        let token = CallToken::new("new-token-0123456789abcdefgh").unwrap();
+        let server =
+            TestModuleServer::start_with(Recorder::default(), Security { access: Access::Token(token), tls: None });
+        let endpoint = vec![server.addr().to_string()];
+        let script = Script::default();
+        script.answer([Ok(access(&endpoint, "old-token-0123456789abcdefgh"))]);
+        let stub = orchestrator::start(script.clone());
+        let direct = session(&stub, "m");
+        let refused = call(&route(&direct).unwrap()).unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        script.answer([Ok(access(&endpoint, "new-token-0123456789abcdefgh"))]);
+        assert!(direct.failed(&client::Error::Rpc(refused)), "a refused call never ran: send it again");
+        assert!(call(&route(&direct).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_probe_tells_a_reachable_module_server_from_an_unreachable_one() {
+        let server = TestModuleServer::start(Recorder::default());
+        let script = Script::default();
+        script.answer([Ok(access(&[dead_address().to_string()], "t"))]);
+        let stub = orchestrator::start(script.clone());
+        let unreachable = session(&stub, "m");
+        route(&unreachable).unwrap();
+        let probe = |d: &Direct| rt().block_on(d.reachable(Duration::from_secs(5)));
+        assert!(!probe(&unreachable));
+        script.answer([Ok(access(&[server.addr().to_string()], "t"))]);
+        let reachable = session(&stub, "m");
+        route(&reachable).unwrap();
+        assert!(probe(&reachable));
+    }
+
+    #[test]
+    fn a_refused_connection_counts_as_never_sent_and_a_reset_does_not() {
+        let connection = connect(dead_address());
+        let route = Route::new(connection, new_session_id(), None);
+        let refused = call(&route).unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable);
+        assert!(never_sent(&refused), "{refused:?}");
+        assert!(!never_sent(&Status::unavailable("connection reset by peer")));
+    }
+}

@@ -22,6 +22,8 @@ mod server;
 mod surface;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod testing_orchestrator;
 mod wire;
 
 use pyo3::prelude::*;

@@ -229,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn a_calls_timeout_reaches_the_module_server_as_its_grpc_timeout() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        let timeout = Some(Duration::from_secs(5));
+        connection
+            .block_on_call(|channel, lane| route.call_within(channel, lane, CallRequest::default(), timeout), never)
+            .unwrap_or_else(|never| match never {})
+            .unwrap();
+        connection
+            .block_on_call(|channel, lane| route.get_attr(channel, lane, String::new(), vec![], timeout), never)
+            .unwrap_or_else(|never| match never {})
+            .unwrap();
+        call(&connection, &route).unwrap();
+        let seen = recorder.deadlines.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for carried in &seen[..2] {
+            let carried = crate::deadline::parse(carried.as_deref().expect("a grpc-timeout")).unwrap();
+            assert!(carried <= Duration::from_secs(5) && carried > Duration::ZERO, "{carried:?}");
+        }
+        assert_eq!(seen[2], None, "no timeout, no deadline");
+    }
+
+    #[test]
     fn queued_releases_go_out_in_batches() {
         let recorder = Recorder::default();
         let server = TestModuleServer::start(recorder.clone());
