@@ -28,9 +28,19 @@ fn check_signals() -> PyResult<()> {
     Python::attach(|py| py.check_signals())
 }
 
+/// Runs `f`, which blocks on a runtime, where that is allowed: here, or, on one of the shared
+/// runtime's own threads (a spawned call's completion running Python that calls again), on a
+/// short-lived thread of its own.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
 /// Runs `fut` on the shared runtime with the GIL released; Ctrl-C interrupts the wait.
 pub(crate) fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
-    py.detach(|| block_on_interruptible(rt(), fut, check_signals))
+    py.detach(|| off_runtime(|| block_on_interruptible(rt(), fut, check_signals)))
 }
 
 /// Runs one call with the GIL released, on a lane when one is free (see
@@ -44,7 +54,7 @@ where
     T: Send,
     F: Future<Output = Result<T, Status>> + Send,
 {
-    py.detach(|| connection.block_on_call(make, check_signals))
+    py.detach(|| off_runtime(|| connection.block_on_call(make, check_signals)))
 }
 
 /// A reference to an object held by a module server for one client session.

@@ -52,6 +52,22 @@ def test_spawned_calls_carry_kwargs_objects_and_exceptions(tm: jac_splice.Remote
     assert sent.result(timeout=60) == [1, 2]
 
 
+def test_a_spawned_calls_done_callback_may_call_again(tm: jac_splice.RemoteModule) -> None:
+    # Done callbacks run where the call completed (a thread of the native runtime): a blocking
+    # call from there must still work.
+    identity = tm.identity
+    called: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def again(done: concurrent.futures.Future[Any]) -> None:
+        try:
+            called.set_result(identity(done.result() + 1))
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            called.set_exception(e)
+
+    jac_splice.spawn(identity, 1).add_done_callback(again)
+    assert called.result(timeout=60) == 2
+
+
 def test_a_spawned_call_can_be_cancelled_while_in_flight(tm: jac_splice.RemoteModule) -> None:
     gate = tm.Gate()
     held = jac_splice.spawn(gate.wait, 30)
