@@ -6,10 +6,12 @@
 """
 
 from jac_splice._native import __version__
+from jac_splice.calls import TimedCallable, acall, spawn, with_timeout
 from jac_splice.client import Splice, connect
 from jac_splice.exceptions import (
     AuthenticationError,
     ClosedError,
+    DeadlineExceededError,
     DeploymentLookupError,
     NotASpliceServerError,
     NotFoundError,
@@ -27,6 +29,7 @@ from jac_splice.proxy import RemoteCallable, RemoteModule, RemoteObject
 __all__ = [
     "AuthenticationError",
     "ClosedError",
+    "DeadlineExceededError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",
@@ -40,9 +43,13 @@ __all__ = [
     "ResourceExhaustedError",
     "Splice",
     "SpliceError",
+    "TimedCallable",
     "TransportError",
     "UnavailableError",
     "__version__",
+    "acall",
     "connect",
     "remote_imports",
+    "spawn",
+    "with_timeout",
 ]

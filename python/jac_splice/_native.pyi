@@ -1,5 +1,6 @@
 """Hand-written stubs for the native core (checked with mypy.stubtest)."""
 
+from collections.abc import Callable
 from typing import Any, Literal, final
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "SPLICE_HELPERS",
     "Client",
     "ModuleServer",
+    "PendingCall",
     "RemoteRef",
     "__version__",
     "use_numpy",
@@ -49,8 +51,23 @@ class Client:
         max_message_bytes: int = ...,
         channels: int = 2,
         connect_timeout_seconds: float = 5.0,
+        call_timeout_seconds: float | None = None,
     ) -> Client: ...
     def via_proxy(self, deployment: str, namespace: str) -> Client: ...
+    def direct(
+        self,
+        deployment: str,
+        namespace: str,
+        *,
+        module: str = ...,
+        probe_timeout_seconds: float | None = None,
+    ) -> Client | None: ...
+    @property
+    def route_kind(self) -> Literal["direct", "proxy", "server"]: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def call_timeout(self) -> float | None: ...
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
@@ -64,14 +81,25 @@ class Client:
     def target(self) -> str: ...
     @property
     def deployment(self) -> tuple[str, str] | None: ...
-    def get_attr(self, target: str, path: list[str]) -> Any: ...
+    def get_attr(self, target: str, path: list[str], *, timeout: float | None = None) -> Any: ...
     def call(
         self,
         target: str,
         path: list[str],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Any: ...
+    def call_async(
+        self,
+        target: str,
+        path: list[str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+        done: Callable[[bool, Any], object],
+    ) -> PendingCall: ...
     def release(self, ids: list[str]) -> tuple[int, int]: ...
     def release_later(self, id: str) -> None: ...
     def flush(self) -> None: ...
@@ -89,6 +117,14 @@ class Client:
         idle_timeout: str = ...,
         wait_timeout_seconds: int = ...,
     ) -> dict[str, Any]: ...
+
+@final
+class PendingCall:
+    """A call sent by ``Client.call_async``."""
+
+    def cancel(self) -> None: ...
+    @property
+    def finished(self) -> bool: ...
 
 @final
 class ModuleServer:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from jac_splice._native import Client, RemoteRef
 from jac_splice.credentials import find_token
-from jac_splice.exceptions import ClosedError, DeploymentLookupError, SpliceError
+from jac_splice.exceptions import ClosedError, DeploymentLookupError, SpliceError, TransportError
 from jac_splice.proxy import RemoteModule, where
 
 if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never evaluated here
@@ -19,6 +20,11 @@ if TYPE_CHECKING:  # Python 3.9's typing has no Self; annotations are never eval
 
 PYTHON_MODULE = "python-module"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+Route = Literal["auto", "direct", "proxy"]
+ROUTES: tuple[Route, ...] = ("auto", "direct", "proxy")
+AUTO_PROBE_SECONDS = 0.5
+"""How long ``route="auto"`` waits for a module server to accept a TCP connection."""
 
 _log = logging.getLogger("jac_splice")
 
@@ -49,8 +55,13 @@ class Splice:
         heartbeat_seconds: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channels: int = 2,
+        route: Route = "auto",
+        call_timeout: float | None = None,
     ) -> None:
+        if route not in ROUTES:
+            raise ValueError(f"route must be 'auto', 'direct' or 'proxy', got {route!r}")
         self.target = target
+        self.route: Route = route
         self._client = Client(
             target,
             token=token,
@@ -58,6 +69,7 @@ class Splice:
             heartbeat_seconds=heartbeat_seconds,
             max_message_bytes=max_message_bytes,
             channels=channels,
+            call_timeout_seconds=_call_timeout(call_timeout),
         )
         self._routes: dict[tuple[str, str], Client] = {}
         self._served: str | None = None
@@ -150,6 +162,7 @@ class Splice:
                     f"deploy=True needs a jac-orc target; {self.target} is a module server"
                 )
             return self._direct_module(name)
+        served_module = ""
         if deployment is None and deploy and not self._serving(name, namespace)[0]:
             ensured = self.ensure_module(
                 name,
@@ -162,9 +175,10 @@ class Splice:
                 wait_timeout=wait_timeout,
             )
             deployment, namespace = str(ensured["name"]), str(ensured["namespace"])
+            served_module = str(ensured["config"].get("module", ""))
         if deployment is None:
-            deployment, namespace = self.resolve_deployment(name, namespace)
-        client = self._route(deployment, namespace or "")
+            deployment, namespace, served_module = self._resolve(name, namespace)
+        client = self._route(deployment, namespace or "", served_module)
         served = str(client.describe()["module"])
         return _module_proxy(client, served, name)
 
@@ -172,13 +186,42 @@ class Splice:
         assert self._served is not None
         return _module_proxy(self._client, self._served, name)
 
-    def _route(self, deployment: str, namespace: str) -> Client:
+    def _route(self, deployment: str, namespace: str, module: str = "") -> Client:
         self._probe()  # routes share the connection, and so the token found for it
         with self._lock:
             key = (deployment, namespace)
             if key not in self._routes:
-                self._routes[key] = self._client.via_proxy(deployment, namespace)
+                self._routes[key] = self._new_route(deployment, namespace, module)
             return self._routes[key]
+
+    def _new_route(self, deployment: str, namespace: str, module: str) -> Client:
+        """A session of ``deployment``: through ModuleProxy, or directly to its module servers
+        (GetModuleAccess), as ``route`` says; ``module`` (the Python module it serves, if known)
+        lets a direct session wake a deployment scaled to zero."""
+        if self.route == "proxy":
+            return self._client.via_proxy(deployment, namespace)
+        if self.route == "direct":
+            direct = self._client.direct(deployment, namespace, module=module)
+            assert direct is not None  # only a probe answers None
+            return direct
+        try:
+            probed = self._client.direct(
+                deployment, namespace, module=module, probe_timeout_seconds=AUTO_PROBE_SECONDS
+            )
+        except TransportError as e:
+            if e.code not in ("UNIMPLEMENTED", "FAILED_PRECONDITION"):
+                raise
+            # A jac-orc without direct access, or nothing ready yet (the proxy holds the calls).
+            _log.info("calling %s through jac-orc's ModuleProxy (%s)", deployment, e)
+            return self._client.via_proxy(deployment, namespace)
+        if probed is None:
+            _log.info(
+                "the module servers of %s are not reachable from here: calling through "
+                "jac-orc's ModuleProxy",
+                deployment,
+            )
+            return self._client.via_proxy(deployment, namespace)
+        return probed
 
     def ensure_module(
         self,
@@ -242,9 +285,15 @@ class Splice:
 
     def resolve_deployment(self, name: str, namespace: str | None = None) -> tuple[str, str]:
         """The (deployment, namespace) of jac-orc's single python-module deployment of ``name``."""
+        deployment, found_in, _ = self._resolve(name, namespace)
+        return deployment, found_in
+
+    def _resolve(self, name: str, namespace: str | None) -> tuple[str, str, str]:
+        """:meth:`resolve_deployment`, and the module the deployment serves."""
         matches, modules = self._serving(name, namespace)
         if len(matches) == 1:
-            return str(matches[0]["name"]), str(matches[0]["namespace"])
+            found = matches[0]
+            return str(found["name"]), str(found["namespace"]), str(found["config"]["module"])
         candidates = ", ".join(
             f"{d['namespace']}/{d['name']} (module {d['config'].get('module', '?')!r})"
             for d in (matches or modules)
@@ -296,11 +345,25 @@ class Splice:
             state = "not contacted yet"
         elif self._is_orchestrator:
             with self._lock:
-                routes = [where(client) for client in self._routes.values()]
+                routes = [
+                    f"{where(client)} ({client.route_kind})" for client in self._routes.values()
+                ]
             state = "jac-orc" + (f", deployments in use: {', '.join(routes)}" if routes else "")
         else:
             state = f"module server of {self._served!r}"
         return f"<jac_splice.Splice {self.target}: {state}>"
+
+
+def _call_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"call_timeout must be a number of seconds or None, got {value!r}")
+    if not (math.isfinite(value) and 0 < value < 1e9):
+        raise ValueError(
+            f"call_timeout must be a positive number of seconds (or None), got {value!r}"
+        )
+    return float(value)
 
 
 def _text(value: str | float | None) -> str:
@@ -334,6 +397,8 @@ def connect(
     heartbeat_seconds: float | None = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     channels: int = 2,
+    route: Route = "auto",
+    call_timeout: float | None = None,
 ) -> Splice:
     """Connects to a module server ("127.0.0.1:50051") or to jac-orc ("http://jac-orc:8000").
 
@@ -343,6 +408,16 @@ def connect(
     trusting ``ca`` (a PEM file path, or PEM bytes) if given, else the system's roots.
     ``heartbeat_seconds`` (None: off) keeps the session's references alive on the server; keep
     it below the server's lease.
+
+    ``route`` says how calls of a jac-orc deployment travel: ``"proxy"`` through jac-orc's
+    ModuleProxy; ``"direct"`` to the deployment's module servers themselves, with the endpoints
+    and call token jac-orc hands out (GetModuleAccess, allowed to the same callers), each
+    session on the replica ModuleProxy would pick; ``"auto"`` (the default) direct when the
+    module servers accept a connection from here (inside the cluster; on the local backend),
+    else through the proxy (a laptop outside the cluster). ``call_timeout`` (seconds; None:
+    none) bounds every call (see :func:`jac_splice.with_timeout` for one callable); its expiry
+    raises :class:`~jac_splice.exceptions.DeadlineExceededError` and the deadline travels to the
+    module server.
     """
     return Splice(
         target,
@@ -351,4 +426,6 @@ def connect(
         heartbeat_seconds=heartbeat_seconds,
         max_message_bytes=max_message_bytes,
         channels=channels,
+        route=route,
+        call_timeout=call_timeout,
     )

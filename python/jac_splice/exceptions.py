@@ -4,7 +4,8 @@ A Python exception raised in the module server arrives as a :class:`RemoteError`
 also an instance of the matching builtin exception, so ``except ValueError`` catches a remote
 ``ValueError`` and ``hasattr`` sees a remote ``AttributeError``. Its ``remote_traceback`` holds the
 server-side traceback (also attached as a note). Transport failures raise :class:`TransportError`
-subclasses named after the gRPC status code; a refused call raises :class:`AuthenticationError`
+subclasses named after the gRPC status code (a call past its timeout raises
+:class:`DeadlineExceededError`, a ``TimeoutError``); a refused call raises :class:`AuthenticationError`
 (no token, or a wrong one) or :class:`PermissionDeniedError` (not served to this caller), each
 naming the address and what to do. Transport errors of a call through jac-orc also name the
 python-module deployment (``default/numpy``) it was for.
@@ -41,6 +42,11 @@ class TransportError(SpliceError):
 
 class UnavailableError(TransportError, ConnectionError):
     """The module server (or jac-orc) cannot be reached, or the connection broke mid-call."""
+
+
+class DeadlineExceededError(TransportError, TimeoutError):
+    """The call did not complete within its timeout (``connect(call_timeout=...)``,
+    :func:`jac_splice.with_timeout`); the module server was told the same deadline."""
 
 
 class NotFoundError(TransportError, LookupError):
@@ -85,6 +91,7 @@ class NumpyRequiredError(SpliceError, ImportError):
 
 _TRANSPORT_CLASSES: dict[str, type[TransportError]] = {
     "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
     "UNAUTHENTICATED": AuthenticationError,
@@ -145,6 +152,7 @@ def _remote_error(
 __all__ = [
     "AuthenticationError",
     "ClosedError",
+    "DeadlineExceededError",
     "DeploymentLookupError",
     "NotASpliceServerError",
     "NotFoundError",

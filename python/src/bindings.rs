@@ -10,13 +10,15 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use tonic::Status;
 
 use crate::access::{Access, CallToken};
+use crate::calls::{self, PendingCall};
 use crate::client::{self, new_session_id, Connection, Options, Route};
 use crate::codec::{self, DecodeError};
+use crate::deadline;
+use crate::direct::{self, Direct};
 use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
 use crate::host::{RunningServer, ServerConfig};
 use crate::proto::{
-    value, value_response, CallRequest, Deployment, EnsureModuleRequest, Kwarg, ProxyTarget, RemoteRef as WireRef,
-    Value, ValueResponse,
+    value, value_response, Deployment, EnsureModuleRequest, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
 };
 use crate::runtime::{block_on_interruptible, rt, SLICE};
 use crate::server::{tls_acceptor, Security};
@@ -26,14 +28,24 @@ fn check_signals() -> PyResult<()> {
     Python::attach(|py| py.check_signals())
 }
 
+/// Runs `f`, which blocks on a runtime, where that is allowed: here, or, on one of the shared
+/// runtime's own threads (a spawned call's completion running Python that calls again), on a
+/// short-lived thread of its own.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
 /// Runs `fut` on the shared runtime with the GIL released; Ctrl-C interrupts the wait.
-fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
-    py.detach(|| block_on_interruptible(rt(), fut, check_signals))
+pub(crate) fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
+    py.detach(|| off_runtime(|| block_on_interruptible(rt(), fut, check_signals)))
 }
 
 /// Runs one call with the GIL released, on a lane when one is free (see
 /// `Connection::block_on_call`); Ctrl-C interrupts it.
-fn wait_on_lane<T, F>(
+pub(crate) fn wait_on_lane<T, F>(
     py: Python<'_>,
     connection: &Connection,
     make: impl FnOnce(tonic::transport::Channel, bool) -> F + Send,
@@ -42,7 +54,7 @@ where
     T: Send,
     F: Future<Output = Result<T, Status>> + Send,
 {
-    py.detach(|| connection.block_on_call(make, check_signals))
+    py.detach(|| off_runtime(|| connection.block_on_call(make, check_signals)))
 }
 
 /// A reference to an object held by a module server for one client session.
@@ -70,20 +82,41 @@ impl RemoteRef {
 #[pyclass(frozen, module = "jac_splice._native", name = "Client")]
 #[derive(Debug)]
 pub struct Client {
-    connection: Arc<Connection>,
-    route: Arc<Route>,
-    heartbeat: Option<Duration>,
-    target: String,
+    /// The target's connection (jac-orc's, for routed and direct sessions).
+    pub(crate) connection: Arc<Connection>,
+    /// The session's route; a direct session's current one comes from `direct`.
+    pub(crate) route: Arc<Route>,
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) target: String,
+    /// Default timeout of every call (`connect(call_timeout=...)`).
+    pub(crate) call_timeout: Option<Duration>,
+    /// A direct session of a jac-orc deployment (`GetModuleAccess`): its route follows the access.
+    pub(crate) direct: Option<Arc<Direct>>,
+    /// How module-server connections of direct sessions are made.
+    pub(crate) settings: direct::Settings,
 }
 
 impl Client {
     fn with_route(&self, via: Option<ProxyTarget>) -> Self {
         let route = Route::new(self.connection.clone(), new_session_id(), via);
         route.spawn_background(self.heartbeat);
-        Self { connection: self.connection.clone(), route, heartbeat: self.heartbeat, target: self.target.clone() }
+        self.sibling(route, None)
     }
 
-    fn encode_arg(&self, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    /// A client sharing this one's connection and settings, on `route`.
+    pub(crate) fn sibling(&self, route: Arc<Route>, direct: Option<Arc<Direct>>) -> Self {
+        Self {
+            connection: self.connection.clone(),
+            route,
+            heartbeat: self.heartbeat,
+            target: self.target.clone(),
+            call_timeout: self.call_timeout,
+            direct,
+            settings: self.settings.clone(),
+        }
+    }
+
+    pub(crate) fn encode_arg(&self, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         let session = self.route.session();
         let mut leaf = |o: &Bound<'_, PyAny>| -> PyResult<Option<Value>> {
             let holder = match o.cast::<RemoteRef>() {
@@ -128,8 +161,9 @@ impl Client {
         Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
     }
 
-    fn peer(&self) -> Peer<'_> {
-        Peer { address: self.connection.address(), token_sent: self.connection.has_token(), via: self.route.via() }
+    pub(crate) fn peer(&self) -> Peer<'_> {
+        let via = self.direct.as_ref().map(|d| d.target()).or(self.route.via());
+        Peer { address: self.connection.address(), token_sent: self.connection.has_token(), via }
     }
 
     /// `ClosedError` once the connection was closed.
@@ -141,13 +175,19 @@ impl Client {
         status_to_pyerr(py, status, self.peer())
     }
 
-    fn decode_response(&self, py: Python<'_>, response: Result<ValueResponse, client::Error>) -> PyResult<Py<PyAny>> {
-        let response = response.map_err(|e| client_to_pyerr(py, &e, self.peer()))?;
+    /// A response of `route` as a Python value (or the exception it stands for).
+    pub(crate) fn decode_response(
+        &self,
+        py: Python<'_>,
+        route: &Route,
+        response: Result<ValueResponse, client::Error>,
+    ) -> PyResult<Py<PyAny>> {
+        let response = response.map_err(|e| client_to_pyerr(py, &e, self.peer_on(route)))?;
         match response.result {
             Some(value_response::Result::Value(value)) => {
-                let session = self.route.session().to_owned();
+                let session = route.session().to_owned();
                 let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
-                    self.route.track(&r.id);
+                    route.track(&r.id);
                     let obj =
                         RemoteRef { id: r.id, type_name: r.type_name, callable: r.callable, session: session.clone() };
                     Ok(Bound::new(py, obj)?.into_any())
@@ -163,7 +203,7 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (target, *, token=None, ca=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0))]
+    #[pyo3(signature = (target, *, token=None, ca=None, heartbeat_seconds=Some(10.0), max_message_bytes=1<<30, channels=2, connect_timeout_seconds=5.0, call_timeout_seconds=None))]
     #[allow(clippy::too_many_arguments)] // the Python keyword arguments, one each
     fn new(
         py: Python<'_>,
@@ -174,7 +214,10 @@ impl Client {
         max_message_bytes: usize,
         channels: usize,
         connect_timeout_seconds: f64,
+        call_timeout_seconds: Option<f64>,
     ) -> PyResult<Self> {
+        let call_timeout =
+            deadline::from_seconds(call_timeout_seconds, "call_timeout").map_err(PyValueError::new_err)?;
         let peer = Peer { address: &target, token_sent: token.is_some(), via: None };
         let options = Options {
             token: token.clone(),
@@ -195,7 +238,65 @@ impl Client {
         let route = Route::new(connection.clone(), new_session_id(), None);
         let _guard = rt().enter();
         route.spawn_background(heartbeat);
-        Ok(Self { connection, route, heartbeat, target })
+        let settings =
+            direct::Settings { max_message_bytes, channels, connect_timeout: options.connect_timeout, heartbeat };
+        Ok(Self { connection, route, heartbeat, target, call_timeout, direct: None, settings })
+    }
+
+    /// A direct session of jac-orc's `deployment` (`GetModuleAccess`): calls go to its module
+    /// servers themselves. Access is asked now (its errors raise here). With
+    /// `probe_timeout_seconds`, None when the session's module server does not accept a
+    /// connection within it (unreachable from here: use `via_proxy`). `module`, the Python
+    /// module it serves, lets a deployment scaled to zero be woken (`EnsureModule`).
+    #[pyo3(signature = (deployment, namespace, *, module=String::new(), probe_timeout_seconds=None))]
+    fn direct(
+        &self,
+        py: Python<'_>,
+        deployment: String,
+        namespace: String,
+        module: String,
+        probe_timeout_seconds: Option<f64>,
+    ) -> PyResult<Option<Self>> {
+        self.check_open(py)?;
+        let probe =
+            deadline::from_seconds(probe_timeout_seconds, "probe_timeout_seconds").map_err(PyValueError::new_err)?;
+        let target = ProxyTarget { deployment, namespace };
+        let direct = Direct::new(self.connection.clone(), target, module, new_session_id(), self.settings.clone());
+        let session = direct.clone();
+        let route =
+            wait_for(py, async move { session.route().await })?.map_err(|e| client_to_pyerr(py, &e, self.peer()))?;
+        if let Some(timeout) = probe {
+            let session = direct.clone();
+            if !wait_for(py, async move { session.reachable(timeout).await })? {
+                let session = direct.clone();
+                wait_for(py, async move { session.close().await })?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.sibling(route, Some(direct))))
+    }
+
+    /// How calls travel: "direct" (a jac-orc deployment's module servers, reached directly),
+    /// "proxy" (through jac-orc's ModuleProxy) or "server" (the module server connected to).
+    #[getter]
+    fn route_kind(&self) -> &'static str {
+        match (&self.direct, self.route.via()) {
+            (Some(_), _) => "direct",
+            (None, Some(_)) => "proxy",
+            (None, None) => "server",
+        }
+    }
+
+    /// The module server a direct session is on now (None for other routes).
+    #[getter]
+    fn endpoint(&self) -> Option<String> {
+        self.direct.as_ref().and_then(|d| d.endpoint())
+    }
+
+    /// The default timeout of every call in seconds (None: none).
+    #[getter]
+    fn call_timeout(&self) -> Option<f64> {
+        self.call_timeout.map(|t| t.as_secs_f64())
     }
 
     /// A client for `deployment`'s module server through jac-orc's `ModuleProxy` (new session).
@@ -211,7 +312,13 @@ impl Client {
     /// them raises `ClosedError`. Closing again does nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let connection = self.connection.clone();
-        wait_for(py, async move { connection.close().await })
+        let direct = self.direct.clone();
+        wait_for(py, async move {
+            connection.close().await;
+            if let Some(d) = direct {
+                d.close().await;
+            }
+        })
     }
 
     #[getter]
@@ -253,21 +360,28 @@ impl Client {
 
     #[getter]
     fn deployment(&self) -> Option<(String, String)> {
-        self.route.via().map(|v| (v.deployment.clone(), v.namespace.clone()))
+        let via = self.direct.as_ref().map(|d| d.target()).or(self.route.via());
+        via.map(|v| (v.deployment.clone(), v.namespace.clone()))
     }
 
-    /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`.
-    #[pyo3(signature = (target, path))]
-    fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>) -> PyResult<Py<PyAny>> {
+    /// Reads `target.path`: plain data by value, anything else as a `RemoteRef`. `timeout`
+    /// (seconds) overrides the client's `call_timeout`.
+    #[pyo3(signature = (target, path, *, timeout=None))]
+    fn get_attr(&self, py: Python<'_>, target: String, path: Vec<String>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         self.check_open(py)?;
-        let route = &self.route;
-        let response =
-            wait_on_lane(py, route.connection(), |channel, lane| route.get_attr(channel, lane, target, path))?;
-        self.decode_response(py, response)
+        let timeout = self.timeout(timeout)?;
+        let mut route = self.current_route(py, timeout)?;
+        let mut response = self.get_attr_on(py, &route, &target, &path, timeout)?;
+        if self.again(&response) {
+            route = self.current_route(py, timeout)?;
+            response = self.get_attr_on(py, &route, &target, &path, timeout)?;
+        }
+        self.decode_response(py, &route, response)
     }
 
-    /// Calls `target.path(*args, **kwargs)` on the module server.
-    #[pyo3(signature = (target, path, args, kwargs=None))]
+    /// Calls `target.path(*args, **kwargs)` on the module server. `timeout` (seconds)
+    /// overrides the client's `call_timeout`.
+    #[pyo3(signature = (target, path, args, kwargs=None, *, timeout=None))]
     fn call(
         &self,
         py: Python<'_>,
@@ -275,26 +389,45 @@ impl Client {
         path: Vec<String>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
+        timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         self.check_open(py)?;
-        let mut request = CallRequest { target, path, ..Default::default() };
-        for arg in args.iter() {
-            request.args.push(self.encode_arg(&arg)?);
+        let timeout = self.timeout(timeout)?;
+        let mut route = self.current_route(py, timeout)?;
+        let mut response = self.call_on(py, &route, self.call_request(&target, &path, args, kwargs)?, timeout)?;
+        if self.again(&response) {
+            route = self.current_route(py, timeout)?;
+            response = self.call_on(py, &route, self.call_request(&target, &path, args, kwargs)?, timeout)?;
         }
-        if let Some(kwargs) = kwargs {
-            for (name, value) in kwargs.iter() {
-                request.kwargs.push(Kwarg { name: name.extract()?, value: Some(self.encode_arg(&value)?) });
-            }
-        }
-        let route = &self.route;
-        let response = wait_on_lane(py, route.connection(), |channel, lane| route.call(channel, lane, request))?;
-        self.decode_response(py, response)
+        self.decode_response(py, &route, response)
+    }
+
+    /// Sends `target.path(*args, **kwargs)` without waiting: `done(True, value)` or
+    /// `done(False, exception)` is called (on a runtime thread, attached) when it completes.
+    /// The returned `PendingCall` can abandon it.
+    #[pyo3(signature = (target, path, args, kwargs, timeout, done))]
+    #[allow(clippy::too_many_arguments)] // the Python arguments, one each
+    fn call_async(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        target: String,
+        path: Vec<String>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        timeout: Option<f64>,
+        done: Py<PyAny>,
+    ) -> PyResult<PendingCall> {
+        let this = slf.get();
+        this.check_open(py)?;
+        let timeout = this.timeout(timeout)?;
+        let request = this.call_request(&target, &path, args, kwargs)?;
+        Ok(calls::spawn(slf.clone().unbind(), request, timeout, done))
     }
 
     /// Releases `ids` now; returns (released, remaining). An empty list is the heartbeat.
     fn release(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<(u32, u32)> {
         self.check_open(py)?;
-        let route = self.route.clone();
+        let route = self.placed();
         let response = wait_for(py, async move { route.release(ids).await })?;
         let response = response.map_err(|s| self.status_error(py, &s))?;
         Ok((response.released, response.remaining))
@@ -302,20 +435,20 @@ impl Client {
 
     /// Queues `id` for the next batched release (safe to call from a GC callback).
     fn release_later(&self, id: String) {
-        self.route.release_later(id);
+        self.placed().release_later(id);
     }
 
     /// Sends the queued releases now.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         self.check_open(py)?;
-        let route = self.route.clone();
+        let route = self.placed();
         wait_for(py, async move { route.flush().await })?.map_err(|s| self.status_error(py, &s))
     }
 
     /// The module server's description as a dict.
     fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.check_open(py)?;
-        let route = self.route.clone();
+        let route = self.current_route(py, None)?;
         let d = wait_for(py, async move { route.describe().await })?.map_err(|s| self.status_error(py, &s))?;
         let out = PyDict::new(py);
         out.set_item("module", d.module)?;

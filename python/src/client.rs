@@ -18,7 +18,10 @@ use crate::lane::{self, Lanes};
 use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
-use crate::proto::{EnsureModuleRequest, EnsureModuleResponse, ListDeploymentsRequest, ListDeploymentsResponse};
+use crate::proto::{
+    EnsureModuleRequest, EnsureModuleResponse, GetModuleAccessRequest, ListDeploymentsRequest, ListDeploymentsResponse,
+    ModuleAccess,
+};
 pub use crate::route::Route;
 use crate::runtime::{block_on_interruptible, rt};
 use crate::wire::{CONNECTION_WINDOW, LANE_HEADER, MAX_FRAME, MODULE_SERVICE, ORCHESTRATOR_SERVICE, STREAM_WINDOW};
@@ -115,6 +118,8 @@ pub struct Connection {
     closed: AtomicBool,
     /// Every route (session) over this connection, so `close` can release their references.
     routes: Mutex<Vec<Weak<Route>>>,
+    /// Connections opened on this one's behalf (direct access to module servers), closed with it.
+    children: Mutex<Vec<Weak<Connection>>>,
     /// `Bearer <token>`: set at creation, or later once the server's kind tells which token
     /// applies (`jac_splice.connect` finds it then).
     auth: RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>,
@@ -169,6 +174,7 @@ impl Connection {
             next: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             routes: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
             auth: RwLock::new(auth),
             max_message_bytes: options.max_message_bytes,
         }))
@@ -234,9 +240,24 @@ impl Connection {
             }
         };
         let _ = tokio::time::timeout(CLOSE_RELEASES_WITHIN, releases).await;
+        let children: Vec<Arc<Connection>> =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()))
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+        for child in children {
+            Box::pin(child.close()).await;
+        }
         self.lanes.close();
         let channels = std::mem::take(&mut *self.channels.write().unwrap_or_else(|e| e.into_inner()));
         drop(channels);
+    }
+
+    /// Closes `child` when this connection closes.
+    pub(crate) fn adopt(&self, child: &Arc<Connection>) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.retain(|c| c.strong_count() > 0);
+        children.push(Arc::downgrade(child));
     }
 
     pub(crate) fn register(&self, route: &Arc<Route>) {
@@ -268,8 +289,19 @@ impl Connection {
                 Err(status) => Ok(Err(status)),
             },
         };
+        // A call abandoned on a lane (interrupted, or past its deadline) may still run on the
+        // server's thread of that connection, which would hold the next call back: the lane goes.
+        let abandoned = match &result {
+            Err(_) => true,
+            Ok(Err(status)) => status.code() == Code::DeadlineExceeded,
+            Ok(Ok(_)) => false,
+        };
         if let Some(lane) = lane {
-            self.lanes.put(lane);
+            if abandoned {
+                self.lanes.discard(lane);
+            } else {
+                self.lanes.put(lane);
+            }
         }
         result.map(|r| r.map_err(Error::from))
     }
@@ -325,6 +357,14 @@ impl Connection {
     pub async fn ensure_module(&self, request: EnsureModuleRequest) -> Result<EnsureModuleResponse, Status> {
         let mut client = OrchestratorClient::new(self.channel()?);
         Ok(client.ensure_module(self.request(request)).await?.into_inner())
+    }
+
+    /// jac-orc's direct access to a python-module deployment: its ready module servers and the
+    /// call token they accept (`GetModuleAccess`).
+    pub async fn module_access(&self, namespace: String, deployment: String) -> Result<ModuleAccess, Status> {
+        let mut client = OrchestratorClient::new(self.channel()?);
+        let request = self.request(GetModuleAccessRequest { namespace, deployment });
+        Ok(client.get_module_access(request).await?.into_inner())
     }
 
     async fn health(&self, service: &str) -> Result<ServingStatus, Status> {

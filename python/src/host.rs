@@ -17,6 +17,7 @@ use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{self, DecodeError};
+use crate::deadline;
 use crate::errors::{chain, remote_error};
 use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
 use crate::proto::RemoteRef as WireRef;
@@ -284,22 +285,32 @@ struct Service {
 impl ModuleService for Service {
     async fn get_attr(&self, request: Request<GetAttrRequest>) -> Result<Response<ValueResponse>, Status> {
         let inline = from_lane(&request);
+        let deadline = deadline::of(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
         surface::check_get_attr(&request.target, &request.path)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        run_python(inline, move |py| host.get_attr(py, request)).await?.map(Response::new)
+        let work = run_python(inline, move |py| {
+            deadline::check(deadline)?;
+            host.get_attr(py, request)
+        });
+        deadline::serve(deadline, async { work.await? }).await.map(Response::new)
     }
 
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<ValueResponse>, Status> {
         let inline = from_lane(&request);
+        let deadline = deadline::of(&request);
         let request = request.into_inner();
         check_session(&request.session)?;
         surface::check_call(&request)?;
         self.host.table.touch(&request.session);
         let host = self.host.clone();
-        run_python(inline, move |py| host.call(py, request)).await?.map(Response::new)
+        let work = run_python(inline, move |py| {
+            deadline::check(deadline)?;
+            host.call(py, request)
+        });
+        deadline::serve(deadline, async { work.await? }).await.map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {

@@ -142,6 +142,12 @@ impl Lanes {
     }
 
     /// Returns a lane after a call.
+    /// Gives back a lane that must carry no further call: its connection is dropped.
+    pub fn discard(&self, lane: Lane) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        drop(lane);
+    }
+
     pub fn put(&self, mut lane: Lane) {
         self.busy.fetch_sub(1, Ordering::AcqRel);
         lane.idle_since = Instant::now();

@@ -1,12 +1,16 @@
 //! `jac_splice._native`: the transport and value codec behind the `jac_splice` package.
 //! This module only exports names; the logic lives in the modules below.
 mod access;
+mod affinity;
 #[cfg(target_os = "linux")]
 mod alloc;
 mod bindings;
+mod calls;
 mod client;
 mod coalesce;
 mod codec;
+mod deadline;
+mod direct;
 mod errors;
 mod host;
 mod lane;
@@ -18,6 +22,8 @@ mod server;
 mod surface;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod testing_orchestrator;
 mod wire;
 
 use pyo3::prelude::*;
@@ -43,6 +49,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bindings::Client>()?;
     m.add_class::<bindings::RemoteRef>()?;
     m.add_class::<bindings::ModuleServer>()?;
+    m.add_class::<calls::PendingCall>()?;
     m.add_function(wrap_pyfunction!(use_numpy, m)?)?;
     Ok(())
 }

@@ -20,6 +20,14 @@ const RELEASE_BATCH: usize = 512;
 /// How often queued releases are flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
+/// `request` with `timeout` as its `grpc-timeout`, if any.
+fn within<T>(mut request: tonic::Request<T>, timeout: Option<Duration>) -> tonic::Request<T> {
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    request
+}
+
 /// One session's view of one module server, directly or through jac-orc's `ModuleProxy`.
 #[derive(Debug)]
 pub struct Route {
@@ -68,41 +76,55 @@ impl Route {
         &self.connection
     }
 
-    /// `GetAttr` over `channel` (a lane's if `lane`).
+    /// `GetAttr` over `channel` (a lane's if `lane`), carrying `timeout` as its deadline.
     pub async fn get_attr(
         &self,
         channel: Channel,
         lane: bool,
         target: String,
         path: Vec<String>,
+        timeout: Option<Duration>,
     ) -> Result<ValueResponse, Status> {
         let c = &self.connection;
         let request = GetAttrRequest { session: self.session.clone(), target, path };
         let response = match &self.via {
             None => {
-                let request = c.direct_request(request, lane);
+                let request = within(c.direct_request(request, lane), timeout);
                 c.module_on(channel).get_attr(request).await?
             }
             Some(via) => {
                 let proxied = ProxyGetAttrRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy_on(channel).get_attr(c.request(proxied)).await?
+                c.proxy_on(channel).get_attr(within(c.request(proxied), timeout)).await?
             }
         };
         Ok(response.into_inner())
     }
 
-    /// `Call` over `channel` (a lane's if `lane`).
-    pub async fn call(&self, channel: Channel, lane: bool, mut request: CallRequest) -> Result<ValueResponse, Status> {
+    /// `Call` over `channel` (a lane's if `lane`), with no deadline.
+    #[cfg(test)]
+    pub async fn call(&self, channel: Channel, lane: bool, request: CallRequest) -> Result<ValueResponse, Status> {
+        self.call_within(channel, lane, request, None).await
+    }
+
+    /// `Call` over `channel` (a lane's if `lane`), carrying `timeout` as its deadline
+    /// (`grpc-timeout`, which ModuleProxy forwards and the module server honours).
+    pub async fn call_within(
+        &self,
+        channel: Channel,
+        lane: bool,
+        mut request: CallRequest,
+        timeout: Option<Duration>,
+    ) -> Result<ValueResponse, Status> {
         let c = &self.connection;
         request.session = self.session.clone();
         let response = match &self.via {
             None => {
-                let request = c.direct_request(request, lane);
+                let request = within(c.direct_request(request, lane), timeout);
                 c.module_on(channel).call(request).await?
             }
             Some(via) => {
                 let proxied = ProxyCallRequest { target: Some(via.clone()), request: Some(request) };
-                c.proxy_on(channel).call(c.request(proxied)).await?
+                c.proxy_on(channel).call(within(c.request(proxied), timeout)).await?
             }
         };
         Ok(response.into_inner())
@@ -204,6 +226,31 @@ mod tests {
         connection
             .block_on_call(|channel, lane| route.call(channel, lane, CallRequest::default()), never)
             .unwrap_or_else(|never| match never {})
+    }
+
+    #[test]
+    fn a_calls_timeout_reaches_the_module_server_as_its_grpc_timeout() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        let timeout = Some(Duration::from_secs(5));
+        connection
+            .block_on_call(|channel, lane| route.call_within(channel, lane, CallRequest::default(), timeout), never)
+            .unwrap_or_else(|never| match never {})
+            .unwrap();
+        connection
+            .block_on_call(|channel, lane| route.get_attr(channel, lane, String::new(), vec![], timeout), never)
+            .unwrap_or_else(|never| match never {})
+            .unwrap();
+        call(&connection, &route).unwrap();
+        let seen = recorder.deadlines.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for carried in &seen[..2] {
+            let carried = crate::deadline::parse(carried.as_deref().expect("a grpc-timeout")).unwrap();
+            assert!(carried <= Duration::from_secs(5) && carried > Duration::ZERO, "{carried:?}");
+        }
+        assert_eq!(seen[2], None, "no timeout, no deadline");
     }
 
     #[test]

@@ -69,6 +69,8 @@ impl Rendezvous {
 pub struct Recorder {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub releases: Arc<Mutex<Vec<usize>>>,
+    /// The `grpc-timeout` of every `Call` and `GetAttr`, as received.
+    pub deadlines: Arc<Mutex<Vec<Option<String>>>>,
     pub meet: Option<Arc<Rendezvous>>,
     pub then: Option<Arc<Rendezvous>>,
 }
@@ -84,6 +86,8 @@ impl Recorder {
 
     async fn record<T>(&self, request: &Request<T>) -> Result<Response<ValueResponse>, Status> {
         let lane = from_lane(request);
+        let deadline = request.metadata().get(crate::deadline::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.deadlines.lock().unwrap().push(deadline);
         let (meet, then) = (self.meet.clone(), self.then.clone());
         let (seen, met) = run_blocking(lane, move || {
             let met = meet.is_none_or(|m| m.arrive()) && then.is_none_or(|m| m.arrive());

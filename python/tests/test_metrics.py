@@ -34,7 +34,8 @@ def test_metrics_parse_and_count_a_deploy_and_proxied_calls(tmp_path: Path) -> N
     try:
         deployed = orc.deploy_module("metrics-math", "math")
         assert deployed["deployment"]["status"] == "deployed", deployed
-        splice = jac_splice.connect(orc.url, orc.token)
+        # Through ModuleProxy (route="proxy"), whose calls jac-orc counts.
+        splice = jac_splice.connect(orc.url, orc.token, route="proxy")
         math = splice.import_module("math", deployment="metrics-math")
         assert math.sqrt(9.0) == 3.0
 

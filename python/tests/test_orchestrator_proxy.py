@@ -109,8 +109,12 @@ class Orchestrator:
             self.proc.stderr.close()
 
 
-def start_orchestrator(binary: str, data_dir: Path, *args: str) -> Orchestrator:
-    env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1")
+def start_orchestrator(
+    binary: str, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Orchestrator:
+    """Starts ``jac-orc serve`` on a free loopback port; ``env`` adds variables (its module
+    servers inherit them)."""
+    env = dict(os.environ, JAC_ORC_PYTHON=sys.executable, NO_COLOR="1", **(env or {}))
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args],
         env=env,
@@ -316,14 +320,14 @@ def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Pa
     orc = start_orchestrator(require_binary(), tmp_path)
     try:
         orc.deploy_module("down-json", "json")
-        splice = jac_splice.connect(orc.url, orc.token)
+        splice = jac_splice.connect(orc.url, orc.token, route="proxy")
         # Found by ListDeployments, so its namespace is known; named without one, it is not.
         remote = splice.import_module("json")
         assert remote.loads("[1]") == [1]
         assert repr(remote) == "<remote module 'json' on default/down-json>"
         named = splice.import_module("json", deployment="down-json")
         assert repr(named.loads) == "<remote function json.loads on down-json>"
-        assert "deployments in use: default/down-json, down-json" in repr(splice)
+        assert "deployments in use: default/down-json (proxy), down-json (proxy)" in repr(splice)
     finally:
         orc.stop()
     with pytest.raises(UnavailableError) as info:
