@@ -60,6 +60,8 @@ pub struct Metrics {
     proxy_seconds: HistogramVec,
     endpoints_ready: IntGaugeVec,
     auth_denials: IntCounterVec,
+    wakeups: IntCounterVec,
+    scaled_to_zero: IntCounterVec,
 }
 
 /// The process's registry, created on first use.
@@ -135,6 +137,16 @@ impl Metrics {
                 "Requests refused by authentication or authorization",
                 &["reason"],
             ),
+            wakeups: counter(
+                "wakeups_total",
+                "Deployments (namespace/name) woken from zero: one per wake-up, however many calls waited",
+                &["deployment"],
+            ),
+            scaled_to_zero: counter(
+                "scaled_to_zero_total",
+                "Deployments (namespace/name) scaled to zero after their idle timeout",
+                &["deployment"],
+            ),
             registry,
         }
     }
@@ -163,6 +175,16 @@ impl Metrics {
     /// How many endpoints `ModuleProxy` found ready for a deployment.
     pub fn endpoints_ready(&self, deployment: &str, count: usize) {
         self.endpoints_ready.with_label_values(&[deployment]).set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// A deployment was woken from zero.
+    pub fn wakeup(&self, deployment: &str) {
+        self.wakeups.with_label_values(&[deployment]).inc();
+    }
+
+    /// A deployment was scaled to zero after its idle timeout.
+    pub fn scaled_to_zero(&self, deployment: &str) {
+        self.scaled_to_zero.with_label_values(&[deployment]).inc();
     }
 
     pub fn auth_denial(&self, reason: Denial) {

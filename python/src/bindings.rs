@@ -460,6 +460,7 @@ impl Client {
         out.set_item("total_refs", d.total_refs)?;
         out.set_item("sessions", d.sessions)?;
         out.set_item("lease_seconds", d.lease_seconds)?;
+        out.set_item("idle_seconds", d.idle_seconds)?;
         Ok(out)
     }
 

@@ -47,6 +47,7 @@ struct Host {
     table: RefTable<Py<PyAny>>,
     /// `types.FrameType`, `CodeType`, `TracebackType`: never walked into nor handed out.
     internals: Vec<Py<PyType>>,
+    last_call: crate::idle::LastCall,
 }
 
 /// Why a request's Python work ended without a value.
@@ -290,6 +291,7 @@ impl ModuleService for Service {
         check_session(&request.session)?;
         surface::check_get_attr(&request.target, &request.path)?;
         self.host.table.touch(&request.session);
+        let _running = self.host.last_call.begin();
         let host = self.host.clone();
         let work = run_python(inline, move |py| {
             deadline::check(deadline)?;
@@ -305,6 +307,7 @@ impl ModuleService for Service {
         check_session(&request.session)?;
         surface::check_call(&request)?;
         self.host.table.touch(&request.session);
+        let _running = self.host.last_call.begin();
         let host = self.host.clone();
         let work = run_python(inline, move |py| {
             deadline::check(deadline)?;
@@ -339,6 +342,7 @@ impl ModuleService for Service {
             total_refs: counts.total_refs,
             sessions: counts.sessions,
             lease_seconds: self.host.table.lease().as_secs_f64(),
+            idle_seconds: self.host.last_call.idle().as_secs_f64(),
         }))
     }
 }
@@ -371,7 +375,8 @@ impl RunningServer {
             .map(|name| Ok(types.getattr(name)?.cast_into::<PyType>()?.unbind()))
             .collect::<PyResult<Vec<_>>>()?;
         let table = RefTable::new(config.lease);
-        let host = Arc::new(Host { module: module.unbind(), name, version, table, internals });
+        let last_call = crate::idle::LastCall::new();
+        let host = Arc::new(Host { module: module.unbind(), name, version, table, internals, last_call });
         let service = ModuleServiceServer::new(Service { host: host.clone() })
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);

@@ -13,6 +13,7 @@ mod deadline;
 mod direct;
 mod errors;
 mod host;
+mod idle;
 mod lane;
 mod proto;
 mod refs;

@@ -120,6 +120,7 @@ enumeration!("deployment status", backend::Status, pb::DeploymentStatus, {
     backend::Status::Deploying => pb::DeploymentStatus::Deploying,
     backend::Status::Deployed => pb::DeploymentStatus::Deployed,
     backend::Status::Failed => pb::DeploymentStatus::Failed,
+    backend::Status::Idle => pb::DeploymentStatus::Idle,
 });
 enumeration!("backend", backend::Kind, pb::Backend, {
     backend::Kind::Local => pb::Backend::Local,
@@ -178,6 +179,7 @@ pub fn deployment(v: &DeploymentView) -> pb::Deployment {
         backend: enum_of::<_, pb::Backend>(v.backend),
         updated_at: v.updated_at.clone(),
         dependents: v.dependents.clone(),
+        wakeups: v.wakeups,
     }
 }
 
@@ -295,6 +297,7 @@ impl TryFrom<&pb::Deployment> for DeploymentView {
             backend: pb::Backend::decode(d.backend)?,
             updated_at: d.updated_at.clone(),
             dependents: d.dependents.clone(),
+            wakeups: d.wakeups,
         })
     }
 }
@@ -425,6 +428,7 @@ mod tests {
             backend: backend::Kind::Kubernetes,
             updated_at: "2026-01-01T00:00:00Z".into(),
             dependents: vec!["jac-cloud/app".into()],
+            wakeups: 0,
         };
         let message = deployment(&view);
         assert_eq!(message.status, pb::DeploymentStatus::Failed as i32);

@@ -94,6 +94,9 @@ fn classify(e: &Error) -> Class {
             }
             proxy::Error::NotFound(_) => class(Code::NotFound, H::NOT_FOUND, "DEPLOYMENT_NOT_FOUND"),
             proxy::Error::ReplicaGone { .. } => class(Code::NotFound, H::NOT_FOUND, "REPLICA_GONE"),
+            proxy::Error::ScaledAway { .. } => class(Code::NotFound, H::NOT_FOUND, "SCALED_TO_ZERO"),
+            proxy::Error::WakeDeadline { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "WAKING_FROM_ZERO"),
+            proxy::Error::WakeFailed { source, .. } => classify_backend(source),
             proxy::Error::NoReadyEndpoint { .. } | proxy::Error::Unreachable { .. } => {
                 class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "MODULE_SERVER_UNAVAILABLE")
             }
@@ -260,6 +263,9 @@ fn classify_backend(b: &backend::Error) -> Class {
             class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "WORKLOAD_FAILED")
         }
         backend::Error::Timeout { .. } => class(Code::DeadlineExceeded, H::GATEWAY_TIMEOUT, "READINESS_TIMEOUT"),
+        backend::Error::CannotScaleToZero { .. } => {
+            class(Code::FailedPrecondition, H::UNPROCESSABLE_ENTITY, "CANNOT_SCALE_TO_ZERO")
+        }
     }
 }
 

@@ -33,6 +33,7 @@ mod errors;
 mod events;
 mod follow;
 mod history;
+pub mod idle;
 pub mod migrate;
 mod probes;
 mod prune;
@@ -153,6 +154,9 @@ pub struct KubeBackend {
     events: events::Events,
     /// Serialises the API's applies and the reconcile loop's work on one deployment.
     locks: Arc<Mutex<HashMap<DeploymentId, Arc<AsyncMutex<()>>>>>,
+    /// One wake-up from zero at a time per deployment (apart from `locks`: a wake-up waits for
+    /// the reconcile loop, which takes those).
+    wakes: Arc<Mutex<HashMap<DeploymentId, Arc<AsyncMutex<()>>>>>,
     /// Learnt from `/version` on first use (a server is not upgraded under a running orchestrator
     /// often enough to ask on every deploy).
     server: Arc<tokio::sync::OnceCell<ServerFeatures>>,
@@ -176,6 +180,7 @@ impl KubeBackend {
             resolver,
             events,
             locks: Arc::default(),
+            wakes: Arc::default(),
             server: Default::default(),
             slices: Default::default(),
         }
@@ -301,11 +306,13 @@ impl Backend for KubeBackend {
             // the generation, stays) from a change the leader still has to apply.
             let before = self.records().resource(&plan.id).await?.and_then(|jd| jd.metadata.generation);
             let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+            self.clear_idle(&jd).await?;
             return follow::deploy(self, &jd, before, &plan, opts, progress).await;
         }
         let _held = self.hold(&plan.id).await;
         // The resource is the first trace, so a crash mid-apply can still be undeployed.
         let jd = self.records().write_desired(&plan, None, opts.self_heal).await?;
+        self.clear_idle(&jd).await?;
         let report = self.apply_and_record(&jd, &plan, &applier, opts.wait, progress).await;
         match report.error {
             Some(e) => Err(e),
@@ -375,6 +382,15 @@ impl Backend for KubeBackend {
             }
         }
         Ok(out)
+    }
+
+    /// Annotates the resource asleep; the reconcile loop scales its Deployments to 0 (`idle.rs`).
+    async fn scale_to_zero(&self, id: &DeploymentId) -> Result<bool> {
+        self.scale_to_zero_now(id).await
+    }
+
+    async fn wake(&self, id: &DeploymentId, wait: Duration) -> Result<bool> {
+        self.wake_now(id, wait).await
     }
 
     /// EndpointSlices where served (1.21+), Endpoints otherwise (`endpoint_watch.rs`).

@@ -48,6 +48,8 @@ pub enum Error {
     /// A workload failed to become ready (ImagePullBackOff, process exited, ...).
     #[error("{object} failed: {reason}")]
     WorkloadFailed { object: String, reason: String },
+    #[error("the {backend} backend cannot scale deployment {id} to zero")]
+    CannotScaleToZero { id: DeploymentId, backend: &'static str },
     #[error("timed out after {}s waiting for readiness; still not ready: {}", .timeout.as_secs(), .not_ready.join(", "))]
     Timeout { timeout: Duration, not_ready: Vec<String> },
 }
@@ -62,6 +64,9 @@ pub enum Status {
     Deploying,
     Deployed,
     Failed,
+    /// Scaled to zero after its idle timeout: no workload runs, the record (and, on
+    /// Kubernetes, the Service) stays, and the next call wakes it ([`Backend::wake`]).
+    Idle,
 }
 
 impl Status {
@@ -70,6 +75,7 @@ impl Status {
             Status::Deploying => "deploying",
             Status::Deployed => "deployed",
             Status::Failed => "failed",
+            Status::Idle => "idle (scaled to zero)",
         }
     }
 }
@@ -113,6 +119,9 @@ pub struct DeploymentRecord {
     pub backend: Kind,
     /// RFC 3339.
     pub updated_at: String,
+    /// Times it was woken from zero (a python-module deployment with an idle timeout).
+    #[serde(default)]
+    pub wakeups: u64,
 }
 
 impl DeploymentRecord {
@@ -185,6 +194,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// then asks [`Backend::module_endpoints`]).
     fn watch_endpoints(&self, _id: &DeploymentId) -> Option<endpoints::EndpointStream> {
         None
+    }
+
+    /// Scales a deployed python-module deployment to zero (local: its processes stop; kube: its
+    /// Deployment goes to 0 replicas), keeping its record, port or Service, and recorded
+    /// replicas. `false` when it was not deployed (already idle, deploying, failed).
+    async fn scale_to_zero(&self, id: &DeploymentId) -> Result<bool> {
+        Err(Error::CannotScaleToZero { id: id.clone(), backend: self.kind().as_str() })
+    }
+
+    /// Brings an idle deployment back to its recorded replicas and waits (within `wait`) until
+    /// one serves, counting the wake-up. Concurrent wakes of one deployment make one wake-up:
+    /// the others find it awake. `false` when it was not idle (nothing done).
+    async fn wake(&self, id: &DeploymentId, wait: Duration) -> Result<bool> {
+        let _ = wait;
+        Err(Error::CannotScaleToZero { id: id.clone(), backend: self.kind().as_str() })
     }
 
     /// Stops background work (child processes keep running only if the backend says so).

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::catalog::Catalog;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::proxy::ProxyConfig;
-use crate::reconcile::{self, ControllerConfig, KubeLoops, LeaseConfig, LocalLoop};
+use crate::reconcile::{self, ControllerConfig, IdleScaler, KubeLoops, LeaseConfig, LocalLoop};
 use crate::service::{Readiness, Service, Settings};
 use crate::{server, startup};
 
@@ -78,6 +78,9 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
     };
     let local_loop =
         local.as_ref().map(|l| LocalLoop::start(l.clone(), service.clone(), reconcile::local::DEFAULT_PERIOD));
+    // On Kubernetes only the leader scales to zero, as only it reconciles.
+    let idle =
+        IdleScaler::start(backend.clone(), reconcile::idle::DEFAULT_PERIOD, loops.as_ref().map(KubeLoops::leading));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -108,6 +111,7 @@ pub(crate) async fn serve(cfg: ServeConfig) -> Result<()> {
         stop.cancel();
         let _ = task.await;
     }
+    idle.stop().await;
     if let Some(loops) = loops {
         loops.stop().await;
     }

@@ -56,6 +56,9 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 << 20;
 /// module server's reference lease, so no live reference outlives its binding.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a call without a deadline waits for a sleeping deployment to wake.
+pub const WAKE_WITHOUT_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Default time a `GetModuleAccess` answer (endpoints and call token) is valid for.
 pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(60);
 
@@ -83,6 +86,20 @@ pub enum Error {
     /// replica now serving the session.
     #[error("the replica of deployment {deployment} that held this session ({lost}) went away, and the objects of the session went with it ({message}); new calls of the session go to another replica")]
     ReplicaGone { deployment: Box<DeploymentId>, lost: String, message: String },
+    /// The deployment slept (idle timeout) since the session's last call: its objects went with
+    /// the module servers that were stopped.
+    #[error("deployment {deployment} was scaled to zero after its idle timeout since this session's last call, and the objects of the session went with it ({message}); new calls start afresh")]
+    ScaledAway { deployment: Box<DeploymentId>, message: String },
+    /// The caller's deadline passed while the call waited for a sleeping deployment.
+    #[error("deadline of {}ms exceeded while deployment {deployment} was waking from zero", .timeout.as_millis())]
+    WakeDeadline { deployment: Box<DeploymentId>, timeout: Duration },
+    /// Waking the deployment failed (its module server did not start).
+    #[error("deployment {deployment} could not be woken from zero: {source}")]
+    WakeFailed {
+        deployment: Box<DeploymentId>,
+        #[source]
+        source: backend::Error,
+    },
     #[error("module server endpoint `{endpoint}` is not a valid address: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     #[error("cannot resolve the module servers: {0}")]
@@ -389,8 +406,10 @@ impl ModuleProxy {
             .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
             .await
             .map_err(|e| to_status(Error::Authorization(e)))?;
-        let resolve::Pick { endpoint, call_token, lost } =
-            self.resolver.pick(&id, &session).await.map_err(to_status)?;
+        // A sleeping deployment is woken within what is left of the deadline.
+        let within = timeout.map_or(WAKE_WITHOUT_DEADLINE, |t| t.saturating_sub(started.elapsed()));
+        let resolve::Pick { endpoint, call_token, lost, scaled_away } =
+            self.resolver.pick_waking(&id, &session, within).await.map_err(to_status)?;
         let mut sender = match self.pool.get(&endpoint).await {
             Ok(s) => s,
             Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
@@ -429,7 +448,12 @@ impl ModuleProxy {
         }
         if let Some(lost) = lost {
             if let Some(message) = not_found(&parts.headers) {
-                return Err(to_status(Error::ReplicaGone { deployment: Box::new(id), lost: lost.address, message }));
+                let deployment = Box::new(id);
+                return Err(to_status(if scaled_away {
+                    Error::ScaledAway { deployment, message }
+                } else {
+                    Error::ReplicaGone { deployment, lost: lost.address, message }
+                }));
             }
         }
         if let Some(message) = undecodable(&parts.headers) {

@@ -23,6 +23,8 @@ use crate::plan::DeploymentId;
 
 /// How long a call waits for a new watch's first endpoint set before asking the backend once.
 const FIRST_SET: Duration = Duration::from_secs(5);
+/// How often a call that woke a deployment looks for its endpoint (bounded by its deadline).
+const WOKEN_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -33,6 +35,8 @@ struct Cached {
     call_token: http::HeaderValue,
     /// Where its module servers run when they are up (for errors).
     known: Vec<String>,
+    /// Wake-ups from zero so far: sessions placed before the last one lost their objects.
+    wakeups: u64,
 }
 
 /// Where the next call goes and what it authenticates with.
@@ -42,6 +46,8 @@ pub struct Pick {
     pub call_token: http::HeaderValue,
     /// The replica the call's session was on before it went away.
     pub lost: Option<Endpoint>,
+    /// It went away because the deployment was scaled to zero since the session's last call.
+    pub scaled_away: bool,
 }
 
 /// What a deployment's endpoint watch knows.
@@ -111,13 +117,49 @@ impl Resolver {
         if session.is_empty() {
             let counter = self.next.lock().expect("resolver lock").entry(id.clone()).or_default().clone();
             let i = counter.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-            return Ok(Pick { endpoint: endpoints[i].address.clone(), call_token: cached.call_token, lost: None });
+            let endpoint = endpoints[i].address.clone();
+            return Ok(Pick { endpoint, call_token: cached.call_token, lost: None, scaled_away: false });
         }
         let route = self
             .sessions
-            .route(id, session, &endpoints, Instant::now())
+            .route(id, session, &endpoints, Instant::now(), cached.wakeups)
             .ok_or_else(|| Error::NoReadyEndpoint { deployment: id.clone(), known: cached.known.clone() })?;
-        Ok(Pick { endpoint: route.endpoint.address, call_token: cached.call_token, lost: route.lost })
+        let endpoint = route.endpoint.address;
+        Ok(Pick { endpoint, call_token: cached.call_token, lost: route.lost, scaled_away: route.scaled_away })
+    }
+
+    /// As [`Resolver::pick`], but a deployment scaled to zero is woken first: the call waits
+    /// (up to `within`, the rest of its deadline) for the backend to bring it back and for its
+    /// endpoint to show, and fails with [`Error::WakeDeadline`] past it. Concurrent calls make
+    /// one wake-up: the backend serializes wakes, and the later ones find it awake.
+    pub async fn pick_waking(&self, id: &DeploymentId, session: &str, within: Duration) -> Result<Pick> {
+        let known = match self.pick(id, session).await {
+            Err(Error::NoReadyEndpoint { deployment, known }) => (deployment, known),
+            other => return other,
+        };
+        match self.backend.get(id).await {
+            Ok(Some(record)) if record.status == backend::Status::Idle => {}
+            _ => return Err(Error::NoReadyEndpoint { deployment: known.0, known: known.1 }),
+        }
+        let wake = async {
+            // The backend's own readiness bound, not the caller's: a wake-up outlives a caller
+            // that gives up, so the next call finds the deployment awake.
+            self.backend
+                .wake(id, super::WAKE_WITHOUT_DEADLINE)
+                .await
+                .map_err(|source| Error::WakeFailed { deployment: Box::new(id.clone()), source })?;
+            self.invalidate(id);
+            // The endpoint watch may see the woken module server a moment after the backend.
+            loop {
+                match self.pick(id, session).await {
+                    Err(Error::NoReadyEndpoint { .. }) => tokio::time::sleep(WOKEN_POLL).await,
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(within, wake)
+            .await
+            .unwrap_or_else(|_| Err(Error::WakeDeadline { deployment: Box::new(id.clone()), timeout: within }))
     }
 
     /// Forgets what is cached for `id` (after a connection error, so the next call asks the
@@ -200,7 +242,8 @@ impl Resolver {
             .ok_or_else(|| Error::NoCallToken(id.clone()))?;
         call_token.set_sensitive(true);
         let endpoints = if self.cannot_watch.load(Ordering::Relaxed) { Some(self.listed(id).await?) } else { None };
-        let cached = Cached { at: Instant::now(), endpoints, call_token, known: record.endpoints };
+        let cached =
+            Cached { at: Instant::now(), endpoints, call_token, known: record.endpoints, wakeups: record.wakeups };
         // A set without endpoints is not cached: the module server may be back any moment.
         if cached.endpoints.as_ref().is_none_or(|e| !e.is_empty()) {
             self.cache.lock().expect("resolver lock").insert(id.clone(), cached.clone());
@@ -287,6 +330,7 @@ mod tests {
                 objects: vec![],
                 backend: backend::Kind::Local,
                 updated_at: String::new(),
+                wakeups: 0,
             }))
         }
         async fn list(&self) -> backend::Result<Vec<DeploymentRecord>> {

@@ -27,6 +27,10 @@ struct Entry {
     last: Instant,
     /// The replica that held the session before it went away.
     lost: Option<Endpoint>,
+    /// The deployment's wake-ups when the session was placed.
+    wakeups: u64,
+    /// Its replica went away because the deployment was scaled to zero.
+    scaled_away: bool,
 }
 
 /// Where a call of a session goes.
@@ -35,6 +39,8 @@ pub struct Route {
     pub endpoint: Endpoint,
     /// The replica the session was on before it went away (its references went with it).
     pub lost: Option<Endpoint>,
+    /// It went away because the deployment was scaled to zero (and woken) since.
+    pub scaled_away: bool,
 }
 
 #[derive(Debug)]
@@ -56,25 +62,36 @@ impl Sessions {
 
     /// The replica for `session` of `id` among `ready` (at time `now`), or `None` when none is
     /// ready. Renews the session's entry.
-    pub fn route(&self, id: &DeploymentId, session: &str, ready: &[Endpoint], now: Instant) -> Option<Route> {
+    /// `wakeups` is the deployment's count of wake-ups from zero now: a session placed before
+    /// the last one lost its replica to the scale-down.
+    pub fn route(
+        &self,
+        id: &DeploymentId,
+        session: &str,
+        ready: &[Endpoint],
+        now: Instant,
+        wakeups: u64,
+    ) -> Option<Route> {
         let mut table = self.inner.lock().expect("session table");
         let key = (id.clone(), session.to_owned());
         let ttl = self.ttl;
         let known = table.entries.get(&key).filter(|e| now.saturating_duration_since(e.last) < ttl).cloned();
-        let (endpoint, lost) = match known {
-            Some(e) if ready.contains(&e.endpoint) => (e.endpoint, e.lost),
+        let (endpoint, lost, scaled_away) = match known {
+            Some(e) if ready.contains(&e.endpoint) && e.wakeups == wakeups => (e.endpoint, e.lost, e.scaled_away),
             Some(e) => {
-                tracing::info!(deployment = %id, session, replica = %e.endpoint.address, "the replica holding the session went away; placing it again");
-                (affinity::place(session, ready)?.clone(), Some(e.endpoint))
+                let scaled_away = e.wakeups != wakeups;
+                tracing::info!(deployment = %id, session, replica = %e.endpoint.address, scaled_away, "the replica holding the session went away; placing it again");
+                (affinity::place(session, ready)?.clone(), Some(e.endpoint), scaled_away)
             }
-            None => (affinity::place(session, ready)?.clone(), None),
+            None => (affinity::place(session, ready)?.clone(), None, false),
         };
-        table.entries.insert(key, Entry { endpoint: endpoint.clone(), last: now, lost: lost.clone() });
+        let entry = Entry { endpoint: endpoint.clone(), last: now, lost: lost.clone(), wakeups, scaled_away };
+        table.entries.insert(key, entry);
         table.placements = table.placements.wrapping_add(1);
         if table.placements.is_multiple_of(SWEEP_EVERY) {
             table.entries.retain(|_, e| now.saturating_duration_since(e.last) < ttl);
         }
-        Some(Route { endpoint, lost })
+        Some(Route { endpoint, lost, scaled_away })
     }
 
     /// Forgets every session of a deployment (it was deleted).
@@ -200,15 +217,15 @@ mod tests {
         let t = Sessions::new(Duration::from_secs(60));
         let now = Instant::now();
         let two = [ep(1, "a"), ep(2, "b")];
-        let placed: Vec<Route> = (0..100).map(|i| t.route(&id(), &format!("s{i}"), &two, now).unwrap()).collect();
+        let placed: Vec<Route> = (0..100).map(|i| t.route(&id(), &format!("s{i}"), &two, now, 0).unwrap()).collect();
         let three = [ep(1, "a"), ep(2, "b"), ep(3, "c")];
         for (i, before) in placed.iter().enumerate() {
-            let after = t.route(&id(), &format!("s{i}"), &three, now).unwrap();
+            let after = t.route(&id(), &format!("s{i}"), &three, now, 0).unwrap();
             assert_eq!(&after, before, "session s{i} moved");
         }
         // New sessions reach the new replica too.
         let fresh: HashSet<String> =
-            (100..400).map(|i| t.route(&id(), &format!("s{i}"), &three, now).unwrap().endpoint.address).collect();
+            (100..400).map(|i| t.route(&id(), &format!("s{i}"), &three, now, 0).unwrap().endpoint.address).collect();
         assert_eq!(fresh.len(), 3, "{fresh:?}");
     }
 
@@ -217,14 +234,14 @@ mod tests {
         let t = Sessions::new(Duration::from_secs(60));
         let now = Instant::now();
         let all = [ep(1, "a"), ep(2, "b"), ep(3, "c")];
-        let first = t.route(&id(), "s", &all, now).unwrap();
+        let first = t.route(&id(), "s", &all, now, 0).unwrap();
         assert_eq!(first.lost, None);
         let rest: Vec<Endpoint> = all.iter().filter(|e| **e != first.endpoint).cloned().collect();
-        let moved = t.route(&id(), "s", &rest, now).unwrap();
+        let moved = t.route(&id(), "s", &rest, now, 0).unwrap();
         assert_ne!(moved.endpoint, first.endpoint);
         assert_eq!(moved.lost.as_ref(), Some(&first.endpoint));
         // It stays on its new replica, still knowing what it lost, even when the old one is back.
-        let again = t.route(&id(), "s", &all, now).unwrap();
+        let again = t.route(&id(), "s", &all, now, 0).unwrap();
         assert_eq!(again, moved);
     }
 
@@ -232,8 +249,8 @@ mod tests {
     fn a_replica_restarted_on_the_same_address_is_another_replica() {
         let t = Sessions::new(Duration::from_secs(60));
         let now = Instant::now();
-        let first = t.route(&id(), "s", &[ep(1, "pid-1")], now).unwrap();
-        let restarted = t.route(&id(), "s", &[ep(1, "pid-2")], now).unwrap();
+        let first = t.route(&id(), "s", &[ep(1, "pid-1")], now, 0).unwrap();
+        let restarted = t.route(&id(), "s", &[ep(1, "pid-2")], now, 0).unwrap();
         assert_eq!(restarted.endpoint, ep(1, "pid-2"));
         assert_eq!(restarted.lost, Some(first.endpoint));
     }
@@ -244,20 +261,34 @@ mod tests {
         let t = Sessions::new(ttl);
         let start = Instant::now();
         let one = [ep(1, "a")];
-        t.route(&id(), "s", &one, start).unwrap();
+        t.route(&id(), "s", &one, start, 0).unwrap();
         // Renewed by a call within the ttl...
-        t.route(&id(), "s", &one, start + ttl / 2).unwrap();
-        let lost = t.route(&id(), "s", &[ep(2, "b")], start + ttl).unwrap();
+        t.route(&id(), "s", &one, start + ttl / 2, 0).unwrap();
+        let lost = t.route(&id(), "s", &[ep(2, "b")], start + ttl, 0).unwrap();
         assert!(lost.lost.is_some(), "still known at ttl after the first call: it was renewed");
         // ...and forgotten after ttl without one: a fresh placement, nothing lost.
         let later = start + ttl * 3;
-        assert_eq!(t.route(&id(), "s", &[ep(3, "c")], later).unwrap().lost, None);
+        assert_eq!(t.route(&id(), "s", &[ep(3, "c")], later, 0).unwrap().lost, None);
         for i in 0..SWEEP_EVERY {
-            t.route(&id(), &format!("x{i}"), &one, later + ttl * 2).unwrap();
+            t.route(&id(), &format!("x{i}"), &one, later + ttl * 2, 0).unwrap();
         }
         assert!(t.len() <= SWEEP_EVERY as usize, "expired entries were swept: {}", t.len());
-        assert!(t.route(&id(), "s", &[], later).is_none(), "no ready replica");
+        assert!(t.route(&id(), "s", &[], later, 0).is_none(), "no ready replica");
         t.forget(&id());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_session_placed_before_a_wake_up_lost_its_replica_to_the_scale_down() {
+        let t = Sessions::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let ep = |port: u16, instance: &str| Endpoint::new(format!("127.0.0.1:{port}"), instance);
+        let before = t.route(&id(), "s", &[ep(1, "pid-1")], now, 0).unwrap();
+        assert!(!before.scaled_away && before.lost.is_none());
+        let after = t.route(&id(), "s", &[ep(1, "pid-2")], now, 1).unwrap();
+        assert!(after.scaled_away, "woken since the session was placed");
+        assert_eq!(after.lost.map(|l| l.instance), Some("pid-1".to_string()));
+        let other = t.route(&id(), "fresh", &[ep(1, "pid-2")], now, 1).unwrap();
+        assert!(!other.scaled_away && other.lost.is_none(), "a session placed after the wake lost nothing");
     }
 }

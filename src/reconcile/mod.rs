@@ -9,10 +9,12 @@
 //! loop applies is exactly what the API's Deploy would have applied.
 
 pub mod controller;
+pub mod idle;
 pub mod leader;
 pub mod local;
 
 pub use controller::{lead, run, ControllerConfig};
+pub use idle::IdleScaler;
 pub use leader::{elect, Election, LeaseConfig};
 pub use local::LocalLoop;
 

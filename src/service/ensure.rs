@@ -251,8 +251,10 @@ impl Service {
         let namespace = self.rule.target(req.namespace.as_deref())?;
         let plain = DeploymentId::new(namespace.clone(), PYTHON_MODULE, derived_name(&req.module))?;
         if let Some(found) = self.serving(&namespace, &req.module, &plain).await? {
-            if found.status == Status::Deployed {
-                return self.found(caller, &found).await;
+            match found.status {
+                Status::Deployed => return self.found(caller, &found).await,
+                Status::Idle => return self.woken(caller, &found, req.wait).await,
+                _ => {}
             }
         }
         let lock = self.locks.hold(&plain).await;
@@ -260,6 +262,10 @@ impl Service {
         let found = self.serving(&namespace, &req.module, &plain).await?;
         let name = match found {
             Some(r) if r.status == Status::Failed && is_on_demand(&r) => r.id.name,
+            Some(r) if r.status == Status::Idle => {
+                drop(lock);
+                return self.woken(caller, &r, req.wait).await;
+            }
             Some(r) => return self.found(caller, &r).await,
             None => match self.backend.get(&plain).await? {
                 Some(other) if !serves(&other, &req.module) => hashed(&req.module, &plain.name),
@@ -287,6 +293,16 @@ impl Service {
         let id = &record.id;
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
         Ok(EnsureView { deployment: DeploymentView::from(record), deployed: false })
+    }
+
+    /// A found deployment scaled to zero, woken (and awaited) for callers allowed to read it:
+    /// the way a direct-access client that found no ready module server gets one.
+    async fn woken(&self, caller: &Caller, record: &DeploymentRecord, wait: Option<Duration>) -> Result<EnsureView> {
+        let id = &record.id;
+        self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
+        self.backend.wake(id, wait.unwrap_or(DEFAULT_WAIT)).await?;
+        let now = self.backend.get(id).await?.ok_or_else(|| crate::backend::Error::NotFound(id.clone()))?;
+        Ok(EnsureView { deployment: DeploymentView::from(&now), deployed: false })
     }
 
     /// The python-module deployment of `namespace` serving `module`: the one of the derived

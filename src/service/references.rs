@@ -516,6 +516,7 @@ mod tests {
             objects: vec![],
             backend: crate::backend::Kind::Local,
             updated_at: String::new(),
+            wakeups: 0,
         };
         let by = json!({"redis-host": {"from": "redis/cache", "output": "url"}});
         let records = [

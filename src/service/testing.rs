@@ -87,6 +87,7 @@ impl Backend for Recording {
             objects: plan.objects.iter().map(|o| o.object.clone()).collect(),
             backend: backend::Kind::Local,
             updated_at: backend::now_rfc3339(),
+            wakeups: 0,
         };
         self.applied.lock().unwrap().push(plan.clone());
         self.records.lock().unwrap().insert(plan.id.clone(), record.clone());

@@ -188,6 +188,13 @@ pub struct DeploymentView {
     /// undeploying it is refused while there are any, unless `force_referenced`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dependents: Vec<String>,
+    /// Times it was woken from zero (python-module deployments with an idle timeout).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wakeups: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DeploymentView {
@@ -211,13 +218,15 @@ impl From<&DeploymentRecord> for DeploymentView {
             name: r.id.name.clone(),
             version: r.version.clone(),
             config: r.redacted_config(),
-            endpoints: r.endpoints.clone(),
+            // Where it serves when up stays recorded; while it sleeps nothing answers there.
+            endpoints: if r.status == backend::Status::Idle { Vec::new() } else { r.endpoints.clone() },
             status: r.status,
             message: r.message.clone(),
             objects: r.objects.clone(),
             backend: r.backend,
             updated_at: r.updated_at.clone(),
             dependents: Vec::new(),
+            wakeups: r.wakeups,
         }
     }
 }
@@ -432,6 +441,7 @@ mod tests {
             backend: backend::Kind::Local,
             updated_at: "2026-01-01T00:00:00Z".into(),
             dependents: vec![],
+            wakeups: 0,
         };
         let summary = Summary { deployment, counts: Counts::default(), elapsed_ms: 7 };
         let deployed = serde_json::to_value(Outcome::new(Run::Deploy, Applied::default(), summary.clone())).unwrap();

@@ -10,6 +10,7 @@
 
 mod affinity;
 mod failures;
+mod idle;
 mod images;
 mod install;
 mod rollout;

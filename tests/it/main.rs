@@ -10,6 +10,7 @@ mod dry_run;
 mod edge;
 mod ensure;
 mod grpc_web;
+mod idle;
 mod inputs;
 mod kube;
 mod legacy_store;

@@ -102,6 +102,7 @@ pub(crate) struct TestServer {
     backend: Arc<LocalBackend>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
+    idle: Option<jac_splice_orc::reconcile::IdleScaler>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -114,6 +115,8 @@ pub(crate) struct Options {
     pub server: Option<jac_splice_orc::server::Options>,
     /// Startup state (default: started, nothing pending).
     pub readiness: Option<jac_splice_orc::service::Readiness>,
+    /// Run the idle scaler with passes this often (as `serve` does every second).
+    pub idle_scaler: Option<std::time::Duration>,
 }
 
 impl TestServer {
@@ -144,7 +147,10 @@ impl TestServer {
         let service = Arc::new(service);
         let server = opts.server.unwrap_or_else(|| jac_splice_orc::server::Options::new(auth_layer()));
         let (addr, tx, handle) = serve_with(service.clone(), server).await;
-        TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), _tmp: tmp }
+        let idle = opts.idle_scaler.map(|every| {
+            jac_splice_orc::reconcile::IdleScaler::start(backend.clone() as Arc<dyn Backend>, every, None)
+        });
+        TestServer { addr, service, backend, shutdown: Some(tx), handle: Some(handle), idle, _tmp: tmp }
     }
 
     pub(crate) fn url(&self) -> String {
@@ -182,6 +188,9 @@ impl TestServer {
         }
         if let Some(h) = self.handle.take() {
             let _ = within(h).await;
+        }
+        if let Some(idle) = self.idle.take() {
+            within(idle.stop()).await;
         }
         within(self.backend.shutdown()).await;
     }

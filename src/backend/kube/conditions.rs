@@ -52,6 +52,7 @@ pub(crate) fn reason_of(e: &Error) -> &'static str {
         Error::WorkloadFailed { .. } => "WorkloadFailed",
         Error::Timeout { .. } => "Timeout",
         Error::NotFound(_) => "NotFound",
+        Error::CannotScaleToZero { .. } => "CannotScaleToZero",
     }
 }
 

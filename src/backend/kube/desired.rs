@@ -92,6 +92,8 @@ impl KubeBackend {
                 return Ok(Step::Invalid(message));
             }
         };
+        // Asleep: its Deployments at zero replicas, kept there by the drift check.
+        let plan = super::idle::scaled_plan(&jd, plan);
         let reconciled = self.reconcile_resource(&jd, &plan).await?;
         let ready = get().await?.and_then(|jd| jd.status).is_some_and(|s| s.is(READY));
         Ok(match reconciled {

@@ -69,6 +69,7 @@ impl KubeBackend {
             message: backend::DRY_RUN.into(),
             objects,
             backend: backend::Kind::Kubernetes,
+            wakeups: previous.as_ref().map_or(0, |p| p.wakeups),
             updated_at: previous.map(|p| p.updated_at).unwrap_or_else(backend::now_rfc3339),
         })
     }

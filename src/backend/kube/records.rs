@@ -390,6 +390,7 @@ pub(crate) fn record_of(jd: &JacDeployment, secrets: Map<String, Value>) -> Depl
     let observed = status.observed_generation.unwrap_or(0);
     let outcome = match status.status.as_str() {
         _ if observed < generation => Status::Deploying,
+        "deployed" if super::idle::is_idle(jd) => Status::Idle,
         "deployed" => Status::Deployed,
         "failed" => Status::Failed,
         _ => Status::Deploying,
@@ -413,6 +414,7 @@ pub(crate) fn record_of(jd: &JacDeployment, secrets: Map<String, Value>) -> Depl
         objects: status.inventory.iter().map(ObjectRef::from).collect(),
         backend: crate::backend::Kind::Kubernetes,
         updated_at,
+        wakeups: super::idle::wakeups(jd),
     }
 }
 

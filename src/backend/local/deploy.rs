@@ -88,6 +88,7 @@ impl Inner {
             objects: objects.iter().map(|s| s.object.clone()).collect(),
             backend: crate::backend::Kind::Local,
             updated_at: now_rfc3339(),
+            wakeups: prev.as_ref().map_or(0, |p| p.record.wakeups),
         };
         let sealed = SealedRecipe::seal(&recipe, &secret_values(&plan.config, &plan.secret_keys));
         let fresh = prev.as_ref().is_none_or(|p| p.fresh);
@@ -160,6 +161,7 @@ impl Inner {
             objects: objects.into_iter().map(|s| s.object).collect(),
             backend: crate::backend::Kind::Local,
             updated_at: prev.map(|p| p.record.updated_at.clone()).unwrap_or_else(now_rfc3339),
+            wakeups: prev.map_or(0, |p| p.record.wakeups),
         }
     }
 

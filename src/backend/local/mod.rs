@@ -25,6 +25,7 @@ mod process;
 mod readiness;
 mod replicas;
 mod restore;
+mod sleep;
 mod state;
 mod supervisor;
 mod venv;
@@ -425,6 +426,14 @@ impl Backend for LocalBackend {
     /// restart or stop: every change of a supervised process wakes the watchers.
     fn watch_endpoints(&self, id: &DeploymentId) -> Option<super::endpoints::EndpointStream> {
         Some(replicas::watch(self.inner.clone(), id.clone()))
+    }
+
+    async fn scale_to_zero(&self, id: &DeploymentId) -> super::Result<bool> {
+        self.inner.scale_to_zero(id).await
+    }
+
+    async fn wake(&self, id: &DeploymentId, wait: Duration) -> super::Result<bool> {
+        self.inner.wake(id, wait).await
     }
 
     /// Stops every workload (records stay: the next start brings them back on the same ports)

@@ -136,11 +136,22 @@ impl Inner {
     async fn bring_up(self: &Arc<Self>, id: &DeploymentId) {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
+        let _ = self.bring_up_held(id, DEFAULT_READY_TIMEOUT).await;
+    }
+
+    /// Starts the recorded workload of `id` unless it runs (the deployment's lock held) and
+    /// waits up to `timeout` until it answers; the error says why it did not.
+    pub(super) async fn bring_up_held(
+        self: &Arc<Self>,
+        id: &DeploymentId,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let gone = || Err(format!("deployment {id} has no workload to start"));
         if self.check_open().is_err() {
-            return;
+            return Err(Error::ShuttingDown.to_string());
         }
-        let Some(entry) = self.entry(id).await else { return };
-        let Some(w) = entry.workload.clone().filter(|w| w.run) else { return };
+        let Some(entry) = self.entry(id).await else { return gone() };
+        let Some(w) = entry.workload.clone().filter(|w| w.run) else { return gone() };
         // A deploy a crash interrupted must show it works; a deployed one just comes back.
         let strict = entry.record.status == Status::Deploying;
         let adopted = self.supervisors.lock().expect("supervisors").get(id).map(Supervisor::life);
@@ -159,7 +170,7 @@ impl Inner {
             };
             let object = super::process_ref(id).kubectl_name();
             let target = Target { port: w.port, readiness: &recipe.readiness, object: &object };
-            let waited = readiness::wait(target, &mut life, strict, DEFAULT_READY_TIMEOUT, &Progress::discard()).await;
+            let waited = readiness::wait(target, &mut life, strict, timeout, &Progress::discard()).await;
             if waited.is_ok() {
                 self.bring_up_extras(id, &entry.record.config, &recipe, w.port).await;
             }
@@ -168,7 +179,7 @@ impl Inner {
         .await;
         if self.check_open().is_err() {
             // Stopped by an orderly shutdown: not a failure; the next start tries again.
-            return;
+            return Err(Error::ShuttingDown.to_string());
         }
         let confirmed = self.supervisors.lock().expect("supervisors").get(id).is_some_and(Supervisor::confirm);
         let object = || super::process_ref(id).kubectl_name();
@@ -183,7 +194,7 @@ impl Inner {
                 // A finished interrupted deploy, or one that had given up and now runs again.
                 let recovered = strict || (spawned && entry.record.status == Status::Failed);
                 if !recovered {
-                    return;
+                    return Ok(());
                 }
                 Change::Deployed
             }
@@ -191,7 +202,7 @@ impl Inner {
                 tracing::error!(deployment = %id, "local workload did not come back: {}", e.reason());
                 if self.supervisors.lock().expect("supervisors").contains_key(id) {
                     // Its supervisor keeps trying (and records when it gives up).
-                    return;
+                    return Err(e.reason());
                 }
                 Change::Failed(format!("could not start after a restart: {e}"))
             }
@@ -206,6 +217,11 @@ impl Inner {
             }
         };
         let remove = matches!(update, Change::Remove);
+        let failure = match &update {
+            Change::Deployed => None,
+            Change::Failed(m) | Change::Stopped(m) => Some(m.clone()),
+            Change::Remove => Some("an interrupted first deploy could not finish".to_string()),
+        };
         let saved = self
             .update(|s| {
                 if remove {
@@ -242,6 +258,7 @@ impl Inner {
         if remove {
             self.remove_dir(id).await;
         }
+        failure.map_or(Ok(()), Err)
     }
 }
 

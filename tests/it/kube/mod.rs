@@ -13,6 +13,7 @@ mod access;
 mod deploy;
 mod endpoint_watch;
 mod ensure;
+mod idle;
 mod install;
 mod leader;
 mod outputs;

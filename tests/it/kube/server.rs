@@ -157,24 +157,42 @@ pub(super) async fn module_behind_endpoints(
     name: &str,
     ip: std::net::IpAddr,
 ) -> (Plan, tokio::process::Child, String) {
+    module_behind_endpoints_with(c, svc, ns, name, ip, json!({"module": "math"})).await
+}
+
+/// [`module_behind_endpoints`] with these values (a `module` among them).
+pub(super) async fn module_behind_endpoints_with(
+    c: &Cluster,
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    ip: std::net::IpAddr,
+    values: Value,
+) -> (Plan, tokio::process::Child, String) {
     // Endpoints of a selector-less Service are ours to write (there is no kubelet to run the
     // pods the endpoints controller would list).
-    let mut p = plan(svc, "python-module", ns, name, json!({"module": "math"})).await;
+    let mut p = plan(svc, "python-module", ns, name, values).await;
     for o in &mut p.objects {
         if o.object.kind == "Service" {
             o.manifest.pointer_mut("/spec").and_then(Value::as_object_mut).unwrap().remove("selector");
         }
     }
     let token = p.config["call-token"].as_str().expect("a generated call token").to_string();
-    let (process, port) = module_server("math", &ip.to_string(), &token).await;
+    let module = p.config["module"].as_str().expect("a module").to_string();
+    let (process, port) = module_server(&module, &ip.to_string(), &token).await;
     timed(c.backend(ns).apply(&p, &ApplyOptions::default(), &Progress::discard())).await.unwrap();
+    create_endpoints(c, ns, name, ip, port).await;
+    (p, process, format!("{ip}:{port}"))
+}
+
+/// The Endpoints of selector-less Service `name`: one ready address, the `grpc` port.
+pub(super) async fn create_endpoints(c: &Cluster, ns: &str, name: &str, ip: std::net::IpAddr, port: u16) {
     let endpoints = json!({
         "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name},
         "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "grpc", "port": port}]}]
     });
     let api = dynamic(&c.client, ns, "v1", "Endpoints", "endpoints");
     timed(api.create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())).await.unwrap();
-    (p, process, format!("{ip}:{port}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
