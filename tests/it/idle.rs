@@ -146,11 +146,16 @@ async fn a_deadline_shorter_than_the_wake_up_names_it_and_the_wake_up_still_fini
     asleep(&server, "drowsy").await;
     let mut proxy = server.proxy_as(Some(ADMIN)).await;
 
-    // 50 ms: far less than a Python module server takes to start. Sent as the header alone, so
-    // the answer is the server's, not the client library's own timer.
+    // 50 ms: far less than a Python module server takes to start. A plain HTTP/2 client sends
+    // the header alone (tonic's Channel would enforce it itself), so the answer is the server's.
+    let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let mut plain = pb::module_proxy_client::ModuleProxyClient::with_origin(http2, server.url().parse().unwrap());
     let mut request = tonic::Request::new(call("drowsy", "", &["sqrt"], vec![Kind::FloatValue(9.0)]));
-    request.metadata_mut().insert("grpc-timeout", "50m".parse().unwrap());
-    let err = within(proxy.call(request)).await.unwrap_err();
+    request.set_timeout(Duration::from_millis(50));
+    request.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let err = within(plain.call(request)).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("deployment default/python-module/drowsy was waking from zero"), "{err:?}");
 
