@@ -300,16 +300,21 @@ impl ModuleProxy {
         let caller = Caller::from_extensions(request.extensions());
         let (parts, body) = request.into_parts();
         let timeout = parts.headers.get(deadline::HEADER).and_then(|v| v.to_str().ok()).and_then(deadline::parse);
-        let mut target = String::new();
+        let mut id = None;
         let budget = Budget { started, timeout };
-        let forward = self.clone().forward_streaming(method, caller, body, budget, to_status, &mut target);
+        let forward = self.clone().forward_streaming(method, caller, body, budget, to_status, &mut id);
         let result = match timeout {
             None => forward.await,
             Some(t) => match tokio::time::timeout(t, forward).await {
                 Ok(r) => r,
-                Err(_) => Err(to_status(Error::DeadlineExceeded { timeout: t, endpoint: None })),
+                // Out of time while the deployment wakes (this call's wake-up or another's).
+                Err(_) => Err(to_status(match id.as_ref().filter(|id| self.resolver.is_waking(id)) {
+                    Some(id) => Error::WakeDeadline { deployment: Box::new(id.clone()), timeout: t },
+                    None => Error::DeadlineExceeded { timeout: t, endpoint: None },
+                })),
             },
         };
+        let target = id.map(|id| format!("{}/{}", id.namespace, id.name)).unwrap_or_default();
         // The code known at the response head: the proxy's own error, a trailers-only status, or
         // OK for a response that streams (its end is the module server's).
         let code = match &result {
@@ -332,7 +337,7 @@ impl ModuleProxy {
         mut body: tonic::body::Body,
         budget: Budget,
         to_status: fn(Error) -> tonic::Status,
-        label: &mut String,
+        target_id: &mut Option<DeploymentId>,
     ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
         let Budget { started, timeout } = budget;
         use http_body_util::BodyExt;
@@ -401,7 +406,7 @@ impl ModuleProxy {
             }
         };
         let id = self.deployment_id(target).map_err(to_status)?;
-        *label = format!("{}/{}", id.namespace, id.name);
+        *target_id = Some(id.clone());
         self.authorizer
             .permit(&caller, Verb::Call, Resource::Modules, Some(&id.namespace), Some(&id.name))
             .await

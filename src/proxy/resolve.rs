@@ -84,6 +84,8 @@ pub struct Resolver {
     watches: Mutex<HashMap<DeploymentId, Watch>>,
     /// The backend offers no endpoint watch: endpoints are listed and cached like the token.
     cannot_watch: AtomicBool,
+    /// Deployments a call of this proxy is waking now, with how many calls wait for it.
+    waking: Mutex<HashMap<DeploymentId, usize>>,
 }
 
 impl Resolver {
@@ -96,7 +98,13 @@ impl Resolver {
             sessions: Sessions::new(session_ttl),
             watches: Mutex::default(),
             cannot_watch: AtomicBool::new(false),
+            waking: Mutex::default(),
         }
+    }
+
+    /// Whether calls wait for `id` to wake from zero (a call that runs out of time then says so).
+    pub fn is_waking(&self, id: &DeploymentId) -> bool {
+        self.waking.lock().expect("resolver lock").contains_key(id)
     }
 
     /// The endpoint the next call of `session` to `id` goes to, and the deployment's call token.
@@ -141,6 +149,7 @@ impl Resolver {
             Ok(Some(record)) if record.status == backend::Status::Idle => {}
             _ => return Err(Error::NoReadyEndpoint { deployment: known.0, known: known.1 }),
         }
+        let _waiting = Waiting::new(&self.waking, id);
         let wake = async {
             // The backend's own readiness bound, not the caller's: a wake-up outlives a caller
             // that gives up, so the next call finds the deployment awake.
@@ -249,6 +258,31 @@ impl Resolver {
             self.cache.lock().expect("resolver lock").insert(id.clone(), cached.clone());
         }
         Ok(cached)
+    }
+}
+
+/// One call waiting for a deployment to wake, counted in [`Resolver::is_waking`] while it lives.
+struct Waiting<'a> {
+    waking: &'a Mutex<HashMap<DeploymentId, usize>>,
+    id: DeploymentId,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(waking: &'a Mutex<HashMap<DeploymentId, usize>>, id: &DeploymentId) -> Self {
+        *waking.lock().expect("resolver lock").entry(id.clone()).or_default() += 1;
+        Waiting { waking, id: id.clone() }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waking = self.waking.lock().expect("resolver lock");
+        if let Some(n) = waking.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                waking.remove(&self.id);
+            }
+        }
     }
 }
 

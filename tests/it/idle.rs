@@ -140,26 +140,41 @@ async fn an_idle_deployment_sleeps_and_fifty_concurrent_calls_wake_it_once() {
 }
 
 #[tokio::test]
-async fn a_deadline_shorter_than_the_wake_up_names_it_and_the_wake_up_still_finishes() {
+async fn a_deadline_that_passes_while_the_deployment_wakes_names_it() {
     let server = idle_server().await;
     deploy_idle(&server, "drowsy", "math", "1s").await;
     asleep(&server, "drowsy").await;
     let mut proxy = server.proxy_as(Some(ADMIN)).await;
 
-    // 50 ms: far less than a Python module server takes to start. A plain HTTP/2 client sends
-    // the header alone (tonic's Channel would enforce it itself), so the answer is the server's.
+    // A call without a deadline starts the wake-up; one with 100 ms (less than a module server
+    // takes to start), sent once the wake-up is under way, runs out waiting for it. A plain
+    // HTTP/2 client sends grpc-timeout alone (tonic's Channel would enforce it itself), so the
+    // answer is the server's.
+    let first = {
+        let mut proxy = proxy.clone();
+        tokio::spawn(async move { proxy.call(call("drowsy", "", &["sqrt"], vec![Kind::FloatValue(4.0)])).await })
+    };
+    for _ in 0..600 {
+        if get(&server, "drowsy").await.message.contains("waking from zero") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<tonic::body::Body>();
     let mut plain = pb::module_proxy_client::ModuleProxyClient::with_origin(http2, server.url().parse().unwrap());
     let mut request = tonic::Request::new(call("drowsy", "", &["sqrt"], vec![Kind::FloatValue(9.0)]));
-    request.set_timeout(Duration::from_millis(50));
+    request.set_timeout(Duration::from_millis(100));
     request.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     let err = within(plain.call(request)).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("deployment default/python-module/drowsy was waking from zero"), "{err:?}");
+    assert_eq!(err.get_error_details().error_info().map(|i| i.reason.clone()), Some("WAKING_FROM_ZERO".into()));
+    let answered = within(first).await.unwrap().expect("the call that woke it is answered");
+    assert_eq!(kind(answered.into_inner()), Kind::FloatValue(2.0));
 
-    // The wake-up it started goes on: the next call answers, and it was one wake-up in all.
+    // Awake now: the next call answers, and it was one wake-up in all.
     let r = within(proxy.call(call("drowsy", "", &["sqrt"], vec![Kind::FloatValue(9.0)]))).await.unwrap();
     assert_eq!(kind(r.into_inner()), Kind::FloatValue(3.0));
     assert_eq!(get(&server, "drowsy").await.wakeups, 1);
