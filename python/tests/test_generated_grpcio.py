@@ -41,8 +41,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generated]:
     out = tmp_path_factory.mktemp("generated")
     # The proto's own folder is the include root (it imports only google/protobuf/struct.proto,
     # which grpc_tools ships), so the modules are the top-level `orchestrator_pb2(_grpc)`. With
-    # `-I proto` they would live in a `jac` namespace package, a name Jac's own tooling uses in
-    # this same test session.
+    # `-I proto` they would be `jac.splice.v1.*`, putting a top-level `jac` package on sys.path
+    # of a session that also runs the Jac plugin's tests; the wire format is the same either way.
     done = subprocess.run(
         [
             sys.executable,
