@@ -25,10 +25,12 @@ if ! command -v openssl >/dev/null; then
 fi
 
 step "test tools"
-# ruff is pinned exactly: its default rule set grows between releases.
+# ruff is pinned exactly: its default rule set grows between releases. grpcio-tools and
+# grpcio-status (google.rpc error details) serve the test that generates a grpcio client.
 "$PY" -m pip install -q \
   "maturin==1.16.0" "pytest>=8" "pytest-timeout>=2.3" "numpy>=2" "rpyc>=6" \
-  "grpcio>=1.70" "grpcio-tools>=1.70" "grpcio-health-checking>=1.70" "mypy>=1.15" \
+  "grpcio>=1.70" "grpcio-tools>=1.70" "grpcio-health-checking>=1.70" "grpcio-status>=1.70" \
+  "mypy>=1.15" \
   "ruff==0.17.6" "jaclang==0.10.2" "prometheus-client>=0.20"
 
 step "native crate: cargo fmt --check"
