@@ -10,8 +10,8 @@
 //!
 //! Files: `deploy.rs` apply and delete, `restore.rs` recovery after a restart, `supervisor.rs`
 //! restarts, `process.rs` spawning and identifying processes, `readiness.rs`, `venv.rs`,
-//! `objects.rs` the object store, `desired.rs` the reconcile pass (the state file as desired
-//! state, as `JacDeployment`s are on Kubernetes).
+//! `objects.rs` the object store, `logs.rs` the workloads' log files, `desired.rs` the
+//! reconcile pass (the state file as desired state, as `JacDeployment`s are on Kubernetes).
 
 mod deploy;
 mod desired;
@@ -19,6 +19,7 @@ mod error;
 mod fs;
 mod history;
 mod lock;
+mod logs;
 mod objects;
 mod ports;
 mod process;
@@ -425,6 +426,14 @@ impl Backend for LocalBackend {
     /// restart or stop: every change of a supervised process wakes the watchers.
     fn watch_endpoints(&self, id: &DeploymentId) -> Option<super::endpoints::EndpointStream> {
         Some(replicas::watch(self.inner.clone(), id.clone()))
+    }
+
+    /// Each replica's `process.log` (`logs.rs`).
+    async fn logs(&self, id: &DeploymentId, opts: &super::LogOptions) -> super::Result<super::LogStream> {
+        if self.inner.entry(id).await.is_none() {
+            return Err(super::Error::NotFound(id.clone()));
+        }
+        Ok(logs::stream(self.inner.deployment_dir(id), *opts))
     }
 
     /// Stops every workload (records stay: the next start brings them back on the same ports)

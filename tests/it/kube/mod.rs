@@ -15,6 +15,7 @@ mod endpoint_watch;
 mod ensure;
 mod install;
 mod leader;
+mod logs;
 mod outputs;
 mod probes;
 mod readiness;
