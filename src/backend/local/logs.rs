@@ -109,7 +109,18 @@ impl Source {
     /// unfinished last line waits for its end (following); otherwise it is a line of its own.
     fn tail(&mut self, n: Option<u32>, keep_unfinished: bool) -> Result<Vec<String>> {
         let Some((mut f, len, inode)) = self.open()? else { return Ok(Vec::new()) };
-        let start = tail_start(&mut f, len, n).map_err(Error::io("read", &self.path))?;
+        let read = |f: &mut File| -> std::io::Result<u64> {
+            // An unfinished last line that waits is not one of the `n`: start one line earlier.
+            let mut last = [0u8; 1];
+            let open = len > 0 && {
+                f.seek(SeekFrom::Start(len - 1))?;
+                f.read_exact(&mut last)?;
+                last[0] != b'\n'
+            };
+            let count = n.map(|n| if keep_unfinished && open { n.saturating_add(1) } else { n });
+            tail_start(f, len, count)
+        };
+        let start = read(&mut f).map_err(Error::io("read", &self.path))?;
         let mut bytes = Vec::with_capacity((len - start) as usize);
         f.seek(SeekFrom::Start(start))
             .and_then(|_| f.by_ref().take(len - start).read_to_end(&mut bytes))
