@@ -162,7 +162,7 @@ async fn rest_streams_ndjson_lines_and_refuses_a_bad_tail_naming_it() {
     let http = t.server.http();
     let url = format!("{}/deployment/default/talker/t/logs", t.server.url());
 
-    let r = within(http.get(format!("{url}?tail=2")).send()).await.unwrap();
+    let r = within(http.get(format!("{url}?follow=&tail=2")).send()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-ndjson");
     let body = within(r.text()).await.unwrap();
@@ -180,6 +180,10 @@ async fn rest_streams_ndjson_lines_and_refuses_a_bad_tail_naming_it() {
         assert_eq!(e["field"], "tail", "{e}");
         assert!(e["detail"].as_str().unwrap().contains("tail"), "{e}");
     }
+
+    let r = within(http.get(format!("{url}?follow=sometimes")).send()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "follow");
 
     // A follow over REST: the tail, then what is logged, as it happens.
     let mut r = within(http.get(format!("{url}?follow=true&tail=1")).send()).await.unwrap();

@@ -26,9 +26,11 @@ use crate::service::{self, LogsRequest};
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
-    /// Keep streaming new lines until the client goes away (default false: end after the tail).
+    /// Keep streaming new lines until the client goes away (`true`/`1`; default false: end
+    /// after the tail).
     #[serde(default)]
-    follow: Option<bool>,
+    #[param(value_type = Option<bool>)]
+    follow: Option<String>,
     /// Lines from the end of each source to start with, 0 to 100000 (default: all of them).
     #[serde(default)]
     #[param(value_type = Option<i64>)]
@@ -44,7 +46,18 @@ impl LogsQuery {
                 reason: format!("{text:?} is not a line count"),
             })?),
         };
-        Ok(LogsRequest { follow: self.follow.unwrap_or(false), tail })
+        // An empty value is the default, as for `tail` (forms and templates send `follow=`).
+        let follow = match self.follow.as_deref().map(str::trim) {
+            None | Some("" | "false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(service::Error::Invalid {
+                    field: "follow".into(),
+                    reason: format!("{other:?} is not true or false"),
+                })
+            }
+        };
+        Ok(LogsRequest { follow, tail })
     }
 }
 
