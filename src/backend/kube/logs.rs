@@ -1,7 +1,7 @@
 //! [`Backend::logs`](crate::backend::Backend::logs) on Kubernetes: the logs of the deployment's
 //! pods, as `kubectl logs` reads them (the `pods/log` subresource, with timestamps).
 //!
-//! The pods are those its record's Deployments and StatefulSets select (their
+//! The pods are those its record's Deployments, StatefulSets and DaemonSets select (their
 //! `spec.selector.matchLabels`) and the Pods it created itself, in name order; a pod with more
 //! than one container is read once per container. Without `follow` the pods are read one after
 //! the other; with it, all at once, each until its container stops (a pod that a rollout
@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use futures::{AsyncRead, AsyncReadExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams, LogParams};
@@ -42,6 +42,9 @@ async fn pods(client: &kube::Client, record: &DeploymentRecord) -> Result<BTreeM
         } else if o.is(Kind::STATEFUL_SET) {
             let s = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&o.name).await.map_err(failed)?;
             s.and_then(|s| selector_of(s.spec.as_ref().map(|s| &s.selector)))
+        } else if o.is(Kind::DAEMON_SET) {
+            let d = Api::<DaemonSet>::namespaced(client.clone(), &ns).get_opt(&o.name).await.map_err(failed)?;
+            d.and_then(|d| selector_of(d.spec.as_ref().map(|s| &s.selector)))
         } else if o.is(Kind::POD) {
             if let Some(p) = Api::<Pod>::namespaced(client.clone(), &ns).get_opt(&o.name).await.map_err(failed)? {
                 pods.insert((ns, o.name.clone()), p);
@@ -151,6 +154,8 @@ pub(super) async fn logs(client: &kube::Client, record: &DeploymentRecord, opts:
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -159,6 +164,87 @@ mod tests {
         assert_eq!((l.line.as_str(), l.time.as_deref()), ("hello world", Some("2026-01-02T03:04:05.123456789Z")));
         let l = line_of("p", "no stamp here".into());
         assert_eq!((l.line.as_str(), l.time), ("no stamp here", None));
+    }
+
+    /// A record whose Deployment `web` selects pods `app=web`: one pod with one container, one
+    /// with two, and one whose container waits to start.
+    #[tokio::test]
+    async fn pods_selected_by_a_deployment_are_read_per_container_with_the_tail_and_timestamps() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let object = crate::plan::ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+            namespace: None,
+            section: crate::plan::Section::Modules,
+            file: "web.yaml".into(),
+        };
+        let record = DeploymentRecord {
+            id: crate::plan::DeploymentId { namespace: "ns1".into(), module: "m".into(), name: "web".into() },
+            version: "latest".into(),
+            config: Default::default(),
+            secret_keys: vec![],
+            endpoints: vec![],
+            status: crate::backend::Status::Deployed,
+            message: String::new(),
+            objects: vec![object],
+            backend: crate::backend::Kind::Kubernetes,
+            updated_at: String::new(),
+        };
+        let respond = |body: serde_json::Value| Response::new(Body::from(serde_json::to_vec(&body).unwrap()));
+        let api = async move {
+            let mut seen = Vec::new();
+            for _ in 0..6 {
+                let (req, send) = handle.next_request().await.expect("a request");
+                let uri = req.uri().to_string();
+                seen.push(uri.clone());
+                let path = req.uri().path();
+                let reply = if path == "/apis/apps/v1/namespaces/ns1/deployments/web" {
+                    respond(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}}}))
+                } else if path == "/api/v1/namespaces/ns1/pods" {
+                    let pod = |name: &str, containers: &[&str]| {
+                        json!({"metadata": {"name": name},
+                        "spec": {"containers": containers.iter().map(|c| json!({"name": c})).collect::<Vec<_>>()}})
+                    };
+                    respond(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                        pod("web-b", &["app", "sidecar"]), pod("web-a", &["app"]), pod("web-c", &["app"])]}))
+                } else if path.ends_with("/web-c/log") {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400,
+                        "message": "container \"app\" in pod \"web-c\" is waiting to start: ContainerCreating"});
+                    Response::builder().status(400).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap()
+                } else {
+                    let container = uri.split("container=").nth(1).unwrap().split('&').next().unwrap().to_string();
+                    let pod = path.trim_end_matches("/log").rsplit('/').next().unwrap().to_string();
+                    Response::new(Body::from(format!("2026-01-02T03:04:05Z {pod} {container} says hi\n").into_bytes()))
+                };
+                send.send_response(reply);
+            }
+            seen
+        };
+        let opts = LogOptions { follow: false, tail: Some(2) };
+        let read = async {
+            let stream = logs(&client, &record, &opts).await.unwrap();
+            stream.map(|l| l.unwrap()).collect::<Vec<_>>().await
+        };
+        let (seen, lines) = tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(api, read) })
+            .await
+            .expect("in time");
+        assert!(seen[1].contains("labelSelector=app%3Dweb"), "{seen:?}");
+        let log_queries: Vec<&String> = seen.iter().filter(|u| u.contains("/log")).collect();
+        assert!(log_queries.iter().all(|u| u.contains("tailLines=2") && u.contains("timestamps=true")), "{seen:?}");
+        assert!(log_queries.iter().all(|u| !u.contains("follow")), "{seen:?}");
+        assert_eq!(
+            lines,
+            [
+                LogLine::new("web-a", "web-a app says hi").at("2026-01-02T03:04:05Z"),
+                LogLine::new("web-b/app", "web-b app says hi").at("2026-01-02T03:04:05Z"),
+                LogLine::new("web-b/sidecar", "web-b sidecar says hi").at("2026-01-02T03:04:05Z"),
+            ]
+        );
     }
 
     #[tokio::test]
