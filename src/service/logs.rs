@@ -51,7 +51,12 @@ impl Service {
             crate::backend::Error::NotFound(id) => Error::NotFound(id),
             e => e.into(),
         })?;
-        Ok(Box::pin(stream.map(|line| line.map_err(Error::from))))
+        // Counted while the stream lives: it goes with the response when the client leaves.
+        let open = crate::metrics::global().log_stream(&id.to_string());
+        Ok(Box::pin(stream.map(move |line| {
+            let _counted = &open;
+            line.map_err(Error::from)
+        })))
     }
 }
 

@@ -68,13 +68,18 @@ struct Talking {
 
 /// A server with the talker deployed as `default/talker/t`, ready.
 async fn start() -> Talking {
+    start_as("t").await
+}
+
+/// A server with the talker deployed as `default/talker/NAME`, ready.
+async fn start_as(name: &str) -> Talking {
     let templates = tempfile::tempdir().unwrap();
     store(templates.path());
     let catalog = Some(Catalog::with_override(templates.path()).unwrap());
     let server = TestServer::start_with(Options { catalog, ..Options::default() }).await;
     let req = pb::DeployRequest {
         module: "talker".into(),
-        config: Some(struct_of(json!({"name": "t"}))),
+        config: Some(struct_of(json!({"name": name}))),
         wait: true,
         ..Default::default()
     };
@@ -265,5 +270,47 @@ async fn logs_need_their_own_permission_and_an_unknown_deployment_is_not_found()
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let violations = err.get_details_bad_request().expect("field violations").field_violations;
     assert_eq!(violations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["tail"]);
+    t.server.stop().await;
+}
+
+/// `jac_orc_log_streams` of `deployment`, as the server's `/metrics` says (the registry is the
+/// process's: each test counts a deployment name of its own).
+async fn open_streams(server: &TestServer, deployment: &str) -> i64 {
+    let text =
+        within(server.http().get(format!("{}/metrics", server.url())).send()).await.unwrap().text().await.unwrap();
+    let series = format!("jac_orc_log_streams{{deployment=\"{deployment}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (bounded) until `open_streams` is `want`.
+async fn streams_become(server: &TestServer, deployment: &str, want: i64) {
+    for _ in 0..100 {
+        if open_streams(server, deployment).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{deployment} never had {want} open logs streams (now {})", open_streams(server, deployment).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_whose_client_goes_away_stops_on_the_server_over_grpc_and_rest() {
+    let t = start_as("gone").await;
+    let deployment = "default/talker/gone";
+    let mut c = t.server.grpc().await;
+    let mut follow = within(c.logs(request("gone", true, Some(1)))).await.unwrap().into_inner();
+    assert_eq!(within(follow.next()).await.unwrap().unwrap().line, "line 3");
+    streams_become(&t.server, deployment, 1).await;
+    drop(follow);
+    streams_become(&t.server, deployment, 0).await;
+
+    let url = format!("{}/deployment/default/talker/gone/logs?follow=true&tail=1", t.server.url());
+    let mut r = within(t.server.http().get(url).send()).await.unwrap();
+    let first = within(r.chunk()).await.unwrap().expect("the tail");
+    assert!(std::str::from_utf8(&first).unwrap().contains("line 3"));
+    streams_become(&t.server, deployment, 1).await;
+    // Nothing is logged from here on: the server learns of the closed connection by itself.
+    drop(r);
+    streams_become(&t.server, deployment, 0).await;
     t.server.stop().await;
 }
