@@ -59,9 +59,22 @@ pub struct Metrics {
     proxy_errors: IntCounterVec,
     proxy_seconds: HistogramVec,
     endpoints_ready: IntGaugeVec,
+    log_streams: IntGaugeVec,
     auth_denials: IntCounterVec,
     wakeups: IntCounterVec,
     scaled_to_zero: IntCounterVec,
+}
+
+/// Counts one open logs stream while it lives (see [`Metrics::log_stream`]).
+#[derive(Debug)]
+pub struct LogStreamGuard {
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for LogStreamGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// The process's registry, created on first use.
@@ -101,6 +114,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(endpoints_ready.clone())).expect("registered once");
+        let log_streams = IntGaugeVec::new(
+            Opts::new("log_streams", "Open logs streams (Logs, GET .../logs) by deployment (namespace/module/name)"),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(log_streams.clone())).expect("registered once");
         Metrics {
             deploys: counter("deploys_total", "Deploy runs by module and result (ok, error)", &["module", "result"]),
             deploy_seconds: histogram(
@@ -132,6 +151,7 @@ impl Metrics {
                 CALL_BUCKETS,
             ),
             endpoints_ready,
+            log_streams,
             auth_denials: counter(
                 "auth_denials_total",
                 "Requests refused by authentication or authorization",
@@ -185,6 +205,14 @@ impl Metrics {
     /// A deployment was scaled to zero after its idle timeout.
     pub fn scaled_to_zero(&self, deployment: &str) {
         self.scaled_to_zero.with_label_values(&[deployment]).inc();
+    }
+
+    /// A logs stream of `deployment` opened; it counts until the guard is dropped (with the
+    /// stream: a client that went away no longer counts).
+    pub fn log_stream(&self, deployment: &str) -> LogStreamGuard {
+        let gauge = self.log_streams.with_label_values(&[deployment]);
+        gauge.inc();
+        LogStreamGuard { gauge }
     }
 
     pub fn auth_denial(&self, reason: Denial) {

@@ -106,6 +106,7 @@ impl Kind {
     pub const POD: Kind = Kind { group: "", kind: "Pod" };
     pub const DEPLOYMENT: Kind = Kind { group: "apps", kind: "Deployment" };
     pub const STATEFUL_SET: Kind = Kind { group: "apps", kind: "StatefulSet" };
+    pub const DAEMON_SET: Kind = Kind { group: "apps", kind: "DaemonSet" };
 }
 
 /// One object to apply, with its full manifest (labels already added).

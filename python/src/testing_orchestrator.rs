@@ -11,7 +11,7 @@ use crate::proto::{
     DeployEvent, DeployRequest, Deployment, DeploymentSecrets, DiffRequest, DiffResponse, DryRunRequest,
     DryRunResponse, EnsureModuleRequest, EnsureModuleResponse, GetDeploymentRequest, GetModuleAccessRequest,
     HistoryRequest, HistoryResponse, ListDeploymentsRequest, ListDeploymentsResponse, ListTemplatesRequest,
-    ListTemplatesResponse, ModuleAccess, ModuleEndpoint, RollbackRequest, UndeployRequest,
+    ListTemplatesResponse, LogLine, LogsRequest, ModuleAccess, ModuleEndpoint, RollbackRequest, UndeployRequest,
 };
 use crate::testing::Stub;
 use crate::wire::ORCHESTRATOR_SERVICE;
@@ -128,6 +128,10 @@ impl Orchestrator for Script {
         unimplemented()
     }
     async fn diff(&self, _: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        unimplemented()
+    }
+    type LogsStream = tokio_stream::Empty<Result<LogLine, Status>>;
+    async fn logs(&self, _: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         unimplemented()
     }
 }

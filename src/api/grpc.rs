@@ -171,4 +171,10 @@ impl Orchestrator for OrchestratorApi {
     ) -> Result<Response<pb::ModuleAccess>, Status> {
         Ok(Response::new(super::module_access::get_module_access(&self.service, request).await?))
     }
+
+    type LogsStream = super::logs::LogLineStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        Ok(Response::new(super::logs::logs(&self.service, request).await?))
+    }
 }

@@ -8,6 +8,7 @@ pub mod docs;
 pub mod events;
 pub mod grpc;
 pub mod layers;
+pub mod logs;
 mod module_access;
 pub mod module_proxy;
 pub mod openapi;

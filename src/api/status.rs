@@ -275,9 +275,12 @@ fn classify_kube(k: &KubeError) -> Class {
     match k {
         K::Conflict { .. } => class(Code::FailedPrecondition, H::CONFLICT, "FIELD_MANAGER_CONFLICT"),
         K::Forbidden { .. } => class(Code::PermissionDenied, H::FORBIDDEN, "FORBIDDEN"),
-        K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_) => {
-            class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-        }
+        K::Server { .. }
+        | K::Unreachable { .. }
+        | K::Watch { .. }
+        | K::Config { .. }
+        | K::ProbeTimeout(_)
+        | K::LogRead { .. } => class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         K::BadRecord { .. } | K::RecordWithoutKey { .. } | K::Encode { .. } => {
             class(Code::Internal, H::INTERNAL_SERVER_ERROR, "INTERNAL")
         }

@@ -5,7 +5,8 @@
 //!   [`API_GROUP`] (`jac-orc.io`), so cluster admins grant access with ordinary Roles, including
 //!   per-deployment grants through `resourceNames`. Answers are cached briefly.
 //! - Local backend ([`Authorizer::groups`]): fixed rules on token-file groups ([`local_allows`]):
-//!   [`ADMINS`] may do everything, [`VIEWERS`] read, [`CALLERS`] read and call modules.
+//!   [`ADMINS`] may do everything, [`VIEWERS`] read, [`CALLERS`] read and call modules. Neither
+//!   reads secrets or workload logs (a workload may print what its secrets hold).
 //!
 //! Resources and verbs, as RBAC sees them (`apiGroups: ["jac-orc.io"]`):
 //!
@@ -13,6 +14,7 @@
 //! | ---------------------- | ------------------------ | ---------------------------------- |
 //! | `JacDeployments`       | `jacdeployments`         | get, list, create, update, delete  |
 //! | `JacDeploymentSecrets` | `jacdeployments/secrets` | get                                |
+//! | `JacDeploymentLogs`    | `jacdeployments/log`     | get (as `pods/log` for kubectl)    |
 //! | `Modules`              | `modules`                | call (resourceName = deployment)   |
 //! | `Templates`            | `templates`              | list                               |
 
@@ -87,6 +89,8 @@ impl std::fmt::Display for Verb {
 pub enum Resource {
     JacDeployments,
     JacDeploymentSecrets,
+    /// The logs of a deployment's workloads (`jacdeployments/log`, named as `pods/log`).
+    JacDeploymentLogs,
     Modules,
     Templates,
 }
@@ -95,16 +99,17 @@ impl Resource {
     /// The RBAC resource name (`jacdeployments`, ...).
     pub const fn resource(self) -> &'static str {
         match self {
-            Resource::JacDeployments | Resource::JacDeploymentSecrets => "jacdeployments",
+            Resource::JacDeployments | Resource::JacDeploymentSecrets | Resource::JacDeploymentLogs => "jacdeployments",
             Resource::Modules => "modules",
             Resource::Templates => "templates",
         }
     }
 
-    /// The RBAC subresource, if any (`secrets` of `jacdeployments`).
+    /// The RBAC subresource, if any (`secrets` and `log` of `jacdeployments`).
     pub const fn subresource(self) -> Option<&'static str> {
         match self {
             Resource::JacDeploymentSecrets => Some("secrets"),
+            Resource::JacDeploymentLogs => Some("log"),
             _ => None,
         }
     }
@@ -355,8 +360,13 @@ mod tests {
     type MockHandle = Handle<Request<Body>, Response<Body>>;
     const STEP: Duration = Duration::from_secs(5);
     const VERBS: [Verb; 6] = [Verb::Get, Verb::List, Verb::Create, Verb::Update, Verb::Delete, Verb::Call];
-    const RESOURCES: [Resource; 4] =
-        [Resource::JacDeployments, Resource::JacDeploymentSecrets, Resource::Modules, Resource::Templates];
+    const RESOURCES: [Resource; 5] = [
+        Resource::JacDeployments,
+        Resource::JacDeploymentSecrets,
+        Resource::JacDeploymentLogs,
+        Resource::Modules,
+        Resource::Templates,
+    ];
 
     fn user(groups: &[&str]) -> Identity {
         Identity::new("u").with_groups(groups.iter().copied())
@@ -504,6 +514,23 @@ mod tests {
             json!({"group": "jac-orc.io", "resource": "templates", "verb": "list"})
         );
         assert_eq!(body["spec"]["groups"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn logs_are_the_log_subresource_read_with_get() {
+        let (authz, mut handle) = kube_authorizer(AccessReviewConfig::default());
+        let id = Identity::new("lou");
+        let (result, body) = tokio::join!(
+            timed(authz.authorize(&id, Verb::Get, Resource::JacDeploymentLogs, Some("ns1"), Some("cache"))),
+            timed(answer(&mut handle, json!({"allowed": false})))
+        );
+        assert_eq!(
+            body["spec"]["resourceAttributes"],
+            json!({"group": "jac-orc.io", "resource": "jacdeployments", "subresource": "log", "verb": "get",
+                   "namespace": "ns1", "name": "cache"})
+        );
+        let Err(Error::Denied(denied)) = result else { panic!("denied expected") };
+        assert_eq!(denied.to_string(), "user lou may not get jacdeployments/log \"cache\" in namespace ns1");
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@
 //! the leader's work, [`migrate`] converts the records of earlier versions, [`discovery`]
 //! resolves kinds, [`apply`] applies one object and classifies the result, [`probes`] adapts
 //! gRPC probes to the server's version, [`readiness`] waits for workloads, [`delete`]
-//! undeploys, [`events`] publishes Events, [`errors`] maps API failures, and [`detect`] decides
-//! whether a cluster is reachable from this process at all.
+//! undeploys, [`logs`] reads the pods' logs, [`events`] publishes Events, [`errors`] maps API
+//! failures, and [`detect`] decides whether a cluster is reachable from this process at all.
 //!
 //! A deploy validates every object with a server-side dry run before it writes the resource or
 //! applies the first object, so an object the API server rejects leaves nothing behind: no
@@ -34,6 +34,7 @@ mod events;
 mod follow;
 mod history;
 pub mod idle;
+mod logs;
 pub mod migrate;
 mod probes;
 mod prune;
@@ -391,6 +392,12 @@ impl Backend for KubeBackend {
 
     async fn wake(&self, id: &DeploymentId, wait: Duration) -> Result<bool> {
         self.wake_now(id, wait).await
+    }
+
+    /// The logs of the deployment's pods (`logs.rs`).
+    async fn logs(&self, id: &DeploymentId, opts: &super::LogOptions) -> Result<super::LogStream> {
+        let record = self.records().get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?;
+        logs::logs(&self.client, &record, opts).await
     }
 
     /// EndpointSlices where served (1.21+), Endpoints otherwise (`endpoint_watch.rs`).

@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod history;
 pub mod kube;
 pub mod local;
+pub mod logs;
 pub mod progress;
 pub mod rollout;
 
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::plan::{DeploymentId, ObjectRef, Plan};
 pub use history::Revision;
+pub use logs::{LogLine, LogOptions, LogStream};
 pub use progress::{Action, ObjectEvent, Progress};
 
 /// Value shown instead of a secret placeholder's value in Get/List.
@@ -210,6 +212,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         let _ = wait;
         Err(Error::CannotScaleToZero { id: id.clone(), backend: self.kind().as_str() })
     }
+    /// The log lines of the deployment's workloads: the last `opts.tail` of each source, then,
+    /// with `opts.follow`, new ones as they are written, until the stream is dropped.
+    /// [`Error::NotFound`] for a deployment this backend has no record of.
+    async fn logs(&self, id: &DeploymentId, opts: &LogOptions) -> Result<LogStream>;
 
     /// Stops background work (child processes keep running only if the backend says so).
     async fn shutdown(&self) {}

@@ -69,6 +69,33 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show per object what a deploy would change against the live objects (exit 0: nothing, 1: something, 2: error).
     Diff(DiffArgs),
+    /// Print the logs of a deployment's workloads (its processes, or its pods); -f follows them.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub module: String,
+    pub name: String,
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Keep printing new lines as they are written, until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines from the end of each replica's or pod's log to start with (default: all).
+    #[arg(long, allow_negative_numbers = true)]
+    pub tail: Option<i64>,
+    /// Start every line with where it comes from (`[replica 0] `, `[POD] `).
+    #[arg(long)]
+    pub prefix: bool,
+    /// Start every line with its time, when the backend knows it (Kubernetes).
+    #[arg(long)]
+    pub timestamps: bool,
+    /// `table` prints the lines; `json` one JSON object per line, as REST streams them.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

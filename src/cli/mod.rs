@@ -12,6 +12,7 @@
 pub mod args;
 mod client;
 mod completion;
+mod logs;
 mod output;
 pub mod probe;
 mod revisions;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::History(a) => revisions::history(a).await,
             Command::Rollback(a) => revisions::rollback(a).await,
             Command::Diff(a) => revisions::diff(a).await,
+            Command::Logs(a) => logs::logs(a).await,
         }
     })
 }

@@ -381,6 +381,9 @@ mod tests {
         ) -> backend::Result<backend::Revision> {
             Err(backend::Error::Rejected { object: "revision".into(), message: "not used by these tests".into() })
         }
+        async fn logs(&self, _: &DeploymentId, _: &backend::LogOptions) -> backend::Result<backend::LogStream> {
+            Err(backend::Error::Rejected { object: "logs".into(), message: "not used by these tests".into() })
+        }
         async fn module_endpoints(&self, id: &DeploymentId) -> backend::Result<Vec<String>> {
             self.lookups.fetch_add(1, Ordering::Relaxed);
             if id.name != "known" {

@@ -21,6 +21,7 @@
 //! | diff | get, then as deploy | `jacdeployments` | target | deployment |
 //! | rollback | as deploy (update) | `jacdeployments` | its | deployment |
 //! | module access | call | `modules` | its | deployment |
+//! | logs | get | `jacdeployments/log` | its | deployment |
 //!
 //! (`ModuleProxy` authorizes `call` on `modules` itself, once it knows the target.)
 
@@ -28,6 +29,7 @@ pub mod access;
 mod deploy;
 mod ensure;
 mod locks;
+pub mod logs;
 mod namespacing;
 mod planner;
 mod prepare;
@@ -52,6 +54,7 @@ pub use access::{AccessRequest, ModuleAccessView};
 pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
 use locks::Locks;
+pub use logs::{LogsRequest, LogsStream};
 pub use namespacing::ORCHESTRATOR_NAMESPACE;
 pub use prepare::{render_offline, Offline, Prepared};
 pub use readiness::{NotReady, Readiness};

@@ -112,6 +112,11 @@ impl JacOrc {
         }
     }
 
+    /// Starts it with stdout piped, for a command that runs until stopped (`logs -f`).
+    pub(crate) fn spawn(mut self) -> std::process::Child {
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("jac-orc starts")
+    }
+
     /// Runs with stdout a pipe whose read end is already closed (`… | head -0`): every write
     /// fails with EPIPE. Returns the exit code and stderr.
     pub(crate) fn run_into_closed_pipe(mut self) -> Ran {

@@ -16,6 +16,7 @@ mod kube;
 mod legacy_store;
 mod limits;
 mod local_backend;
+mod logs;
 mod module_access;
 mod observability;
 mod proxy;

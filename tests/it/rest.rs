@@ -134,6 +134,7 @@ async fn every_documented_operation_has_an_id_and_tags_and_answers_on_its_route(
         ("get", "/deployment"),
         ("get", "/deployment/{namespace}/{module}/{name}"),
         ("get", "/deployment/{namespace}/{module}/{name}/history"),
+        ("get", "/deployment/{namespace}/{module}/{name}/logs"),
         ("get", "/deployment/{namespace}/{module}/{name}/secrets"),
         ("get", "/healthz"),
         ("get", "/metrics"),

@@ -1,5 +1,5 @@
 //! The REST gateway: the original's paths (`POST /deployment`, `POST /deployment/dry_run`,
-//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets`,
+//! `GET /deployment`, `GET /healthz`) plus per-deployment GET/DELETE, its `/secrets` and `/logs`,
 //! `GET /templates`, `POST /module/ensure` (deploy on first import), `GET /module/access/…`
 //! (direct access to module servers) and `GET /openapi.json`. Each handler turns JSON into a request, calls the
 //! service layer as the request's [`Caller`] and returns its view; errors go through the one
@@ -11,6 +11,7 @@
 mod access;
 mod body;
 mod checks;
+mod logs;
 mod revisions;
 mod stream;
 
@@ -58,6 +59,7 @@ fn routes() -> (Router<AppState>, OpenApi) {
         .routes(routes!(revisions::history))
         .routes(routes!(revisions::rollback))
         .routes(routes!(revisions::diff))
+        .routes(routes!(logs::logs))
         .split_for_parts()
 }
 

@@ -43,7 +43,12 @@ pub(crate) fn reason_of(e: &Error) -> &'static str {
         Error::Kube(K::Conflict { .. }) => "Conflict",
         Error::Kube(K::Forbidden { .. }) => "Forbidden",
         Error::Kube(
-            K::Server { .. } | K::Unreachable { .. } | K::Watch { .. } | K::Config { .. } | K::ProbeTimeout(_),
+            K::Server { .. }
+            | K::Unreachable { .. }
+            | K::Watch { .. }
+            | K::Config { .. }
+            | K::ProbeTimeout(_)
+            | K::LogRead { .. },
         ) => "Unavailable",
         Error::Kube(K::LeaderReported { .. }) => "Failed",
         Error::Kube(K::BadRecord { .. } | K::RecordWithoutKey { .. } | K::Encode { .. }) | Error::Local(_) => {

@@ -64,6 +64,13 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A pod's log stream broke off while it was being read.
+    #[error("{object}: reading the log failed")]
+    LogRead {
+        object: String,
+        #[source]
+        source: Box<std::io::Error>,
+    },
     /// The API server did not answer the version probe in time.
     #[error("the Kubernetes API did not answer within {}s", .0.as_secs())]
     ProbeTimeout(Duration),

@@ -10,8 +10,8 @@
 //!
 //! Files: `deploy.rs` apply and delete, `restore.rs` recovery after a restart, `supervisor.rs`
 //! restarts, `process.rs` spawning and identifying processes, `readiness.rs`, `venv.rs`,
-//! `objects.rs` the object store, `desired.rs` the reconcile pass (the state file as desired
-//! state, as `JacDeployment`s are on Kubernetes).
+//! `objects.rs` the object store, `logs.rs` the workloads' log files, `desired.rs` the
+//! reconcile pass (the state file as desired state, as `JacDeployment`s are on Kubernetes).
 
 mod deploy;
 mod desired;
@@ -19,6 +19,7 @@ mod error;
 mod fs;
 mod history;
 mod lock;
+mod logs;
 mod objects;
 mod ports;
 mod process;
@@ -434,6 +435,14 @@ impl Backend for LocalBackend {
 
     async fn wake(&self, id: &DeploymentId, wait: Duration) -> super::Result<bool> {
         self.inner.wake(id, wait).await
+    }
+
+    /// Each replica's `process.log` (`logs.rs`).
+    async fn logs(&self, id: &DeploymentId, opts: &super::LogOptions) -> super::Result<super::LogStream> {
+        if self.inner.entry(id).await.is_none() {
+            return Err(super::Error::NotFound(id.clone()));
+        }
+        Ok(logs::stream(self.inner.deployment_dir(id), *opts))
     }
 
     /// Stops every workload (records stay: the next start brings them back on the same ports)

@@ -96,11 +96,14 @@ async fn bind_auth_delegator(client: &kube::Client, ns: &str) {
 }
 
 /// Asks the API server whether `user` may do `verb` on `resource` (SubjectAccessReview).
+/// A `resource/subresource` (`pods/log`) is asked as such.
 async fn allowed(client: &kube::Client, user: &str, verb: &str, group: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": user, "groups": ["system:serviceaccounts"],
-                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": ns.unwrap_or("")}}
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": sub,
+                                        "namespace": ns.unwrap_or("")}}
     });
     let ar = kube::api::ApiResource {
         group: "authorization.k8s.io".into(),
@@ -191,9 +194,12 @@ async fn namespaced_install_grants_what_deploy_needs_in_its_namespace_only() {
         ("patch", "events.k8s.io", "events"),
         ("create", "", "events"),
         ("patch", "jac-orc.io", "jacdeployments/finalizers"),
+        // `jac-orc logs`.
+        ("get", "", "pods/log"),
     ] {
         assert!(allowed(&c.client, &sa, verb, group, resource, Some(&ns)).await, "{verb} {group}/{resource} in {ns}");
     }
+    assert!(!allowed(&c.client, &sa, "get", "", "pods/log", Some(&elsewhere)).await, "pod logs outside {ns}");
     assert_mode(&docs, true);
     unbind_cluster_role(&c.client, &ns).await;
 }
@@ -246,7 +252,12 @@ async fn jac_orc_roles_grant_by_level_and_aggregate_into_kubernetes_view_edit_an
             "jac-orc:view",
             "viewer",
             &[("list", "jacdeployments"), ("get", "jacdeployments"), ("list", "templates")],
-            &[("create", "jacdeployments"), ("get", "jacdeployments/secrets"), ("call", "modules")],
+            &[
+                ("create", "jacdeployments"),
+                ("get", "jacdeployments/secrets"),
+                ("get", "jacdeployments/log"),
+                ("call", "modules"),
+            ],
         ),
         ("jac-orc:module-caller", "caller", &[("call", "modules")], &[("list", "jacdeployments")]),
         (
@@ -256,17 +267,33 @@ async fn jac_orc_roles_grant_by_level_and_aggregate_into_kubernetes_view_edit_an
                 ("create", "jacdeployments"),
                 ("delete", "jacdeployments"),
                 ("get", "jacdeployments/secrets"),
+                ("get", "jacdeployments/log"),
                 ("call", "modules"),
             ],
             &[("update", "jacdeployments/status")],
         ),
-        ("jac-orc:admin", "owner", &[("update", "jacdeployments/status"), ("create", "jacdeployments")], &[]),
+        (
+            "jac-orc:admin",
+            "owner",
+            &[("update", "jacdeployments/status"), ("create", "jacdeployments"), ("get", "jacdeployments/log")],
+            &[],
+        ),
         // Kubernetes' own roles, through aggregation.
-        ("view", "k8s-viewer", &[("list", "jacdeployments")], &[("create", "jacdeployments"), ("call", "modules")]),
+        (
+            "view",
+            "k8s-viewer",
+            &[("list", "jacdeployments")],
+            &[("create", "jacdeployments"), ("call", "modules"), ("get", "jacdeployments/log")],
+        ),
         (
             "edit",
             "k8s-editor",
-            &[("create", "jacdeployments"), ("call", "modules"), ("get", "jacdeployments/secrets")],
+            &[
+                ("create", "jacdeployments"),
+                ("call", "modules"),
+                ("get", "jacdeployments/secrets"),
+                ("get", "jacdeployments/log"),
+            ],
             &[],
         ),
         ("admin", "k8s-admin", &[("update", "jacdeployments/status"), ("call", "modules")], &[]),
@@ -310,6 +337,7 @@ async fn cluster_wide_install_grants_deploy_in_every_namespace() {
     for verb in ["get", "create", "patch"] {
         assert!(allowed(&c.client, &sa, verb, "", "namespaces", None).await, "{verb} namespaces");
     }
+    assert!(allowed(&c.client, &sa, "get", "", "pods/log", Some(&elsewhere)).await, "pod logs in {elsewhere}");
     for (verb, group, resource) in [
         ("list", "", "nodes"),
         ("delete", "", "namespaces"),

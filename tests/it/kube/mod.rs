@@ -16,6 +16,7 @@ mod ensure;
 mod idle;
 mod install;
 mod leader;
+mod logs;
 mod outputs;
 mod probes;
 mod readiness;
