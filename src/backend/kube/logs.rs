@@ -193,6 +193,7 @@ mod tests {
             objects: vec![object],
             backend: crate::backend::Kind::Kubernetes,
             updated_at: String::new(),
+            wakeups: 0,
         };
         let respond = |body: serde_json::Value| Response::new(Body::from(serde_json::to_vec(&body).unwrap()));
         let api = async move {
