@@ -15,7 +15,8 @@ fn sqrt(ns: &str, x: f64) -> tonic::Request<pb::ProxyCallRequest> {
     tonic::Request::new(pb::ProxyCallRequest {
         target: Some(pb::ProxyTarget { deployment: "nap".into(), namespace: ns.into() }),
         request: Some(pb::CallRequest {
-            session: String::new(),
+            // One session per caller, as 50 clients would have.
+            session: format!("caller-{x}"),
             target: String::new(),
             path: vec!["sqrt".into()],
             args: vec![pb::Value { kind: Some(Kind::FloatValue(x)) }],
@@ -37,8 +38,8 @@ async fn an_idle_module_scales_to_zero_and_fifty_calls_wake_it_once() {
             "wait": true, "wait_timeout_seconds": 180}))
         .await;
     assert_eq!(status, 200, "{body}");
+    // Ready when the deploy returned; no call comes, so it may be asleep soon after.
     let selector = "jac-orc/module-server=nap";
-    ready_pod(&node.client, &ns, selector, None).await;
 
     let path = format!("/deployment/{ns}/python-module/nap");
     let started = Instant::now();
