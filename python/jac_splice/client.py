@@ -242,7 +242,8 @@ class Splice:
         ``packages`` are PEP 508 requirements, ``cpu``/``memory`` Kubernetes quantities
         ("250m", "256Mi"), ``idle_timeout`` seconds or a duration string ("90s", "10m"). Returns
         the deployment as :meth:`Client.list_deployments` does, with ``deployed`` (whether this
-        call deployed it). Raises :class:`DeploymentLookupError` if it is not ready.
+        call deployed it) and ``differences`` (the asked settings a found deployment does not
+        have, one line each, also logged as a warning). Raises :class:`DeploymentLookupError` if it is not ready.
         """
         if not self._probe():
             raise ValueError(
@@ -269,6 +270,14 @@ class Splice:
                 f"jac-orc's deployment {where} of {name!r} is {found['status']}: {found['message']}"
             )
         _log.info("%s %s serves %r", "deployed" if found["deployed"] else "found", where, name)
+        if found["differences"]:
+            # The existing deployment is used as it stands; changing it is a deploy.
+            _log.warning(
+                "%s serves %r with other settings than asked (%s); redeploy it to change them",
+                where,
+                name,
+                "; ".join(found["differences"]),
+            )
         return found
 
     def _serving(

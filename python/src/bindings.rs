@@ -516,6 +516,7 @@ impl Client {
             .map_err(|s| self.status_error(py, &s))?;
         let item = deployment_dict(py, response.deployment.unwrap_or_default())?;
         item.set_item("deployed", response.deployed)?;
+        item.set_item("differences", response.differences)?;
         Ok(item)
     }
 }

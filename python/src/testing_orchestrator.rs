@@ -85,7 +85,7 @@ impl Orchestrator for Script {
         request: Request<EnsureModuleRequest>,
     ) -> Result<Response<EnsureModuleResponse>, Status> {
         self.ensured.lock().unwrap().push(request.into_inner().module);
-        Ok(Response::new(EnsureModuleResponse { deployment: Some(Deployment::default()), deployed: false }))
+        Ok(Response::new(EnsureModuleResponse { deployment: Some(Deployment::default()), ..Default::default() }))
     }
 
     async fn dry_run(&self, _: Request<DryRunRequest>) -> Result<Response<DryRunResponse>, Status> {

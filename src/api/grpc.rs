@@ -148,6 +148,7 @@ impl Orchestrator for OrchestratorApi {
         Ok(Response::new(pb::EnsureModuleResponse {
             deployment: Some(convert::deployment(&view.deployment)),
             deployed: view.deployed,
+            differences: view.differences,
         }))
     }
 
