@@ -349,8 +349,15 @@ def test_import_module_with_deploy_deploys_the_module_on_first_import(
         splice = jac_splice.connect(orc.url, token=orc.token)
         with pytest.raises(DeploymentLookupError, match="no python-module deployment of 'json'"):
             splice.import_module("json")
-        remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
+        with caplog.at_level(logging.INFO, logger="jac_splice"):
+            remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
         assert remote.dumps([1]) == "[1]"
+        # The deploy's progress, line by line, as it happened.
+        assert "deploying 'json': process.local.jac-orc/json started (grpc ready on" in caplog.text
+        lines: list[str] = []
+        splice.ensure_module("json", progress=lines.append)
+        assert lines == [], "a found deployment has no deploy to show"
+        caplog.clear()
         deployments = orc.rest("GET", "/deployment")["default"]["python-module"]
         assert list(deployments) == ["json"], deployments
         config = deployments["json"]["config"]

@@ -16,11 +16,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::views::{DeploymentView, EnsureView};
 use super::{DeploymentRequest, Error, Result, Service, DEFAULT_WAIT};
 use crate::auth::{Caller, Resource, Verb};
-use crate::backend::{ApplyOptions, DeploymentRecord, Status};
+use crate::backend::{ApplyOptions, DeploymentRecord, ObjectEvent, Status};
 use crate::catalog::requirements;
 use crate::identity::DeploymentId;
 
@@ -241,6 +242,17 @@ impl Service {
     /// does (see the module doc). A failed on-demand deployment is deployed again; any other
     /// found deployment is returned as it stands.
     pub async fn ensure_module(&self, caller: &Caller, req: &EnsureRequest) -> Result<EnsureView> {
+        self.ensure_module_with(caller, req, None).await
+    }
+
+    /// [`Self::ensure_module`], sending to `progress` the per-object events of the deploy it
+    /// makes (applied, waiting, ready) as they happen; a found deployment sends none.
+    pub async fn ensure_module_with(
+        &self,
+        caller: &Caller,
+        req: &EnsureRequest,
+        progress: Option<&mpsc::UnboundedSender<ObjectEvent>>,
+    ) -> Result<EnsureView> {
         let started = Instant::now();
         check_module(&req.module)?;
         let idle = req.idle_timeout.as_ref().map(parse_idle_timeout).transpose()?;
@@ -284,7 +296,15 @@ impl Service {
         tracing::info!(module = %req.module, deployment = %r.id, "deploying on first import");
         let prepared = self.plan(r, started, lock).await?;
         let opts = ApplyOptions { wait: Some(req.wait.unwrap_or(DEFAULT_WAIT)), ..ApplyOptions::default() };
-        let summary = self.apply(prepared, opts, super::revision_note::RevisionNote::deploy(caller)).finish().await?;
+        let run = self.apply(prepared, opts, super::revision_note::RevisionNote::deploy(caller));
+        let summary = run
+            .finish_with(|ev| {
+                if let Some(p) = progress {
+                    // A caller that left no longer reads them; the deploy goes on as for any.
+                    let _ = p.send(ev);
+                }
+            })
+            .await?;
         Ok(EnsureView { deployment: summary.deployment, deployed: true, differences: Vec::new() })
     }
 

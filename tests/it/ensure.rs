@@ -301,3 +301,58 @@ async fn undeploy_on_demand_removes_together_only_what_first_imports_deployed() 
     assert_eq!(names(&server).await, ["calc"], "the deployment made by hand stays");
     server.stop().await;
 }
+
+/// Every item of an `EnsureModuleProgress` call, until its end or its error.
+async fn progress_of(
+    server: &TestServer,
+    token: Option<&str>,
+    request: pb::EnsureModuleRequest,
+) -> (Vec<pb::EnsureModuleEvent>, Option<tonic::Status>) {
+    let mut client = server.grpc_as(token).await;
+    let mut stream = within(client.ensure_module_progress(request)).await.expect("a stream").into_inner();
+    let mut items = Vec::new();
+    loop {
+        match within(stream.message()).await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, None),
+            Err(status) => return (items, Some(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ensure_module_progress_streams_the_deploys_events_then_the_answer() {
+    use pb::ensure_module_event::Event;
+    let server = TestServer::start().await;
+    let (items, err) = progress_of(&server, Some(VIEWER), ensure("base64")).await;
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(err.map(|s| s.code()), Some(Code::PermissionDenied));
+
+    let (items, err) = progress_of(&server, Some(crate::support::ADMIN), ensure("base64")).await;
+    assert!(err.is_none(), "{err:?}");
+    let (last, events) = items.split_last().expect("items");
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| match &e.event {
+            Some(Event::Object(o)) => format!("{} ({})", o.line, o.message),
+            other => panic!("only object events before the answer: {other:?}"),
+        })
+        .collect();
+    assert!(lines.iter().any(|l| l.contains(" created")), "{lines:?}");
+    let started = lines.iter().find(|l| l.starts_with("process.local.jac-orc/base64 started"));
+    assert!(started.is_some_and(|l| l.contains("ready on 127.0.0.1:")), "readiness is part of it: {lines:?}");
+    let Some(Event::Done(done)) = &last.event else { panic!("the answer comes last: {last:?}") };
+    assert!(done.deployed);
+    assert_eq!(done.deployment.as_ref().unwrap().status, pb::DeploymentStatus::Deployed as i32);
+
+    // Found: the answer alone, saying what the request asked for that it lacks.
+    let again = pb::EnsureModuleRequest { replicas: 2, ..ensure("base64") };
+    let (items, err) = progress_of(&server, Some(crate::support::ADMIN), again).await;
+    assert!(err.is_none(), "{err:?}");
+    let [pb::EnsureModuleEvent { event: Some(Event::Done(done)) }] = items.as_slice() else {
+        panic!("one answer: {items:?}")
+    };
+    assert!(!done.deployed);
+    assert_eq!(done.differences, ["replicas: asked 2, deployed with 1"]);
+    server.stop().await;
+}
