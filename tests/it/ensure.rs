@@ -356,3 +356,43 @@ async fn ensure_module_progress_streams_the_deploys_events_then_the_answer() {
     assert_eq!(done.differences, ["replicas: asked 2, deployed with 1"]);
     server.stop().await;
 }
+
+/// `json.loads("[1]")` through ModuleProxy, in `session`.
+fn loads(session: &str) -> pb::ProxyCallRequest {
+    pb::ProxyCallRequest {
+        target: Some(pb::ProxyTarget { deployment: "json".into(), namespace: String::new() }),
+        request: Some(pb::CallRequest {
+            session: session.into(),
+            target: String::new(),
+            path: vec!["loads".into()],
+            args: vec![pb::Value { kind: Some(Kind::StrValue("[1]".into())) }],
+            kwargs: vec![],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_module_deployed_again_under_its_name_answers_its_first_call() {
+    // The proxy caches a deployment's call token; here for longer than the test, so the second
+    // deployment's first call is sent with the first one's token.
+    let mut settings = Settings::default();
+    settings.proxy = settings.proxy.resolve_ttl(std::time::Duration::from_secs(3600));
+    let server = TestServer::start_with(Options { settings, ..Default::default() }).await;
+    let mut grpc = server.grpc().await;
+    let mut proxy = server.proxy_as(Some(CALLER)).await;
+    for round in 0..2 {
+        within(grpc.ensure_module(ensure("json"))).await.expect("deployed");
+        let answer = within(proxy.call(loads("again"))).await;
+        let answer = answer.unwrap_or_else(|e| panic!("round {round}: {e:?}")).into_inner();
+        assert!(matches!(answer.result, Some(pb::value_response::Result::Value(_))), "{answer:?}");
+        let undeploy = pb::UndeployRequest {
+            namespace: "default".into(),
+            module: "python-module".into(),
+            name: "json".into(),
+            ..Default::default()
+        };
+        let mut events = within(grpc.undeploy(undeploy)).await.unwrap().into_inner();
+        while within(events.message()).await.unwrap().is_some() {}
+    }
+    server.stop().await;
+}
