@@ -55,13 +55,13 @@ async fn python_module_grpc_probes_become_exec_probes_on_servers_before_1_24() {
     }
     assert_eq!(
         container["readinessProbe"]["exec"]["command"],
-        json!(["python", "-m", "jac_splice.probe", "--port", "50051", "--service", "ModuleService", "--timeout", "2"])
+        json!(["python", "-m", "jac_splice.probe", "--port", "50051", "--service", "ModuleService", "--timeout", "5"])
     );
     assert_eq!(
         container["livenessProbe"]["exec"]["command"],
         json!(["python", "-m", "jac_splice.probe", "--port", "50051", "--timeout", "5"])
     );
-    assert_eq!(container["readinessProbe"]["periodSeconds"], 1, "the probe's other settings are kept");
+    assert_eq!(container["readinessProbe"]["periodSeconds"], 5, "the probe's other settings are kept");
     assert!(container["readinessProbe"].get("grpc").is_none());
 }
 
