@@ -116,6 +116,7 @@ class Client:
         replicas: int = ...,
         idle_timeout: str = ...,
         wait_timeout_seconds: int = ...,
+        progress: Callable[[str], None] | None = ...,
     ) -> dict[str, Any]: ...
 
 @final

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -143,6 +143,7 @@ class Splice:
         replicas: int | None = None,
         idle_timeout: float | str | None = None,
         wait_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> RemoteModule:
         """The remote module ``name`` as a proxy.
 
@@ -173,6 +174,7 @@ class Splice:
                 replicas=replicas,
                 idle_timeout=idle_timeout,
                 wait_timeout=wait_timeout,
+                progress=progress,
             )
             deployment, namespace = str(ensured["name"]), str(ensured["namespace"])
             served_module = str(ensured["config"].get("module", ""))
@@ -234,6 +236,7 @@ class Splice:
         replicas: int | None = None,
         idle_timeout: float | str | None = None,
         wait_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """jac-orc's python-module deployment serving ``name``, deployed first when none does.
 
@@ -242,7 +245,10 @@ class Splice:
         ``packages`` are PEP 508 requirements, ``cpu``/``memory`` Kubernetes quantities
         ("250m", "256Mi"), ``idle_timeout`` seconds or a duration string ("90s", "10m"). Returns
         the deployment as :meth:`Client.list_deployments` does, with ``deployed`` (whether this
-        call deployed it). Raises :class:`DeploymentLookupError` if it is not ready.
+        call deployed it) and ``differences`` (the asked settings a found deployment does not
+        have, one line each, also logged as a warning). While it deploys, each line of the
+        deploy's progress (``deployment.apps/numpy created``, ``... ready``) goes to
+        ``progress`` as it happens, or by default to the ``jac_splice`` logger at INFO. Raises :class:`DeploymentLookupError` if it is not ready.
         """
         if not self._probe():
             raise ValueError(
@@ -262,6 +268,7 @@ class Splice:
             replicas=replicas or 0,
             idle_timeout=_text(idle_timeout),
             wait_timeout_seconds=0 if wait_timeout is None else max(1, round(wait_timeout)),
+            progress=progress or (lambda line: _log.info("deploying %r: %s", name, line)),
         )
         where = f"{found['namespace']}/{found['name']}"
         if found["status"] != "deployed":
@@ -269,6 +276,14 @@ class Splice:
                 f"jac-orc's deployment {where} of {name!r} is {found['status']}: {found['message']}"
             )
         _log.info("%s %s serves %r", "deployed" if found["deployed"] else "found", where, name)
+        if found["differences"]:
+            # The existing deployment is used as it stands; changing it is a deploy.
+            _log.warning(
+                "%s serves %r with other settings than asked (%s); redeploy it to change them",
+                where,
+                name,
+                "; ".join(found["differences"]),
+            )
         return found
 
     def _serving(

@@ -487,7 +487,9 @@ impl Client {
     /// `deployed`: whether this call deployed it), deployed and awaited first when none does.
     /// `idle_timeout` is seconds or a duration string ("90s", "10m"); empty values and 0 take
     /// the server's defaults.
-    #[pyo3(signature = (module, *, namespace=String::new(), packages=Vec::new(), cpu=String::new(), memory=String::new(), replicas=0, idle_timeout=String::new(), wait_timeout_seconds=0))]
+    /// `progress`, when given, is called with each line of the deploy's progress as it happens
+    /// (from another thread, holding the GIL); its exceptions are reported as unraisable.
+    #[pyo3(signature = (module, *, namespace=String::new(), packages=Vec::new(), cpu=String::new(), memory=String::new(), replicas=0, idle_timeout=String::new(), wait_timeout_seconds=0, progress=None))]
     #[allow(clippy::too_many_arguments)] // one per field of the request, all keyword-only
     fn ensure_module<'py>(
         &self,
@@ -500,6 +502,7 @@ impl Client {
         replicas: u32,
         idle_timeout: String,
         wait_timeout_seconds: u32,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let connection = self.connection.clone();
         let request = EnsureModuleRequest {
@@ -512,10 +515,23 @@ impl Client {
             namespace,
             wait_timeout_seconds,
         };
-        let response = wait_for(py, async move { connection.ensure_module(request).await })?
-            .map_err(|s| self.status_error(py, &s))?;
+        let answer = match progress {
+            None => wait_for(py, async move { connection.ensure_module(request).await })?,
+            Some(callback) => {
+                let say = move |line: String| {
+                    Python::attach(|py| {
+                        if let Err(e) = callback.call1(py, (line,)) {
+                            e.write_unraisable(py, None);
+                        }
+                    });
+                };
+                wait_for(py, async move { connection.ensure_module_progress(request, say).await })?
+            }
+        };
+        let response = answer.map_err(|s| self.status_error(py, &s))?;
         let item = deployment_dict(py, response.deployment.unwrap_or_default())?;
         item.set_item("deployed", response.deployed)?;
+        item.set_item("differences", response.differences)?;
         Ok(item)
     }
 }

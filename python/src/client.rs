@@ -19,8 +19,8 @@ use crate::proto::module_proxy_client::ModuleProxyClient;
 use crate::proto::module_service_client::ModuleServiceClient;
 use crate::proto::orchestrator_client::OrchestratorClient;
 use crate::proto::{
-    EnsureModuleRequest, EnsureModuleResponse, GetModuleAccessRequest, ListDeploymentsRequest, ListDeploymentsResponse,
-    ModuleAccess,
+    ensure_module_event, EnsureModuleRequest, EnsureModuleResponse, GetModuleAccessRequest, ListDeploymentsRequest,
+    ListDeploymentsResponse, ModuleAccess,
 };
 pub use crate::route::Route;
 use crate::runtime::{block_on_interruptible, rt};
@@ -357,6 +357,31 @@ impl Connection {
     pub async fn ensure_module(&self, request: EnsureModuleRequest) -> Result<EnsureModuleResponse, Status> {
         let mut client = OrchestratorClient::new(self.channel()?);
         Ok(client.ensure_module(self.request(request)).await?.into_inner())
+    }
+
+    /// [`Self::ensure_module`] through `EnsureModuleProgress`, handing each line of the deploy's
+    /// progress (`deployment.apps/numpy created`, `... ready`) to `on_line` as it happens. A
+    /// jac-orc without that RPC gets the plain call (no progress).
+    pub async fn ensure_module_progress(
+        &self,
+        request: EnsureModuleRequest,
+        mut on_line: impl FnMut(String) + Send,
+    ) -> Result<EnsureModuleResponse, Status> {
+        let mut client = OrchestratorClient::new(self.channel()?);
+        let mut stream = match client.ensure_module_progress(self.request(request.clone())).await {
+            Ok(answer) => answer.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => return self.ensure_module(request).await,
+            Err(s) => return Err(s),
+        };
+        while let Some(item) = stream.message().await? {
+            match item.event {
+                Some(ensure_module_event::Event::Object(ev)) if ev.message.is_empty() => on_line(ev.line),
+                Some(ensure_module_event::Event::Object(ev)) => on_line(format!("{} ({})", ev.line, ev.message)),
+                Some(ensure_module_event::Event::Done(answer)) => return Ok(answer),
+                None => {}
+            }
+        }
+        Err(Status::unavailable("jac-orc ended EnsureModuleProgress without an answer"))
     }
 
     /// jac-orc's direct access to a python-module deployment: its ready module servers and the

@@ -9,9 +9,10 @@ use tonic_health::ServingStatus;
 use crate::proto::orchestrator_server::{Orchestrator, OrchestratorServer};
 use crate::proto::{
     DeployEvent, DeployRequest, Deployment, DeploymentSecrets, DiffRequest, DiffResponse, DryRunRequest,
-    DryRunResponse, EnsureModuleRequest, EnsureModuleResponse, GetDeploymentRequest, GetModuleAccessRequest,
-    HistoryRequest, HistoryResponse, ListDeploymentsRequest, ListDeploymentsResponse, ListTemplatesRequest,
-    ListTemplatesResponse, LogLine, LogsRequest, ModuleAccess, ModuleEndpoint, RollbackRequest, UndeployRequest,
+    DryRunResponse, EnsureModuleEvent, EnsureModuleRequest, EnsureModuleResponse, GetDeploymentRequest,
+    GetModuleAccessRequest, HistoryRequest, HistoryResponse, ListDeploymentsRequest, ListDeploymentsResponse,
+    ListTemplatesRequest, ListTemplatesResponse, LogLine, LogsRequest, ModuleAccess, ModuleEndpoint, RollbackRequest,
+    UndeployRequest,
 };
 use crate::testing::Stub;
 use crate::wire::ORCHESTRATOR_SERVICE;
@@ -85,7 +86,15 @@ impl Orchestrator for Script {
         request: Request<EnsureModuleRequest>,
     ) -> Result<Response<EnsureModuleResponse>, Status> {
         self.ensured.lock().unwrap().push(request.into_inner().module);
-        Ok(Response::new(EnsureModuleResponse { deployment: Some(Deployment::default()), deployed: false }))
+        Ok(Response::new(EnsureModuleResponse { deployment: Some(Deployment::default()), ..Default::default() }))
+    }
+
+    type EnsureModuleProgressStream = tokio_stream::Empty<Result<EnsureModuleEvent, Status>>;
+    async fn ensure_module_progress(
+        &self,
+        _: Request<EnsureModuleRequest>,
+    ) -> Result<Response<Self::EnsureModuleProgressStream>, Status> {
+        unimplemented()
     }
 
     async fn dry_run(&self, _: Request<DryRunRequest>) -> Result<Response<DryRunResponse>, Status> {

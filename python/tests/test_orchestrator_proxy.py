@@ -14,6 +14,7 @@ secrets.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -338,7 +339,9 @@ def test_errors_through_jac_orc_name_its_address_and_the_deployment(tmp_path: Pa
     )
 
 
-def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: Path) -> None:
+def test_import_module_with_deploy_deploys_the_module_on_first_import(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A jac-orc of its own: nothing serves json there until the import deploys it, and only
     # json may be deployed on import.
     orc = start_orchestrator(require_binary(), tmp_path, "--ensure-allow", "json")
@@ -346,8 +349,15 @@ def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: 
         splice = jac_splice.connect(orc.url, token=orc.token)
         with pytest.raises(DeploymentLookupError, match="no python-module deployment of 'json'"):
             splice.import_module("json")
-        remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
+        with caplog.at_level(logging.INFO, logger="jac_splice"):
+            remote = splice.import_module("json", deploy=True, packages=[], idle_timeout="10m")
         assert remote.dumps([1]) == "[1]"
+        # The deploy's progress, line by line, as it happened.
+        assert "deploying 'json': process.local.jac-orc/json started (grpc ready on" in caplog.text
+        lines: list[str] = []
+        splice.ensure_module("json", progress=lines.append)
+        assert lines == [], "a found deployment has no deploy to show"
+        caplog.clear()
         deployments = orc.rest("GET", "/deployment")["default"]["python-module"]
         assert list(deployments) == ["json"], deployments
         config = deployments["json"]["config"]
@@ -358,6 +368,12 @@ def test_import_module_with_deploy_deploys_the_module_on_first_import(tmp_path: 
         assert list(orc.rest("GET", "/deployment")["default"]["python-module"]) == ["json"]
         found = splice.ensure_module("json")
         assert (found["deployed"], found["name"], found["status"]) == (False, "json", "deployed")
+        assert found["differences"] == []
+        # Other settings than the found deployment's: it is used as it stands, and said so.
+        with caplog.at_level(logging.WARNING, logger="jac_splice"):
+            other = splice.ensure_module("json", replicas=2, idle_timeout="10m")
+        assert other["differences"] == ["replicas: asked 2, deployed with 1"], other
+        assert "default/json serves 'json' with other settings than asked" in caplog.text
         with pytest.raises(ValueError, match="leave out deployment="):
             splice.import_module("json", deployment="json", deploy=True)
         with pytest.raises(PermissionDeniedError, match="base64.*--ensure-allow"):

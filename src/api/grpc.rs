@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, from_struct};
+use super::ensure;
 use super::events::events;
 pub use super::events::EventStream;
 use super::revisions;
@@ -132,23 +133,20 @@ impl Orchestrator for OrchestratorApi {
         request: Request<pb::EnsureModuleRequest>,
     ) -> Result<Response<pb::EnsureModuleResponse>, Status> {
         let caller = Caller::from_extensions(request.extensions());
-        let r = request.into_inner();
-        let text = |s: String| Some(s).filter(|s| !s.is_empty());
-        let req = service::EnsureRequest {
-            module: r.module,
-            packages: r.packages,
-            cpu: text(r.cpu).map(Into::into),
-            memory: text(r.memory).map(Into::into),
-            replicas: Some(r.replicas).filter(|n| *n != 0),
-            idle_timeout: text(r.idle_timeout).map(Into::into),
-            namespace: text(r.namespace),
-            wait: Some(r.wait_timeout_seconds).filter(|s| *s != 0).map(|s| Duration::from_secs(u64::from(s))),
-        };
+        let req = ensure::request(request.into_inner());
         let view = self.service.ensure_module(&caller, &req).await.map_err(status)?;
-        Ok(Response::new(pb::EnsureModuleResponse {
-            deployment: Some(convert::deployment(&view.deployment)),
-            deployed: view.deployed,
-        }))
+        Ok(Response::new(ensure::response(view)))
+    }
+
+    type EnsureModuleProgressStream = ensure::EnsureStream;
+
+    async fn ensure_module_progress(
+        &self,
+        request: Request<pb::EnsureModuleRequest>,
+    ) -> Result<Response<Self::EnsureModuleProgressStream>, Status> {
+        let caller = Caller::from_extensions(request.extensions());
+        let req = ensure::request(request.into_inner());
+        Ok(Response::new(ensure::progress(self.service.clone(), caller, req)))
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {

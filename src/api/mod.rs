@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod convert;
 pub mod docs;
+pub mod ensure;
 pub mod events;
 pub mod grpc;
 pub mod layers;

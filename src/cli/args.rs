@@ -51,6 +51,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Remove a deployment and everything it created.
     Undeploy(UndeployArgs),
+    /// Remove every deployment made on first import (`import_module(..., deploy=True)`, EnsureModule).
+    UndeployOnDemand(UndeployOnDemandArgs),
     /// Show one deployment: its status, values, endpoints and objects.
     Get(GetArgs),
     /// Show how one deployment stands: status, message, endpoints, objects, last update.
@@ -528,6 +530,23 @@ pub struct UndeployArgs {
     /// DEPENDENTS). Unrelated to `deploy --force-conflicts`.
     #[arg(long)]
     pub force_referenced: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UndeployOnDemandArgs {
+    /// Only those in this namespace (default: every namespace).
+    #[arg(short, long, env = "JAC_ORC_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only those scaled to zero (status `idle`).
+    #[arg(long)]
+    pub idle: bool,
+    /// Undeploy even those other deployments reference.
+    #[arg(long)]
+    pub force_referenced: bool,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

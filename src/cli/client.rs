@@ -55,7 +55,7 @@ pub(crate) struct ServerError {
 }
 
 impl ServerError {
-    fn new(s: &tonic::Status, values: Option<&Values>) -> Self {
+    pub(super) fn new(s: &tonic::Status, values: Option<&Values>) -> Self {
         let hint = values.and_then(|v| {
             let bad = s.get_details_bad_request()?;
             let hints: Vec<String> = bad.field_violations.iter().filter_map(|f| v.explain(&f.field)).collect();

@@ -13,6 +13,7 @@ pub mod args;
 mod client;
 mod completion;
 mod logs;
+mod on_demand;
 mod output;
 pub mod probe;
 mod revisions;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Template(a) => template::run(a),
             Command::Deploy(a) => client::deploy(a).await,
             Command::Undeploy(a) => client::undeploy(a).await,
+            Command::UndeployOnDemand(a) => on_demand::undeploy_on_demand(a).await,
             Command::Get(a) => client::get(a).await,
             Command::Status(a) => client::status(a).await,
             Command::List(a) => client::list(a).await,

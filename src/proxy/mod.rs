@@ -413,44 +413,58 @@ impl ModuleProxy {
             .map_err(|e| to_status(Error::Authorization(e)))?;
         // A sleeping deployment is woken within what is left of the deadline.
         let within = timeout.map_or(WAKE_WITHOUT_DEADLINE, |t| t.saturating_sub(started.elapsed()));
-        let resolve::Pick { endpoint, call_token, lost, scaled_away } =
-            self.resolver.pick_waking(&id, &session, within).await.map_err(to_status)?;
-        let mut sender = match self.pool.get(&endpoint).await {
-            Ok(s) => s,
-            Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
+        let mut replay = upstream_body.replayable();
+        let mut upstream_body = Some(upstream_body);
+        let (endpoint, lost, scaled_away, parts, body) = loop {
+            let resolve::Pick { endpoint, call_token, lost, scaled_away } =
+                self.resolver.pick_waking(&id, &session, within).await.map_err(to_status)?;
+            let mut sender = match self.pool.get(&endpoint).await {
+                Ok(s) => s,
+                Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
+            };
+            let upstream = upstream_body.take().expect("a body for every attempt");
+            let mut request = http::Request::new(tonic::body::Body::new(upstream));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = http::Uri::builder()
+                .scheme("http")
+                .authority(endpoint.as_str())
+                .path_and_query(method.upstream_path())
+                .build()
+                .map_err(|e| to_status(Error::BadEndpoint { endpoint: endpoint.clone(), reason: e.to_string() }))?;
+            let h = request.headers_mut();
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+            h.insert(http::header::AUTHORIZATION, call_token);
+            if let Some(t) = timeout {
+                // What is left after resolution, so the module server gives up when the caller does.
+                h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
+            }
+            let sent = async {
+                sender.ready().await?;
+                sender.send_request(request).await
+            };
+            let response = match sent.await {
+                Ok(r) => r,
+                Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
+            };
+            let (parts, body) = response.into_parts();
+            if parts.headers.get("grpc-status").is_some_and(|s| s == "16") {
+                // Trailers-only UNAUTHENTICATED: the module server refused our call token, which
+                // says nothing about the caller (already authorized), so it is not passed on as
+                // such. The cached token may be an earlier deployment's under this name (undeployed
+                // and deployed again within the cache's lifetime): ask the backend again and send
+                // a buffered request once more; the module server refused it before running it.
+                self.resolver.invalidate(&id);
+                if let Some(again) = replay.take() {
+                    tracing::debug!(deployment = %id, %endpoint, "call token refused: resolving again");
+                    upstream_body = Some(again);
+                    continue;
+                }
+                tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
+                return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
+            }
+            break (endpoint, lost, scaled_away, parts, body);
         };
-
-        let mut request = http::Request::new(tonic::body::Body::new(upstream_body));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(endpoint.as_str())
-            .path_and_query(method.upstream_path())
-            .build()
-            .map_err(|e| to_status(Error::BadEndpoint { endpoint: endpoint.clone(), reason: e.to_string() }))?;
-        let h = request.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        h.insert(http::header::AUTHORIZATION, call_token);
-        if let Some(t) = timeout {
-            // What is left after resolution, so the module server gives up when the caller does.
-            h.insert(deadline::HEADER, deadline::encode(t.saturating_sub(started.elapsed())));
-        }
-        let sent = async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        };
-        let response = match sent.await {
-            Ok(r) => r,
-            Err(e) => return Err(to_status(self.unreachable(&id, &endpoint, error_chain(&e)))),
-        };
-        let (parts, body) = response.into_parts();
-        if parts.headers.get("grpc-status").is_some_and(|s| s == "16") {
-            // Trailers-only UNAUTHENTICATED: the module server refused our call token, which says
-            // nothing about the caller (already authorized), so it is not passed on as such.
-            tracing::warn!(deployment = %id, %endpoint, "module server refused the deployment's call token");
-            return Err(to_status(Error::CallTokenRefused { endpoint, deployment: id }));
-        }
         if let Some(lost) = lost {
             if let Some(message) = not_found(&parts.headers) {
                 let deployment = Box::new(id);

@@ -149,6 +149,11 @@ impl ForwardBody {
     pub fn new(ready: impl IntoIterator<Item = Bytes>, rest: Option<tonic::body::Body>, remaining: usize) -> Self {
         ForwardBody { ready: ready.into_iter().filter(|b| !b.is_empty()).collect(), rest, remaining }
     }
+
+    /// A copy to send again, when the whole request is buffered here (nothing still streams in).
+    pub fn replayable(&self) -> Option<ForwardBody> {
+        (self.remaining == 0).then(|| ForwardBody { ready: self.ready.clone(), rest: None, remaining: 0 })
+    }
 }
 
 impl Body for ForwardBody {

@@ -181,11 +181,16 @@ impl DeployStream {
     }
 
     /// Reads the run to its end: its summary, or the error it failed with.
-    pub async fn finish(mut self) -> Result<Summary> {
+    pub async fn finish(self) -> Result<Summary> {
+        self.finish_with(|_| {}).await
+    }
+
+    /// [`Self::finish`], handing each object event to `on_object` as it arrives.
+    pub async fn finish_with(mut self, mut on_object: impl FnMut(ObjectEvent)) -> Result<Summary> {
         use futures::StreamExt;
         while let Some(event) = self.next().await {
             match event {
-                Event::Object(_) => {}
+                Event::Object(ev) => on_object(ev),
                 Event::Done(summary) => return Ok(summary),
                 Event::Failed(e) => return Err(e),
             }

@@ -16,11 +16,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::views::{DeploymentView, EnsureView};
 use super::{DeploymentRequest, Error, Result, Service, DEFAULT_WAIT};
 use crate::auth::{Caller, Resource, Verb};
-use crate::backend::{ApplyOptions, DeploymentRecord, Status};
+use crate::backend::{ApplyOptions, DeploymentRecord, ObjectEvent, Status};
 use crate::catalog::requirements;
 use crate::identity::DeploymentId;
 
@@ -241,6 +242,17 @@ impl Service {
     /// does (see the module doc). A failed on-demand deployment is deployed again; any other
     /// found deployment is returned as it stands.
     pub async fn ensure_module(&self, caller: &Caller, req: &EnsureRequest) -> Result<EnsureView> {
+        self.ensure_module_with(caller, req, None).await
+    }
+
+    /// [`Self::ensure_module`], sending to `progress` the per-object events of the deploy it
+    /// makes (applied, waiting, ready) as they happen; a found deployment sends none.
+    pub async fn ensure_module_with(
+        &self,
+        caller: &Caller,
+        req: &EnsureRequest,
+        progress: Option<&mpsc::UnboundedSender<ObjectEvent>>,
+    ) -> Result<EnsureView> {
         let started = Instant::now();
         check_module(&req.module)?;
         let idle = req.idle_timeout.as_ref().map(parse_idle_timeout).transpose()?;
@@ -252,8 +264,8 @@ impl Service {
         let plain = DeploymentId::new(namespace.clone(), PYTHON_MODULE, derived_name(&req.module))?;
         if let Some(found) = self.serving(&namespace, &req.module, &plain).await? {
             match found.status {
-                Status::Deployed => return self.found(caller, &found).await,
-                Status::Idle => return self.woken(caller, &found, req.wait).await,
+                Status::Deployed => return self.found(caller, &found, req).await,
+                Status::Idle => return self.woken(caller, &found, req).await,
                 _ => {}
             }
         }
@@ -264,9 +276,9 @@ impl Service {
             Some(r) if r.status == Status::Failed && is_on_demand(&r) => r.id.name,
             Some(r) if r.status == Status::Idle => {
                 drop(lock);
-                return self.woken(caller, &r, req.wait).await;
+                return self.woken(caller, &r, req).await;
             }
-            Some(r) => return self.found(caller, &r).await,
+            Some(r) => return self.found(caller, &r, req).await,
             None => match self.backend.get(&plain).await? {
                 Some(other) if !serves(&other, &req.module) => hashed(&req.module, &plain.name),
                 _ => plain.name.clone(),
@@ -284,25 +296,35 @@ impl Service {
         tracing::info!(module = %req.module, deployment = %r.id, "deploying on first import");
         let prepared = self.plan(r, started, lock).await?;
         let opts = ApplyOptions { wait: Some(req.wait.unwrap_or(DEFAULT_WAIT)), ..ApplyOptions::default() };
-        let summary = self.apply(prepared, opts, super::revision_note::RevisionNote::deploy(caller)).finish().await?;
-        Ok(EnsureView { deployment: summary.deployment, deployed: true })
+        let run = self.apply(prepared, opts, super::revision_note::RevisionNote::deploy(caller));
+        let summary = run
+            .finish_with(|ev| {
+                if let Some(p) = progress {
+                    // A caller that left no longer reads them; the deploy goes on as for any.
+                    let _ = p.send(ev);
+                }
+            })
+            .await?;
+        Ok(EnsureView { deployment: summary.deployment, deployed: true, differences: Vec::new() })
     }
 
     /// A found deployment, for callers allowed to read it.
-    async fn found(&self, caller: &Caller, record: &DeploymentRecord) -> Result<EnsureView> {
+    async fn found(&self, caller: &Caller, record: &DeploymentRecord, req: &EnsureRequest) -> Result<EnsureView> {
         let id = &record.id;
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
-        Ok(EnsureView { deployment: DeploymentView::from(record), deployed: false })
+        let differences = differences(req, record)?;
+        Ok(EnsureView { deployment: DeploymentView::from(record), deployed: false, differences })
     }
 
     /// A found deployment scaled to zero, woken (and awaited) for callers allowed to read it:
     /// the way a direct-access client that found no ready module server gets one.
-    async fn woken(&self, caller: &Caller, record: &DeploymentRecord, wait: Option<Duration>) -> Result<EnsureView> {
+    async fn woken(&self, caller: &Caller, record: &DeploymentRecord, req: &EnsureRequest) -> Result<EnsureView> {
         let id = &record.id;
         self.permit(caller, Verb::Get, Resource::JacDeployments, Some(&id.namespace), Some(&id.name)).await?;
-        self.backend.wake(id, wait.unwrap_or(DEFAULT_WAIT)).await?;
+        self.backend.wake(id, req.wait.unwrap_or(DEFAULT_WAIT)).await?;
         let now = self.backend.get(id).await?.ok_or_else(|| crate::backend::Error::NotFound(id.clone()))?;
-        Ok(EnsureView { deployment: DeploymentView::from(&now), deployed: false })
+        let differences = differences(req, &now)?;
+        Ok(EnsureView { deployment: DeploymentView::from(&now), deployed: false, differences })
     }
 
     /// The python-module deployment of `namespace` serving `module`: the one of the derived
@@ -314,6 +336,37 @@ impl Service {
         records.sort_by_key(|r| (r.id.name != plain.name && r.id.name != hashed, r.id.name.clone()));
         Ok(records.into_iter().next())
     }
+}
+
+/// The settings `req` asks for that the found deployment `record` was not deployed with, one
+/// line each (`replicas: asked 3, deployed with 1`). Only settings the request gives count; the
+/// deployment is returned as it stands, since changing it is a deploy (whose permissions and
+/// rollout are the caller's to choose), not a lookup.
+fn differences(req: &EnsureRequest, record: &DeploymentRecord) -> Result<Vec<String>> {
+    let idle = req.idle_timeout.as_ref().map(parse_idle_timeout).transpose()?;
+    let asked: [(&str, Option<Value>); 5] = [
+        ("packages", (!req.packages.is_empty()).then(|| req.packages.clone().into())),
+        ("cpu", req.cpu.clone()),
+        ("memory", req.memory.clone()),
+        ("replicas", req.replicas.map(Into::into)),
+        ("idle-timeout", idle.map(|d| format!("{}s", d.as_secs()).into())),
+    ];
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok(asked
+        .into_iter()
+        .filter_map(|(key, want)| {
+            let want = want?;
+            let have = record.config.get(key).filter(|v| !v.is_null());
+            let same = have.is_some_and(|h| text(h) == text(&want));
+            (!same).then(|| {
+                let have = have.map_or_else(|| "none".to_string(), text);
+                format!("{key}: asked {}, deployed with {have}", text(&want))
+            })
+        })
+        .collect())
 }
 
 /// The python-module deploy an ensure makes.

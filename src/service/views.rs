@@ -237,6 +237,9 @@ pub struct EnsureView {
     pub deployment: DeploymentView,
     /// Whether this call deployed it (false: it existed, or a racing caller deployed it).
     pub deployed: bool,
+    /// Settings the request asked for that a found deployment does not have, one line each
+    /// (`replicas: asked 3, deployed with 1`); it is returned as it stands.
+    pub differences: Vec<String>,
 }
 
 /// The values of a deployment's secret placeholders, for callers allowed

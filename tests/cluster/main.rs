@@ -13,6 +13,7 @@ mod failures;
 mod idle;
 mod images;
 mod install;
+mod logs;
 mod rollout;
 mod support;
 mod workloads;

@@ -250,6 +250,13 @@ impl Orchestrator {
         (status, timed(r.json()).await.expect("JSON body"))
     }
 
+    /// `GET` of a path whose answer is not one JSON document (NDJSON streams).
+    pub(crate) async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = timed(self.http.get(self.url(path)).send()).await.expect("answered");
+        let status = r.status().as_u16();
+        (status, timed(r.text()).await.expect("a body"))
+    }
+
     pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let r = timed(self.http.get(self.url(path)).send()).await.expect("answered");
         let status = r.status().as_u16();

@@ -82,6 +82,21 @@ async fn ensure_module_deploys_once_then_returns_the_same_deployment_over_grpc_a
     assert_eq!(r.status(), 200);
     let body: Value = within(r.json()).await.unwrap();
     assert_eq!((&body["deployed"], &body["deployment"]["name"]), (&json!(false), &json!("json")), "{body}");
+    assert_eq!(body["differences"], json!([]), "{body}");
+    // Asking for other settings finds it as it stands, and says what differs.
+    let other = pb::EnsureModuleRequest {
+        replicas: 2,
+        packages: vec!["six".into()],
+        idle_timeout: "90s".into(),
+        ..ensure("json")
+    };
+    let other = within(grpc.ensure_module(other)).await.expect("found").into_inner();
+    assert!(!other.deployed);
+    assert_eq!(
+        other.differences,
+        ["packages: asked [\"six\"], deployed with []", "replicas: asked 2, deployed with 1"],
+        "idle-timeout 90s is what it has"
+    );
     assert_eq!(body["deployment"]["status"], "deployed", "{body}");
     assert_eq!(serving(&server, "json").await.len(), 1);
 
@@ -227,6 +242,157 @@ async fn ensure_module_that_cannot_start_fails_naming_why_and_the_next_call_trie
         assert!(err.message().contains(&format!("No module named '{missing}'")), "{err:?}");
         // A first deploy that fails leaves nothing behind on the local backend.
         assert!(serving(&server, missing).await.is_empty());
+    }
+    server.stop().await;
+}
+
+/// Lists the names of the python-module deployments, on-demand or not.
+async fn names(server: &TestServer) -> Vec<String> {
+    let request = pb::ListDeploymentsRequest { module: "python-module".into(), ..Default::default() };
+    let listed = within(server.grpc().await.list_deployments(request)).await.unwrap().into_inner();
+    listed.deployments.into_iter().map(|d| d.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undeploy_on_demand_removes_together_only_what_first_imports_deployed() {
+    use crate::cli::{ran, JacOrc};
+    let options = Options { idle_scaler: Some(std::time::Duration::from_millis(200)), ..Default::default() };
+    let server = TestServer::start_with(options).await;
+    let mut grpc = server.grpc().await;
+    let sleepy = pb::EnsureModuleRequest { idle_timeout: "1s".into(), ..ensure("json") };
+    within(grpc.ensure_module(sleepy)).await.expect("json deployed");
+    within(grpc.ensure_module(ensure("base64"))).await.expect("base64 deployed");
+    let by_hand = json!({"module": "python-module", "config": {"name": "calc", "module": "math"}, "wait": true});
+    let r = within(server.http().post(format!("{}/deployment", server.url())).json(&by_hand).send()).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Bounded: far longer than the idle timeout and the scaler's period.
+    let get =
+        pb::GetDeploymentRequest { namespace: "default".into(), module: "python-module".into(), name: "json".into() };
+    let mut idle = false;
+    for _ in 0..600 {
+        let d = within(grpc.get_deployment(get.clone())).await.unwrap().into_inner();
+        if d.status == pb::DeploymentStatus::Idle as i32 {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(idle, "json was never scaled to zero");
+
+    // --idle: only the sleeping one.
+    let out = ran(JacOrc::on(&server, &["undeploy-on-demand", "--idle", "-o", "json"])).json();
+    let removed: Vec<&str> =
+        out.as_array().unwrap().iter().map(|o| o["deployment"]["name"].as_str().unwrap()).collect();
+    assert_eq!(removed, ["json"], "{out}");
+    assert_eq!(names(&server).await, ["base64", "calc"]);
+
+    // A viewer may not undeploy: the command names what it could not remove, and removes nothing.
+    let r = ran(JacOrc::on(&server, &["undeploy-on-demand"]).token(VIEWER));
+    let err = r.err();
+    assert!(err.contains("1 on-demand deployment(s) not removed"), "{err}");
+    assert!(err.contains("default/python-module/base64") && err.contains("PermissionDenied"), "{err}");
+    assert_eq!(names(&server).await, ["base64", "calc"]);
+
+    let r = ran(JacOrc::on(&server, &["undeploy-on-demand"]));
+    let out = r.out();
+    assert!(out.contains("undeployed python-module/base64 in default"), "{out}");
+    assert!(out.ends_with("removed 1 on-demand deployment\n"), "{out}");
+    assert_eq!(names(&server).await, ["calc"], "the deployment made by hand stays");
+    server.stop().await;
+}
+
+/// Every item of an `EnsureModuleProgress` call, until its end or its error.
+async fn progress_of(
+    server: &TestServer,
+    token: Option<&str>,
+    request: pb::EnsureModuleRequest,
+) -> (Vec<pb::EnsureModuleEvent>, Option<tonic::Status>) {
+    let mut client = server.grpc_as(token).await;
+    let mut stream = within(client.ensure_module_progress(request)).await.expect("a stream").into_inner();
+    let mut items = Vec::new();
+    loop {
+        match within(stream.message()).await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, None),
+            Err(status) => return (items, Some(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ensure_module_progress_streams_the_deploys_events_then_the_answer() {
+    use pb::ensure_module_event::Event;
+    let server = TestServer::start().await;
+    let (items, err) = progress_of(&server, Some(VIEWER), ensure("base64")).await;
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(err.map(|s| s.code()), Some(Code::PermissionDenied));
+
+    let (items, err) = progress_of(&server, Some(crate::support::ADMIN), ensure("base64")).await;
+    assert!(err.is_none(), "{err:?}");
+    let (last, events) = items.split_last().expect("items");
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| match &e.event {
+            Some(Event::Object(o)) => format!("{} ({})", o.line, o.message),
+            other => panic!("only object events before the answer: {other:?}"),
+        })
+        .collect();
+    assert!(lines.iter().any(|l| l.contains(" created")), "{lines:?}");
+    let started = lines.iter().find(|l| l.starts_with("process.local.jac-orc/base64 started"));
+    assert!(started.is_some_and(|l| l.contains("ready on 127.0.0.1:")), "readiness is part of it: {lines:?}");
+    let Some(Event::Done(done)) = &last.event else { panic!("the answer comes last: {last:?}") };
+    assert!(done.deployed);
+    assert_eq!(done.deployment.as_ref().unwrap().status, pb::DeploymentStatus::Deployed as i32);
+
+    // Found: the answer alone, saying what the request asked for that it lacks.
+    let again = pb::EnsureModuleRequest { replicas: 2, ..ensure("base64") };
+    let (items, err) = progress_of(&server, Some(crate::support::ADMIN), again).await;
+    assert!(err.is_none(), "{err:?}");
+    let [pb::EnsureModuleEvent { event: Some(Event::Done(done)) }] = items.as_slice() else {
+        panic!("one answer: {items:?}")
+    };
+    assert!(!done.deployed);
+    assert_eq!(done.differences, ["replicas: asked 2, deployed with 1"]);
+    server.stop().await;
+}
+
+/// `json.loads("[1]")` through ModuleProxy, in `session`.
+fn loads(session: &str) -> pb::ProxyCallRequest {
+    pb::ProxyCallRequest {
+        target: Some(pb::ProxyTarget { deployment: "json".into(), namespace: String::new() }),
+        request: Some(pb::CallRequest {
+            session: session.into(),
+            target: String::new(),
+            path: vec!["loads".into()],
+            args: vec![pb::Value { kind: Some(Kind::StrValue("[1]".into())) }],
+            kwargs: vec![],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_module_deployed_again_under_its_name_answers_its_first_call() {
+    // The proxy caches a deployment's call token; here for longer than the test, so the second
+    // deployment's first call is sent with the first one's token.
+    let mut settings = Settings::default();
+    settings.proxy = settings.proxy.resolve_ttl(std::time::Duration::from_secs(3600));
+    let server = TestServer::start_with(Options { settings, ..Default::default() }).await;
+    let mut grpc = server.grpc().await;
+    let mut proxy = server.proxy_as(Some(CALLER)).await;
+    for round in 0..2 {
+        within(grpc.ensure_module(ensure("json"))).await.expect("deployed");
+        let answer = within(proxy.call(loads("again"))).await;
+        let answer = answer.unwrap_or_else(|e| panic!("round {round}: {e:?}")).into_inner();
+        assert!(matches!(answer.result, Some(pb::value_response::Result::Value(_))), "{answer:?}");
+        let undeploy = pb::UndeployRequest {
+            namespace: "default".into(),
+            module: "python-module".into(),
+            name: "json".into(),
+            ..Default::default()
+        };
+        let mut events = within(grpc.undeploy(undeploy)).await.unwrap().into_inner();
+        while within(events.message()).await.unwrap().is_some() {}
     }
     server.stop().await;
 }
