@@ -415,11 +415,25 @@ impl ModuleProxy {
         let within = timeout.map_or(WAKE_WITHOUT_DEADLINE, |t| t.saturating_sub(started.elapsed()));
         let mut replay = upstream_body.replayable();
         let mut upstream_body = Some(upstream_body);
+        let mut woken: Option<resolve::Pick> = None;
+        let mut rewoken = false;
         let (endpoint, lost, scaled_away, parts, body) = loop {
-            let resolve::Pick { endpoint, call_token, lost, scaled_away } =
-                self.resolver.pick_waking(&id, &session, within).await.map_err(to_status)?;
+            let picked = match woken.take() {
+                Some(pick) => pick,
+                None => self.resolver.pick_waking(&id, &session, within).await.map_err(to_status)?,
+            };
+            let resolve::Pick { endpoint, call_token, lost, scaled_away } = picked;
             let mut sender = match self.pool.get(&endpoint).await {
                 Ok(s) => s,
+                // The endpoint set can lag a scale to zero by a moment: a call that finds its
+                // module server gone while the deployment sleeps wakes it, as one that found none
+                // would (nothing was sent yet).
+                Err(_) if !rewoken && self.resolver.is_asleep(&id).await => {
+                    rewoken = true;
+                    let left = timeout.map_or(WAKE_WITHOUT_DEADLINE, |t| t.saturating_sub(started.elapsed()));
+                    woken = Some(self.resolver.wake_and_pick(&id, &session, left).await.map_err(to_status)?);
+                    continue;
+                }
                 Err(reason) => return Err(to_status(self.unreachable(&id, &endpoint, reason))),
             };
             let upstream = upstream_body.take().expect("a body for every attempt");

@@ -149,6 +149,13 @@ impl Resolver {
             Ok(Some(record)) if record.status == backend::Status::Idle => {}
             _ => return Err(Error::NoReadyEndpoint { deployment: known.0, known: known.1 }),
         }
+        self.wake_and_pick(id, session, within).await
+    }
+
+    /// Wakes `id` from zero and picks for `session` once it has a ready endpoint (see
+    /// [`Resolver::pick_waking`]); also for a call whose picked module server turned out gone
+    /// while the deployment sleeps (the endpoint set can lag a scale to zero by a moment).
+    pub async fn wake_and_pick(&self, id: &DeploymentId, session: &str, within: Duration) -> Result<Pick> {
         let _waiting = Waiting::new(&self.waking, id);
         let wake = async {
             // The backend's own readiness bound, not the caller's: a wake-up outlives a caller
@@ -169,6 +176,11 @@ impl Resolver {
         tokio::time::timeout(within, wake)
             .await
             .unwrap_or_else(|_| Err(Error::WakeDeadline { deployment: Box::new(id.clone()), timeout: within }))
+    }
+
+    /// Whether `id`'s record says it is scaled to zero.
+    pub async fn is_asleep(&self, id: &DeploymentId) -> bool {
+        matches!(self.backend.get(id).await, Ok(Some(r)) if r.status == backend::Status::Idle)
     }
 
     /// Forgets what is cached for `id` (after a connection error, so the next call asks the
