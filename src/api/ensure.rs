@@ -5,15 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
 use tonic::Status;
 
 use super::convert;
 use super::status::to_status;
 use crate::auth::Caller;
 use crate::pb::{self, ensure_module_event::Event};
-use crate::service::{self, EnsureView, Service};
+use crate::service::{self, EnsureEvent, EnsureView, Service};
 
 /// The items of one `EnsureModuleProgress` call. It owns the ensure, so a client that goes away
 /// drops it as it would drop a unary `EnsureModule` (a deploy under way completes and is recorded).
@@ -41,41 +40,10 @@ pub(super) fn response(view: EnsureView) -> pb::EnsureModuleResponse {
     }
 }
 
-/// Where the progress stream is: the ensure running (events flow), or ended (its events
-/// drained, then its answer).
-struct Running<F> {
-    ensure: Option<Pin<Box<F>>>,
-    events: mpsc::UnboundedReceiver<crate::backend::ObjectEvent>,
-    outcome: Option<service::Result<EnsureView>>,
-}
-
 pub(super) fn progress(service: Arc<Service>, caller: Caller, req: service::EnsureRequest) -> EnsureStream {
-    let (tx, events) = mpsc::unbounded_channel();
-    let ensure = async move { service.ensure_module_with(&caller, &req, Some(&tx)).await };
-    let start = Running { ensure: Some(Box::pin(ensure)), events, outcome: None };
-    let object = |ev: &crate::backend::ObjectEvent| pb::EnsureModuleEvent {
-        event: Some(Event::Object(convert::object_event(ev))),
-    };
-    Box::pin(futures::stream::unfold(Some(start), move |state| async move {
-        let mut s = state?;
-        if let Some(ensure) = s.ensure.as_mut() {
-            // Events first: everything the ensure sent before it ended comes before its answer.
-            tokio::select! {
-                biased;
-                Some(ev) = s.events.recv() => return Some((Ok(object(&ev)), Some(s))),
-                outcome = ensure => {
-                    s.ensure = None;
-                    s.outcome = Some(outcome);
-                }
-            }
-        }
-        if let Ok(ev) = s.events.try_recv() {
-            return Some((Ok(object(&ev)), Some(s)));
-        }
-        let last = match s.outcome.take()? {
-            Ok(view) => Ok(pb::EnsureModuleEvent { event: Some(Event::Done(response(view))) }),
-            Err(e) => Err(to_status(&e)),
-        };
-        Some((last, None))
+    Box::pin(service.ensure_module_events(caller, req).map(|item| match item {
+        EnsureEvent::Object(ev) => Ok(pb::EnsureModuleEvent { event: Some(Event::Object(convert::object_event(&ev))) }),
+        EnsureEvent::Done(Ok(view)) => Ok(pb::EnsureModuleEvent { event: Some(Event::Done(response(view))) }),
+        EnsureEvent::Done(Err(e)) => Err(to_status(&e)),
     }))
 }

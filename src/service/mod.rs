@@ -28,6 +28,7 @@
 pub mod access;
 mod deploy;
 mod ensure;
+mod ensure_events;
 mod locks;
 pub mod logs;
 mod namespacing;
@@ -53,6 +54,7 @@ use crate::identity::{self, DeploymentId, NamespaceRule};
 pub use access::{AccessRequest, ModuleAccessView};
 pub use deploy::{DeployStream, Event, UndeployOptions};
 pub use ensure::{derived_name, parse_idle_timeout, EnsurePolicy, EnsureRequest, LABEL_ON_DEMAND, PYTHON_MODULE};
+pub use ensure_events::{EnsureEvent, EnsureEvents};
 use locks::Locks;
 pub use logs::{LogsRequest, LogsStream};
 pub use namespacing::ORCHESTRATOR_NAMESPACE;

@@ -396,3 +396,47 @@ async fn a_module_deployed_again_under_its_name_answers_its_first_call() {
     }
     server.stop().await;
 }
+
+/// `POST /module/ensure` asking for NDJSON as `token`: the status and the parsed lines.
+async fn ensure_ndjson(server: &TestServer, token: &str, module: &str) -> (u16, Vec<Value>) {
+    let url = format!("{}/module/ensure", server.url());
+    let r =
+        http_client(Some(token)).post(url).header("accept", "application/x-ndjson").json(&json!({"module": module}));
+    let r = within(r.send()).await.unwrap();
+    let status = r.status().as_u16();
+    let ndjson = r.headers().get("content-type").is_some_and(|v| v == "application/x-ndjson");
+    let text = within(r.text()).await.unwrap();
+    if !ndjson {
+        return (status, vec![serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))]);
+    }
+    (status, text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect())
+}
+
+#[tokio::test]
+async fn rest_ensure_module_streams_its_progress_as_ndjson() {
+    let server = TestServer::start().await;
+    // Refused before anything happens: its own status and a JSON error, not a stream.
+    let (status, body) = ensure_ndjson(&server, VIEWER, "base64").await;
+    assert_eq!(status, 403, "{body:?}");
+    assert!(body[0]["detail"].as_str().is_some_and(|m| m.contains("may not create jacdeployments")), "{body:?}");
+
+    let (status, lines) = ensure_ndjson(&server, crate::support::ADMIN, "base64").await;
+    assert_eq!(status, 200, "{lines:?}");
+    let (last, events) = lines.split_last().expect("lines");
+    assert!(events.iter().all(|l| l["event"]["line"].is_string()), "object events first: {lines:?}");
+    assert!(
+        events.iter().any(|l| l["event"]["line"] == "process.local.jac-orc/base64 started"),
+        "the module server's start is part of it: {lines:?}"
+    );
+    assert_eq!(
+        (&last["ensured"]["deployed"], &last["ensured"]["deployment"]["status"]),
+        (&json!(true), &json!("deployed"))
+    );
+
+    // Found: the answer alone.
+    let (status, lines) = ensure_ndjson(&server, crate::support::ADMIN, "base64").await;
+    assert_eq!(status, 200);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["ensured"]["deployed"], json!(false), "{lines:?}");
+    server.stop().await;
+}

@@ -249,10 +249,13 @@ async fn undeploy(
 }
 
 /// The python-module deployment serving a Python module, deployed and awaited first when none
-/// does (`get` on `jacdeployments` when found, `create` when it deploys).
+/// does (`get` on `jacdeployments` when found, `create` when it deploys). With `Accept:
+/// application/x-ndjson` the response streams the deploy's object events as they happen, then
+/// the answer (`{"ensured": …}`) or an error line.
 #[utoipa::path(post, path = "/module/ensure", operation_id = "ensureModule", tag = TAG_MODULES,
     request_body = EnsureBody,
-    responses((status = OK, description = "The deployment serving the module (ready, when this call deployed it)", body = EnsureView),
+    responses((status = OK, description = "The deployment serving the module (ready, when this call deployed it)", content(
+                  (EnsureView = "application/json"), (stream::EnsureLine = "application/x-ndjson"))),
               (status = BAD_REQUEST, response = inline(ErrorBody)), (status = UNAUTHORIZED, response = inline(ErrorBody)),
               (status = FORBIDDEN, response = inline(ErrorBody)), (status = CONFLICT, response = inline(ErrorBody)),
               (status = PRECONDITION_FAILED, response = inline(ErrorBody)), (status = PAYLOAD_TOO_LARGE, response = inline(ErrorBody)),
@@ -261,7 +264,12 @@ async fn undeploy(
 async fn ensure_module(
     State(service): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<EnsureBody>,
-) -> Result<Json<EnsureView>, ApiError> {
-    Ok(Json(service.ensure_module(&caller, &body.request()?).await?))
+) -> Result<Response, ApiError> {
+    let req = body.request()?;
+    if wants_ndjson(&headers) {
+        return stream::ensure_ndjson(service.ensure_module_events(caller, req)).await;
+    }
+    Ok(Json(service.ensure_module(&caller, &req).await?).into_response())
 }

@@ -1,5 +1,6 @@
 //! A deploy or undeploy stream over REST: collected into one [`Outcome`] (the original's
-//! `results`/`errors` shape), or sent as it happens, one NDJSON line per event.
+//! `results`/`errors` shape), or sent as it happens, one NDJSON line per event; and an ensure's
+//! progress (`POST /module/ensure` with `Accept: application/x-ndjson`).
 
 use std::convert::Infallible;
 
@@ -13,8 +14,8 @@ use utoipa::ToSchema;
 
 use crate::api::status::{ApiError, ErrorBody};
 use crate::backend::ObjectEvent;
-use crate::service::views::{Applied, Outcome, Run, Summary};
-use crate::service::{DeployStream, Event};
+use crate::service::views::{Applied, EnsureView, Outcome, Run, Summary};
+use crate::service::{DeployStream, EnsureEvent, EnsureEvents, Event};
 
 pub(super) const NDJSON: &str = "application/x-ndjson";
 
@@ -68,4 +69,47 @@ pub(super) fn ndjson(stream: DeployStream) -> Response {
     let mut response = Body::from_stream(lines).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     response
+}
+
+/// One line of an NDJSON `POST /module/ensure` response.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum EnsureLine {
+    /// What happened to one object of the deploy it makes.
+    Event { event: ObjectEvent },
+    /// The deployment serving the module (the last line).
+    Ensured { ensured: EnsureView },
+    /// It failed (the last line), with the HTTP status the plain response would have had.
+    Error { error: ErrorBody, status: u16 },
+}
+
+impl From<EnsureEvent> for EnsureLine {
+    fn from(item: EnsureEvent) -> Self {
+        match item {
+            EnsureEvent::Object(event) => EnsureLine::Event { event },
+            EnsureEvent::Done(Ok(ensured)) => EnsureLine::Ensured { ensured },
+            EnsureEvent::Done(Err(e)) => {
+                let err = ApiError::from(e);
+                EnsureLine::Error { status: err.status.as_u16(), error: err.body }
+            }
+        }
+    }
+}
+
+/// Streams an ensure as NDJSON; the body owns it. An ensure that fails before anything happens
+/// (bad input, not permitted, not allowed on import) is answered with its own status instead.
+pub(super) async fn ensure_ndjson(mut events: EnsureEvents) -> Result<Response, ApiError> {
+    let first = match events.next().await {
+        Some(EnsureEvent::Done(Err(e))) => return Err(e.into()),
+        Some(first) => first,
+        None => unreachable!("an ensure stream always ends with Done"),
+    };
+    let lines = futures::stream::once(async { first }).chain(events).map(|item| {
+        let mut line = serde_json::to_vec(&EnsureLine::from(item)).expect("stream lines serialize");
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
 }
