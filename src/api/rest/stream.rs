@@ -61,8 +61,13 @@ impl From<Event> for StreamLine {
 /// Streams the run as NDJSON. The body owns the stream: a client that goes away drops it,
 /// which tells the run its caller has gone.
 pub(super) fn ndjson(stream: DeployStream) -> Response {
-    let lines = stream.map(|event| {
-        let mut line = serde_json::to_vec(&StreamLine::from(event)).expect("stream lines serialize");
+    ndjson_body(stream.map(StreamLine::from))
+}
+
+/// An NDJSON response of `lines`, one JSON document per line as each arrives.
+fn ndjson_body<L: Serialize>(lines: impl futures::Stream<Item = L> + Send + 'static) -> Response {
+    let lines = lines.map(|l| {
+        let mut line = serde_json::to_vec(&l).expect("stream lines serialize");
         line.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(line))
     });
@@ -104,12 +109,5 @@ pub(super) async fn ensure_ndjson(mut events: EnsureEvents) -> Result<Response, 
         Some(first) => first,
         None => unreachable!("an ensure stream always ends with Done"),
     };
-    let lines = futures::stream::once(async { first }).chain(events).map(|item| {
-        let mut line = serde_json::to_vec(&EnsureLine::from(item)).expect("stream lines serialize");
-        line.push(b'\n');
-        Ok::<_, Infallible>(Bytes::from(line))
-    });
-    let mut response = Body::from_stream(lines).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    Ok(response)
+    Ok(ndjson_body(futures::stream::once(async { first }).chain(events).map(EnsureLine::from)))
 }
