@@ -124,6 +124,19 @@ pub(crate) fn classify_dry_run(before: Option<&DynamicObject>, after: &DynamicOb
     }
 }
 
+/// How many times a dry run is compared again when the live object moved under it.
+const DRY_RUN_READS: u32 = 4;
+
+/// Whether a dry run's answer was computed from `before`: it keeps the resourceVersion of the
+/// live object it started from (nothing is written), so a different one means the object was
+/// written between our read and the dry run.
+fn dry_run_based_on(before: Option<&DynamicObject>, after: &DynamicObject) -> bool {
+    match before {
+        None => true,
+        Some(before) => before.metadata.resource_version == after.metadata.resource_version,
+    }
+}
+
 /// `unchanged` when the objects differ only in status and bookkeeping fields.
 fn classify_content(before: &DynamicObject, after: &DynamicObject) -> Action {
     if same_content(before, after) {
@@ -287,8 +300,21 @@ impl Applier<'_> {
             let object = resolved_ref(&planned.object, &planned.manifest, &id.namespace);
             return Ok((object, Action::Created, format!("{NOTE}; not validated: its kind is not served yet")));
         };
-        let before = p.api.get_opt(&p.object.name).await.map_err(|e| api_error(&p.label, e))?;
-        match p.api.patch(&p.object.name, &self.params(true), &Patch::Apply(&p.manifest)).await {
+        // A dry run answers from the live object as it is when it runs; a controller writing
+        // between our read and it (a Deployment's revision annotation after a rollout) would
+        // otherwise read as `configured`. So compare against the version the dry run used.
+        let mut attempts = 0;
+        let (before, outcome) = loop {
+            attempts += 1;
+            let before = p.api.get_opt(&p.object.name).await.map_err(|e| api_error(&p.label, e))?;
+            let outcome = p.api.patch(&p.object.name, &self.params(true), &Patch::Apply(&p.manifest)).await;
+            let moved = matches!(&outcome, Ok(after) if !dry_run_based_on(before.as_ref(), after));
+            if !moved || attempts == DRY_RUN_READS {
+                break (before, outcome);
+            }
+            tracing::debug!(object = %p.label, attempts, "changed while being compared; reading it again");
+        };
+        match outcome {
             Ok(after) => Ok((p.object, classify_dry_run(before.as_ref(), &after), NOTE.into())),
             Err(e) if is_not_found(&e) && before.is_none() => {
                 let reason = match &e {
@@ -413,6 +439,9 @@ mod tests {
         assert_eq!(classify_dry_run(None, &obj("5", "a", "")), Action::Created);
         assert_eq!(classify_dry_run(Some(&obj("5", "a", "")), &obj("5", "b", "")), Action::Configured);
         assert_eq!(classify_dry_run(Some(&obj("5", "a", "x")), &obj("5", "a", "x")), Action::Unchanged);
+        assert!(dry_run_based_on(None, &obj("5", "a", "")));
+        assert!(dry_run_based_on(Some(&obj("5", "a", "")), &obj("5", "b", "")));
+        assert!(!dry_run_based_on(Some(&obj("5", "a", "")), &obj("6", "a", "")), "written in between");
     }
 
     #[test]

@@ -241,3 +241,40 @@ async fn a_dry_run_answered_404_is_not_checked_rather_than_rejected() {
     assert!(!checked);
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_preview_whose_object_moved_under_it_compares_again_against_what_the_dry_run_used() {
+    let (client, resolver, mut handle) = setup();
+    let with_revision = |rv: &str| {
+        let mut o = object(rv);
+        o["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "3"});
+        o
+    };
+    let server = tokio::spawn(async move {
+        // Read at 7; a controller writes its annotation (8) before the dry run answers from it.
+        let reads = [(object("7"), with_revision("8")), (with_revision("8"), with_revision("8"))];
+        for (live, dry_run) in reads {
+            let (req, send) = handle.next_request().await.expect("GET expected");
+            assert_eq!(req.method(), http::Method::GET);
+            send.send_response(json_response(200, &live));
+            let (req, send) = handle.next_request().await.expect("dry-run PATCH expected");
+            assert!(req.uri().query().unwrap_or_default().contains("dryRun=All"));
+            send.send_response(json_response(200, &dry_run));
+        }
+    });
+    let features = ServerFeatures { version: "v1.20.2".into(), grpc_probes: false };
+    let applier = Applier {
+        client: &client,
+        resolver: &resolver,
+        field_manager: "jac-orc",
+        force: false,
+        crd_timeout: Duration::from_secs(1),
+        server: &features,
+    };
+    let (_, action, _) = tokio::time::timeout(Duration::from_secs(5), applier.preview(&planned(), &id(), "latest"))
+        .await
+        .expect("preview hung")
+        .unwrap();
+    assert_eq!(action, Action::Unchanged, "the controller's write is not ours to report");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("mock hung").expect("mock panicked");
+}
