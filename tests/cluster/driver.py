@@ -5,6 +5,8 @@
     driver.py affinity TARGET DEPLOYMENT NAMESPACE  sessions across replicas: prints one line, waits
                                                     for a line on stdin (a replica was deleted),
                                                     prints another
+    driver.py ondemand TARGET NAMESPACE             colorsys imported with deploy=True: deployed if
+                                                    nothing serves it, then one call
 
 Each prints one JSON line for the Rust test to check (nothing is asserted here). jac-orc's token
 comes from JAC_ORC_TOKEN (the cluster admin's kubeconfig token, which its TokenReview accepts).
@@ -146,12 +148,37 @@ def _after_deletion(keeper: Client, rng: Any, expected: list[float]) -> dict[str
     return {"gone": gone, "again_ok": again == expected[:10], "new_host": _host(keeper)}
 
 
+def ondemand(target: str, namespace: str) -> dict[str, Any]:
+    """``import_module("colorsys", deploy=True)`` then one call, timed from before connecting."""
+    started = time.monotonic()
+    splice = jac_splice.connect(target, os.environ["JAC_ORC_TOKEN"])
+    progress: list[str] = []
+    colorsys = splice.import_module(
+        "colorsys",
+        namespace=namespace,
+        deploy=True,
+        packages=[],
+        cpu="50m",
+        memory="64Mi",
+        wait_timeout=240,
+        progress=progress.append,
+    )
+    hsv = colorsys.rgb_to_hsv(0.2, 0.4, 0.4)
+    return {
+        "hsv": [float(x) for x in hsv],
+        "first_answer_s": time.monotonic() - started,
+        "progress": progress,
+    }
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["affinity"] and len(argv) == 4:
         affinity(argv[1], argv[2], argv[3])
         return 0
     if argv[:1] == ["numpy"] and len(argv) == 2:
         result = numpy(argv[1])
+    elif argv[:1] == ["ondemand"] and len(argv) == 3:
+        result = ondemand(argv[1], argv[2])
     elif argv[:1] == ["calls"] and len(argv) == 5:
         result = calls(argv[1], argv[2], argv[3], float(argv[4]))
     else:

@@ -14,6 +14,7 @@ mod idle;
 mod images;
 mod install;
 mod logs;
+mod on_demand;
 mod rollout;
 mod support;
 mod workloads;

@@ -18,6 +18,14 @@
 //! would have: whether the server's standard health service reports SERVING. A gRPC probe without
 //! a declared fallback is refused before anything is applied, naming the container: the API
 //! server would reject it anyway (`field not declared in schema`), after earlier objects applied.
+//!
+//! An exec probe starts a process in the container each period (for the module server, a Python
+//! start: ~0.15 s of CPU), which is why readiness could not be checked often on a small node, and
+//! a deployment waking from zero waited for the next 5 s tick. A template whose gRPC servers
+//! listen only once they serve (health is SERVING from the moment the port accepts) says so with
+//! `jac-orc.io/grpc-serves-when-listening: "true"`; its readiness and startup probes then become
+//! `tcpSocket` probes on the same port, which the kubelet performs itself, and only liveness (which
+//! must notice a server that accepts but no longer answers) stays an exec probe.
 
 use serde_json::{Map, Value};
 
@@ -25,6 +33,13 @@ use crate::backend::{Error, Result};
 
 /// Pod-template annotation declaring the exec form of a container's gRPC probes.
 pub const ANNOTATION_GRPC_PROBE_EXEC: &str = "jac-orc.io/grpc-probe-exec";
+
+/// Pod-template annotation (`"true"`) saying the containers' gRPC servers listen only once they
+/// serve, so a TCP connect answers what a readiness or startup gRPC probe would.
+pub(super) const ANNOTATION_SERVES_WHEN_LISTENING: &str = "jac-orc.io/grpc-serves-when-listening";
+
+/// Probes that only ask "is it serving yet", which a TCP connect answers for such servers.
+const READINESS_KINDS: [&str; 2] = ["readinessProbe", "startupProbe"];
 
 /// The first Kubernetes minor version (1.x) with native gRPC probes.
 const GRPC_PROBES_SINCE_MINOR: u32 = 24;
@@ -61,14 +76,26 @@ pub(crate) fn adapt(manifest: &mut Value, supported: bool, object: &str, server:
     let Some(template) = pod_template_mut(manifest) else {
         return Ok(());
     };
-    let declared =
-        template.pointer(&format!("/metadata/annotations/{}", ANNOTATION_GRPC_PROBE_EXEC.replace('/', "~1")));
-    let fallback = match declared {
+    let pointer = |key: &str| format!("/metadata/annotations/{}", key.replace('/', "~1"));
+    let fallback = match template.pointer(&pointer(ANNOTATION_GRPC_PROBE_EXEC)) {
         None => Fallback::None,
         Some(v) => Fallback::parse(v).map_err(|message| Error::Rejected {
             object: object.into(),
             message: format!("annotation {ANNOTATION_GRPC_PROBE_EXEC}: {message}"),
         })?,
+    };
+    let serves_when_listening = match template.pointer(&pointer(ANNOTATION_SERVES_WHEN_LISTENING)) {
+        None => false,
+        Some(Value::String(v)) if v == "true" => true,
+        Some(Value::String(v)) if v == "false" => false,
+        Some(other) => {
+            return Err(Error::Rejected {
+                object: object.into(),
+                message: format!(
+                    "annotation {ANNOTATION_SERVES_WHEN_LISTENING}: must be \"true\" or \"false\", got {other}"
+                ),
+            })
+        }
     };
     for list in ["containers", "initContainers"] {
         let Some(containers) = template.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else {
@@ -83,6 +110,14 @@ pub(crate) fn adapt(manifest: &mut Value, supported: bool, object: &str, server:
                 let Some(grpc) = probe.remove("grpc") else {
                     continue;
                 };
+                if serves_when_listening && READINESS_KINDS.contains(&kind) {
+                    let port = grpc_port(&grpc).map_err(|message| Error::Rejected {
+                        object: object.into(),
+                        message: format!("container `{name}` {kind}: {message}"),
+                    })?;
+                    probe.insert("tcpSocket".into(), serde_json::json!({ "port": port }));
+                    continue;
+                }
                 let Some(prefix) = fallback.for_container(&name) else {
                     return Err(Error::Rejected {
                         object: object.into(),
@@ -106,13 +141,7 @@ pub(crate) fn adapt(manifest: &mut Value, supported: bool, object: &str, server:
 
 /// `PREFIX --port P [--service S] --timeout T` for one gRPC probe.
 fn exec_command(prefix: &[String], grpc: &Value, probe: &Map<String, Value>) -> Result<Vec<String>, String> {
-    let port = match grpc.get("port") {
-        Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65535).contains(p)),
-        // A quantity-like string is what some templates render; names are not allowed for grpc.
-        Some(Value::String(s)) => s.parse::<u64>().ok().filter(|p| (1..=65535).contains(p)),
-        _ => None,
-    }
-    .ok_or_else(|| format!("grpc.port must be a port number, got {}", grpc.get("port").unwrap_or(&Value::Null)))?;
+    let port = grpc_port(grpc)?;
     let mut command = prefix.to_vec();
     command.extend(["--port".to_string(), port.to_string()]);
     if let Some(service) = grpc.get("service").and_then(Value::as_str).filter(|s| !s.is_empty()) {
@@ -121,6 +150,17 @@ fn exec_command(prefix: &[String], grpc: &Value, probe: &Map<String, Value>) -> 
     let timeout = probe.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1);
     command.extend(["--timeout".to_string(), timeout.to_string()]);
     Ok(command)
+}
+
+/// The port of a `grpc` probe, which must be a number (names are not allowed for grpc).
+fn grpc_port(grpc: &Value) -> Result<u64, String> {
+    match grpc.get("port") {
+        Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65535).contains(p)),
+        // A quantity-like string is what some templates render.
+        Some(Value::String(s)) => s.parse::<u64>().ok().filter(|p| (1..=65535).contains(p)),
+        _ => None,
+    }
+    .ok_or_else(|| format!("grpc.port must be a port number, got {}", grpc.get("port").unwrap_or(&Value::Null)))
 }
 
 /// What a template declared in [`ANNOTATION_GRPC_PROBE_EXEC`].
@@ -206,6 +246,32 @@ mod tests {
             json!(["python", "-m", "jac_splice.probe", "--port", "50051", "--timeout", "1"])
         );
         assert_eq!(c["startupProbe"], json!({"tcpSocket": {"port": 50051}}), "other probes are left alone");
+    }
+
+    #[test]
+    fn servers_that_serve_when_listening_get_tcp_readiness_and_exec_liveness_on_old_servers() {
+        let mut d = deployment(Some(r#"["python", "-m", "jac_splice.probe"]"#));
+        let c = &mut d["spec"]["template"]["spec"]["containers"][0];
+        c["startupProbe"] = json!({"grpc": {"port": "50051"}, "periodSeconds": 1});
+        d["spec"]["template"]["metadata"]["annotations"][ANNOTATION_SERVES_WHEN_LISTENING] = json!("true");
+        let before = d.clone();
+        adapt(&mut d, false, "deployment.apps/m", "v1.20.2").unwrap();
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"], json!({"tcpSocket": {"port": 50051}, "periodSeconds": 5, "timeoutSeconds": 4}));
+        assert_eq!(c["startupProbe"], json!({"tcpSocket": {"port": 50051}, "periodSeconds": 1}));
+        assert_eq!(
+            c["livenessProbe"]["exec"]["command"],
+            json!(["python", "-m", "jac_splice.probe", "--port", "50051", "--timeout", "1"]),
+            "liveness must notice a server that accepts but no longer answers"
+        );
+        let mut modern = before.clone();
+        adapt(&mut modern, true, "deployment.apps/m", "v1.33.0").unwrap();
+        assert_eq!(modern, before, "native gRPC probes where served");
+
+        let mut bad = before.clone();
+        bad["spec"]["template"]["metadata"]["annotations"][ANNOTATION_SERVES_WHEN_LISTENING] = json!("yes");
+        let err = adapt(&mut bad, false, "deployment.apps/m", "v1.20.2").unwrap_err().to_string();
+        assert!(err.contains(ANNOTATION_SERVES_WHEN_LISTENING) && err.contains("\"yes\""), "{err}");
     }
 
     #[test]
