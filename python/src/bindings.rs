@@ -1,204 +1,25 @@
-//! The Python-facing classes: thin wrappers that convert arguments while attached, wait on the
-//! shared runtime detached (checking for Ctrl-C between short slices), and convert results back.
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+//! The Python methods of `Client` and the `ModuleServer` class: thin wrappers that convert
+//! arguments while attached, wait detached (`blocking.rs`), and convert results back. What a
+//! session holds lives in `handle.rs`, how its calls are sent in `calls.rs`.
+use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use tonic::Status;
 
 use crate::access::{Access, CallToken};
+use crate::blocking::wait_for;
 use crate::calls::{self, PendingCall};
-use crate::client::{self, new_session_id, Connection, Options, Route};
-use crate::codec::{self, DecodeError};
+use crate::client::{new_session_id, Connection, Options, Route};
 use crate::deadline;
 use crate::direct::{self, Direct};
-use crate::errors::{chain, client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
+use crate::errors::{chain, client_to_pyerr, Peer};
+use crate::handle::Client;
 use crate::host::{RunningServer, ServerConfig};
-use crate::proto::{
-    value, value_response, Deployment, EnsureModuleRequest, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse,
-};
-use crate::runtime::{block_on_interruptible, rt, SLICE};
+use crate::proto::{Deployment, EnsureModuleRequest, ProxyTarget};
+use crate::runtime::{rt, SLICE};
 use crate::server::{tls_acceptor, Security};
-
-/// Ctrl-C while detached: a pending signal handler that raises ends the wait.
-fn check_signals() -> PyResult<()> {
-    Python::attach(|py| py.check_signals())
-}
-
-/// Runs `f`, which blocks on a runtime, where that is allowed: here, or, on one of the shared
-/// runtime's own threads (a spawned call's completion running Python that calls again), on a
-/// short-lived thread of its own.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
-    }
-    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-}
-
-/// Runs `fut` on the shared runtime with the GIL released; Ctrl-C interrupts the wait.
-pub(crate) fn wait_for<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
-    py.detach(|| off_runtime(|| block_on_interruptible(rt(), fut, check_signals)))
-}
-
-/// Runs one call with the GIL released, on a lane when one is free (see
-/// `Connection::block_on_call`); Ctrl-C interrupts it.
-pub(crate) fn wait_on_lane<T, F>(
-    py: Python<'_>,
-    connection: &Connection,
-    make: impl FnOnce(tonic::transport::Channel, bool) -> F + Send,
-) -> PyResult<Result<T, client::Error>>
-where
-    T: Send,
-    F: Future<Output = Result<T, Status>> + Send,
-{
-    py.detach(|| off_runtime(|| connection.block_on_call(make, check_signals)))
-}
-
-/// A reference to an object held by a module server for one client session.
-#[pyclass(frozen, module = "jac_splice._native", name = "RemoteRef")]
-#[derive(Debug)]
-pub struct RemoteRef {
-    #[pyo3(get)]
-    id: String,
-    #[pyo3(get)]
-    type_name: String,
-    #[pyo3(get)]
-    callable: bool,
-    #[pyo3(get)]
-    session: String,
-}
-
-#[pymethods]
-impl RemoteRef {
-    fn __repr__(&self) -> String {
-        format!("RemoteRef(id={:?}, type_name={:?}, callable={})", self.id, self.type_name, self.callable)
-    }
-}
-
-/// A client session with one module server, directly or through jac-orc's `ModuleProxy`.
-#[pyclass(frozen, module = "jac_splice._native", name = "Client")]
-#[derive(Debug)]
-pub struct Client {
-    /// The target's connection (jac-orc's, for routed and direct sessions).
-    pub(crate) connection: Arc<Connection>,
-    /// The session's route; a direct session's current one comes from `direct`.
-    pub(crate) route: Arc<Route>,
-    pub(crate) heartbeat: Option<Duration>,
-    pub(crate) target: String,
-    /// Default timeout of every call (`connect(call_timeout=...)`).
-    pub(crate) call_timeout: Option<Duration>,
-    /// A direct session of a jac-orc deployment (`GetModuleAccess`): its route follows the access.
-    pub(crate) direct: Option<Arc<Direct>>,
-    /// How module-server connections of direct sessions are made.
-    pub(crate) settings: direct::Settings,
-}
-
-impl Client {
-    fn with_route(&self, via: Option<ProxyTarget>) -> Self {
-        let route = Route::new(self.connection.clone(), new_session_id(), via);
-        route.spawn_background(self.heartbeat);
-        self.sibling(route, None)
-    }
-
-    /// A client sharing this one's connection and settings, on `route`.
-    pub(crate) fn sibling(&self, route: Arc<Route>, direct: Option<Arc<Direct>>) -> Self {
-        Self {
-            connection: self.connection.clone(),
-            route,
-            heartbeat: self.heartbeat,
-            target: self.target.clone(),
-            call_timeout: self.call_timeout,
-            direct,
-            settings: self.settings.clone(),
-        }
-    }
-
-    pub(crate) fn encode_arg(&self, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
-        let session = self.route.session();
-        let mut leaf = |o: &Bound<'_, PyAny>| -> PyResult<Option<Value>> {
-            let holder = match o.cast::<RemoteRef>() {
-                Ok(r) => Some(r.clone()),
-                Err(_) => match o.getattr_opt("_jac_splice_ref")? {
-                    Some(r) if r.is_none() => {
-                        // A proxy of the served module itself: the empty target.
-                        let client = o.getattr("_jac_splice_client")?;
-                        let client = client.cast::<Client>()?;
-                        if client.get().route.session() != session {
-                            return Err(PyValueError::new_err(
-                                "that remote module belongs to another module server session",
-                            ));
-                        }
-                        return Ok(Some(Value { kind: Some(value::Kind::Ref(WireRef::default())) }));
-                    }
-                    Some(r) => r.cast_into::<RemoteRef>().ok(),
-                    None => None,
-                },
-            };
-            let Some(r) = holder else {
-                return Err(PyTypeError::new_err(format!(
-                    "cannot send a {} to a module server: only plain data, numpy arrays and remote objects travel",
-                    codec::type_name(o)?
-                )));
-            };
-            let r = r.get();
-            if r.session != session {
-                return Err(PyValueError::new_err(format!(
-                    "remote object {} belongs to another module server session",
-                    r.id
-                )));
-            }
-            Ok(Some(Value {
-                kind: Some(value::Kind::Ref(WireRef {
-                    id: r.id.clone(),
-                    type_name: r.type_name.clone(),
-                    callable: r.callable,
-                })),
-            }))
-        };
-        Ok(codec::encode(obj, &mut leaf)?.expect("the client leaf always encodes or fails"))
-    }
-
-    pub(crate) fn peer(&self) -> Peer<'_> {
-        let via = self.direct.as_ref().map(|d| d.target()).or(self.route.via());
-        Peer { address: self.connection.address(), token_sent: self.connection.has_token(), via }
-    }
-
-    /// `ClosedError` once the connection was closed.
-    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
-        self.connection.check_open().map_err(|e| client_to_pyerr(py, &e, self.peer()))
-    }
-
-    fn status_error(&self, py: Python<'_>, status: &Status) -> PyErr {
-        status_to_pyerr(py, status, self.peer())
-    }
-
-    /// A response of `route` as a Python value (or the exception it stands for).
-    pub(crate) fn decode_response(
-        &self,
-        py: Python<'_>,
-        route: &Route,
-        response: Result<ValueResponse, client::Error>,
-    ) -> PyResult<Py<PyAny>> {
-        let response = response.map_err(|e| client_to_pyerr(py, &e, self.peer_on(route)))?;
-        match response.result {
-            Some(value_response::Result::Value(value)) => {
-                let session = route.session().to_owned();
-                let mut refs = |r: WireRef| -> Result<Bound<'_, PyAny>, DecodeError> {
-                    route.track(&r.id);
-                    let obj =
-                        RemoteRef { id: r.id, type_name: r.type_name, callable: r.callable, session: session.clone() };
-                    Ok(Bound::new(py, obj)?.into_any())
-                };
-                codec::decode(py, value, &mut refs).map(Bound::unbind).map_err(|e| e.into_pyerr(py))
-            }
-            Some(value_response::Result::Error(err)) => Err(remote_to_pyerr(py, err)),
-            None => Err(PyValueError::new_err("empty response from the module server")),
-        }
-    }
-}
 
 #[pymethods]
 impl Client {

@@ -11,10 +11,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::bindings::{wait_for, wait_on_lane, Client};
+use crate::blocking::{wait_for, wait_on_lane};
 use crate::client::{self, Route};
 use crate::deadline;
 use crate::errors::{client_to_pyerr, Peer};
+use crate::handle::Client;
 use crate::proto::{CallRequest, Kwarg, ValueResponse};
 use crate::runtime::rt;
 

@@ -5,6 +5,7 @@ mod affinity;
 #[cfg(target_os = "linux")]
 mod alloc;
 mod bindings;
+mod blocking;
 mod calls;
 mod client;
 mod coalesce;
@@ -12,6 +13,7 @@ mod codec;
 mod deadline;
 mod direct;
 mod errors;
+mod handle;
 mod host;
 mod idle;
 mod lane;
@@ -47,8 +49,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OPERATOR_HELPERS", surface::OPERATOR_HELPERS.to_vec())?;
     m.add("SPLICE_HELPERS", surface::SPLICE_HELPERS.to_vec())?;
     m.add("PROTOCOL_ATTRIBUTES", surface::PROTOCOL_ATTRIBUTES.to_vec())?;
-    m.add_class::<bindings::Client>()?;
-    m.add_class::<bindings::RemoteRef>()?;
+    m.add_class::<handle::Client>()?;
+    m.add_class::<handle::RemoteRef>()?;
     m.add_class::<bindings::ModuleServer>()?;
     m.add_class::<calls::PendingCall>()?;
     m.add_function(wrap_pyfunction!(use_numpy, m)?)?;
