@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 use crate::proxy::{kind, target};
 use crate::support::{struct_of, within, TestServer, ADMIN};
 
-const SEED: i64 = 20_261_202;
+pub(crate) const SEED: i64 = 20_261_202;
 
 /// Deploys (or redeploys) `name` serving `random` with `replicas` module servers; its endpoints.
 async fn deploy_replicas(server: &TestServer, name: &str, replicas: u32) -> Vec<String> {
@@ -37,7 +37,13 @@ async fn deploy_replicas(server: &TestServer, name: &str, replicas: u32) -> Vec<
     summary.expect("summary").deployment.expect("deployment").endpoints
 }
 
-fn call(name: &str, session: &str, target_ref: &str, path: &[&str], args: Vec<Kind>) -> pb::ProxyCallRequest {
+pub(crate) fn call(
+    name: &str,
+    session: &str,
+    target_ref: &str,
+    path: &[&str],
+    args: Vec<Kind>,
+) -> pb::ProxyCallRequest {
     pb::ProxyCallRequest {
         target: target(name),
         request: Some(pb::CallRequest {
@@ -51,7 +57,7 @@ fn call(name: &str, session: &str, target_ref: &str, path: &[&str], args: Vec<Ki
 }
 
 /// The pid of the module server that answers `session`.
-async fn pid_of(proxy: &mut crate::support::Proxy, name: &str, session: &str) -> i64 {
+pub(crate) async fn pid_of(proxy: &mut crate::support::Proxy, name: &str, session: &str) -> i64 {
     let request = pb::ProxyDescribeRequest {
         target: target(name),
         request: Some(pb::DescribeRequest { session: session.into() }),
@@ -60,7 +66,7 @@ async fn pid_of(proxy: &mut crate::support::Proxy, name: &str, session: &str) ->
 }
 
 /// A `random.Random(seed)` of `session`, as a reference.
-async fn generator(proxy: &mut crate::support::Proxy, name: &str, session: &str, seed: i64) -> String {
+pub(crate) async fn generator(proxy: &mut crate::support::Proxy, name: &str, session: &str, seed: i64) -> String {
     let r = within(proxy.call(call(name, session, "", &["Random"], vec![Kind::IntValue(seed)]))).await.unwrap();
     match kind(r.into_inner()) {
         Kind::Ref(r) => r.id,
@@ -68,7 +74,7 @@ async fn generator(proxy: &mut crate::support::Proxy, name: &str, session: &str,
     }
 }
 
-async fn next_random(proxy: &mut crate::support::Proxy, name: &str, session: &str, id: &str) -> f64 {
+pub(crate) async fn next_random(proxy: &mut crate::support::Proxy, name: &str, session: &str, id: &str) -> f64 {
     let r = within(proxy.call(call(name, session, id, &["random"], vec![]))).await.unwrap().into_inner();
     match kind(r) {
         Kind::FloatValue(v) => v,
@@ -77,7 +83,7 @@ async fn next_random(proxy: &mut crate::support::Proxy, name: &str, session: &st
 }
 
 /// The first `n` values of Python's own `random.Random(seed)`, computed here.
-fn local_randoms(seed: i64, n: usize) -> Vec<f64> {
+pub(crate) fn local_randoms(seed: i64, n: usize) -> Vec<f64> {
     let python = std::env::var("JAC_ORC_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!("import random\nr = random.Random({seed})\nfor _ in range({n}): print(repr(r.random()))");
     let out = std::process::Command::new(python).args(["-c", &script]).output().expect("python runs");
@@ -85,7 +91,7 @@ fn local_randoms(seed: i64, n: usize) -> Vec<f64> {
     String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect()
 }
 
-fn alive(pid: i64) -> bool {
+pub(crate) fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 

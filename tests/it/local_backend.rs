@@ -4,7 +4,7 @@
 //! recorded endpoint with exactly one process; one serve per data dir; a private state file with
 //! each secret once; failed first deploys leave nothing; a caller that leaves stops the wait;
 //! the state file is the desired state (`desired.rs`: config changes restart, the object store
-//! is healed).
+//! is healed); extra replicas are adopted with the sessions' objects on them (`replicas.rs`).
 //!
 //! Processes are found through /proc: a workload is a process whose working directory,
 //! command line or environment carries the data dir. Every process a test starts is stopped by
@@ -13,6 +13,7 @@
 mod crash_loop;
 mod desired;
 pub(crate) mod lab;
+mod replicas;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -197,7 +197,7 @@ impl Inner {
         stored
     }
 
-    /// A port no record or pending deploy uses.
+    /// A port no record (replica 0's or a recorded extra's) or pending deploy uses.
     pub(super) async fn reserve_port(&self) -> Result<Reserved> {
         let used: std::collections::HashSet<u16> = self
             .state
@@ -206,7 +206,8 @@ impl Inner {
             .file
             .deployments
             .values()
-            .filter_map(|e| e.workload.as_ref().map(|w| w.port))
+            .filter_map(|e| e.workload.as_ref())
+            .flat_map(|w| std::iter::once(w.port).chain(w.extras.iter().map(|x| x.port)))
             .collect();
         for _ in 0..64 {
             let port = std::net::TcpListener::bind((HOST, 0))
@@ -252,8 +253,8 @@ impl Inner {
             record.updated_at = p.updated_at.clone();
         }
         let want = replicas::wanted(&record.config);
-        let have = 1 + self.extras.lock().expect("extras").get(id).map_or(0, Vec::len);
-        let program = if want > have { self.prepare(id, recipe, a.port, progress).await? } else { None };
+        let program =
+            if self.extras_missing(id, want) { self.prepare(id, recipe, a.port, progress).await? } else { None };
         record.endpoints.extend(self.scale_extras(id, recipe, program, want, DEFAULT_READY_TIMEOUT, progress).await?);
         let process = self.running(id);
         let workload = Workload {
@@ -263,10 +264,16 @@ impl Inner {
             run: true,
             legacy_pid: None,
             config_hash: a.config_hash.clone(),
+            extras: Vec::new(),
         };
-        let entry =
+        let mut entry =
             Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: false };
-        self.update(|s| s.deployments.insert(key(id), entry)).await?;
+        self.update(|s| {
+            // The extras as `scale_extras` and the supervisors recorded them (they keep running).
+            entry.keep_extras_of(s.deployments.get(&key(id)));
+            s.deployments.insert(key(id), entry)
+        })
+        .await?;
         Ok(Some(record))
     }
 
@@ -313,6 +320,7 @@ impl Inner {
             cwd: dir.join("data"),
             dir,
             port,
+            replica: 0,
         }
     }
 
@@ -410,6 +418,8 @@ impl Inner {
             run: true,
             legacy_pid: None,
             config_hash: a.config_hash.clone(),
+            // The old extras stop below; the new ones are recorded as they start.
+            extras: Vec::new(),
         };
         let entry =
             Entry { record: record.clone(), objects: a.objects.clone(), workload: Some(workload), fresh: a.fresh };
@@ -511,11 +521,20 @@ impl Inner {
                     run: false,
                     legacy_pid: None,
                     config_hash: a.config_hash.clone(),
+                    extras: Vec::new(),
                 };
                 Entry { record, objects: a.objects, workload: Some(workload), fresh: false }
             }
         };
-        self.update(|s| s.deployments.insert(key(&id), entry)).await?;
+        self.update(|s| {
+            let mut entry = entry;
+            // A previous workload that keeps running keeps its extras, as recorded now.
+            if !stopped_old {
+                entry.keep_extras_of(s.deployments.get(&key(&id)));
+            }
+            s.deployments.insert(key(&id), entry)
+        })
+        .await?;
         Err(e)
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Workloads outlive the orchestrator's crash (each runs in its own process group, writing to
 //! its log file) and are stopped by an orderly [`Backend::shutdown`]. A restarted orchestrator
-//! adopts every workload that still runs as recorded (same pid, same port), reaps whatever else
+//! adopts every workload that still runs as recorded (same pid, same port; each replica of a
+//! deployment that runs several, `replicas.rs`), reaps whatever else
 //! a crash left in the data dir, and starts the rest on their recorded ports: a deployment's
 //! endpoint never changes. Records live in the state file (`state.rs`), written before a
 //! workload starts and after every supervised restart; one `serve` per data dir (`lock.rs`).
@@ -308,28 +309,44 @@ impl Inner {
 
 #[async_trait]
 impl Journal for Inner {
-    async fn restarted(&self, id: &DeploymentId, old: Option<Identity>, new: Identity) {
+    async fn restarted(&self, id: &DeploymentId, replica: usize, old: Option<Identity>, new: Identity) {
         let saved = self
             .update(|s| {
-                let w = s.deployments.get_mut(&key(id)).and_then(|e| e.workload.as_mut());
-                match w {
-                    Some(w) if w.process == old => {
-                        w.process = Some(new);
+                let Some(w) = s.deployments.get_mut(&key(id)).and_then(|e| e.workload.as_mut()) else { return false };
+                if replica == 0 {
+                    if w.process != old {
+                        return false;
+                    }
+                    w.process = Some(new);
+                    return true;
+                }
+                // Only a replica still recorded: one being stopped was removed first and stays so.
+                match w.extras.iter_mut().find(|x| x.index == replica && Some(&x.process) == old.as_ref()) {
+                    Some(x) => {
+                        x.process = new;
                         true
                     }
-                    _ => false,
+                    None => false,
                 }
             })
             .await;
         if let Err(e) = saved {
-            tracing::error!(deployment = %id, error = %e, "could not record the restarted workload");
+            tracing::error!(deployment = %id, replica, error = %e, "could not record the restarted workload");
         }
     }
 
-    async fn gave_up(&self, id: &DeploymentId, last: Option<Identity>, reason: String) {
+    async fn gave_up(&self, id: &DeploymentId, replica: usize, last: Option<Identity>, reason: String) {
         let saved = self
             .update(|s| {
                 let Some(e) = s.deployments.get_mut(&key(id)) else { return };
+                if replica > 0 {
+                    // An extra that gave up runs no more: nothing to adopt after a restart. The
+                    // deployment stays as it is (replica 0 still serves).
+                    if let Some(w) = e.workload.as_mut() {
+                        w.extras.retain(|x| x.index != replica || Some(&x.process) != last.as_ref());
+                    }
+                    return;
+                }
                 if let Some(w) = e.workload.as_mut().filter(|w| w.process == last) {
                     w.process = None;
                     e.record.status = super::Status::Failed;
@@ -339,7 +356,7 @@ impl Journal for Inner {
             })
             .await;
         if let Err(e) = saved {
-            tracing::error!(deployment = %id, error = %e, "could not record the failed workload");
+            tracing::error!(deployment = %id, replica, error = %e, "could not record the failed workload");
         }
     }
 

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 /// A port handed out to a first deploy (held until the record names it) or to an extra replica
-/// (held while it runs).
+/// (held while it runs, adopted after a restart or not; a recorded extra's port also counts as
+/// used in the state file, so it is never handed out between a restart and the adoption).
 #[derive(Debug)]
 pub(super) struct Reserved {
     pub(super) port: u16,

@@ -148,6 +148,9 @@ pub(super) struct Launch {
     pub(super) cwd: PathBuf,
     /// Where it serves (0: nowhere known); a replica counts as ready once it accepts there.
     pub(super) port: u16,
+    /// Which replica it is: 0 for the deployment's workload, 1.. for the extras (`replicas.rs`),
+    /// so a restart is recorded in the right place.
+    pub(super) replica: usize,
 }
 
 impl Launch {
@@ -389,6 +392,7 @@ mod tests {
             dir: dir.clone(),
             cwd: dir.join("data"),
             port: 0,
+            replica: 0,
         };
         let (mut child, identity) = launch.spawn().await.unwrap();
         assert_eq!(read_pidfile(&dir), Some(identity.clone()));

@@ -1,10 +1,12 @@
 //! After an orchestrator restart (or crash): adopt, reap, bring up.
 //!
 //! [`Inner::recover`] runs once, before any apply or delete: every recorded workload that should
-//! run and still runs as recorded (pid + start time + boot id) is adopted, unrestarted; every
+//! run and still runs as recorded (pid + start time + boot id) is adopted, unrestarted, and so is
+//! every recorded extra replica its configuration still asks for (`replicas.rs`); every
 //! other process found in the data dir (by pidfile, working directory or marker variable) is
 //! reaped, and directories without a record are removed. [`Inner::bring_up_all`] then starts
-//! the workloads that should run but do not, on their recorded ports, and finishes deploys a
+//! the workloads that should run but do not, on their recorded ports (then the extras not
+//! adopted, on new ones), and finishes deploys a
 //! crash interrupted (`deploying` records become `deployed` once ready; a first deploy that
 //! cannot become ready is removed like any failed first deploy).
 
@@ -12,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::Error;
+use super::ports::Reserved;
 use super::process::{self, Identity};
 use super::readiness::{self, Target};
-use super::state::{self, Entry};
+use super::replicas::{self, Extra};
+use super::state::{self, Entry, ExtraProcess};
 use super::supervisor::{self, Start, Supervisor};
 use super::{key, Inner, DEFAULT_READY_TIMEOUT};
 use crate::backend::{now_rfc3339, Progress, Status};
-use crate::plan::DeploymentId;
+use crate::plan::{DeploymentId, LocalRecipe};
 
 /// Upper bound on directories looked at when removing leftovers (per level).
 const MAX_DIRS: usize = 100_000;
@@ -41,6 +45,15 @@ impl Inner {
                     adopted.push(identity);
                 } else {
                     reap.push(identity);
+                }
+            }
+            // Each extra on its own: one whose replica 0 died keeps the sessions it holds.
+            let want = replicas::wanted(&entry.record.config);
+            for x in w.extras.iter().filter(|x| x.process.is_alive()) {
+                if w.run && (1..want).contains(&x.index) && self.adopt_extra(entry, x).await {
+                    adopted.push(x.process.clone());
+                } else {
+                    reap.push(x.process.clone());
                 }
             }
             if let Some(pid) = w.legacy_pid {
@@ -91,6 +104,8 @@ impl Inner {
                         if w.process.as_ref().is_some_and(|p| !adopted.contains(p)) {
                             w.process = None;
                         }
+                        // The others were reaped or are gone: bring-up starts them afresh.
+                        w.extras.retain(|x| adopted.contains(&x.process));
                     }
                 }
             })
@@ -107,15 +122,48 @@ impl Inner {
     /// [`Inner::bring_up`] sees it ready.
     async fn adopt(self: &Arc<Self>, entry: &Entry, identity: Identity) -> bool {
         let id = &entry.record.id;
-        let Some(w) = &entry.workload else { return false };
-        let Ok(recipe) = w.recipe.unseal(&entry.record.config) else { return false };
-        let program = (!recipe.packages.is_empty())
-            .then(|| self.deployment_dir(id).join("venv").join("bin").join("python").display().to_string());
-        let launch = self.launch(id, &recipe, w.port, program).await;
+        let Some((recipe, program, port)) = self.recorded_launch(entry) else { return false };
+        let launch = self.launch(id, &recipe, port, program).await;
         let confirmed = entry.record.status != Status::Deploying;
-        tracing::info!(deployment = %id, pid = identity.pid, port = w.port, "adopting a running workload");
+        tracing::info!(deployment = %id, pid = identity.pid, port, "adopting a running workload");
         let s = Supervisor::start(id.clone(), launch, Start::Adopted(identity), confirmed, self.journal());
         self.register(id, s).await.is_ok()
+    }
+
+    /// Supervises a live recorded extra replica on its recorded port (held again). Confirmed at
+    /// once: it was started (and recorded) by a previous orchestrator, so a death restarts it.
+    async fn adopt_extra(self: &Arc<Self>, entry: &Entry, x: &ExtraProcess) -> bool {
+        let id = &entry.record.id;
+        let Some((recipe, program, _)) = self.recorded_launch(entry) else { return false };
+        if !self.reserved.lock().expect("reserved ports").insert(x.port) {
+            tracing::warn!(deployment = %id, replica = x.index, port = x.port, "the port of a running replica is held by another; not adopting it");
+            return false;
+        }
+        let reserved = Reserved::new(x.port, self.reserved.clone());
+        let launch = self.extra_launch(id, &recipe, x.port, program, x.index).await;
+        tracing::info!(deployment = %id, replica = x.index, pid = x.process.pid, port = x.port, "adopting a running replica");
+        let s = Supervisor::start(id.clone(), launch, Start::Adopted(x.process.clone()), true, self.journal());
+        match self.register_extra(id, Extra::new(x.index, reserved, s)) {
+            Ok(()) => {
+                self.endpoints_changed();
+                true
+            }
+            Err(refused) => {
+                refused.supervisor.stop().await;
+                false
+            }
+        }
+    }
+
+    /// The recorded recipe of a deployment, the interpreter it runs with (its virtualenv's, when
+    /// it installs packages) and replica 0's port.
+    fn recorded_launch(&self, entry: &Entry) -> Option<(LocalRecipe, Option<String>, u16)> {
+        let w = entry.workload.as_ref()?;
+        let recipe = w.recipe.unseal(&entry.record.config).ok()?;
+        let program = (!recipe.packages.is_empty()).then(|| {
+            self.deployment_dir(&entry.record.id).join("venv").join("bin").join("python").display().to_string()
+        });
+        Some((recipe, program, w.port))
     }
 
     /// Starts every workload that should run and does not; waits (bounded) until each answers.

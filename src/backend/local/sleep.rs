@@ -1,9 +1,10 @@
 //! Scale to zero and wake (python-module deployments with an idle timeout).
 //!
-//! Asleep, a deployment keeps its record, port, object store and recorded replicas; its status
+//! Asleep, a deployment keeps its record, port, object store and replica count; its status
 //! is `idle` and its workload is recorded as not to run, so neither the reconcile pass nor a
 //! restarted orchestrator starts it. The record is written before the processes stop: a crash
-//! in between leaves it asleep, and the restart reaps what still runs.
+//! in between leaves it asleep, and the restart reaps what still runs. The extras' identities
+//! go with them (removed from the record before they stop): a wake starts them afresh.
 //!
 //! Waking holds the deployment's lock until replica 0 answers (the extras follow, as after a
 //! restart), so concurrent wakes queue behind the first and find it awake: one wake-up.
@@ -46,6 +47,8 @@ impl Inner {
         self.update(|s| {
             if let Some(w) = s.deployments.get_mut(&k).and_then(|e| e.workload.as_mut()) {
                 w.process = None;
+                // Already gone with `stop_extras`; cleared here too, so no identity outlives a sleep.
+                w.extras.clear();
             }
         })
         .await?;
@@ -109,6 +112,7 @@ impl Inner {
                     if let Some(w) = e.workload.as_mut() {
                         w.run = false;
                         w.process = None;
+                        w.extras.clear();
                     }
                 }
             }

@@ -1,6 +1,10 @@
 //! The state file: every local deployment's record, object digests and workload (recipe, port,
 //! process identity), in `<data-dir>/local-state.json`.
 //!
+//! Replicas 1..N of a deployment (`replicas.rs`) are recorded beside replica 0: index, port and
+//! identity of each, so a restarted orchestrator adopts them too (a file without them loads;
+//! its extras then start afresh).
+//!
 //! Written atomically (temporary file, fsync, rename, fsync of the directory) on a blocking
 //! thread, never under the async state mutex: callers take a numbered [`Snapshot`] under the
 //! mutex and write it after releasing it; an older snapshot that arrives late is skipped. The
@@ -51,6 +55,16 @@ pub(super) struct Entry {
     pub(super) fresh: bool,
 }
 
+impl Entry {
+    /// Takes the extras recorded in `current` (the entry this one replaces): they run on, and
+    /// their records may have changed (a supervised restart) since this entry was read.
+    pub(super) fn keep_extras_of(&mut self, current: Option<&Entry>) {
+        if let Some(w) = self.workload.as_mut() {
+            w.extras = current.and_then(|c| c.workload.as_ref()).map(|c| c.extras.clone()).unwrap_or_default();
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct StoredObject {
     pub(super) object: ObjectRef,
@@ -76,6 +90,30 @@ pub(super) struct Workload {
     /// previous version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) config_hash: Option<String>,
+    /// The extra replicas that run (index order): recorded once spawned, updated by every
+    /// supervised restart, removed before they are stopped. Absent in files written before
+    /// extras were adopted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) extras: Vec<ExtraProcess>,
+}
+
+/// A running extra replica, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ExtraProcess {
+    /// 1..N (replica 0 is the workload itself).
+    pub(super) index: usize,
+    /// Its own port, kept while it runs (adopted with it after a restart).
+    pub(super) port: u16,
+    pub(super) process: Identity,
+}
+
+impl Workload {
+    /// Records (or replaces) the extra replica `index`, keeping index order.
+    pub(super) fn record_extra(&mut self, extra: ExtraProcess) {
+        self.extras.retain(|x| x.index != extra.index);
+        let at = self.extras.partition_point(|x| x.index < extra.index);
+        self.extras.insert(at, extra);
+    }
 }
 
 /// A recipe as stored: like [`LocalRecipe`], with secret values replaced by their names.
@@ -318,6 +356,7 @@ impl LegacyEntry {
                 run,
                 legacy_pid: w.pid,
                 config_hash: None,
+                extras: Vec::new(),
             }
         });
         let objects =
@@ -466,6 +505,90 @@ mod tests {
         assert_eq!(recipe.args, vec![text("--port"), text("7001")]);
         assert_eq!(recipe.env, vec![("A".to_string(), text("b"))]);
         assert_eq!(e.objects[0].digest, digest(&json!({"kind": "Service"})));
+    }
+
+    /// A file of this format as written before extras were recorded: replica 0's identity only.
+    fn file_without_extras() -> Value {
+        json!({"format": FORMAT, "deployments": {"default/python-module/rng": {
+            "record": {"id": {"namespace": "default", "module": "python-module", "name": "rng"}, "version": "latest",
+                       "config": {"name": "rng", "module": "random", "replicas": 3},
+                       "endpoints": ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"],
+                       "status": "deployed", "backend": "local", "updated_at": "2026-12-01T10:00:00Z"},
+            "objects": [],
+            "workload": {"recipe": {"program": [{"slot": "python"}],
+                                    "args": [[{"text": ["-m"]}], [{"text": ["jac_splice.server"]}], [{"text": ["--port"]}], [{"slot": "port"}]],
+                                    "readiness": {"kind": "tcp"}, "protocol": "grpc"},
+                         "port": 7001, "process": {"pid": 4242, "start_time": 987654, "boot_id": "b00t"}, "run": true}}}})
+    }
+
+    #[test]
+    fn a_file_without_the_extras_identities_loads_with_none_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_vec(&file_without_extras()).unwrap()).unwrap();
+        let (file, converted) = load(&path).unwrap();
+        assert!(!converted, "the same format: nothing to rewrite");
+        let w = file.deployments["default/python-module/rng"].workload.as_ref().unwrap();
+        assert_eq!(w.process.as_ref().map(|p| p.pid), Some(4242));
+        assert_eq!(w.extras, vec![], "no extras to adopt: they start afresh");
+    }
+
+    #[tokio::test]
+    async fn the_extras_identities_survive_a_state_file_round_trip_in_index_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_vec(&file_without_extras()).unwrap()).unwrap();
+        let (mut file, _) = load(&path).unwrap();
+        let process = |pid| Identity { pid, start_time: 1000 + u64::from(pid), boot_id: "b00t".into() };
+        let w = file.deployments.get_mut("default/python-module/rng").unwrap().workload.as_mut().unwrap();
+        w.record_extra(ExtraProcess { index: 2, port: 7003, process: process(4244) });
+        w.record_extra(ExtraProcess { index: 1, port: 7002, process: process(4243) });
+        // A supervised restart of replica 2 replaces its identity, never adds a second record.
+        w.record_extra(ExtraProcess { index: 2, port: 7003, process: process(4245) });
+        let want = vec![
+            ExtraProcess { index: 1, port: 7002, process: process(4243) },
+            ExtraProcess { index: 2, port: 7003, process: process(4245) },
+        ];
+        assert_eq!(w.extras, want);
+
+        let store = Store::new(path.clone());
+        store.write(State::new(file).snapshot().unwrap()).await.unwrap();
+        let on_disk: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let extras = &on_disk["deployments"]["default/python-module/rng"]["workload"]["extras"];
+        assert_eq!(
+            extras[1],
+            json!({"index": 2, "port": 7003, "process": {"pid": 4245, "start_time": 5245, "boot_id": "b00t"}})
+        );
+        let (again, converted) = load(&path).unwrap();
+        assert!(!converted);
+        let w = again.deployments["default/python-module/rng"].workload.as_ref().unwrap();
+        assert_eq!(w.extras, want);
+        assert_eq!(w.process.as_ref().map(|p| p.pid), Some(4242), "replica 0's record is untouched");
+
+        // Without extras the key is left out: the file reads as it did before they were recorded.
+        let mut none = again.clone();
+        none.deployments.get_mut("default/python-module/rng").unwrap().workload.as_mut().unwrap().extras.clear();
+        let text = serde_json::to_string(&none).unwrap();
+        assert!(!text.contains("\"extras\""), "{text}");
+    }
+
+    #[test]
+    fn a_replacing_entry_keeps_the_extras_recorded_now() {
+        let (file, _) = {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(STATE_FILE);
+            std::fs::write(&path, serde_json::to_vec(&file_without_extras()).unwrap()).unwrap();
+            load(&path).unwrap()
+        };
+        let mut current = file.deployments["default/python-module/rng"].clone();
+        let stale = current.clone();
+        let x = ExtraProcess { index: 1, port: 7002, process: Identity { pid: 9, start_time: 9, boot_id: "b".into() } };
+        current.workload.as_mut().unwrap().record_extra(x.clone());
+        let mut replacing = stale;
+        replacing.keep_extras_of(Some(&current));
+        assert_eq!(replacing.workload.as_ref().unwrap().extras, vec![x]);
+        replacing.keep_extras_of(None);
+        assert_eq!(replacing.workload.as_ref().unwrap().extras, vec![]);
     }
 
     #[test]

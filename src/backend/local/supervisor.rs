@@ -54,10 +54,10 @@ pub(super) enum Life {
 /// Where a supervisor reports what the record must remember.
 #[async_trait]
 pub(super) trait Journal: Send + Sync {
-    /// A restart replaced `old` (if known) with `new`.
-    async fn restarted(&self, id: &DeploymentId, old: Option<Identity>, new: Identity);
-    /// Supervision ended after repeated deaths; `last` was the last process.
-    async fn gave_up(&self, id: &DeploymentId, last: Option<Identity>, reason: String);
+    /// A restart of `replica` (0: the workload; 1..: an extra) replaced `old` (if known) with `new`.
+    async fn restarted(&self, id: &DeploymentId, replica: usize, old: Option<Identity>, new: Identity);
+    /// Supervision of `replica` ended after repeated deaths; `last` was the last process.
+    async fn gave_up(&self, id: &DeploymentId, replica: usize, last: Option<Identity>, reason: String);
     /// A process became ready or stopped being so (endpoint watchers look again).
     fn endpoints_changed(&self) {}
 }
@@ -200,7 +200,7 @@ impl Run {
                 Ok((child, identity)) => {
                     tracing::info!(deployment = %self.id, pid = identity.pid, "local workload restarted");
                     if let Some(journal) = self.journal.upgrade() {
-                        journal.restarted(&self.id, last.clone(), identity.clone()).await;
+                        journal.restarted(&self.id, self.launch.replica, last.clone(), identity.clone()).await;
                     }
                     current = Some(Start::Owned(child, identity));
                 }
@@ -256,7 +256,7 @@ impl Run {
         tracing::error!(deployment = %self.id, "local workload {reason}");
         self.life.send_replace(Life::GaveUp(reason.clone()));
         if let Some(journal) = self.journal.upgrade() {
-            journal.gave_up(&self.id, last, reason).await;
+            journal.gave_up(&self.id, self.launch.replica, last, reason).await;
         }
     }
 }
