@@ -112,6 +112,7 @@ class Client:
         namespace: str = ...,
         packages: list[str] = ...,
         cpu: str = ...,
+        cpu_limit: str = ...,
         memory: str = ...,
         replicas: int = ...,
         idle_timeout: str = ...,

@@ -19,13 +19,15 @@ call's gRPC deadline; its expiry raises :class:`~jac_splice.exceptions.DeadlineE
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jac_splice._native import Client, PendingCall
 from jac_splice.proxy import RemoteCallable, wrap
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class TimedCallable:
@@ -116,6 +118,8 @@ async def acall(fn: RemoteCallable | TimedCallable, /, *args: Any, **kwargs: Any
 
     Cancelling the awaiting task abandons the call.
     """
+    import asyncio  # here, not at the top: importing asyncio costs every importer ~10 ms
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 

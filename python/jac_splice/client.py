@@ -139,6 +139,7 @@ class Splice:
         deploy: bool = False,
         packages: Sequence[str] | None = None,
         cpu: str | float | None = None,
+        cpu_limit: str | float | None = None,
         memory: str | int | None = None,
         replicas: int | None = None,
         idle_timeout: float | str | None = None,
@@ -170,6 +171,7 @@ class Splice:
                 namespace=namespace,
                 packages=packages,
                 cpu=cpu,
+                cpu_limit=cpu_limit,
                 memory=memory,
                 replicas=replicas,
                 idle_timeout=idle_timeout,
@@ -232,6 +234,7 @@ class Splice:
         namespace: str | None = None,
         packages: Sequence[str] | None = None,
         cpu: str | float | None = None,
+        cpu_limit: str | float | None = None,
         memory: str | int | None = None,
         replicas: int | None = None,
         idle_timeout: float | str | None = None,
@@ -243,7 +246,8 @@ class Splice:
         Calls ``EnsureModule``, which waits until a deployment it makes is ready (at most
         ``wait_timeout`` seconds, default the server's 300); racing callers get the same one.
         ``packages`` are PEP 508 requirements, ``cpu``/``memory`` Kubernetes quantities
-        ("250m", "256Mi"), ``idle_timeout`` seconds or a duration string ("90s", "10m"). Returns
+        ("250m", "256Mi"), ``cpu_limit`` a CPU limit above ``cpu`` to burst to (Python's start
+        is CPU-bound; default: the limit is ``cpu``), ``idle_timeout`` seconds or a duration string ("90s", "10m"). Returns
         the deployment as :meth:`Client.list_deployments` does, with ``deployed`` (whether this
         call deployed it) and ``differences`` (the asked settings a found deployment does not
         have, one line each, also logged as a warning). While it deploys, each line of the
@@ -264,6 +268,7 @@ class Splice:
             namespace=namespace or "",
             packages=list(packages or []),
             cpu=_text(cpu),
+            cpu_limit=_text(cpu_limit),
             memory=_text(memory),
             replicas=replicas or 0,
             idle_timeout=_text(idle_timeout),

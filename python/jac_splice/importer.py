@@ -161,7 +161,7 @@ def remote_imports(
     ``deployments`` optionally maps a module name to its jac-orc deployment. ``token`` and
     ``ca`` are as for :func:`jac_splice.connect` (without a token, each connection finds its own).
     ``deploy`` maps a top-level module name to the settings jac-orc deploys it with on first
-    import when nothing serves it (``packages``, ``cpu``, ``memory``, ``replicas``,
+    import when nothing serves it (``packages``, ``cpu``, ``cpu_limit``, ``memory``, ``replicas``,
     ``idle_timeout``, ``wait_timeout``; see :meth:`Splice.import_module` with ``deploy=True``).
     """
     hook = RemoteImports(

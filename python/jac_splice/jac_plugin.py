@@ -31,7 +31,7 @@ from jac_splice.importer import RemoteImports, remote_imports
 _installed: RemoteImports | None = None
 
 DEPLOY_SETTINGS = frozenset(
-    {"packages", "cpu", "memory", "replicas", "idle_timeout", "wait_timeout"}
+    {"packages", "cpu", "cpu_limit", "memory", "replicas", "idle_timeout", "wait_timeout"}
 )
 """What a module's entry in ``modules`` may set besides ``deploy``."""
 

@@ -310,7 +310,7 @@ impl Client {
     /// the server's defaults.
     /// `progress`, when given, is called with each line of the deploy's progress as it happens
     /// (from another thread, holding the GIL); its exceptions are reported as unraisable.
-    #[pyo3(signature = (module, *, namespace=String::new(), packages=Vec::new(), cpu=String::new(), memory=String::new(), replicas=0, idle_timeout=String::new(), wait_timeout_seconds=0, progress=None))]
+    #[pyo3(signature = (module, *, namespace=String::new(), packages=Vec::new(), cpu=String::new(), cpu_limit=String::new(), memory=String::new(), replicas=0, idle_timeout=String::new(), wait_timeout_seconds=0, progress=None))]
     #[allow(clippy::too_many_arguments)] // one per field of the request, all keyword-only
     fn ensure_module<'py>(
         &self,
@@ -319,6 +319,7 @@ impl Client {
         namespace: String,
         packages: Vec<String>,
         cpu: String,
+        cpu_limit: String,
         memory: String,
         replicas: u32,
         idle_timeout: String,
@@ -335,6 +336,7 @@ impl Client {
             idle_timeout,
             namespace,
             wait_timeout_seconds,
+            cpu_limit,
         };
         let answer = match progress {
             None => wait_for(py, async move { connection.ensure_module(request).await })?,

@@ -24,6 +24,7 @@ pub(super) fn request(r: pb::EnsureModuleRequest) -> service::EnsureRequest {
         module: r.module,
         packages: r.packages,
         cpu: text(r.cpu).map(Into::into),
+        cpu_limit: text(r.cpu_limit).map(Into::into),
         memory: text(r.memory).map(Into::into),
         replicas: Some(r.replicas).filter(|n| *n != 0),
         idle_timeout: text(r.idle_timeout).map(Into::into),

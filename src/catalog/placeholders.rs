@@ -165,6 +165,9 @@ struct RawSpec {
     pattern: Option<String>,
     #[serde(default)]
     required: bool,
+    /// May be left out: no default, resolves to null (false in `{{#if}}`, empty when written).
+    #[serde(default)]
+    optional: bool,
     #[serde(default)]
     items: Option<Item>,
 }
@@ -217,7 +220,12 @@ pub fn parse_file(text: &str, origin: &str) -> Result<(String, Vec<Spec>)> {
                 Regex::new(&format!("^(?:{p})$")).map_err(|e| bad(format!("placeholder `{name}`: bad pattern: {e}")))
             })
             .transpose()?;
-        let default = match (r.default, r.secret || r.required) {
+        if r.optional && (r.required || r.default.is_some()) {
+            return Err(bad(format!(
+                "placeholder `{name}`: `optional` means no default and not required; drop `required` and `default`"
+            )));
+        }
+        let default = match (r.default, r.secret || r.required || r.optional) {
             (Some(d), _) => d,
             (None, true) => Value::Null,
             (None, false) => match r.ty {
@@ -495,5 +503,31 @@ placeholders:
         assert!(parse_file(items_on_scalar, "t").unwrap_err().to_string().contains("only for lists"));
         let bad_element = "placeholders:\n  p: {type: list, items: requirement, default: [\"-e.\"]}\n";
         assert!(parse_file(bad_element, "t").is_err());
+    }
+
+    #[test]
+    fn optional_placeholders_resolve_to_null_unless_given_and_are_still_checked() {
+        let text =
+            "placeholders:\n  cpu: {type: quantity, default: 1}\n  cpu-limit: {type: quantity, optional: true}\n";
+        let specs = parse_file(text, "t").unwrap().1;
+        let r = resolve(&specs, &Map::new(), None).unwrap();
+        assert_eq!(r.values["cpu-limit"], Value::Null);
+        let mut cfg = Map::new();
+        cfg.insert("cpu-limit".into(), json!("2"));
+        assert_eq!(resolve(&specs, &cfg, None).unwrap().values["cpu-limit"], json!("2"));
+        cfg.insert("cpu-limit".into(), json!("-2"));
+        let e = resolve(&specs, &cfg, None).unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("config.cpu-limit"));
+    }
+
+    #[test]
+    fn optional_with_a_default_or_required_is_refused() {
+        for text in [
+            "placeholders:\n  l: {type: quantity, optional: true, default: 1}\n",
+            "placeholders:\n  l: {type: quantity, optional: true, required: true}\n",
+        ] {
+            let e = parse_file(text, "t").unwrap_err().to_string();
+            assert!(e.contains("`l`") && e.contains("optional"), "{e}");
+        }
     }
 }

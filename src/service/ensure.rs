@@ -43,6 +43,8 @@ pub struct EnsureRequest {
     pub module: String,
     pub packages: Vec<String>,
     pub cpu: Option<Value>,
+    /// The limit when it may burst above `cpu` (absent: the limit is `cpu`).
+    pub cpu_limit: Option<Value>,
     pub memory: Option<Value>,
     pub replicas: Option<u32>,
     /// Seconds as a number, or a duration string (`"90"`, `"90s"`, `"10m"`, `"1h"`).
@@ -344,9 +346,10 @@ impl Service {
 /// rollout are the caller's to choose), not a lookup.
 fn differences(req: &EnsureRequest, record: &DeploymentRecord) -> Result<Vec<String>> {
     let idle = req.idle_timeout.as_ref().map(parse_idle_timeout).transpose()?;
-    let asked: [(&str, Option<Value>); 5] = [
+    let asked: [(&str, Option<Value>); 6] = [
         ("packages", (!req.packages.is_empty()).then(|| req.packages.clone().into())),
         ("cpu", req.cpu.clone()),
+        ("cpu-limit", req.cpu_limit.clone()),
         ("memory", req.memory.clone()),
         ("replicas", req.replicas.map(Into::into)),
         ("idle-timeout", idle.map(|d| format!("{}s", d.as_secs()).into())),
@@ -380,7 +383,7 @@ fn deployment_request(req: &EnsureRequest, namespace: &str, name: &str, idle: Op
     if let Some(idle) = idle {
         config.insert("idle-timeout".into(), format!("{}s", idle.as_secs()).into());
     }
-    for (key, value) in [("cpu", &req.cpu), ("memory", &req.memory)] {
+    for (key, value) in [("cpu", &req.cpu), ("cpu-limit", &req.cpu_limit), ("memory", &req.memory)] {
         if let Some(v) = value {
             config.insert(key.into(), v.clone());
         }

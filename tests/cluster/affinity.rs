@@ -28,7 +28,7 @@ async fn three_replicas_keep_each_session_on_its_pod_and_report_a_deleted_one() 
     let ns = orc.namespace.clone();
     let (status, body) = orc
         .deploy(json!({"module": "python-module",
-            "config": small(json!({"name": "np3", "module": "numpy", "packages": [], "replicas": 3})),
+            "config": small_module(json!({"name": "np3", "module": "numpy", "packages": [], "replicas": 3})),
             "wait": true, "wait_timeout_seconds": 180}))
         .await;
     assert_eq!(status, 200, "{body}");

@@ -159,6 +159,7 @@ def ondemand(target: str, namespace: str) -> dict[str, Any]:
         deploy=True,
         packages=[],
         cpu="50m",
+        cpu_limit="1",
         memory="64Mi",
         wait_timeout=240,
         progress=progress.append,

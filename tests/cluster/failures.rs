@@ -35,7 +35,7 @@ async fn a_module_that_fails_to_import_fails_naming_crash_loop_back_off_and_its_
     let started = Instant::now();
     let (status, body) = orc
         .deploy(json!({"module": "python-module",
-            "config": small(json!({"name": "broken", "module": "no_such_module_xyz", "packages": []})),
+            "config": small_module(json!({"name": "broken", "module": "no_such_module_xyz", "packages": []})),
             "wait": true, "wait_timeout_seconds": 600}))
         .await;
     timing("import failure: deploy with wait → failure", started.elapsed());

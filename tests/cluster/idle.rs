@@ -34,7 +34,7 @@ async fn an_idle_module_scales_to_zero_and_fifty_calls_wake_it_once() {
     let ns = orc.namespace.clone();
     let (status, body) = orc
         .deploy(json!({"module": "python-module",
-            "config": small(json!({"name": "nap", "module": "math", "packages": [], "idle-timeout": "3s"})),
+            "config": small_module(json!({"name": "nap", "module": "math", "packages": [], "idle-timeout": "3s"})),
             "wait": true, "wait_timeout_seconds": 180}))
         .await;
     assert_eq!(status, 200, "{body}");

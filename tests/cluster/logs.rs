@@ -15,7 +15,7 @@ async fn the_logs_of_a_module_server_pod_come_back_as_ndjson_naming_the_pod() {
     let ns = orc.namespace.clone();
     let (status, body) = orc
         .deploy(json!({"module": "python-module",
-            "config": small(json!({"name": "chatty", "module": "math", "packages": []})),
+            "config": small_module(json!({"name": "chatty", "module": "math", "packages": []})),
             "wait": true, "wait_timeout_seconds": 180}))
         .await;
     assert_eq!(status, 200, "{body}");

@@ -44,6 +44,28 @@ fn template_renders_offline_as_labelled_documents_in_apply_order() {
     assert!(table.stdout.contains("deployment.apps/cache  default"), "{}", table.stdout);
 }
 
+/// The container resources of the python-module Deployment `template` renders with `sets`.
+fn module_resources(sets: &[&str]) -> Value {
+    let mut args = vec!["template", "python-module", "np", "--set", "module=numpy", "--set", "cpu=50m"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let docs = yaml_docs(JacOrc::offline(&args).run().out());
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["resources"].clone()
+}
+
+#[test]
+fn a_python_modules_cpu_limit_defaults_to_its_request_and_may_be_raised_to_burst() {
+    let same = module_resources(&[]);
+    assert_eq!((&same["requests"]["cpu"], &same["limits"]["cpu"]), (&Value::from("50m"), &Value::from("50m")));
+    let burst = module_resources(&["cpu-limit=1"]);
+    assert_eq!((&burst["requests"]["cpu"], &burst["limits"]["cpu"]), (&Value::from("50m"), &Value::from("1")));
+    let r =
+        JacOrc::offline(&["template", "python-module", "np", "--set", "module=numpy", "--set", "cpu-limit=-1"]).run();
+    assert!(r.err().contains("cpu-limit") && r.err().contains("negative"), "{}", r.stderr);
+}
+
 #[test]
 fn template_without_a_name_uses_the_templates_default_and_an_override_directory_works() {
     let docs = yaml_docs(JacOrc::offline(&["template", "redis"]).run().out());

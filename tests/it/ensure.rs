@@ -40,7 +40,7 @@ async fn ensure_module_deploys_once_then_returns_the_same_deployment_over_grpc_a
     assert!(err.message().contains("may not create jacdeployments \"json\""), "{err:?}");
     assert!(serving(&server, "json").await.is_empty(), "the refusal deployed nothing");
 
-    let first = pb::EnsureModuleRequest { idle_timeout: "90".into(), ..ensure("json") };
+    let first = pb::EnsureModuleRequest { idle_timeout: "90".into(), cpu_limit: "1".into(), ..ensure("json") };
     let first = within(grpc.ensure_module(first)).await.expect("deployed").into_inner();
     assert!(first.deployed);
     let deployment = first.deployment.expect("a deployment");
@@ -49,6 +49,7 @@ async fn ensure_module_deploys_once_then_returns_the_same_deployment_over_grpc_a
     assert_eq!(deployment.endpoints.len(), 1, "ready: {deployment:?}");
     let config = jac_splice_orc::api::convert::from_struct(deployment.config.as_ref().unwrap());
     assert_eq!((&config["on-demand"], &config["idle-timeout"]), (&json!(true), &json!("90s")), "{config:?}");
+    assert_eq!(config["cpu-limit"], json!("1"), "{config:?}");
 
     // It answers through ModuleProxy.
     let call = pb::ProxyCallRequest {
@@ -88,13 +89,18 @@ async fn ensure_module_deploys_once_then_returns_the_same_deployment_over_grpc_a
         replicas: 2,
         packages: vec!["six".into()],
         idle_timeout: "90s".into(),
+        cpu_limit: "2".into(),
         ..ensure("json")
     };
     let other = within(grpc.ensure_module(other)).await.expect("found").into_inner();
     assert!(!other.deployed);
     assert_eq!(
         other.differences,
-        ["packages: asked [\"six\"], deployed with []", "replicas: asked 2, deployed with 1"],
+        [
+            "packages: asked [\"six\"], deployed with []",
+            "cpu-limit: asked 2, deployed with 1",
+            "replicas: asked 2, deployed with 1"
+        ],
         "idle-timeout 90s is what it has"
     );
     assert_eq!(body["deployment"]["status"], "deployed", "{body}");

@@ -244,9 +244,14 @@ async fn a_caller_that_leaves_stops_the_readiness_wait_and_the_workload_keeps_ru
     let pending = backend.get(&id).await.unwrap().expect("the record is written before the workload starts");
     assert_eq!(pending.status, Status::Deploying);
     assert_eq!(pending.endpoints.len(), 1);
-    let state: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("local-state.json")).unwrap()).unwrap();
-    let recorded = &state["deployments"]["default/sleeper/never-ready"]["workload"]["process"]["pid"];
-    assert_eq!(recorded.as_u64(), Some(u64::from(pid)), "{state}");
+    // The pid is recorded just after the spawn, so the process may be seen a moment before it is.
+    let state_file = tmp.path().join("local-state.json");
+    let recorded = eventually("the state file names the workload's pid", || async {
+        let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+        state["deployments"]["default/sleeper/never-ready"]["workload"]["process"]["pid"].as_u64()
+    })
+    .await;
+    assert_eq!(recorded, u64::from(pid));
     caller.cancel();
     let record =
         tokio::time::timeout(BOUND, apply).await.expect("the wait stops once the caller has gone").unwrap().unwrap();

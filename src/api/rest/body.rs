@@ -162,6 +162,10 @@ pub(super) struct EnsureBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     cpu: Option<Value>,
+    /// CPU limit of each module server when it may burst above `cpu`; absent: the limit is `cpu`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    cpu_limit: Option<Value>,
     /// Memory of each module server (`"256Mi"`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -192,6 +196,7 @@ impl EnsureBody {
             module,
             packages: self.packages,
             cpu: self.cpu,
+            cpu_limit: self.cpu_limit,
             memory: self.memory,
             replicas: self.replicas,
             idle_timeout: self.idle_timeout,
