@@ -299,7 +299,9 @@ pub fn resolve(
     let mut values = Map::new();
     let mut reports = Vec::with_capacity(specs.len());
     for spec in specs {
-        let given = config.get(&spec.name);
+        // An explicit null where the template has no default is "not given": a resolved config
+        // (an optional placeholder left out is null in it) resolves again to itself.
+        let given = config.get(&spec.name).filter(|v| !(v.is_null() && spec.default.is_null()));
         let mut generated = false;
         let current = match given {
             Some(v) => {
@@ -515,6 +517,8 @@ placeholders:
         let mut cfg = Map::new();
         cfg.insert("cpu-limit".into(), json!("2"));
         assert_eq!(resolve(&specs, &cfg, None).unwrap().values["cpu-limit"], json!("2"));
+        let again = resolve(&specs, &r.values, None).unwrap();
+        assert_eq!(again.values, r.values, "a resolved config resolves to itself");
         cfg.insert("cpu-limit".into(), json!("-2"));
         let e = resolve(&specs, &cfg, None).unwrap_err();
         assert_eq!(e.field().as_deref(), Some("config.cpu-limit"));

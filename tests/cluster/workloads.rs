@@ -84,6 +84,8 @@ async fn numpy_computes_in_its_pod_for_a_python_client_on_this_machine() {
     let started = Instant::now();
     let (status, body) = orc
         .deploy(
+            // Without cpu-limit (the limit is the request): the optional placeholder left out
+            // is null in the JacDeployment, which the controller must resolve again.
             json!({"module": "python-module", "config": small(json!({"name": "np", "module": "numpy", "packages": []})),
             "wait": true, "wait_timeout_seconds": 120}),
         )
@@ -110,7 +112,7 @@ async fn two_replicas_serve_and_plain_calls_survive_deleting_one_of_them() {
     let ns = orc.namespace.clone();
     let (status, body) = orc
         .deploy(json!({"module": "python-module",
-            "config": small(json!({"name": "np2", "module": "numpy", "packages": [], "replicas": 2})),
+            "config": small_module(json!({"name": "np2", "module": "numpy", "packages": [], "replicas": 2})),
             "wait": true, "wait_timeout_seconds": 120}))
         .await;
     assert_eq!(status, 200, "{body}");
