@@ -103,8 +103,12 @@ class _Spawned(concurrent.futures.Future[Any]):
     def cancel(self) -> bool:
         if not super().cancel():
             return False
-        if self._jac_splice_pending is not None:
-            self._jac_splice_pending.cancel()
+        pending, self._jac_splice_pending = self._jac_splice_pending, None
+        if pending is not None:  # the first cancel() only
+            pending.cancel()
+            # Its callback will not come to do it: tell concurrent.futures.wait() and
+            # as_completed() now, as an executor does for a cancelled work item.
+            self.set_running_or_notify_cancel()
         return True
 
 
@@ -123,12 +127,15 @@ def spawn(
     held = (fn, args, kwargs)
 
     def done(ok: bool, value: Any, held: object = held) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        if ok:
-            future.set_result(wrap(client, value))
-        else:
-            future.set_exception(value)
+        # One lock round instead of two (no RUNNING state in between): set_result refuses a
+        # future cancelled meanwhile, whose cancel() has told the waiters already.
+        try:
+            if ok:
+                future.set_result(wrap(client, value))
+            else:
+                future.set_exception(value)
+        except concurrent.futures.InvalidStateError:
+            pass
 
     future._jac_splice_pending = client.call_async(target, [], args, kwargs or None, timeout, done)
     return future

@@ -147,7 +147,8 @@ class OldServer:
     def __init__(self) -> None:
         self.calls = 0
         self.lock = threading.Lock()
-        self.server = grpc.server(pool.ThreadPoolExecutor(8))
+        self.executor = pool.ThreadPoolExecutor(8)
+        self.server = grpc.server(self.executor)
 
         def call(request: bytes, context: grpc.ServicerContext) -> bytes:
             with self.lock:
@@ -172,7 +173,9 @@ def old_server() -> Iterator[OldServer]:
     try:
         yield server
     finally:
-        server.server.stop(None)
+        # Every thread it started ends here: other tests count this process's threads.
+        server.server.stop(None).wait(60)
+        server.executor.shutdown(wait=True)
 
 
 def test_a_server_without_call_batch_gets_single_calls(old_server: OldServer) -> None:
