@@ -8,14 +8,12 @@ Results are checked, never speed: the benchmark (benches/remote_calls) measures 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
-from concurrent import futures as pool
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import jac_splice
 from jac_splice._native import Client
@@ -138,48 +136,62 @@ def test_async_calls_are_batched_too(tm: jac_splice.RemoteModule) -> None:
     assert asyncio.run(asyncio.wait_for(main(), 60)) == sequential
 
 
-# A module server from before CallBatch: grpcio serving only ModuleService/Call (every call
-# answers 7), so CallBatch is UNIMPLEMENTED as any server answers an unknown method.
-SEVEN = b"\x0a\x02\x18\x0e"  # ValueResponse{value: Value{int_value: 7}} (sint64 zigzag 14)
+# A module server from before CallBatch, in a process of its own (its grpcio threads must not
+# change this process's thread count, which other tests check): grpcio serving only
+# ModuleService/Call, each call answered with how many calls it has served so far; CallBatch is
+# UNIMPLEMENTED as any server answers an unknown method.
+OLD_SERVER = """
+import sys, threading
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+served = 0
+lock = threading.Lock()
 
-class OldServer:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.lock = threading.Lock()
-        self.executor = pool.ThreadPoolExecutor(8)
-        self.server = grpc.server(self.executor)
+def call(request, context):
+    global served
+    with lock:
+        served += 1
+        n = served
+    zigzag = n << 1  # ValueResponse{value: Value{int_value: n}}, sint64, n < 2**20
+    varint = bytearray()
+    while True:
+        byte, zigzag = zigzag & 0x7F, zigzag >> 7
+        varint.append(byte | (0x80 if zigzag else 0))
+        if not zigzag:
+            break
+    value = b"\\x18" + bytes(varint)
+    return b"\\x0a" + bytes([len(value)]) + value
 
-        def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-            with self.lock:
-                self.calls += 1
-            return SEVEN
-
-        handler = grpc.method_handlers_generic_handler(
-            "jac.splice.v1.ModuleService",
-            {"Call": grpc.unary_unary_rpc_method_handler(call)},
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        status = health.HealthServicer()
-        status.set("jac.splice.v1.ModuleService", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(status, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+server = grpc.server(futures.ThreadPoolExecutor(8))
+handler = grpc.method_handlers_generic_handler(
+    "jac.splice.v1.ModuleService", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+)
+server.add_generic_rpc_handlers((handler,))
+status = health.HealthServicer()
+status.set("jac.splice.v1.ModuleService", health_pb2.HealthCheckResponse.SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(status, server)
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+sys.stdin.read()
+"""
 
 
 @pytest.fixture
-def old_server() -> Iterator[OldServer]:
-    server = OldServer()
-    try:
-        yield server
-    finally:
-        # Every thread it started ends here: other tests count this process's threads.
-        server.server.stop(None).wait(60)
-        server.executor.shutdown(wait=True)
+def old_server() -> Iterator[int]:
+    with subprocess.Popen(
+        [sys.executable, "-c", OLD_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            yield int(proc.stdout.readline())
+        finally:
+            proc.kill()
 
 
-def test_a_server_without_call_batch_gets_single_calls(old_server: OldServer) -> None:
-    client = Client(f"127.0.0.1:{old_server.port}", heartbeat_seconds=None)
+def test_a_server_without_call_batch_gets_single_calls(old_server: int) -> None:
+    client = Client(f"127.0.0.1:{old_server}", heartbeat_seconds=None)
     results: list[concurrent.futures.Future[Any]] = []
 
     def send() -> None:
@@ -196,10 +208,10 @@ def test_a_server_without_call_batch_gets_single_calls(old_server: OldServer) ->
 
     for _ in range(500):
         send()
-    assert [f.result(timeout=60) for f in results] == [7] * 500
+    # Every call was served once, as a single Call (the batch refused, then sent singly).
+    assert sorted(f.result(timeout=60) for f in results) == list(range(1, 501))
     # Later bursts go singly from the start.
     for _ in range(100):
         send()
-    assert [f.result(timeout=60) for f in results] == [7] * 600
-    assert old_server.calls == 600
+    assert sorted(f.result(timeout=60) for f in results) == list(range(1, 601))
     client.close()
