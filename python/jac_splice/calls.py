@@ -11,8 +11,12 @@ Module-level functions, so no attribute name is taken from remote objects:
 >>> jac_splice.with_timeout(tm.slow, 0.5)()  # DeadlineExceededError after 0.5 s
 
 :func:`spawn` and :func:`acall` send the call as a task of the native runtime over the
-connection's pooled HTTP/2 channels (many calls in flight at once, no thread per call); its
-completion settles a :class:`concurrent.futures.Future` or an asyncio future. A timeout (the
+connection's pooled HTTP/2 channels (no thread per call); its completion settles a
+:class:`concurrent.futures.Future` or an asyncio future. Calls of one session that are made
+while two requests of it are on the wire wait, and go together as one ``CallBatch`` when one
+returns: the module server runs a batch's calls one after another, in order, each answering
+or raising as it would alone. While a request has been on the wire for long (slow served
+code), waiting calls go singly instead, so slow calls still run side by side. A timeout (the
 connection's ``call_timeout``, or :func:`with_timeout`'s) travels to the module server as the
 call's gRPC deadline; its expiry raises :class:`~jac_splice.exceptions.DeadlineExceededError`.
 """
@@ -82,11 +86,32 @@ def with_timeout(fn: RemoteCallable | TimedCallable, seconds: float) -> TimedCal
 
 def _start(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any], done: Any) -> PendingCall:
     client, target, timeout = _unwrap(fn)
+    # The callable's and the arguments' proxies live until the call is answered: a call may wait
+    # for a batch, and a proxy collected meanwhile would release its reference before the call
+    # that uses it reaches the module server.
+    held = (fn, args, kwargs)
 
-    def settle(ok: bool, value: Any) -> None:
+    def settle(ok: bool, value: Any, held: object = held) -> None:
         done(ok, wrap(client, value) if ok else value)
 
     return client.call_async(target, [], args, kwargs or None, timeout, settle)
+
+
+class _Spawned(concurrent.futures.Future[Any]):
+    """The future of a spawned call: cancelling it abandons the call."""
+
+    _jac_splice_pending: PendingCall | None = None
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        pending, self._jac_splice_pending = self._jac_splice_pending, None
+        if pending is not None:  # the first cancel() only
+            pending.cancel()
+            # Its callback will not come to do it: tell concurrent.futures.wait() and
+            # as_completed() now, as an executor does for a cancelled work item.
+            self.set_running_or_notify_cancel()
+        return True
 
 
 def spawn(
@@ -95,21 +120,26 @@ def spawn(
     """Sends ``fn(*args, **kwargs)`` without waiting and returns its future.
 
     The arguments are encoded now (so later changes to them do not travel); many spawned calls
-    are in flight at once. ``future.cancel()`` abandons a call still in flight (the module
-    server may already run it).
+    are in flight at once, batched on the wire. ``future.cancel()`` abandons the call: one still
+    waiting for a batch is never sent; one already sent may still run on the module server.
     """
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    client, target, timeout = _unwrap(fn)
+    future = _Spawned()
+    # As in _start, and in one closure: this is the per-call path of a burst of calls.
+    held = (fn, args, kwargs)
 
-    def done(ok: bool, value: Any) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    def done(ok: bool, value: Any, held: object = held) -> None:
+        # One lock round instead of two (no RUNNING state in between): set_result refuses a
+        # future cancelled meanwhile, whose cancel() has told the waiters already.
+        try:
+            if ok:
+                future.set_result(wrap(client, value))
+            else:
+                future.set_exception(value)
+        except concurrent.futures.InvalidStateError:
+            pass
 
-    pending = _start(fn, args, kwargs, done)
-    future.add_done_callback(lambda f: pending.cancel() if f.cancelled() else None)
+    future._jac_splice_pending = client.call_async(target, [], args, kwargs or None, timeout, done)
     return future
 
 

@@ -1,7 +1,7 @@
 //! The Python methods of `Client` and the `ModuleServer` class: thin wrappers that convert
 //! arguments while attached, wait detached (`blocking.rs`), and convert results back. What a
 //! session holds lives in `handle.rs`, how its calls are sent in `calls.rs`.
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
@@ -10,13 +10,14 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::access::{Access, CallToken};
 use crate::blocking::wait_for;
-use crate::calls::{self, PendingCall};
+use crate::calls::PendingCall;
 use crate::client::{new_session_id, Connection, Options, Route};
 use crate::deadline;
 use crate::direct::{self, Direct};
 use crate::errors::{chain, client_to_pyerr, Peer};
 use crate::handle::Client;
 use crate::host::{RunningServer, ServerConfig};
+use crate::pipeline;
 use crate::proto::{Deployment, EnsureModuleRequest, ProxyTarget};
 use crate::runtime::{rt, SLICE};
 use crate::server::{tls_acceptor, Security};
@@ -61,7 +62,16 @@ impl Client {
         route.spawn_background(heartbeat);
         let settings =
             direct::Settings { max_message_bytes, channels, connect_timeout: options.connect_timeout, heartbeat };
-        Ok(Self { connection, route, heartbeat, target, call_timeout, direct: None, settings })
+        Ok(Self {
+            connection,
+            route,
+            heartbeat,
+            target,
+            call_timeout,
+            direct: None,
+            settings,
+            pipeline: Arc::default(),
+        })
     }
 
     /// A direct session of jac-orc's `deployment` (`GetModuleAccess`): calls go to its module
@@ -242,7 +252,7 @@ impl Client {
         this.check_open(py)?;
         let timeout = this.timeout(timeout)?;
         let request = this.call_request(&target, &path, args, kwargs)?;
-        Ok(calls::spawn(slf.clone().unbind(), request, timeout, done))
+        Ok(pipeline::submit(slf.clone().unbind(), request, timeout, done))
     }
 
     /// Releases `ids` now; returns (released, remaining). An empty list is the heartbeat.

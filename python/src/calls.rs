@@ -1,9 +1,7 @@
 //! How a `Client` sends a call: on its current route (a direct session's follows its access,
 //! see `direct.rs`), with its deadline, once more when a direct session's first attempt never
-//! reached the served code; and without waiting (`call_async`, behind `jac_splice.spawn` and
-//! `jac_splice.acall`): the call runs as a task on the shared runtime over the pooled HTTP/2
-//! channels, many in flight at once on one connection, and its completion calls back into
-//! Python. No thread is started per call.
+//! reached the served code. Calls sent without waiting (`call_async`, behind `jac_splice.spawn`
+//! and `jac_splice.acall`) go through `pipeline.rs` and are handed back as a `PendingCall`.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +14,8 @@ use crate::client::{self, Route};
 use crate::deadline;
 use crate::errors::{client_to_pyerr, Peer};
 use crate::handle::Client;
+use crate::pipeline::{Pipeline, Ticket};
 use crate::proto::{CallRequest, Kwarg, ValueResponse};
-use crate::runtime::rt;
 
 type Response = Result<ValueResponse, client::Error>;
 
@@ -124,73 +122,48 @@ impl Client {
 #[pyclass(frozen, module = "jac_splice._native", name = "PendingCall")]
 #[derive(Debug)]
 pub struct PendingCall {
-    task: tokio::task::AbortHandle,
+    ticket: Arc<Ticket>,
+    how: How,
+}
+
+/// How the call travels, which decides what cancelling it can take back.
+#[derive(Debug)]
+enum How {
+    /// Alone, as a task of its own: aborted, which cancels the request.
+    Task(tokio::task::AbortHandle),
+    /// Waiting in the batch queue under `id`: taken out while still there; once sent it shares
+    /// its request with other calls, which runs to its end.
+    Queue { pipeline: Arc<Pipeline>, id: u64 },
+}
+
+impl PendingCall {
+    pub(crate) fn task(ticket: Arc<Ticket>, task: tokio::task::AbortHandle) -> Self {
+        Self { ticket, how: How::Task(task) }
+    }
+
+    pub(crate) fn queued(ticket: Arc<Ticket>, pipeline: Arc<Pipeline>, id: u64) -> Self {
+        Self { ticket, how: How::Queue { pipeline, id } }
+    }
 }
 
 #[pymethods]
 impl PendingCall {
-    /// Abandons the call: the request is cancelled (the module server may already run it) and
-    /// `done` is never called. Does nothing once it has completed.
+    /// Abandons the call: `done` is never called. A call still queued is never sent; one on
+    /// the wire alone is cancelled, one in a batch runs on (the module server may already run
+    /// it either way). Does nothing once it has completed.
     fn cancel(&self) {
-        self.task.abort();
+        if !self.ticket.cancel() {
+            return;
+        }
+        match &self.how {
+            How::Task(task) => task.abort(),
+            How::Queue { pipeline, id } => pipeline.withdraw(*id),
+        }
     }
 
     /// Whether it has completed (or was cancelled).
     #[getter]
     fn finished(&self) -> bool {
-        self.task.is_finished()
+        self.ticket.is_over()
     }
 }
-
-/// One attempt of an async call on the client's current route (over a pooled channel).
-async fn attempt(client: &Client, request: CallRequest, timeout: Option<Duration>) -> (Option<Arc<Route>>, Response) {
-    let route = match &client.direct {
-        Some(d) => match deadline::bounded(timeout, async { Ok(d.route().await) }).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return (None, Err(e)),
-            Err(expired) => return (None, Err(expired.into())),
-        },
-        None => client.route.clone(),
-    };
-    let sent = async {
-        let channel = route.connection().channel()?;
-        route.call_within(channel, false, request, timeout).await
-    };
-    let response = deadline::bounded(timeout, sent).await.map_err(client::Error::from);
-    (Some(route), response)
-}
-
-/// Runs `request` as a task; `done(ok, value)` is called attached when it completes. A direct
-/// session's request is sent once more when its first attempt never reached the served code
-/// (small requests only: a large one is not copied for that).
-pub fn spawn(client: Py<Client>, request: CallRequest, timeout: Option<Duration>, done: Py<PyAny>) -> PendingCall {
-    use prost::Message;
-    let retry = (client.get().direct.is_some() && request.encoded_len() <= RETRY_COPY_LIMIT).then(|| request.clone());
-    let task = rt().spawn(async move {
-        let c = client.get();
-        let (mut route, mut response) = attempt(c, request, timeout).await;
-        if let Some(again) = retry {
-            if c.again(&response) {
-                (route, response) = attempt(c, again, timeout).await;
-            }
-        }
-        Python::attach(|py| {
-            let outcome = match (route, response) {
-                (Some(route), response) => c.decode_response(py, &route, response),
-                (None, Err(e)) => Err(client_to_pyerr(py, &e, c.peer())),
-                (None, Ok(_)) => unreachable!("a response always has its route"),
-            };
-            let called = match outcome {
-                Ok(value) => done.call1(py, (true, value)),
-                Err(err) => done.call1(py, (false, err.into_value(py))),
-            };
-            if let Err(err) = called {
-                err.write_unraisable(py, None);
-            }
-        });
-    });
-    PendingCall { task: task.abort_handle() }
-}
-
-/// Largest request a direct session's async call keeps a copy of, to send it once more.
-const RETRY_COPY_LIMIT: usize = 64 << 10;

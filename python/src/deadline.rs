@@ -43,10 +43,20 @@ pub fn expired(timeout: Duration) -> Status {
 /// `fut` bounded by `timeout`: its expiry, and tonic's own enforcement of the same deadline
 /// (CANCELLED "Timeout expired"), become DEADLINE_EXCEEDED naming the timeout.
 pub async fn bounded<T>(timeout: Option<Duration>, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    bounded_since(timeout, Instant::now(), fut).await
+}
+
+/// As [`bounded`], with the timeout counted from `since` (a call that waited in a batch queue
+/// has less of it left); its expiry still names the whole timeout.
+pub async fn bounded_since<T>(
+    timeout: Option<Duration>,
+    since: Instant,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     let Some(timeout) = timeout else {
         return fut.await;
     };
-    match tokio::time::timeout(timeout, fut).await {
+    match tokio::time::timeout_at((since + timeout).into(), fut).await {
         Ok(Err(status)) if status.code() == Code::Cancelled && is_timeout(&status) => Err(expired(timeout)),
         Ok(result) => result,
         Err(_) => Err(expired(timeout)),

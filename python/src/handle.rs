@@ -14,6 +14,7 @@ use crate::client::{self, new_session_id, Connection, Route};
 use crate::codec::{self, DecodeError};
 use crate::direct::{self, Direct};
 use crate::errors::{client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
+use crate::pipeline::Pipeline;
 use crate::proto::{value, value_response, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse};
 
 /// A reference to an object held by a module server for one client session.
@@ -53,6 +54,8 @@ pub struct Client {
     pub(crate) direct: Option<Arc<Direct>>,
     /// How module-server connections of direct sessions are made.
     pub(crate) settings: direct::Settings,
+    /// The session's pipelined calls (`jac_splice.spawn`, `acall`), batched on the wire.
+    pub(crate) pipeline: Arc<Pipeline>,
 }
 
 impl Client {
@@ -73,6 +76,7 @@ impl Client {
             call_timeout: self.call_timeout,
             direct,
             settings: self.settings.clone(),
+            pipeline: Arc::default(),
         }
     }
 

@@ -22,13 +22,13 @@ use crate::errors::{chain, remote_error};
 use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
 use crate::proto::RemoteRef as WireRef;
 use crate::proto::{
-    value_response, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ReleaseRequest, ReleaseResponse,
-    Value, ValueResponse,
+    call_result, value_response, CallBatchRequest, CallBatchResponse, CallFailure, CallRequest, CallResult,
+    DescribeRequest, DescribeResponse, GetAttrRequest, ReleaseRequest, ReleaseResponse, Value, ValueResponse,
 };
 use crate::refs::RefTable;
 use crate::server::{self, from_lane, run_blocking, Security, ServerHandle};
 use crate::surface::{self, Refused};
-use crate::wire::{BUILTINS, OPERATOR, SPLICE};
+use crate::wire::{BUILTINS, MAX_BATCH_CALLS, OPERATOR, SPLICE};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -189,6 +189,33 @@ impl Host {
         });
         self.finish(py, session, result)
     }
+
+    /// The calls of a batch in order, under the one attachment of the batch: each as `call`
+    /// would run it (refused, unknown reference or past the deadline fails only that call).
+    fn call_batch(&self, py: Python<'_>, deadline: Option<Instant>, request: CallBatchRequest) -> CallBatchResponse {
+        let session = request.session;
+        let results = request
+            .calls
+            .into_iter()
+            .map(|mut call| {
+                call.session.clone_from(&session);
+                let outcome = surface::check_call(&call)
+                    .map_err(Status::from)
+                    .and_then(|()| deadline::check(deadline))
+                    .and_then(|()| self.call(py, call));
+                let result = match outcome {
+                    Ok(response) => call_result::Result::Response(response),
+                    Err(status) => call_result::Result::Failure(CallFailure {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        details: status.details().to_vec().into(),
+                    }),
+                };
+                CallResult { result: Some(result) }
+            })
+            .collect();
+        CallBatchResponse { results }
+    }
 }
 
 /// `@splice.describe(obj)`: what a proxy shows as the object's own, as plain data only (the
@@ -314,6 +341,26 @@ impl ModuleService for Service {
             host.call(py, request)
         });
         deadline::serve(deadline, async { work.await? }).await.map(Response::new)
+    }
+
+    /// Every call of the batch in one blocking hop and one `Python::attach` (what makes
+    /// pipelined calls cheap): the token was checked once for the request, as for `Call`.
+    async fn call_batch(&self, request: Request<CallBatchRequest>) -> Result<Response<CallBatchResponse>, Status> {
+        let inline = from_lane(&request);
+        let deadline = deadline::of(&request);
+        let request = request.into_inner();
+        check_session(&request.session)?;
+        if request.calls.len() > MAX_BATCH_CALLS {
+            return Err(Status::invalid_argument(format!(
+                "calls: a batch holds at most {MAX_BATCH_CALLS} calls, got {}",
+                request.calls.len()
+            )));
+        }
+        self.host.table.touch(&request.session);
+        let _running = self.host.last_call.begin();
+        let host = self.host.clone();
+        let work = run_python(inline, move |py| host.call_batch(py, deadline, request));
+        deadline::serve(deadline, work).await.map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {

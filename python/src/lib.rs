@@ -4,6 +4,7 @@ mod access;
 mod affinity;
 #[cfg(target_os = "linux")]
 mod alloc;
+mod batch;
 mod bindings;
 mod blocking;
 mod calls;
@@ -17,6 +18,7 @@ mod handle;
 mod host;
 mod idle;
 mod lane;
+mod pipeline;
 mod proto;
 mod refs;
 mod route;

@@ -10,8 +10,9 @@ use tonic::{Code, Status};
 
 use crate::client::Connection;
 use crate::proto::{
-    CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ProxyCallRequest, ProxyDescribeRequest,
-    ProxyGetAttrRequest, ProxyReleaseRequest, ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
+    CallBatchRequest, CallBatchResponse, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest,
+    ProxyCallBatchRequest, ProxyCallRequest, ProxyDescribeRequest, ProxyGetAttrRequest, ProxyReleaseRequest,
+    ProxyTarget, ReleaseRequest, ReleaseResponse, ValueResponse,
 };
 use crate::runtime::rt;
 
@@ -125,6 +126,26 @@ impl Route {
             Some(via) => {
                 let proxied = ProxyCallRequest { target: Some(via.clone()), request: Some(request) };
                 c.proxy_on(channel).call(within(c.request(proxied), timeout)).await?
+            }
+        };
+        Ok(response.into_inner())
+    }
+
+    /// `CallBatch` of `calls` (run in order, in this session) over a pooled channel, carrying
+    /// `timeout` as its deadline. The calls' own sessions are left empty: the batch's applies.
+    pub async fn call_batch(
+        &self,
+        channel: Channel,
+        calls: Vec<CallRequest>,
+        timeout: Option<Duration>,
+    ) -> Result<CallBatchResponse, Status> {
+        let c = &self.connection;
+        let request = CallBatchRequest { session: self.session.clone(), calls };
+        let response = match &self.via {
+            None => c.module_on(channel).call_batch(within(c.request(request), timeout)).await?,
+            Some(via) => {
+                let proxied = ProxyCallBatchRequest { target: Some(via.clone()), request: Some(request) };
+                c.proxy_on(channel).call_batch(within(c.request(proxied), timeout)).await?
             }
         };
         Ok(response.into_inner())
@@ -251,6 +272,36 @@ mod tests {
             assert!(carried <= Duration::from_secs(5) && carried > Duration::ZERO, "{carried:?}");
         }
         assert_eq!(seen[2], None, "no timeout, no deadline");
+    }
+
+    #[test]
+    fn a_call_batch_carries_the_session_once_and_is_answered_in_order() {
+        let recorder = Recorder::default();
+        let server = TestModuleServer::start(recorder.clone());
+        let connection = connect(server.addr());
+        let route = direct(&connection);
+        let calls: Vec<CallRequest> =
+            ["a", "b", "c"].iter().map(|t| CallRequest { target: (*t).into(), ..Default::default() }).collect();
+        let channel = connection.channel().unwrap();
+        let sent = rt().block_on(async { tokio::time::timeout(BOUND, route.call_batch(channel, calls, None)).await });
+        let answered: Vec<String> = sent
+            .unwrap()
+            .unwrap()
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(crate::proto::call_result::Result::Response(ValueResponse {
+                    result: Some(crate::proto::value_response::Result::Value(v)),
+                })) => match v.kind {
+                    Some(crate::proto::value::Kind::StrValue(s)) => s,
+                    other => panic!("expected text, got {other:?}"),
+                },
+                other => panic!("expected a value, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(answered, ["a", "b", "c"]);
+        let batches = recorder.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![(route.session().to_owned(), vec!["a".into(), "b".into(), "c".into()])]);
     }
 
     #[test]

@@ -14,9 +14,9 @@ use crate::client::{Connection, Options};
 use crate::proto::module_proxy_server::{ModuleProxy, ModuleProxyServer};
 use crate::proto::module_service_server::{ModuleService, ModuleServiceServer};
 use crate::proto::{
-    value, value_response, CallRequest, DescribeRequest, DescribeResponse, GetAttrRequest, ProxyCallRequest,
-    ProxyDescribeRequest, ProxyGetAttrRequest, ProxyReleaseRequest, ReleaseRequest, ReleaseResponse, Value,
-    ValueResponse,
+    call_result, value, value_response, CallBatchRequest, CallBatchResponse, CallRequest, CallResult, DescribeRequest,
+    DescribeResponse, GetAttrRequest, ProxyCallBatchRequest, ProxyCallRequest, ProxyDescribeRequest,
+    ProxyGetAttrRequest, ProxyReleaseRequest, ReleaseRequest, ReleaseResponse, Value, ValueResponse,
 };
 use crate::runtime::rt;
 use crate::server::{self, from_lane, run_blocking, Security, ServerHandle};
@@ -62,6 +62,9 @@ impl Rendezvous {
     }
 }
 
+/// A `CallBatch` as received: its session and its calls' targets.
+pub type SeenBatch = (String, Vec<String>);
+
 /// A `ModuleService` (and `ModuleProxy`) that records each call: `Call` answers with the name of
 /// the thread it ran on, after meeting the others at `meet` and then at `then` if set; `Release`
 /// records the batch size.
@@ -69,6 +72,8 @@ impl Rendezvous {
 pub struct Recorder {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub releases: Arc<Mutex<Vec<usize>>>,
+    /// The session and the calls' targets of every `CallBatch`, as received.
+    pub batches: Arc<Mutex<Vec<SeenBatch>>>,
     /// The `grpc-timeout` of every `Call` and `GetAttr`, as received.
     pub deadlines: Arc<Mutex<Vec<Option<String>>>>,
     pub meet: Option<Arc<Rendezvous>>,
@@ -115,6 +120,22 @@ impl ModuleService for Recorder {
         self.record(&request).await
     }
 
+    /// Answers each call with its target as text, in order.
+    async fn call_batch(&self, request: Request<CallBatchRequest>) -> Result<Response<CallBatchResponse>, Status> {
+        let CallBatchRequest { session, calls } = request.into_inner();
+        let targets: Vec<String> = calls.into_iter().map(|c| c.target).collect();
+        self.batches.lock().unwrap().push((session, targets.clone()));
+        let results = targets
+            .into_iter()
+            .map(|target| {
+                let value = Value { kind: Some(value::Kind::StrValue(target)) };
+                let response = ValueResponse { result: Some(value_response::Result::Value(value)) };
+                CallResult { result: Some(call_result::Result::Response(response)) }
+            })
+            .collect();
+        Ok(Response::new(CallBatchResponse { results }))
+    }
+
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
         let ids = request.into_inner().ids;
         self.releases.lock().unwrap().push(ids.len());
@@ -134,6 +155,10 @@ impl ModuleProxy for Recorder {
 
     async fn call(&self, request: Request<ProxyCallRequest>) -> Result<Response<ValueResponse>, Status> {
         self.record(&request).await
+    }
+
+    async fn call_batch(&self, _: Request<ProxyCallBatchRequest>) -> Result<Response<CallBatchResponse>, Status> {
+        Err(Status::unimplemented("not needed by the tests"))
     }
 
     async fn release(&self, _: Request<ProxyReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {

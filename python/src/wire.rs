@@ -29,6 +29,10 @@ pub const OPERATOR: &str = "@operator";
 /// proxies show as an object's name, docs and signature (`host.rs`).
 pub const SPLICE: &str = "@splice";
 
+/// Most calls one `CallBatch` may carry (the module server refuses more, naming `calls`); clients
+/// send smaller batches (`batch.rs`).
+pub const MAX_BATCH_CALLS: usize = 1024;
+
 /// tonic reports a message over the size limit as OUT_OF_RANGE "message length too large" (on
 /// either side); gRPC's convention is RESOURCE_EXHAUSTED, which the server sends instead and the
 /// client reports instead.

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_batching import spawned_match_sequential
 from test_orchestrator_proxy import Orchestrator, require_binary, start_orchestrator
 
 import jac_splice
@@ -199,6 +200,20 @@ def test_spawned_and_async_calls_run_on_both_routes(orc: Orchestrator) -> None:
             assert isinstance(info.value, RemoteError)
 
             assert asyncio.run(asyncio.wait_for(_gather(identity, 200), 60)) == list(range(200))
+
+
+@pytest.mark.parametrize("route", ["direct", "proxy"])
+def test_batched_calls_answer_as_single_ones_on_both_routes(orc: Orchestrator, route: str) -> None:
+    # Through ModuleProxy the batch's session picks the replica, so references made by earlier
+    # calls (the released one too) are found or missed exactly as by single calls.
+    with jac_splice.connect(orc.url, orc.token, route=route) as splice:
+        tm = splice.import_module("splice_testmod")
+        assert session_route(splice).route_kind == route
+        spawned_match_sequential(tm, 1000)
+        thing = tm.make_thing(3)
+        futures = [jac_splice.spawn(thing.bump) for _ in range(500)]
+        assert sorted(f.result(timeout=60) for f in futures) == list(range(4, 504))
+        assert tm.read_value(thing) == 503
 
 
 async def _gather(fn: Any, n: int) -> list[Any]:

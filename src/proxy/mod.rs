@@ -1,4 +1,4 @@
-//! `ModuleProxy`: forwards module calls (GetAttr, Call, Release, Describe) to the module server
+//! `ModuleProxy`: forwards module calls (GetAttr, Call, CallBatch, Release, Describe) to the module server
 //! of a python-module deployment, without decoding the `Value` payloads.
 //!
 //! A `Proxy*Request` carries the module server's request unchanged in field 2; [`codec::split`]
@@ -210,11 +210,13 @@ impl ProxyConfig {
     }
 }
 
-/// The four forwarded RPCs.
+/// The forwarded RPCs. `CallBatch` goes exactly as `Call` does (same permission, wake-up and
+/// replica): its session is field 1 of the module server's request like every other one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     GetAttr,
     Call,
+    CallBatch,
     Release,
     Describe,
 }
@@ -224,6 +226,7 @@ impl Method {
         Some(match name {
             "GetAttr" => Method::GetAttr,
             "Call" => Method::Call,
+            "CallBatch" => Method::CallBatch,
             "Release" => Method::Release,
             "Describe" => Method::Describe,
             _ => return None,
@@ -234,6 +237,7 @@ impl Method {
         match self {
             Method::GetAttr => "GetAttr",
             Method::Call => "Call",
+            Method::CallBatch => "CallBatch",
             Method::Release => "Release",
             Method::Describe => "Describe",
         }
@@ -244,6 +248,7 @@ impl Method {
         http::uri::PathAndQuery::from_static(match self {
             Method::GetAttr => "/jac.splice.v1.ModuleService/GetAttr",
             Method::Call => "/jac.splice.v1.ModuleService/Call",
+            Method::CallBatch => "/jac.splice.v1.ModuleService/CallBatch",
             Method::Release => "/jac.splice.v1.ModuleService/Release",
             Method::Describe => "/jac.splice.v1.ModuleService/Describe",
         })

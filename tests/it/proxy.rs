@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::support::{struct_of, within, TestServer, ADMIN};
+use crate::support::{struct_of, within, TestServer, ADMIN, VIEWER};
 
 const SESSION: &str = "proxy-test";
 
@@ -237,5 +237,69 @@ async fn caller_deadline_is_propagated_to_the_forwarded_call() {
     // The proxy and the module server are still fine afterwards.
     let r = within(proxy.describe(describe("clock"))).await.unwrap().into_inner();
     assert_eq!(r.module, "time");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_batch_is_answered_in_order_with_each_failure_in_its_place_and_refused_to_a_viewer() {
+    let server = TestServer::start().await;
+    deploy_module(&server, "mathb", "math").await;
+    let mut proxy = proxy_client(&server).await;
+    let batch = |calls: Vec<pb::ProxyCallRequest>| pb::ProxyCallBatchRequest {
+        target: target("mathb"),
+        request: Some(pb::CallBatchRequest {
+            session: SESSION.into(),
+            calls: calls
+                .into_iter()
+                .map(|c| pb::CallRequest { session: String::new(), ..c.request.unwrap() })
+                .collect(),
+        }),
+    };
+    let calls = vec![
+        call("mathb", "", &["sqrt"], vec![Kind::FloatValue(16.0)]),
+        // The served code raises: in-band, as a single Call answers it.
+        call("mathb", "", &["sqrt"], vec![Kind::FloatValue(-1.0)]),
+        // Not served: the status a single Call fails with, in this call's place only.
+        call("mathb", "@builtins", &["eval"], vec![Kind::StrValue("1".into())]),
+        call("mathb", "no-such-reference", &[], vec![]),
+        // A reference handed out in a batch belongs to the batch's session.
+        call("mathb", "@builtins", &["iter"], vec![Kind::StrValue("ab".into())]),
+        call("mathb", "", &["sqrt"], vec![Kind::FloatValue(9.0)]),
+    ];
+    let results = within(proxy.call_batch(batch(calls))).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), 6, "{results:?}");
+    let mut results = results.into_iter().map(|r| r.result.expect("a result"));
+    use pb::call_result::Result as Each;
+    let mut value = |what: &str| match results.next() {
+        Some(Each::Response(r)) => r,
+        other => panic!("{what}: expected a response, got {other:?}"),
+    };
+    assert_eq!(kind(value("sqrt(16)")), Kind::FloatValue(4.0));
+    match value("sqrt(-1)").result {
+        Some(Outcome::Error(e)) => assert_eq!(e.r#type, "ValueError", "{e:?}"),
+        other => panic!("expected a remote ValueError, got {other:?}"),
+    }
+    let mut failure = |what: &str| match results.next() {
+        Some(Each::Failure(f)) => f,
+        other => panic!("{what}: expected a failure, got {other:?}"),
+    };
+    let refused = failure("eval");
+    assert_eq!(Code::from_i32(refused.code), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message.contains("is not served"), "{refused:?}");
+    let unknown = failure("unknown reference");
+    assert_eq!(Code::from_i32(unknown.code), Code::NotFound, "{unknown:?}");
+    let mut value = |what: &str| match results.next() {
+        Some(Each::Response(r)) => r,
+        other => panic!("{what}: expected a response, got {other:?}"),
+    };
+    assert!(matches!(kind(value("iter")), Kind::Ref(_)));
+    assert_eq!(kind(value("sqrt(9)")), Kind::FloatValue(3.0));
+    let held = within(proxy.describe(describe("mathb"))).await.unwrap().into_inner();
+    assert_eq!(held.session_refs, 1, "the iterator is the session's");
+
+    // Authorized as Call is: a viewer may not call modules.
+    let one = vec![call("mathb", "", &["sqrt"], vec![Kind::FloatValue(4.0)])];
+    let err = within(server.proxy_as(Some(VIEWER)).await.call_batch(batch(one))).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     server.stop().await;
 }
