@@ -10,13 +10,13 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::access::{Access, CallToken};
 use crate::blocking::wait_for;
-use crate::calls::PendingCall;
 use crate::client::{new_session_id, Connection, Options, Route};
 use crate::deadline;
 use crate::direct::{self, Direct};
 use crate::errors::{chain, client_to_pyerr, Peer};
 use crate::handle::Client;
 use crate::host::{RunningServer, ServerConfig};
+use crate::pending::PendingCall;
 use crate::pipeline;
 use crate::proto::{Deployment, EnsureModuleRequest, ProxyTarget};
 use crate::runtime::{rt, SLICE};

@@ -14,7 +14,6 @@ use crate::client::{self, Route};
 use crate::deadline;
 use crate::errors::{client_to_pyerr, Peer};
 use crate::handle::Client;
-use crate::pipeline::{Pipeline, Ticket};
 use crate::proto::{CallRequest, Kwarg, ValueResponse};
 
 type Response = Result<ValueResponse, client::Error>;
@@ -115,55 +114,5 @@ impl Client {
         wait_on_lane(py, route.connection(), |channel, lane| {
             deadline::bounded(timeout, route.get_attr(channel, lane, target, path, timeout))
         })
-    }
-}
-
-/// A call sent by `Client.call_async`: `cancel()` abandons it (its callback is never called).
-#[pyclass(frozen, module = "jac_splice._native", name = "PendingCall")]
-#[derive(Debug)]
-pub struct PendingCall {
-    ticket: Arc<Ticket>,
-    how: How,
-}
-
-/// How the call travels, which decides what cancelling it can take back.
-#[derive(Debug)]
-enum How {
-    /// Alone, as a task of its own: aborted, which cancels the request.
-    Task(tokio::task::AbortHandle),
-    /// Waiting in the batch queue under `id`: taken out while still there; once sent it shares
-    /// its request with other calls, which runs to its end.
-    Queue { pipeline: Arc<Pipeline>, id: u64 },
-}
-
-impl PendingCall {
-    pub(crate) fn task(ticket: Arc<Ticket>, task: tokio::task::AbortHandle) -> Self {
-        Self { ticket, how: How::Task(task) }
-    }
-
-    pub(crate) fn queued(ticket: Arc<Ticket>, pipeline: Arc<Pipeline>, id: u64) -> Self {
-        Self { ticket, how: How::Queue { pipeline, id } }
-    }
-}
-
-#[pymethods]
-impl PendingCall {
-    /// Abandons the call: `done` is never called. A call still queued is never sent; one on
-    /// the wire alone is cancelled, one in a batch runs on (the module server may already run
-    /// it either way). Does nothing once it has completed.
-    fn cancel(&self) {
-        if !self.ticket.cancel() {
-            return;
-        }
-        match &self.how {
-            How::Task(task) => task.abort(),
-            How::Queue { pipeline, id } => pipeline.withdraw(*id),
-        }
-    }
-
-    /// Whether it has completed (or was cancelled).
-    #[getter]
-    fn finished(&self) -> bool {
-        self.ticket.is_over()
     }
 }

@@ -14,7 +14,7 @@ use crate::client::{self, new_session_id, Connection, Route};
 use crate::codec::{self, DecodeError};
 use crate::direct::{self, Direct};
 use crate::errors::{client_to_pyerr, remote_to_pyerr, status_to_pyerr, Peer};
-use crate::pipeline::Pipeline;
+use crate::pending::Pipeline;
 use crate::proto::{value, value_response, ProxyTarget, RemoteRef as WireRef, Value, ValueResponse};
 
 /// A reference to an object held by a module server for one client session.

@@ -18,6 +18,7 @@ mod handle;
 mod host;
 mod idle;
 mod lane;
+mod pending;
 mod pipeline;
 mod proto;
 mod refs;
@@ -54,7 +55,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Client>()?;
     m.add_class::<handle::RemoteRef>()?;
     m.add_class::<bindings::ModuleServer>()?;
-    m.add_class::<calls::PendingCall>()?;
+    m.add_class::<pending::PendingCall>()?;
     m.add_function(wrap_pyfunction!(use_numpy, m)?)?;
     Ok(())
 }

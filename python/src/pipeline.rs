@@ -8,7 +8,7 @@
 //! follows its access), its timeout counted from when it was submitted, and one more attempt of
 //! a direct session's request that never reached the served code. A server that answers
 //! `CallBatch` with UNIMPLEMENTED (older than it) gets single calls from this client from then on.
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,12 @@ use prost::Message;
 use pyo3::prelude::*;
 use tonic::{Code, Status};
 
-use crate::batch::{Batch, Batcher, Entry, Submitted};
-use crate::calls::PendingCall;
+use crate::batch::{Batch, Entry, Submitted};
 use crate::client::{self, Route};
 use crate::deadline;
 use crate::errors::client_to_pyerr;
 use crate::handle::Client;
+use crate::pending::{PendingCall, Queued, Ticket};
 use crate::proto::{call_result, CallBatchResponse, CallFailure, CallRequest, ValueResponse};
 use crate::runtime::rt;
 
@@ -34,53 +34,6 @@ const RETRY_COPY_LIMIT: usize = 64 << 10;
 /// How long a request may hold its place on the wire before the calls waiting for it go alone
 /// (see `watched`): far longer than a batch of cheap calls takes.
 const STALL: Duration = Duration::from_millis(20);
-
-/// One client's pipelined calls: the queue, and whether its server has answered a `CallBatch`.
-#[derive(Debug, Default)]
-pub struct Pipeline {
-    queue: Batcher<Queued>,
-    /// Until a batch was answered, its requests are kept to be sent singly after an UNIMPLEMENTED.
-    batches_answered: AtomicBool,
-}
-
-/// A call waiting in the queue or on the wire.
-#[derive(Debug)]
-pub struct Queued {
-    request: CallRequest,
-    done: Py<PyAny>,
-    ticket: Arc<Ticket>,
-}
-
-/// Whether a call's callback is still due: set once, by its completion or its cancellation.
-#[derive(Debug, Default)]
-pub struct Ticket(AtomicU8);
-
-const PENDING: u8 = 0;
-const SETTLED: u8 = 1;
-const CANCELLED: u8 = 2;
-
-impl Ticket {
-    /// Claims the callback for the completion; false when the call was cancelled.
-    fn settle(&self) -> bool {
-        self.0.compare_exchange(PENDING, SETTLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
-    /// Withdraws the callback; false when it already ran.
-    pub fn cancel(&self) -> bool {
-        self.0.compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
-    pub fn is_over(&self) -> bool {
-        self.0.load(Ordering::Acquire) != PENDING
-    }
-}
-
-impl Pipeline {
-    /// Takes a call out of the queue if it is still there (`PendingCall.cancel`).
-    pub fn withdraw(&self, id: u64) {
-        drop(self.queue.cancel(id));
-    }
-}
 
 /// Sends `request` (now, or in the next batch); `done(ok, value)` is called attached when it
 /// completes, unless the returned `PendingCall` was cancelled first.
