@@ -4,6 +4,8 @@
 //! per-object event of a server-streaming Deploy (redis, waited for until ready). Chromium starts with a fresh profile, its proxy
 //! set to 127.0.0.1:1 and background networking off, so it never reaches outside the machine.
 //!
+//! Swagger UI at `/docs` is loaded the same way and must show every path of `/openapi.json`.
+//!
 //! Needs Chromium and the built bundle (`scripts/test.sh` installs the one and runs
 //! `tests/browser/build.sh`): without them the test says why it skips, unless
 //! `JAC_ORC_REQUIRE_BROWSER=1` (CI), where it fails.
@@ -36,6 +38,16 @@ fn requirements() -> Option<(PathBuf, PathBuf)> {
         (None, _) => "Chromium is not installed (apt-get install chromium)",
         (_, false) => "the browser client is not built (tests/browser/build.sh)",
     };
+    skip_unless_required(missing)
+}
+
+/// Chromium alone, or why the test cannot run.
+fn chromium() -> Option<PathBuf> {
+    find_chromium().or_else(|| skip_unless_required("Chromium is not installed (apt-get install chromium)"))
+}
+
+/// Says why a browser test skips, or fails under `JAC_ORC_REQUIRE_BROWSER=1`.
+fn skip_unless_required<T>(missing: &str) -> Option<T> {
     if std::env::var("JAC_ORC_REQUIRE_BROWSER").as_deref() == Ok("1") {
         panic!("JAC_ORC_REQUIRE_BROWSER=1 but {missing}");
     }
@@ -91,11 +103,10 @@ fn unescape(title: &str) -> String {
     title.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
-/// What the page saw, from its title once its script is done (`done {json}` or `error: ...`):
-/// Chromium runs with a DevTools port on loopback, whose target list gives each page's title.
-async fn run_page(browser: &Path, url: &str) -> serde_json::Value {
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(browser)
+/// Chromium's flags for a page that may reach only this machine, with a fresh profile.
+fn isolated(browser: &Path, profile: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(browser);
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -107,15 +118,34 @@ async fn run_page(browser: &Path, url: &str) -> serde_json::Value {
             "--disable-sync",
             "--no-first-run",
             "--no-default-browser-check",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
+        .arg(format!("--user-data-dir={}", profile.display()))
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// The page's DOM once its scripts (and the requests they make) are done.
+async fn rendered_dom(browser: &Path, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut command = isolated(browser, profile.path());
+    command.args(["--virtual-time-budget=15000", "--dump-dom", url]).stderr(std::process::Stdio::null());
+    let out = tokio::time::timeout(BROWSER_BOUND, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("chromium did not render {url} within {BROWSER_BOUND:?}"))
+        .expect("chromium starts");
+    assert!(out.status.success(), "chromium --dump-dom {url}: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the page saw, from its title once its script is done (`done {json}` or `error: ...`):
+/// Chromium runs with a DevTools port on loopback, whose target list gives each page's title.
+async fn run_page(browser: &Path, url: &str) -> serde_json::Value {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = isolated(browser, profile.path())
+        .args(["--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("chromium starts");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -177,5 +207,25 @@ async fn a_generated_grpc_web_client_lists_templates_and_streams_a_deploy_from_h
     let listed = server.http().get(format!("{}/deployment/default/redis/from-browser", server.url())).send();
     let status = crate::support::within(listed).await.unwrap().status();
     assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swagger_ui_at_docs_shows_every_path_of_openapi_json_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let dom = rendered_dom(&browser, &format!("{}/docs", server.url())).await;
+    // Swagger UI draws one block per operation, each naming its path: only a page that fetched
+    // and read /openapi.json has them.
+    let shown: std::collections::BTreeSet<&str> =
+        dom.split("data-path=\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+    let doc = crate::support::within(server.http().get(format!("{}/openapi.json", server.url())).send()).await.unwrap();
+    let doc: serde_json::Value = crate::support::within(doc.json()).await.unwrap();
+    let documented: std::collections::BTreeSet<&str> =
+        doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(documented.contains("/module/ensure") && documented.len() > 10, "{documented:?}");
+    assert_eq!(shown, documented, "every documented path is drawn by Swagger UI");
     server.stop().await;
 }
