@@ -75,9 +75,14 @@ async fn an_idle_module_scales_to_zero_and_fifty_calls_wake_it_once() {
                 Some(pb::value_response::Result::Value(v)) => assert_eq!(v.kind, Some(Kind::FloatValue(f64::from(i)))),
                 other => panic!("call {i}: {other:?}"),
             }
+            woken.elapsed()
         }
     });
-    timed(futures::future::join_all(calls)).await;
+    let answered = timed(futures::future::join_all(calls)).await;
+    timing(
+        "idle: 50 concurrent calls at a sleeping deployment → first answered",
+        answered.iter().min().copied().unwrap(),
+    );
     timing("idle: 50 concurrent calls at a sleeping deployment → all answered", woken.elapsed());
     let (_, awake) = orc.get(&path).await;
     assert_eq!(awake["status"], "deployed", "{awake}");
