@@ -74,13 +74,17 @@ fn left(timeout: Option<Duration>, since: Instant) -> Result<Option<Duration>, S
     }
 }
 
-/// One attempt of a single `Call` on the session's current route.
-async fn attempt(
+/// One attempt of `send` on the session's current route, within what is left of the timeout.
+async fn on_route<T, F, Fut>(
     c: &Client,
-    request: CallRequest,
     timeout: Option<Duration>,
     since: Instant,
-) -> (Option<Arc<Route>>, Response) {
+    send: F,
+) -> (Option<Arc<Route>>, Result<T, client::Error>)
+where
+    F: FnOnce(Arc<Route>, tonic::transport::Channel, Option<Duration>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
     let route = match route_of(c, timeout, since).await {
         Ok(route) => route,
         Err(e) => return (None, Err(e)),
@@ -88,10 +92,23 @@ async fn attempt(
     let sent = async {
         let within = left(timeout, since)?;
         let channel = route.connection().channel()?;
-        route.call_within(channel, false, request, within).await
+        send(route.clone(), channel, within).await
     };
     let response = deadline::bounded_since(timeout, since, sent).await.map_err(client::Error::from);
     (Some(route), response)
+}
+
+/// One attempt of a single `Call` on the session's current route.
+async fn attempt(
+    c: &Client,
+    request: CallRequest,
+    timeout: Option<Duration>,
+    since: Instant,
+) -> (Option<Arc<Route>>, Response) {
+    on_route(c, timeout, since, |route, channel, within| async move {
+        route.call_within(channel, false, request, within).await
+    })
+    .await
 }
 
 /// A single `Call`, sent once more when a direct session's first attempt never reached the
@@ -117,17 +134,8 @@ async fn attempt_batch(
     timeout: Option<Duration>,
     since: Instant,
 ) -> (Option<Arc<Route>>, Result<CallBatchResponse, client::Error>) {
-    let route = match route_of(c, timeout, since).await {
-        Ok(route) => route,
-        Err(e) => return (None, Err(e)),
-    };
-    let sent = async {
-        let within = left(timeout, since)?;
-        let channel = route.connection().channel()?;
-        route.call_batch(channel, calls, within).await
-    };
-    let response = deadline::bounded_since(timeout, since, sent).await.map_err(client::Error::from);
-    (Some(route), response)
+    on_route(c, timeout, since, |route, channel, within| async move { route.call_batch(channel, calls, within).await })
+        .await
 }
 
 /// Sends a call alone (too large to batch, or the server has no `CallBatch`), not counted in

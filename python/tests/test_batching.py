@@ -33,6 +33,22 @@ def result_of(future: concurrent.futures.Future[Any]) -> Outcome:
     return outcome(lambda: future.result(timeout=60))
 
 
+def call_async(
+    client: Client, target: str, path: list[str], args: tuple[Any, ...]
+) -> concurrent.futures.Future[Any]:
+    """``Client.call_async`` with its outcome in a future (what spawn does, without its proxies)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def done(ok: bool, value: Any) -> None:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    client.call_async(target, path, args, None, None, done)
+    return future
+
+
 def mixed_calls(tm: jac_splice.RemoteModule, n: int) -> list[tuple[Any, tuple[Any, ...]]]:
     """``n`` calls: mostly plain values, with the served code's exceptions (ValueError, a
     KeyError subclass) and a released reference (NOT_FOUND) in between."""
@@ -81,16 +97,7 @@ def test_a_refused_call_in_a_burst_fails_alone_as_a_single_call_would(
     target = tm._jac_splice_target
 
     def send(path: list[str], args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def done(ok: bool, value: Any) -> None:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        client.call_async(target, path, args, None, None, done)
-        return future
+        return call_async(client, target, path, args)
 
     alone = outcome(lambda: client.call(target, ["identity", "__class__"], (1,)))
     assert alone[0] == "PermissionDeniedError", alone
@@ -195,16 +202,7 @@ def test_a_server_without_call_batch_gets_single_calls(old_server: int) -> None:
     results: list[concurrent.futures.Future[Any]] = []
 
     def send() -> None:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def done(ok: bool, value: Any) -> None:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        client.call_async("", ["f"], (), None, None, done)
-        results.append(future)
+        results.append(call_async(client, "", ["f"], ()))
 
     for _ in range(500):
         send()
